@@ -1,0 +1,137 @@
+"""Every fix that lets RecBole 1.2.1 run on today's stack, in one place.
+
+RecBole 1.2.1 (February 2025) is frozen upstream. On Python 3.11 with numpy 2, torch >= 2.6 and a current
+setuptools it breaks in the ways listed below (reproduced in ``../shared/reference/recbole-notes.md`` section 7).
+Nothing here patches site-packages: each fix is a function that the package's own ``Config``, ``Trainer`` and
+logger call, and :func:`apply` runs the import-time ones once when ``recbole_oneranker`` is imported.
+
+1. numpy 2 removed ``np.float_``, ``np.complex_``, ``np.unicode_`` and ``np.bool8``; RecBole's
+   ``Config.compatibility_settings`` reads ``np.float_`` at every ``Config()`` and ray reads ``np.bool8``.
+   -> :func:`restore_numpy_aliases` puts the four names back as aliases of their numpy 2 spellings.
+2. pandas 3 turns RecBole's chained ``df[f].fillna(..., inplace=True)`` into silent no-ops (copy-on-write), so NaN
+   floats reach the model. -> :func:`check_pandas` refuses pandas >= 3 with one clear line (pyproject pins < 3).
+3. torch >= 2.6 loads checkpoints with ``weights_only=True``; RecBole saves its whole ``Config`` object with
+   pickle protocol 4, which that loader rejects. Loading with ``weights_only=False`` would run pickled code.
+   -> :func:`checkpoint_state` saves only tensors and plain values and :func:`load_checkpoint` reads them with
+   ``weights_only=True``.
+4. A sequential model with ``loss_type: CE`` raises unless ``train_neg_sample_args: ~`` is set, and RecBole's own
+   ``overall.yaml`` sets uniform negatives, so even ``SASRec`` with its defaults fails.
+   -> :func:`default_negatives_for_ce` drops the inherited negatives for CE models unless the user asked for some.
+5. RecBole names checkpoints ``<model>-<time to the second>.pth`` and logs ``<model>-<dataset>-<time>-<hash>``, so
+   parallel runs (tuning trials, seeds) overwrite each other. -> :func:`unique_run_id` gives every run its own id,
+   used for its checkpoint, log file and tensorboard folder.
+6. ray 2.6.3 imports ``pkg_resources`` (setuptools < 82) and is only needed by ``recbole.quick_start``.
+   -> this package never imports ``recbole.quick_start``: the run path does not import ray at all.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import torch
+
+_NUMPY_ALIASES = {"float_": "float64", "complex_": "complex128", "unicode_": "str_", "bool8": "bool_"}
+
+
+class IncompatibleEnvironmentError(RuntimeError):
+    """A package version that RecBole 1.2.1 cannot run with."""
+
+
+def restore_numpy_aliases() -> None:
+    """Fix 1: give numpy 2 back the four aliases RecBole and ray still use (no-op on numpy 1.x)."""
+    for old_name, new_name in _NUMPY_ALIASES.items():
+        if old_name not in np.__dict__:
+            setattr(np, old_name, getattr(np, new_name))
+
+
+def check_pandas() -> None:
+    """Fix 2: refuse pandas >= 3, whose copy-on-write silently breaks RecBole's NaN filling."""
+    import pandas
+
+    major = int(pandas.__version__.split(".")[0])
+    if major >= 3:
+        raise IncompatibleEnvironmentError(
+            f"pandas {pandas.__version__} is not supported: RecBole 1.2.1 fills missing values with chained "
+            "in-place calls that are no-ops under pandas 3; install 'pandas>=2,<3'"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """A config value as something ``torch.load(weights_only=True)`` accepts (containers, str, numbers)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Enum):
+        return value.name
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    return str(value)
+
+
+def checkpoint_state(
+    *,
+    config: Any,
+    epoch: int,
+    cur_step: int,
+    best_valid_score: float,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> dict[str, Any]:
+    """Fix 3, saving side: a checkpoint made only of tensors and plain values.
+
+    The config is kept as a plain dict (enums by name, devices as strings) for the record; it is never
+    needed to rebuild anything, so nothing executable goes into the file.
+    """
+    other_parameter = model.other_parameter()
+    return {
+        "config": _plain(dict(config.final_config_dict)),
+        "epoch": int(epoch),
+        "cur_step": int(cur_step),
+        "best_valid_score": float(best_valid_score),
+        "state_dict": model.state_dict(),
+        "other_parameter": other_parameter if other_parameter is None else _plain_tensors(other_parameter),
+        "optimizer": optimizer.state_dict(),
+    }
+
+
+def _plain_tensors(mapping: dict[str, Any]) -> dict[str, Any]:
+    """Non-parameter model state: tensors stay tensors, everything else becomes plain values."""
+    return {key: value if torch.is_tensor(value) else _plain(value) for key, value in mapping.items()}
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str) -> dict[str, Any]:
+    """Fix 3, loading side: read a checkpoint without executing pickled code (``weights_only=True``)."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def default_negatives_for_ce(final_config: dict[str, Any], external_config: dict[str, Any]) -> None:
+    """Fix 4: a CE model trains on all items, so inherited default negatives are dropped.
+
+    Only negatives that come from RecBole's defaults are dropped; negatives a user set explicitly (config file,
+    dict or command line) are kept, and RecBole then reports the conflict itself.
+    """
+    if final_config.get("loss_type") == "CE" and "train_neg_sample_args" not in external_config:
+        final_config["train_neg_sample_args"] = None
+
+
+def unique_run_id(model: str, dataset: str) -> str:
+    """Fix 5: an id no other run shares, even one started in the same second by another process."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{model}-{dataset}-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def apply() -> None:
+    """Apply the import-time fixes (1 and 2). Safe to call more than once."""
+    restore_numpy_aliases()
+    check_pandas()

@@ -1,0 +1,209 @@
+"""``Config``: RecBole's configuration with this package's models, defaults and dataset configs layered in.
+
+Priority, lowest first (RecBole's own order, with the plugin layers right after RecBole's internal ones):
+
+1. RecBole's internal yaml: ``overall.yaml``, ``model/<Model>.yaml``, ``dataset/<dataset>.yaml``, the
+   quick-start yaml of the model type;
+2. this package's ``properties/overall.yaml``, ``properties/model/<Model>.yaml`` and
+   ``dataset_configs/<dataset>.yaml``;
+3. the user's config files, then ``config_dict``, then ``--key=value`` arguments.
+
+Unlike RecBole's, this ``Config`` reads ``--key=value`` arguments only from ``cmd_args`` (the CLI passes them),
+never from ``sys.argv``, so a test runner's or a tuning script's own flags cannot leak into a run. It also
+rejects keys that no layer defines (a typo would otherwise be silently ignored) and a dataset with no files.
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import cache
+from pathlib import Path
+from typing import Any, Iterable
+
+import recbole
+import yaml
+from recbole.config import Config as RecBoleConfig
+from recbole.utils import ModelType
+from recbole.utils.argument_list import (
+    dataset_arguments,
+    evaluation_arguments,
+    general_arguments,
+    training_arguments,
+)
+
+from recbole_oneranker import compat
+from recbole_oneranker.utils import UnknownModelError, get_model
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+RECBOLE_PROPERTIES_DIR = Path(recbole.__file__).resolve().parent / "properties"
+EMBEDDED_DATASET = "ml-100k"
+
+# Keys RecBole sets at run time or reads from code without a yaml default.
+RUNTIME_KEYS = frozenset(
+    {
+        "model", "dataset", "config_files", "run_id", "local_rank", "nproc", "world_size", "ip", "port",
+        "offset", "single_spec", "device", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type",
+        "valid_neg_sample_args", "test_neg_sample_args", "valid_metric_bigger", "verbose",
+    }
+)  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: an unknown key, a missing dataset, a malformed value."""
+
+
+def _resource_dir(name: str) -> Path:
+    """``properties`` / ``dataset_configs``: inside the package in a wheel, at the repository root otherwise."""
+    for candidate in (PACKAGE_DIR / name, PACKAGE_DIR.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"recbole_oneranker is installed without its '{name}' folder")
+
+
+def properties_dir() -> Path:
+    return _resource_dir("properties")
+
+
+def dataset_configs_dir() -> Path:
+    return _resource_dir("dataset_configs")
+
+
+def _yaml_keys(files: Iterable[Path]) -> set[str]:
+    keys: set[str] = set()
+    for file in files:
+        content = yaml.safe_load(file.read_text(encoding="utf-8"))
+        if isinstance(content, dict):
+            keys.update(content)
+    return keys
+
+
+@cache
+def known_keys() -> frozenset[str]:
+    """Every key some layer defines: RecBole's yaml files and argument lists, and this package's yaml files."""
+    yaml_files = [
+        *RECBOLE_PROPERTIES_DIR.rglob("*.yaml"),
+        *properties_dir().rglob("*.yaml"),
+        *dataset_configs_dir().glob("*.yaml"),
+    ]
+    argument_lists = general_arguments + training_arguments + evaluation_arguments + dataset_arguments
+    return frozenset(_yaml_keys(yaml_files) | set(argument_lists) | RUNTIME_KEYS)
+
+
+def check_keys(config: dict[str, Any], source: str) -> None:
+    """Raise :class:`ConfigError` for the first key of ``config`` that no layer defines."""
+    for key in config:
+        if key not in known_keys():
+            close = difflib.get_close_matches(key, sorted(known_keys()), n=3, cutoff=0.75)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(
+                f"unknown config key '{key}' in {source}{hint} "
+                f"(defaults live in properties/ and dataset_configs/ of recbole_oneranker and in RecBole's properties/)"
+            )
+
+
+def available_datasets(data_path: str | Path) -> list[str]:
+    """Dataset names under ``data_path`` (folders holding ``<name>/<name>.inter``), plus the embedded one."""
+    root = Path(data_path)
+    found = [p.name for p in root.iterdir() if (p / f"{p.name}.inter").is_file()] if root.is_dir() else []
+    return sorted({EMBEDDED_DATASET, *found})
+
+
+class Config(RecBoleConfig):
+    """RecBole's ``Config`` for plugin and built-in models alike.
+
+    Args:
+        model: a model name (plugin or RecBole) or class; taken from the external config when None.
+        dataset: a dataset name; the embedded ``ml-100k`` when None and no external config names one.
+        config_file_list: yaml files, later ones overriding earlier ones.
+        config_dict: a dict of overrides.
+        cmd_args: ``--key=value`` strings, the highest priority (RecBole's parsing: values are Python literals).
+    """
+
+    def __init__(
+        self,
+        model: str | type | None = None,
+        dataset: str | None = None,
+        config_file_list: list[str] | None = None,
+        config_dict: dict[str, Any] | None = None,
+        cmd_args: Iterable[str] = (),
+    ):
+        self._cmd_args = list(cmd_args)
+        try:
+            super().__init__(model, dataset, config_file_list, config_dict)
+        except (ConfigError, UnknownModelError):
+            raise
+        except (ValueError, TypeError, KeyError, NotImplementedError, FileNotFoundError, yaml.YAMLError) as error:
+            # RecBole validates while it builds the config; its messages are good but its types are generic.
+            raise ConfigError(f"invalid configuration: {error}") from error
+        self._check_valid_metric()
+        self._check_dataset_files()
+
+    def _load_cmd_line(self) -> dict[str, Any]:
+        cmd_config: dict[str, Any] = {}
+        for arg in self._cmd_args:
+            name, sep, value = arg.removeprefix("--").partition("=")
+            if not arg.startswith("--") or not sep or not name:
+                raise ConfigError(f"cannot read argument '{arg}': write overrides as --key=value")
+            if name in cmd_config and cmd_config[name] != value:
+                raise ConfigError(f"argument --{name} is given twice with different values")
+            cmd_config[name] = value
+        return self._convert_config_dict(cmd_config)
+
+    def _merge_external_config_dict(self) -> None:
+        check_keys(self.file_config_dict, "the config files")
+        check_keys(self.variable_config_dict, "config_dict")
+        check_keys(self.cmd_config_dict, "the command line")
+        super()._merge_external_config_dict()
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+            if model is None:
+                raise ConfigError("no model given: pass --model=NAME (e.g. --model=SASRec)")
+        if isinstance(model, str):
+            model = get_model(model)
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset", EMBEDDED_DATASET)
+        return super()._get_model_and_dataset(model, dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        self._update_internal_config_dict(properties_dir() / "overall.yaml")
+        model_file = properties_dir() / "model" / f"{model}.yaml"
+        if model_file.is_file():
+            self._update_internal_config_dict(model_file)
+        dataset_file = dataset_configs_dir() / f"{dataset}.yaml"
+        if dataset_file.is_file():
+            dataset_keys = self._update_internal_config_dict(dataset_file) or {}
+            self.parameters["Dataset"] += [key for key in dataset_keys if key not in self.parameters["Dataset"]]
+
+    def _get_final_config_dict(self) -> dict[str, Any]:
+        final_config = super()._get_final_config_dict()
+        if final_config.get("MODEL_TYPE") == ModelType.SEQUENTIAL:
+            compat.default_negatives_for_ce(final_config, self.external_config_dict)
+        if not final_config.get("run_id"):
+            final_config["run_id"] = compat.unique_run_id(self.model, self.dataset)
+        return final_config
+
+    def _check_valid_metric(self) -> None:
+        """RecBole only finds out after the first training epoch that ``valid_metric`` is not computed."""
+        name, _, k = str(self["valid_metric"]).lower().partition("@")
+        metrics = [metric.lower() for metric in self["metrics"]]
+        computed = name in metrics and (not k or (k.isdigit() and int(k) in self["topk"]))
+        if not computed:
+            raise ConfigError(
+                f"valid_metric '{self['valid_metric']}' is not computed: metrics are {self['metrics']} "
+                f"at topk {self['topk']}; add it to metrics/topk or pick one of them"
+            )
+
+    def _check_dataset_files(self) -> None:
+        if self.dataset == EMBEDDED_DATASET or self["benchmark_filename"]:
+            return
+        data_dir = Path(self["data_path"])
+        if not (data_dir / f"{self.dataset}.inter").is_file():
+            parent = data_dir.parent
+            raise ConfigError(
+                f"dataset '{self.dataset}' not found: no file {data_dir / (self.dataset + '.inter')}; "
+                f"available under {parent}: {', '.join(available_datasets(parent))} "
+                f"(set --data_path=DIR, or convert raw data with 'python -m recbole_oneranker.data.convert')"
+            )

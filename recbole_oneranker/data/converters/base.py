@@ -1,0 +1,236 @@
+"""What every converter shares: the error type, the table types, progress messages and strict input readers.
+
+Readers never guess: a missing file or column, a row with the wrong number of fields, a non-numeric value where a
+number is required and an empty file all raise :class:`ConversionError`, whose message names the file, the 1-based
+line (where there is one) and what is wrong. None of the sources quotes its fields, so every delimited file is read
+as plain separator-split text (no CSV quoting), which makes "field count of a line" exact.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import sys
+import time
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import pandas as pd
+
+ATOMIC_TYPES = ("token", "float", "token_seq", "float_seq")
+
+
+class ConversionError(Exception):
+    """The raw input is missing or malformed; the message is one line naming the file, line and problem."""
+
+
+def input_error(path: Path, problem: str, line: int | None = None) -> ConversionError:
+    """A :class:`ConversionError` for ``path`` (and its 1-based ``line`` where known)."""
+    where = f"{path}, line {line}" if line is not None else str(path)
+    return ConversionError(f"{where}: {problem}")
+
+
+@dataclass
+class Table:
+    """One atomic file: a frame whose columns are written in order, and each column's RecBole type."""
+
+    frame: pd.DataFrame
+    types: dict[str, str]
+
+    def __post_init__(self) -> None:
+        if list(self.frame.columns) != list(self.types):
+            raise ValueError(f"columns {list(self.frame.columns)} do not match types {list(self.types)}")
+        unknown = {t for t in self.types.values() if t not in ATOMIC_TYPES}
+        if unknown:
+            raise ValueError(f"unknown atomic types {sorted(unknown)}")
+
+
+@dataclass
+class Converted:
+    """A converter's result: the ``.inter`` table, optional ``.user``/``.item`` tables and its label columns.
+
+    ``default_name`` is the dataset name used when ``--name`` is not given; ``labels`` are the ``.inter`` columns
+    the summary counts.
+    """
+
+    default_name: str
+    inter: Table
+    user: Table | None = None
+    item: Table | None = None
+    labels: tuple[str, ...] = ()
+
+    def tables(self) -> dict[str, Table]:
+        """The tables to write, keyed by file suffix (``inter``, ``user``, ``item``)."""
+        found = {"inter": self.inter, "user": self.user, "item": self.item}
+        return {suffix: table for suffix, table in found.items() if table is not None}
+
+
+@dataclass(frozen=True)
+class Option:
+    """A converter-specific option: ``--<name>`` on the command line, keyword ``name`` in Python."""
+
+    name: str
+    default: str
+    help: str
+    choices: tuple[str, ...] | None = None
+
+
+class Progress:
+    """Timestamped step messages on stderr (silent when disabled)."""
+
+    def __init__(self, enabled: bool = True, stream: TextIO | None = None) -> None:
+        self.enabled = enabled
+        self.stream = stream
+        self.start = time.perf_counter()
+
+    def step(self, message: str) -> None:
+        if self.enabled:
+            elapsed = time.perf_counter() - self.start
+            print(f"[{elapsed:6.1f}s] {message}", file=self.stream or sys.stderr, flush=True)
+
+
+ConvertFunction = Callable[[Path, Mapping[str, str], Progress], Converted]
+
+
+@dataclass(frozen=True)
+class ConverterSpec:
+    """A registered converter: its CLI name, one-line description, default raw folder, options and function."""
+
+    name: str
+    description: str
+    folder: str
+    convert: ConvertFunction
+    options: tuple[Option, ...] = field(default=())
+
+
+# ----------------------------------------------------------------------------------------------- reading files
+
+
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The whole text of ``path`` (gunzipped when it ends in ``.gz``); missing, unreadable or empty -> error."""
+    if not path.is_file():
+        raise input_error(path, "file not found")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding=encoding, newline="") as handle:
+                text = handle.read()
+        else:
+            text = path.read_text(encoding=encoding)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        raise input_error(path, f"cannot read: {exc}") from exc
+    if not text.strip():
+        raise input_error(path, "file is empty")
+    return text
+
+
+def find_file(folder: Path, *names: str) -> Path:
+    """The first of ``names`` that exists in ``folder``; none -> error naming the first."""
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    tried = " or ".join(names)
+    raise input_error(folder / names[0], f"file not found (looked for {tried})")
+
+
+@dataclass
+class Rows:
+    """A delimited file as string columns, with the 1-based source line of every row (blank lines skipped)."""
+
+    path: Path
+    frame: pd.DataFrame
+    lines: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def require(self, *columns: str) -> None:
+        """Error (line 1, the header) if any of ``columns`` is missing."""
+        missing = [c for c in columns if c not in self.frame.columns]
+        if missing:
+            names = ", ".join(repr(c) for c in missing)
+            raise input_error(self.path, f"missing column(s) {names}", 1)
+
+    def fail(self, row: int, problem: str) -> ConversionError:
+        """An error for positional ``row`` (reported at its source line)."""
+        return input_error(self.path, problem, int(self.lines[row]))
+
+    def numbers(self, column: str, integer: bool = False) -> np.ndarray:
+        """``column`` as finite float64 values; the first non-number (or non-integer) -> error at its line."""
+        raw = self.frame[column]
+        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if integer:
+            bad |= values != np.round(values)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            kind = "an integer" if integer else "a number"
+            raise self.fail(row, f"column {column!r} must be {kind}, got {raw.iloc[row]!r}")
+        return values
+
+    def one_of(self, column: str, allowed: Mapping[str, int]) -> np.ndarray:
+        """``column`` mapped through ``allowed``; the first value outside it -> error at its line."""
+        raw = self.frame[column]
+        mapped = raw.map(allowed)
+        if mapped.isna().any():
+            row = int(np.flatnonzero(mapped.isna().to_numpy())[0])
+            expected = ", ".join(allowed)
+            raise self.fail(row, f"column {column!r} must be one of {expected}, got {raw.iloc[row]!r}")
+        return mapped.to_numpy(dtype=np.int64)
+
+    def unix_seconds(self, column: str) -> np.ndarray:
+        """``column`` as Unix seconds: numbers are taken as they are, date-time strings are parsed (naive = UTC)."""
+        raw = self.frame[column]
+        numeric = pd.to_numeric(raw, errors="coerce")
+        if numeric.notna().all():
+            return self.numbers(column)
+        parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="ISO8601")
+        if parsed.isna().any():
+            row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+            raise self.fail(row, f"column {column!r} must be a date-time, got {raw.iloc[row]!r}")
+        seconds = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+        return seconds.to_numpy(dtype=np.float64)
+
+
+def read_delimited(
+    path: Path,
+    sep: str,
+    columns: list[str] | None = None,
+    encoding: str = "utf-8",
+) -> Rows:
+    """Split every non-blank line of ``path`` on ``sep`` into string columns (no quoting, values kept verbatim).
+
+    With ``columns`` the file has no header; without, its first line is the header. Every data line must have
+    exactly as many fields as there are columns.
+    """
+    text = read_text(path, encoding)
+    raw = text.split("\n")
+    if raw[-1] == "":
+        raw.pop()
+    lines = pd.Series(raw, dtype=object).str.removesuffix("\r")
+    numbers = np.arange(1, len(lines) + 1)
+    if columns is None:
+        columns = lines.iloc[0].split(sep)
+        lines, numbers = lines.iloc[1:], numbers[1:]
+    keep = (lines != "").to_numpy()
+    lines, numbers = lines[keep], numbers[keep]
+    if lines.empty:
+        raise input_error(path, "file has no data rows")
+    counts = lines.str.count(re.escape(sep)).to_numpy() + 1
+    bad = np.flatnonzero(counts != len(columns))
+    if bad.size:
+        row = int(bad[0])
+        problem = f"expected {len(columns)} fields separated by {sep!r}, found {counts[row]}"
+        raise input_error(path, problem, int(numbers[row]))
+    frame = lines.str.split(sep, regex=False, expand=True)
+    frame.columns = columns
+    return Rows(path, frame.reset_index(drop=True), numbers)
+
+
+def numeric_key(values: pd.Series) -> pd.Series:
+    """A sort key for id strings: their numeric value when all are numbers, else the strings themselves."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    return numeric if numeric.notna().all() else values

@@ -1,0 +1,141 @@
+"""Writing atomic files: value cleaning, the all-or-nothing folder swap, and the run summary.
+
+Cleaning: token values lose tabs, carriage returns and newlines (replaced by a space) and double quotes (RecBole
+reads atomic files with pandas' default quote character, so a value starting with ``"`` would swallow the rest of
+the line); token_seq values also get their whitespace collapsed to single spaces. Float columns must be finite (a
+NaN would be replaced by the column mean when RecBole loads the file); a float column whose values are all whole
+numbers is written without a decimal point (``5`` rather than ``5.0``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recbole_oneranker.data.converters.base import ConversionError, Converted, Progress, Table
+
+_CONTROL = r"[\t\r\n]+"
+
+
+@dataclass
+class Summary:
+    """What a conversion wrote: folder, files with their row counts, users, items and label counts."""
+
+    name: str
+    path: Path
+    files: dict[str, int]
+    users: int
+    items: int
+    labels: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return self.files[f"{self.name}.inter"]
+
+    def lines(self) -> list[str]:
+        """The human-readable summary, one entry per line."""
+        out = [f"wrote {self.path}"]
+        out += [f"  {file}: {rows:,} rows" for file, rows in self.files.items()]
+        out.append(f"  interactions: {self.rows:,}  users: {self.users:,}  items: {self.items:,}")
+        if self.labels:
+            out.append("  labels: " + "  ".join(f"{k}={v:,}" for k, v in self.labels.items()))
+        return out
+
+
+def clean_column(values: pd.Series, kind: str) -> pd.Series:
+    """One column ready for writing: cleaned strings for token types, finite numbers for float types."""
+    if values.isna().any():
+        raise ValueError(f"column {values.name!r} has missing values")  # a converter bug, not an input error
+    if kind in ("token", "token_seq"):
+        text = values.astype(str).str.replace(_CONTROL, " ", regex=True).str.replace('"', "", regex=False)
+        if kind == "token_seq":
+            return text.str.split().str.join(" ")
+        return text.str.strip()
+    if kind == "float_seq":
+        return values.astype(str).str.split().str.join(" ")
+    numbers = pd.to_numeric(values).to_numpy(dtype=np.float64)
+    if not np.isfinite(numbers).all():
+        raise ValueError(f"float column {values.name!r} has NaN or infinite values")  # a converter bug
+    if np.array_equal(numbers, np.round(numbers)) and np.abs(numbers).max(initial=0) < 2**53:
+        return pd.Series(numbers.astype(np.int64), index=values.index)
+    return pd.Series(numbers, index=values.index)
+
+
+def write_table(table: Table, path: Path) -> None:
+    """Write one atomic file: the ``name:type`` header line, then tab-separated rows."""
+    frame = pd.DataFrame({name: clean_column(table.frame[name], kind) for name, kind in table.types.items()})
+    header = "\t".join(f"{name}:{kind}" for name, kind in table.types.items())
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        handle.write(header + "\n")
+        frame.to_csv(handle, sep="\t", header=False, index=False, quoting=csv.QUOTE_NONE, lineterminator="\n")
+
+
+def label_counts(frame: pd.DataFrame, labels: tuple[str, ...]) -> dict[str, int]:
+    """Positives of each 0/1 label column; for other label columns (ratings), the count of each value."""
+    counts: dict[str, int] = {}
+    for column in labels:
+        values = pd.to_numeric(frame[column])
+        if values.isin([0, 1]).all():
+            counts[column] = int(values.sum())
+        else:
+            for value, count in values.value_counts().sort_index().items():
+                counts[f"{column}={value:g}"] = int(count)
+    return counts
+
+
+def write_atomic(converted: Converted, out: Path, name: str, progress: Progress) -> Summary:
+    """Write ``<out>/<name>/<name>.<suffix>`` for every table, replacing an older folder only once all are written.
+
+    Files go to a temporary folder inside ``out`` that is renamed into place at the end, so a failure leaves
+    neither a half-written dataset nor a stray folder behind.
+    """
+    final = out / name
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out))
+    except OSError as exc:
+        raise ConversionError(f"{out}: cannot create the output folder: {exc}") from exc
+    try:
+        files = {}
+        for suffix, table in converted.tables().items():
+            file = f"{name}.{suffix}"
+            progress.step(f"writing {file} ({len(table.frame):,} rows)")
+            write_table(table, staging / file)
+            files[file] = len(table.frame)
+        _swap_into_place(staging, final)
+    except OSError as exc:
+        raise ConversionError(f"{final}: cannot write: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    inter = converted.inter.frame
+    return Summary(
+        name=name,
+        path=final,
+        files=files,
+        users=int(inter["user_id"].nunique()),
+        items=int(inter["item_id"].nunique()),
+        labels=label_counts(inter, converted.labels),
+    )
+
+
+def _swap_into_place(staging: Path, final: Path) -> None:
+    """Rename ``staging`` to ``final``; an existing ``final`` is moved aside first and deleted afterwards."""
+    if not final.exists():
+        os.replace(staging, final)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+    os.replace(final, old / final.name)
+    try:
+        os.replace(staging, final)
+    except OSError:
+        os.replace(old / final.name, final)  # put the previous output back
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,142 @@
+"""``SequentialDataset``: RecBole's sequential dataset with feedback cascades, vectorised prefixes and whole sequences.
+
+Three additions to ``recbole.data.dataset.SequentialDataset``, all driven by config keys (``properties/overall.yaml``):
+
+- **Cascade labels.** ``cascade_fields`` names the 0/1 task labels of an interaction, ordered from interest to
+  value (impression -> click -> conversion). They are read from the ``.inter`` file, or derived from a numeric column
+  (``cascade_from`` + ``cascade_thresholds``, e.g. MovieLens ratings). Like every inter column they reach the model
+  as ``<field>`` (the target's label) and ``<field>_list`` (the history's labels); so does ``value_field``.
+- **Vectorised prefixes.** RecBole turns every interaction after a user's first into a (history, target) row with a
+  Python loop over rows; here the same rows are built with array indexing. The output is identical.
+- **Whole sequences** (``whole_sequence: True``). A generative model trains on all positions of one sequence, so
+  only the last prefixes of each user are kept: the longest training prefix plus the valid/test rows. RecBole's
+  leave-one-out split then yields one training row per user, and the very same valid/test rows as the default mode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from recbole.data.dataset import SequentialDataset as RecBoleSequentialDataset
+from recbole.data.interaction import Interaction
+from recbole.utils import FeatureSource, FeatureType
+
+from recbole_oneranker.config import ConfigError
+
+# Rows each user keeps after its training prefix in whole-sequence mode, per leave-one-out mode.
+_HELD_OUT_ROWS = {"valid_and_test": 2, "valid_only": 1, "test_only": 1}
+
+
+class DatasetConfigError(ConfigError):
+    """A dataset config that does not match the data (missing column, bad labels, wrong split for a mode)."""
+
+
+class SequentialDataset(RecBoleSequentialDataset):
+    """Sequential dataset used for every sequential model run through this package (see the module docstring)."""
+
+    def __init__(self, config):
+        self.cascade_fields = list(config["cascade_fields"] or [])
+        self.value_field = config["value_field"]
+        self.whole_sequence = bool(config["whole_sequence"])
+        super().__init__(config)
+
+    # -- cascade and value ------------------------------------------------------------------------------------
+
+    def _data_processing(self):
+        self._prepare_cascade()
+        self._check_value_field()
+        super()._data_processing()
+
+    def _prepare_cascade(self) -> None:
+        source = self.config["cascade_from"]
+        if source is None:
+            for field in self.cascade_fields:
+                self._check_inter_column(field, "cascade_fields")
+                labels = self.inter_feat[field]
+                if not labels.isin([0, 1]).all():
+                    raise DatasetConfigError(f"cascade field '{field}' must hold 0/1 labels")
+            return
+        thresholds = list(self.config["cascade_thresholds"] or [])
+        if len(thresholds) != len(self.cascade_fields) or thresholds != sorted(thresholds):
+            raise DatasetConfigError(
+                f"cascade_thresholds {thresholds} must give one non-decreasing threshold per cascade field "
+                f"{self.cascade_fields}"
+            )
+        self._check_inter_column(source, "cascade_from")
+        values = self.inter_feat[source].to_numpy(dtype=np.float64)
+        for field, threshold in zip(self.cascade_fields, thresholds):
+            self.inter_feat[field] = (values >= threshold).astype(np.float32)
+            self.set_field_property(field, FeatureType.FLOAT, FeatureSource.INTERACTION, 1)
+
+    def _check_value_field(self) -> None:
+        if self.value_field is not None:
+            self._check_inter_column(self.value_field, "value_field")
+            if self.field2type[self.value_field] != FeatureType.FLOAT:
+                raise DatasetConfigError(f"value_field '{self.value_field}' must be a float column")
+
+    def _check_inter_column(self, field: str, key: str) -> None:
+        if self.inter_feat is None or field not in self.inter_feat:
+            loaded = [] if self.inter_feat is None else list(self.inter_feat.columns)
+            raise DatasetConfigError(
+                f"{key} names column '{field}', which is not in {self.dataset_name}.inter as loaded "
+                f"(loaded columns: {', '.join(loaded)}; check load_col)"
+            )
+        if not pd.api.types.is_numeric_dtype(self.inter_feat[field]):
+            raise DatasetConfigError(f"{key} column '{field}' must be numeric")
+
+    # -- prefixes ---------------------------------------------------------------------------------------------
+
+    def data_augmentation(self):
+        """Build (history, target) rows for every interaction but each user's first, as RecBole does, vectorised.
+
+        Row for target position i of a user whose interactions start at s: history = positions
+        max(s, i - L) .. i - 1 (L = MAX_ITEM_LIST_LENGTH), right-padded with zeros to L.
+        """
+        self._aug_presets()
+        self._check_field("uid_field", "time_field")
+        self.sort(by=[self.uid_field, self.time_field], ascending=True)
+
+        user_ids = self.inter_feat[self.uid_field].numpy()
+        n_rows = len(user_ids)
+        is_first = np.ones(n_rows, dtype=bool)
+        is_first[1:] = user_ids[1:] != user_ids[:-1]
+        user_start = np.maximum.accumulate(np.where(is_first, np.arange(n_rows), 0))  # [n_rows]
+
+        target_index = np.flatnonzero(~is_first)
+        if self.whole_sequence:
+            target_index = target_index[self._last_rows_per_user(user_ids[target_index])]
+
+        max_len = self.max_item_list_len
+        history_start = np.maximum(user_start[target_index], target_index - max_len)  # [R]
+        history_length = target_index - history_start  # [R], in 1..L
+        offsets = np.arange(max_len)
+        in_history = offsets[None, :] < history_length[:, None]  # [R, L]
+        history_index = torch.from_numpy(np.where(in_history, history_start[:, None] + offsets[None, :], 0))
+        in_history = torch.from_numpy(in_history)
+
+        new_data = self.inter_feat[target_index]
+        new_dict = {self.item_list_length_field: torch.from_numpy(history_length.astype(np.int64))}
+        for field in self.inter_feat:
+            if field == self.uid_field:
+                continue
+            values = self.inter_feat[field][history_index]  # [R, L, ...]
+            mask = in_history.reshape(in_history.shape + (1,) * (values.dim() - 2))
+            new_dict[getattr(self, f"{field}_list_field")] = values * mask.to(values.dtype)
+        new_data.update(Interaction(new_dict))
+        self.inter_feat = new_data
+
+    def _last_rows_per_user(self, row_users: np.ndarray) -> np.ndarray:
+        """Mask of the rows to keep in whole-sequence mode: each user's last training row and held-out rows."""
+        split = self.config["eval_args"]["split"]
+        mode = split.get("LS") if isinstance(split, dict) else None
+        if mode not in _HELD_OUT_ROWS:
+            raise DatasetConfigError(
+                f"whole_sequence needs a leave-one-out split (eval_args.split: {{LS: valid_and_test}}), got {split}"
+            )
+        keep = _HELD_OUT_ROWS[mode] + 1
+        # Rank of each row from the end of its user's block (rows are sorted by user, then time).
+        is_last = np.ones(len(row_users), dtype=bool)
+        is_last[:-1] = row_users[:-1] != row_users[1:]
+        block_end = np.minimum.accumulate(np.where(is_last, np.arange(len(row_users)), len(row_users))[::-1])[::-1]
+        return block_end - np.arange(len(row_users)) < keep

@@ -1,0 +1,33 @@
+"""One line that says how a result was measured; printed with every run and written in every results header."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _split_text(split: dict[str, Any]) -> str:
+    (mode, args), = split.items()
+    names = {"LS": "leave-one-out", "RS": "random split", "TS": "time split"}
+    return f"{names.get(mode, mode)} ({args})"
+
+
+def _ranking_text(mode: str, n_items: int) -> str:
+    if mode == "full":
+        return f"full ranking over all {n_items - 1:,} items"
+    if mode.startswith(("uni", "pop")):
+        return f"target + {mode[3:]} {'uniform' if mode.startswith('uni') else 'popularity'}-sampled negatives"
+    return f"ranking mode {mode}"
+
+
+def describe_protocol(config, dataset) -> str:
+    """E.g. ``leave-one-out (valid_and_test), full ranking over all 1,682 items, seen items kept (RecBole default)``."""
+    eval_args = config["eval_args"]
+    parts = [_split_text(eval_args["split"]), _ranking_text(eval_args["mode"]["test"], dataset.item_num)]
+    if eval_args["mode"]["test"] == "full":
+        parts.append("seen items masked (HSTU)" if config["mask_seen_items"] else "seen items kept (RecBole default)")
+    if config["whole_sequence"]:
+        parts.append("whole-sequence training")
+    if config["value_field"]:
+        note = f": {config['value_note']}" if config["value_note"] else ""
+        parts.append(f"value = {config['value_field']}{note}")
+    return ", ".join(parts)

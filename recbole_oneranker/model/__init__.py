@@ -1,0 +1,1 @@
+"""Models: pure-PyTorch layers (``layers``), item tokenizers (``tokenizers``) and RecBole models."""

@@ -1,0 +1,133 @@
+"""``run`` and ``objective_function``: RecBole's quick-start flow with plugin lookups, and without ray.
+
+``recbole.quick_start`` imports ray (for ``tune.report``), finds models only inside ``recbole.model`` and names
+checkpoints by the second. These functions follow the same steps (config, seed, logger, dataset, split, model,
+trainer, fit, test) with this package's ``Config``, dataset, model lookup and trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from logging import getLogger
+from typing import Any, Callable
+
+import colorlog
+from colorama import init as init_colorama
+from recbole.data import data_preparation
+from recbole.utils import init_seed, set_color
+from recbole.utils.logger import RemoveColorFilter, log_colors_config
+
+from recbole_oneranker.config import Config
+from recbole_oneranker.data import create_dataset
+from recbole_oneranker.evaluator.protocol import describe_protocol
+from recbole_oneranker.utils import get_model, get_trainer
+
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def init_logger(config: Config) -> str:
+    """Log to the console and to ``<log_dir>/<model>/<run_id>.log``; returns the log file's path.
+
+    Replaces RecBole's ``init_logger``, whose file name is only unique to the second and which does nothing
+    when the root logger already has handlers (a second run in the same process would log nowhere new).
+    """
+    init_colorama(autoreset=True)
+    level = _LOG_LEVELS.get(str(config["state"] or "info").lower(), logging.INFO)
+    log_file = os.path.join(config["log_dir"], config["model"], f"{config['run_id']}.log")
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+
+    file_handler = logging.FileHandler(log_file)
+    file_handler.setFormatter(logging.Formatter("%(asctime)-15s %(levelname)s  %(message)s", "%a %d %b %Y %H:%M:%S"))
+    file_handler.addFilter(RemoveColorFilter())
+    console_handler = logging.StreamHandler()
+    console_handler.setFormatter(
+        colorlog.ColoredFormatter(
+            "%(log_color)s%(asctime)-15s %(levelname)s  %(message)s", "%d %b %H:%M", log_colors=log_colors_config
+        )
+    )
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+        handler.close()
+    for handler in (console_handler, file_handler):
+        handler.setLevel(level)
+        root.addHandler(handler)
+    root.setLevel(level)
+    return log_file
+
+
+def run(
+    model: str | type | None = None,
+    dataset: str | None = None,
+    config_file_list: list[str] | None = None,
+    config_dict: dict[str, Any] | None = None,
+    cmd_args: list[str] | tuple[str, ...] = (),
+    saved: bool = True,
+    callback_fn: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on ``dataset`` with early stopping on validation, then test the best checkpoint.
+
+    Args:
+        model: a model name (this package's or RecBole's) or class.
+        dataset: a dataset name; the ml-100k copy inside the recbole wheel when None.
+        config_file_list, config_dict, cmd_args: configuration layers (see :class:`~recbole_oneranker.config.Config`).
+        saved: save the best checkpoint and test it (False tests the last epoch's weights).
+        callback_fn: called as ``callback_fn(epoch, valid_score)`` after each validation (e.g. Optuna pruning).
+
+    Returns:
+        dict with ``model``, ``dataset``, ``run_id``, ``best_valid_score``, ``valid_score_bigger``,
+        ``best_valid_result``, ``test_result``, ``protocol``, ``saved_model_file``, ``log_file``, ``wall_time_s``.
+    """
+    start = time.perf_counter()
+    config = Config(model, dataset, config_file_list, config_dict, cmd_args)
+    init_seed(config["seed"], config["reproducibility"])
+    log_file = init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    show_progress = bool(config["show_progress"])
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=show_progress, callback_fn=callback_fn
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show_progress)
+
+    protocol = describe_protocol(config, dataset)
+    logger.info(set_color("protocol", "yellow") + f": {protocol}")
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "run_id": config["run_id"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "protocol": protocol,
+        "saved_model_file": trainer.saved_model_file if saved else None,
+        "log_file": log_file,
+        "wall_time_s": time.perf_counter() - start,
+    }
+
+
+def objective_function(
+    config_dict: dict[str, Any] | None = None,
+    config_file_list: list[str] | None = None,
+    saved: bool = True,
+    callback_fn: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """RecBole's ``objective_function`` contract (model and dataset come from the config), for tuning."""
+    return run(config_file_list=config_file_list, config_dict=config_dict, saved=saved, callback_fn=callback_fn)

@@ -1,0 +1,104 @@
+"""Trainers: RecBole's training loop with safe checkpoints, per-run paths, seen-item masking and value metrics.
+
+Every model, RecBole's built-ins included, is trained through :class:`Trainer` (or a RecBole special trainer
+with :class:`RunSafetyMixin` mixed in), so all rows of a comparison share checkpointing and evaluation code.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from recbole.trainer import Trainer as RecBoleTrainer
+from recbole.utils import ModelType, set_color
+
+from recbole_oneranker import compat
+from recbole_oneranker.evaluator import ValueCollector
+
+
+class RunSafetyMixin:
+    """What this package changes in any RecBole trainer (mix in before the RecBole class).
+
+    - checkpoints hold only tensors and plain values and load with ``weights_only=True`` (:mod:`..compat` fix 3);
+    - the checkpoint file is named after the run id, so parallel runs never share one (fix 5);
+    - ``mask_seen_items: True`` removes each user's history from full-ranking scores (HSTU's protocol);
+    - the evaluation collector also gathers target values, for GMV@K.
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        run_id = config["run_id"] or compat.unique_run_id(config["model"], config["dataset"])
+        self.saved_model_file = os.path.join(self.checkpoint_dir, f"{run_id}.pth")
+        self.mask_seen_items = bool(config["mask_seen_items"])
+        if self.mask_seen_items and model.type != ModelType.SEQUENTIAL:
+            raise ValueError(
+                "mask_seen_items applies to sequential models; RecBole already removes the training "
+                "history of general models from full-ranking scores"
+            )
+        self.eval_collector = ValueCollector(config)
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = compat.checkpoint_state(
+            config=self.config,
+            epoch=epoch,
+            cur_step=self.cur_step,
+            best_valid_score=self.best_valid_score,
+            model=self.model,
+            optimizer=self.optimizer,
+        )
+        torch.save(state, saved_model_file)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def _load_model_state(self, checkpoint_file):
+        checkpoint = compat.load_checkpoint(checkpoint_file, self.device)
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        return checkpoint
+
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        self.saved_model_file = resume_file
+        checkpoint = self._load_model_state(resume_file)
+        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
+            self.logger.warning(
+                f"checkpoint {resume_file} was trained as {checkpoint['config']['model']}, "
+                f"not {self.config['model']}: loading its state may fail"
+            )
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if eval_data and load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            self._load_model_state(checkpoint_file)
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if self.mask_seen_items:
+            history = interaction[self.model.ITEM_SEQ].to(scores.device)  # [B, L], 0-padded
+            # Column 0 (padding) is already -inf, so padded history slots are harmless. As in HSTU, a target
+            # the user has seen before is masked too: this protocol does not reward repeat consumption.
+            scores.scatter_(1, history, -np.inf)
+        return interaction, scores, positive_u, positive_i
+
+
+class Trainer(RunSafetyMixin, RecBoleTrainer):
+    """RecBole's ``Trainer`` with this package's run safety; the trainer of every model by default."""
+
+
+def with_run_safety(trainer_class: type) -> type:
+    """``trainer_class`` (a RecBole special trainer) with :class:`RunSafetyMixin` mixed in."""
+    if issubclass(trainer_class, RunSafetyMixin):
+        return trainer_class
+    return type(trainer_class.__name__, (RunSafetyMixin, trainer_class), {"__doc__": trainer_class.__doc__})
