@@ -39,7 +39,19 @@ class SequentialDataset(RecBoleSequentialDataset):
         self.cascade_fields = list(config["cascade_fields"] or [])
         self.value_field = config["value_field"]
         self.whole_sequence = bool(config["whole_sequence"])
+        if self.whole_sequence:
+            self._rows_kept_per_user = self._whole_sequence_rows(config["eval_args"]["split"])
         super().__init__(config)
+
+    @staticmethod
+    def _whole_sequence_rows(split) -> int:
+        """Rows each user keeps in whole-sequence mode: the longest training prefix plus the held-out rows."""
+        mode = split.get("LS") if isinstance(split, dict) else None
+        if mode not in _HELD_OUT_ROWS:
+            raise DatasetConfigError(
+                f"whole_sequence needs a leave-one-out split (eval_args.split: {{LS: valid_and_test}}), got {split}"
+            )
+        return _HELD_OUT_ROWS[mode] + 1
 
     # -- cascade and value ------------------------------------------------------------------------------------
 
@@ -127,16 +139,9 @@ class SequentialDataset(RecBoleSequentialDataset):
         self.inter_feat = new_data
 
     def _last_rows_per_user(self, row_users: np.ndarray) -> np.ndarray:
-        """Mask of the rows to keep in whole-sequence mode: each user's last training row and held-out rows."""
-        split = self.config["eval_args"]["split"]
-        mode = split.get("LS") if isinstance(split, dict) else None
-        if mode not in _HELD_OUT_ROWS:
-            raise DatasetConfigError(
-                f"whole_sequence needs a leave-one-out split (eval_args.split: {{LS: valid_and_test}}), got {split}"
-            )
-        keep = _HELD_OUT_ROWS[mode] + 1
+        """Mask of the rows to keep in whole-sequence mode: each user's last ``_rows_kept_per_user`` rows."""
         # Rank of each row from the end of its user's block (rows are sorted by user, then time).
         is_last = np.ones(len(row_users), dtype=bool)
         is_last[:-1] = row_users[:-1] != row_users[1:]
         block_end = np.minimum.accumulate(np.where(is_last, np.arange(len(row_users)), len(row_users))[::-1])[::-1]
-        return block_end - np.arange(len(row_users)) < keep
+        return block_end - np.arange(len(row_users)) < self._rows_kept_per_user

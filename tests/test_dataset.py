@@ -1,0 +1,88 @@
+"""The sequential dataset: same rows as RecBole's, cascade labels, whole-sequence mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from recbole.data.dataset import SequentialDataset as RecBoleSequentialDataset
+
+from recbole_oneranker.config import Config
+from recbole_oneranker.data import DatasetConfigError, SequentialDataset, create_dataset
+
+
+def _config(tiny_config, **overrides) -> Config:
+    return Config("SASRec", "ml-tiny", config_dict={**tiny_config, **overrides})
+
+
+def _assert_same_rows(ours, reference) -> None:
+    assert set(ours.inter_feat.columns) == set(reference.inter_feat.columns)
+    for field in reference.inter_feat.columns:
+        torch.testing.assert_close(ours.inter_feat[field], reference.inter_feat[field], rtol=0, atol=0, msg=field)
+
+
+def test_prefix_rows_match_recbole(tiny_config):
+    config = _config(tiny_config)
+    ours = SequentialDataset(config).build()
+    reference = RecBoleSequentialDataset(config).build()
+    for our_split, reference_split in zip(ours, reference):
+        _assert_same_rows(our_split, reference_split)
+
+
+def test_cascade_and_value_reach_the_batch(tiny_config):
+    train, _, _ = SequentialDataset(_config(tiny_config)).build()
+    feat = train.inter_feat
+    for field in ("click", "conversion", "rating"):
+        assert field in feat and f"{field}_list" in feat
+    # The history labels are the labels of the history items: check one row by hand.
+    row = int(torch.argmax(feat["item_length"]))
+    length = int(feat["item_length"][row])
+    assert torch.equal(feat["conversion_list"][row, :length], (feat["rating_list"][row, :length] >= 4).float())
+    assert feat["conversion_list"][row, length:].abs().sum() == 0  # padding stays zero
+
+
+def test_cascade_derived_from_thresholds(tiny_config):
+    config = _config(
+        tiny_config, cascade_fields=["seen", "liked"], cascade_from="rating", cascade_thresholds=[1, 4]
+    )
+    feat = SequentialDataset(config).inter_feat  # a DataFrame until build()
+    assert (feat["liked"] == (feat["rating"] >= 4)).all()
+    assert (feat["seen"] == 1).all()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"cascade_fields": ["nope"]}, "cascade_fields names column 'nope'"),
+        ({"cascade_fields": ["rating"]}, "must hold 0/1 labels"),
+        ({"cascade_from": "rating", "cascade_thresholds": [4, 1]}, "non-decreasing"),
+        ({"value_field": "missing"}, "value_field names column 'missing'"),
+    ],
+)
+def test_bad_cascade_config_is_reported(tiny_config, overrides, message):
+    with pytest.raises(DatasetConfigError, match=message):
+        SequentialDataset(_config(tiny_config, **overrides))
+
+
+def test_whole_sequence_one_train_row_per_user_same_eval_rows(tiny_config):
+    default = create_dataset(_config(tiny_config)).build()
+    whole = create_dataset(_config(tiny_config, whole_sequence=True)).build()
+
+    train_users = whole[0].inter_feat["user_id"].numpy()
+    assert len(train_users) == len(np.unique(train_users)) == 60
+    for whole_split, default_split in zip(whole[1:], default[1:]):
+        # Same rows; the order of users differs (RecBole orders groups by their first row), which no metric sees.
+        whole_split.sort(by="user_id")
+        default_split.sort(by="user_id")
+        _assert_same_rows(whole_split, default_split)
+    # Each user's training row is the longest training prefix of the default mode: it holds all the others.
+    default_train = default[0].inter_feat
+    last_rows = [int(np.flatnonzero(default_train["user_id"].numpy() == user)[-1]) for user in train_users]
+    for field in ("item_id", "item_id_list", "item_length", "conversion_list"):
+        assert torch.equal(whole[0].inter_feat[field], default_train[field][last_rows]), field
+
+
+def test_whole_sequence_needs_leave_one_out(tiny_config):
+    config = _config(tiny_config, whole_sequence=True, eval_args={"split": {"RS": [0.8, 0.1, 0.1]}, "order": "TO"})
+    with pytest.raises(DatasetConfigError, match="leave-one-out"):
+        create_dataset(config)

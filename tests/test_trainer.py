@@ -1,0 +1,76 @@
+"""The trainer: safe checkpoints, best-model reload, seen-item masking, repeated evaluation with GMV."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from recbole.data import data_preparation
+
+from recbole_oneranker.config import Config
+from recbole_oneranker.data import create_dataset
+from recbole_oneranker.utils import get_model, get_trainer
+
+
+def _setup(tiny_config, **overrides):
+    config = Config("SASRec", "ml-tiny", config_dict={**tiny_config, **overrides})
+    train, valid, test = data_preparation(config, create_dataset(config))
+    model = get_model("SASRec")(config, train._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], "SASRec")(config, model)
+    return config, trainer, train, valid, test
+
+
+def test_checkpoint_is_weights_only_and_reloads(tiny_config):
+    config, trainer, train, valid, test = _setup(tiny_config)
+    trainer.fit(train, valid, saved=True)
+    assert trainer.saved_model_file.endswith(f"{config['run_id']}.pth")
+    checkpoint = torch.load(trainer.saved_model_file, weights_only=True)  # raises if anything is pickled code
+    assert checkpoint["config"]["model"] == "SASRec" and isinstance(checkpoint["config"]["MODEL_TYPE"], str)
+
+    best = {name: tensor.clone() for name, tensor in trainer.model.state_dict().items()}
+    with torch.no_grad():
+        for parameter in trainer.model.parameters():
+            parameter.add_(1.0)
+    first = trainer.evaluate(test, load_best_model=True)
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(tensor, best[name]), name
+    # A second evaluation sees the same users and values (the collector resets data.value between runs).
+    assert trainer.evaluate(test, load_best_model=False) == first
+
+
+def test_resume_checkpoint_restores_training_state(tiny_config):
+    _, trainer, train, valid, _ = _setup(tiny_config)
+    trainer.fit(train, valid, saved=True)
+    _, resumed, _, _, _ = _setup(tiny_config)
+    resumed.resume_checkpoint(trainer.saved_model_file)
+    assert resumed.start_epoch == 1
+    for name, tensor in resumed.model.state_dict().items():
+        assert torch.equal(tensor, trainer.model.state_dict()[name]), name
+
+
+def test_parallel_runs_get_distinct_checkpoints(tiny_config):
+    first = _setup(tiny_config)[1].saved_model_file
+    second = _setup(tiny_config)[1].saved_model_file
+    assert first != second
+
+
+def _first_batch_scores(trainer, test):
+    trainer.model.eval()
+    trainer.tot_item_num = test._dataset.item_num
+    with torch.no_grad():
+        interaction, scores, _, _ = trainer._full_sort_batch_eval(next(iter(test)))
+    return interaction, scores
+
+
+def test_mask_seen_items_removes_exactly_the_history(tiny_config):
+    _, kept_trainer, _, _, test = _setup(tiny_config)
+    _, masked_trainer, _, _, _ = _setup(tiny_config, mask_seen_items=True)
+    masked_trainer.model.load_state_dict(kept_trainer.model.state_dict())
+
+    interaction, kept = _first_batch_scores(kept_trainer, test)
+    _, masked = _first_batch_scores(masked_trainer, test)
+    history = interaction["item_id_list"]
+    seen = torch.zeros_like(kept, dtype=torch.bool).scatter_(1, history, True)
+    seen[:, 0] = True  # padding item, -inf in both
+    assert torch.isinf(masked[seen]).all() and (masked[seen] < 0).all()
+    assert torch.equal(masked[~seen], kept[~seen])
+    assert np.isfinite(kept[:, 1:].numpy()).all()
