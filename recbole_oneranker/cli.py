@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from recbole_oneranker.compat import IncompatibleEnvironmentError
 from recbole_oneranker.config import ConfigError

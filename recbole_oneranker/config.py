@@ -16,9 +16,10 @@ rejects keys that no layer defines (a typo would otherwise be silently ignored) 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import recbole
 import yaml

@@ -11,8 +11,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from logging import getLogger
-from typing import Any, Callable
+from typing import Any
 
 import colorlog
 from colorama import init as init_colorama

@@ -45,7 +45,7 @@ def test_sys_argv_is_not_read(monkeypatch):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"cmd_args": ["--lerning_rate=0.1"]}, "unknown config key 'lerning_rate' in the command line; did you mean 'learning_rate'"),
+        ({"cmd_args": ["--lerning_rate=0.1"]}, "'lerning_rate' in the command line; did you mean 'learning_rate'"),
         ({"config_dict": {"n_fake": 3}}, "unknown config key 'n_fake' in config_dict"),
         ({"cmd_args": ["epochs=3"]}, "write overrides as --key=value"),
         ({"dataset": "no-such-data"}, "dataset 'no-such-data' not found"),

@@ -25,7 +25,7 @@ def test_prefix_rows_match_recbole(tiny_config):
     config = _config(tiny_config)
     ours = SequentialDataset(config).build()
     reference = RecBoleSequentialDataset(config).build()
-    for our_split, reference_split in zip(ours, reference):
+    for our_split, reference_split in zip(ours, reference, strict=True):
         _assert_same_rows(our_split, reference_split)
 
 
@@ -42,9 +42,7 @@ def test_cascade_and_value_reach_the_batch(tiny_config):
 
 
 def test_cascade_derived_from_thresholds(tiny_config):
-    config = _config(
-        tiny_config, cascade_fields=["seen", "liked"], cascade_from="rating", cascade_thresholds=[1, 4]
-    )
+    config = _config(tiny_config, cascade_fields=["seen", "liked"], cascade_from="rating", cascade_thresholds=[1, 4])
     feat = SequentialDataset(config).inter_feat  # a DataFrame until build()
     assert (feat["liked"] == (feat["rating"] >= 4)).all()
     assert (feat["seen"] == 1).all()
@@ -70,7 +68,7 @@ def test_whole_sequence_one_train_row_per_user_same_eval_rows(tiny_config):
 
     train_users = whole[0].inter_feat["user_id"].numpy()
     assert len(train_users) == len(np.unique(train_users)) == 60
-    for whole_split, default_split in zip(whole[1:], default[1:]):
+    for whole_split, default_split in zip(whole[1:], default[1:], strict=True):
         # Same rows; the order of users differs (RecBole orders groups by their first row), which no metric sees.
         whole_split.sort(by="user_id")
         default_split.sort(by="user_id")

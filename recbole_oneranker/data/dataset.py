@@ -77,7 +77,7 @@ class SequentialDataset(RecBoleSequentialDataset):
             )
         self._check_inter_column(source, "cascade_from")
         values = self.inter_feat[source].to_numpy(dtype=np.float64)
-        for field, threshold in zip(self.cascade_fields, thresholds):
+        for field, threshold in zip(self.cascade_fields, thresholds, strict=True):
             self.inter_feat[field] = (values >= threshold).astype(np.float32)
             self.set_field_property(field, FeatureType.FLOAT, FeatureSource.INTERACTION, 1)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 
 def _split_text(split: dict[str, Any]) -> str:
-    (mode, args), = split.items()
+    ((mode, args),) = split.items()
     names = {"LS": "leave-one-out", "RS": "random split", "TS": "time split"}
     return f"{names.get(mode, mode)} ({args})"
 
