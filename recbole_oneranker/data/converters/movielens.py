@@ -76,7 +76,8 @@ def _convert_100k(src: Path, progress: Progress) -> Converted:
     ratings = read_delimited(src / "u.data", "\t", ["user_id", "item_id", "rating", "timestamp"], ENCODING)
     progress.step("reading u.user and u.item")
     users = read_delimited(src / "u.user", "|", list(USER_TYPES), ENCODING)
-    movies = read_delimited(src / "u.item", "|", ["item_id", "title", "release_date", "video_date", "url", *GENRES_100K], ENCODING)  # fmt: skip
+    item_columns = ["item_id", "title", "release_date", "video_date", "url", *GENRES_100K]
+    movies = read_delimited(src / "u.item", "|", item_columns, ENCODING)
     title, year = split_title(movies.frame["title"])
     date_year = movies.frame["release_date"].str.extract(r"(\d{4})\s*$", expand=False).fillna("")
     year = year.where(year != "", date_year)

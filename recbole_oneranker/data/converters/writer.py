@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ import pandas as pd
 
 from recbole_oneranker.data.converters.base import ConversionError, Converted, Progress, Table
 
-_CONTROL = r"[\t\r\n]+"
+_CONTROL = r"[\t\r\n]+"  # become one space
+_UNSAFE = re.compile(r'[\t\r\n"]')  # control characters and double quotes (removed)
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Summary:
         out += [f"  {file}: {rows:,} rows" for file, rows in self.files.items()]
         out.append(f"  interactions: {self.rows:,}  users: {self.users:,}  items: {self.items:,}")
         if self.labels:
-            out.append("  labels: " + "  ".join(f"{k}={v:,}" for k, v in self.labels.items()))
+            out.append("  labels: " + "; ".join(f"{k}: {v:,}" for k, v in self.labels.items()))
         return out
 
 
@@ -54,10 +56,10 @@ def clean_column(values: pd.Series, kind: str) -> pd.Series:
     if values.isna().any():
         raise ValueError(f"column {values.name!r} has missing values")  # a converter bug, not an input error
     if kind in ("token", "token_seq"):
-        text = values.astype(str).str.replace(_CONTROL, " ", regex=True).str.replace('"', "", regex=False)
-        if kind == "token_seq":
-            return text.str.split().str.join(" ")
-        return text.str.strip()
+        text = values.astype(str)
+        if _UNSAFE.search("".join(text)):  # one scan of all values; most columns need no replacing
+            text = text.str.replace(_CONTROL, " ", regex=True).str.replace('"', "", regex=False)
+        return text.str.split().str.join(" ") if kind == "token_seq" else text
     if kind == "float_seq":
         return values.astype(str).str.split().str.join(" ")
     numbers = pd.to_numeric(values).to_numpy(dtype=np.float64)
