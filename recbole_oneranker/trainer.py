@@ -23,7 +23,8 @@ class RunSafetyMixin:
     - checkpoints hold only tensors and plain values and load with ``weights_only=True`` (:mod:`..compat` fix 3);
     - the checkpoint file is named after the run id, so parallel runs never share one (fix 5);
     - ``mask_seen_items: True`` removes each user's history from full-ranking scores (HSTU's protocol);
-    - the evaluation collector also gathers target values, for GMV@K.
+    - the evaluation collector also gathers target values, for GMV@K;
+    - ``adam_betas`` sets the betas of Adam / AdamW (RecBole always uses torch's defaults).
     """
 
     def __init__(self, config, model):
@@ -37,6 +38,14 @@ class RunSafetyMixin:
                 "history of general models from full-ranking scores"
             )
         self.eval_collector = ValueCollector(config)
+
+    def _build_optimizer(self, **kwargs):
+        optimizer = super()._build_optimizer(**kwargs)
+        betas = self.config["adam_betas"]
+        if betas is not None and isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            for group in optimizer.param_groups:
+                group["betas"] = tuple(float(beta) for beta in betas)
+        return optimizer
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:

@@ -6,6 +6,8 @@ Three additions to ``recbole.data.dataset.SequentialDataset``, all driven by con
   value (impression -> click -> conversion). They are read from the ``.inter`` file, or derived from a numeric column
   (``cascade_from`` + ``cascade_thresholds``, e.g. MovieLens ratings). Like every inter column they reach the model
   as ``<field>`` (the target's label) and ``<field>_list`` (the history's labels); so does ``value_field``.
+- **Precise times.** Timestamps count from the dataset's first event (``rebase_timestamps``), so that RecBole's
+  float32 storage keeps them to a second or two instead of 64 s.
 - **Vectorised prefixes.** RecBole turns every interaction after a user's first into a (history, target) row with a
   Python loop over rows; here the same rows are built with array indexing. The output is identical.
 - **Whole sequences** (``whole_sequence: True``). A generative model trains on all positions of one sequence, so
@@ -56,9 +58,17 @@ class SequentialDataset(RecBoleSequentialDataset):
     # -- cascade and value ------------------------------------------------------------------------------------
 
     def _data_processing(self):
+        self._rebase_timestamps()
         self._prepare_cascade()
         self._check_value_field()
         super()._data_processing()
+
+    def _rebase_timestamps(self) -> None:
+        """Count time from the dataset's first event: float32 (RecBole's float type) rounds Unix seconds to 64 s,
+        but rebased times to 1 s over the first 194 days (2 s up to 388). Only order and gaps are used downstream."""
+        if self.config["rebase_timestamps"] and self.time_field in self.inter_feat:
+            times = self.inter_feat[self.time_field]
+            self.inter_feat[self.time_field] = times - times.min()
 
     def _prepare_cascade(self) -> None:
         source = self.config["cascade_from"]

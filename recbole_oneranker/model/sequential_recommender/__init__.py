@@ -1,1 +1,5 @@
 """This package's sequential models, one per file named after the class in lower case (RecBole's rule)."""
+
+from recbole_oneranker.model.sequential_recommender.hstu import HSTU
+
+__all__ = ["HSTU"]

@@ -1,0 +1,35 @@
+"""Pure-PyTorch layers (no RecBole imports): the HSTU block and stack, and their relative attention biases."""
+
+from __future__ import annotations
+
+from .hstu import (
+    RELATIVE_BIAS_MODES,
+    HSTUBlock,
+    HSTUConfig,
+    HSTUStack,
+    build_relative_bias,
+    causal_padding_mask,
+    load_official_hstu_weights,
+)
+from .relative_bias import (
+    DEFAULT_BUCKET_DIVISOR,
+    RelativeAttentionBias,
+    RelativeBucketedTimeAndPositionBias,
+    RelativePositionBias,
+    bucketize_time_deltas,
+)
+
+__all__ = [
+    "DEFAULT_BUCKET_DIVISOR",
+    "RELATIVE_BIAS_MODES",
+    "HSTUBlock",
+    "HSTUConfig",
+    "HSTUStack",
+    "RelativeAttentionBias",
+    "RelativeBucketedTimeAndPositionBias",
+    "RelativePositionBias",
+    "build_relative_bias",
+    "bucketize_time_deltas",
+    "causal_padding_mask",
+    "load_official_hstu_weights",
+]
