@@ -62,11 +62,6 @@ class HSTU(SequentialRecommender):
         self.TIME = config["TIME_FIELD"]
         if self.loss_type not in _LOSS_TYPES:
             raise NotImplementedError(f"Make sure 'loss_type' in {list(_LOSS_TYPES)}, got {self.loss_type!r}")
-        if self.use_time and self.TIME_SEQ not in dataset.inter_feat:
-            raise ValueError(
-                f"relative_bias 'time_and_position' needs the '{self.TIME}' column: load it or set "
-                "relative_bias: position"
-            )
 
         # define layers and loss
         self.hstu_config = HSTUConfig(
