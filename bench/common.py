@@ -1,0 +1,122 @@
+"""Shared pieces of the benchmarks: bench configs, data preparation, resumable result rows, confidence intervals."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import shlex
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from scipy import stats
+
+from recbole_oneranker.data.converters import convert_dataset
+from recbole_oneranker.data.paths import raw_dataset_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "bench" / "configs"
+# Datasets the benchmarks convert on first use: name -> (converter, raw folder under the shared data).
+CONVERTIBLE = {
+    "beauty": ("amazon-s3rec", "amazon-s3rec"),
+    "taobao": ("taobao-userbehavior", "taobao-userbehavior-subset"),
+    "obd": ("obd", "obd-small"),
+}
+
+
+def load_bench_config(dataset: str, path: Path | None = None) -> dict[str, Any]:
+    """``bench/configs/<dataset>.yaml``: ``common`` settings and named ``rows`` (each a model plus overrides)."""
+    path = path or CONFIG_DIR / f"{dataset}.yaml"
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise SystemExit(f"error: no bench config {path} (available: {available})")
+    config = yaml.safe_load(path.read_text())
+    for label, row in config["rows"].items():
+        if "model" not in row:
+            raise SystemExit(f"error: row '{label}' of {path} names no model")
+    return config
+
+
+def ensure_dataset(dataset: str, data_path: Path) -> Path:
+    """Convert ``dataset`` from the shared raw data into ``data_path`` unless it is there (or embedded)."""
+    if dataset == "ml-100k" or (data_path / dataset / f"{dataset}.inter").is_file():
+        return data_path
+    if dataset not in CONVERTIBLE:
+        raise SystemExit(f"error: dataset '{dataset}' not found under {data_path} and no converter is known for it")
+    converter, folder = CONVERTIBLE[dataset]
+    if not raw_dataset_dir(folder).is_dir():
+        raise SystemExit(f"error: raw data for '{dataset}' not found at {raw_dataset_dir(folder)}")
+    print(f"converting {dataset} from {raw_dataset_dir(folder)} into {data_path} ...", flush=True)
+    convert_dataset(converter, out=data_path, progress=False)
+    return data_path
+
+
+def row_settings(bench_config: dict[str, Any], label: str, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The model of row ``label`` and its full config dict (common < row < command-line extras)."""
+    row = dict(bench_config["rows"][label])
+    model = row.pop("model")
+    return model, {**bench_config.get("common", {}), **row, **extra}
+
+
+def run_command(model: str, dataset: str, settings: dict[str, Any]) -> str:
+    """The ``run_recbole`` command that reproduces one row by itself."""
+    args = [f"--model={model}", f"--dataset={dataset}"]
+    args += [f"--{key}={value if isinstance(value, str) else repr(value)}" for key, value in settings.items()]
+    return "run_recbole " + " ".join(shlex.quote(arg) for arg in args)
+
+
+def row_key(label: str, model: str, settings: dict[str, Any]) -> str:
+    """Identity of a result row: a re-run with the same label, model and settings (seed included) is skipped."""
+    digest = hashlib.sha1(json.dumps([label, model, settings], sort_keys=True).encode()).hexdigest()[:12]
+    return f"{label}-seed{settings.get('seed')}-{digest}"
+
+
+class ResultTable:
+    """Rows of one benchmark in a CSV file, appended (and flushed) as each row finishes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if path.is_file():
+            with path.open(newline="") as file:
+                self.rows = list(csv.DictReader(file))
+
+    def has(self, key: str) -> bool:
+        return any(row["key"] == key for row in self.rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append({key: value for key, value in row.items()})
+        fields = list(dict.fromkeys(field for existing in self.rows for field in existing))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
+
+
+def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its t-interval over seeds (0 for a single value)."""
+    array = np.asarray(values, dtype=float)
+    if len(array) < 2:
+        return float(array.mean()), 0.0
+    half = stats.t.ppf((1 + confidence) / 2, len(array) - 1) * array.std(ddof=1) / math.sqrt(len(array))
+    return float(array.mean()), float(half)
+
+
+def bootstrap_ci(per_user: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of ``per_user`` values, resampling users with replacement."""
+    rng = np.random.default_rng(seed)
+    means = per_user[rng.integers(0, len(per_user), (n_resamples, len(per_user)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def ndcg_from_ranks(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-user NDCG@k with one target: 1 / log2(rank + 1) when 0 < rank <= k, else 0."""
+    hit = (ranks > 0) & (ranks <= k)
+    return np.where(hit, 1.0 / np.log2(np.maximum(ranks, 1) + 1.0), 0.0)
