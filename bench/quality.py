@@ -5,17 +5,17 @@
     python bench/quality.py --dataset ml-100k --models HSTU --seeds 1 --epochs 1     # a smoke run
 
 Rows are the named entries of ``bench/configs/<dataset>.yaml`` (a model plus its settings; ``common`` applies to
-all). Every finished (row, seed) is appended at once to ``results/<dataset>.csv`` with the ``run_recbole`` command
-that reproduces it alone, and its per-user test ranks go to ``results/ranks/<dataset>/``; a re-run skips finished
-rows, so an interrupted benchmark resumes where it stopped. ``results/<dataset>.md`` is rewritten after each row:
-mean and 95% t-interval over seeds, a per-user bootstrap interval, epochs and wall time to the best validation.
+all). Run it from the repository root: commands and data paths are relative to it. Every finished (row, seed) is
+appended at once to ``results/<dataset>.csv`` with the ``run_recbole`` command that reproduces it alone, and its
+per-user test ranks go to ``results/ranks/<dataset>/``; a re-run skips finished rows, so an interrupted benchmark
+resumes where it stopped. ``results/<dataset>.md`` is rewritten after each row: mean and 95% t-interval over
+seeds, a per-user bootstrap interval, epochs and wall time to the best validation.
 Model choices use validation only; test numbers are read once, for the best checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -141,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="cap the epochs (smoke runs); recorded in the row's settings")
     parser.add_argument("--bench-config", type=Path, help="another bench config file")
     parser.add_argument(
-        "--data-path", type=Path, default=REPO / "dataset", help="converted datasets (default: dataset/)"
+        "--data-path", type=Path, default=Path("dataset"), help="converted datasets (default: dataset/)"
     )
     parser.add_argument("--results", type=Path, default=REPO / "results", help="output folder (default: results/)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config for every row")
@@ -159,10 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, Any] = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     if args.epochs:
         extra["epochs"] = args.epochs
-    os.chdir(REPO)  # commands, data paths, logs and checkpoints are relative to the repository
     if args.dataset != "ml-100k":  # RecBole always reads ml-100k from its own wheel
-        data_path = ensure_dataset(args.dataset, args.data_path.resolve())
-        extra.setdefault("data_path", os.path.relpath(data_path, REPO))
+        extra.setdefault("data_path", str(ensure_dataset(args.dataset, args.data_path)))
 
     table = ResultTable(args.results / f"{args.dataset}.csv")
     command = "python bench/quality.py " + " ".join(

@@ -88,3 +88,5 @@ def test_hstu_end_to_end(tiny_config, loss_type):
     assert "whole-sequence training" in result["protocol"]
     assert set(result["test_result"]) >= {"hit@10", "ndcg@10", "gmv@10"}
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+    ranks = result["test_ranks"]  # per-user ranks reproduce the aggregate metric
+    assert abs((ranks[(ranks > 0) & (ranks <= 10)] > 0).sum() / len(ranks) - result["test_result"]["hit@10"]) < 1e-4

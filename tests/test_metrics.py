@@ -8,7 +8,7 @@ from recbole.evaluator import Evaluator
 from recbole.evaluator.collector import DataStruct
 from recbole.evaluator.register import metric_types, metrics_dict
 
-from recbole_oneranker.evaluator import GMV
+from recbole_oneranker.evaluator import GMV, target_ranks
 
 METRIC_CONFIG = {"topk": [1, 2, 3], "metric_decimal_place": 4, "metrics": ["Hit", "GMV"]}
 
@@ -49,3 +49,7 @@ def test_gmv_favours_valuable_hits():
 def test_gmv_is_registered_as_ranking_metric():
     assert metrics_dict["gmv"] is GMV
     assert metric_types["gmv"] == metric_types["hit"]
+
+
+def test_target_ranks_by_hand():
+    assert target_ranks(_struct([1, 3, None, 2], [1.0] * 4)).tolist() == [1, 3, 0, 2]

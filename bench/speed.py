@@ -1,0 +1,190 @@
+"""Speed benchmark: training throughput, epoch time, peak memory and full-ranking latency, side by side.
+
+    python bench/speed.py                                   # HSTU vs SASRec on ml-100k, d=50, 2 layers, L=50
+    python bench/speed.py --models HSTU SASRec --hidden-size 64 --max-len 200 --epochs 2
+    python bench/speed.py --max-batches 3 --out /tmp/speed.md      # a smoke run
+
+Every model gets the same width, depth, heads and history length, on the same data, each in its own process (so
+peak memory is its own). Training is timed over whole epochs (or the first ``--max-batches`` batches), without
+validation; throughput counts users and trained target positions per second (SASRec trains one row per prefix,
+HSTU one row per user with a loss at every position). Latency is ``full_sort_predict`` per batch of
+``--eval-batch`` test users. Writes a markdown table with the command and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, ensure_dataset  # noqa: E402
+
+from recbole_oneranker.config import Config  # noqa: E402
+from recbole_oneranker.data import create_dataset  # noqa: E402
+from recbole_oneranker.utils import get_model, get_trainer  # noqa: E402
+
+
+def equal_size_settings(model: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Config giving every model the same width, depth, heads and history length."""
+    settings: dict[str, Any] = {
+        "hidden_size": args.hidden_size,
+        "n_layers": args.layers,
+        "n_heads": args.heads,
+        "MAX_ITEM_LIST_LENGTH": args.max_len,
+        "eval_batch_size": args.eval_batch,
+        "show_progress": False,
+        "state": "ERROR",
+        "metrics": ["Hit", "NDCG"],
+        "valid_metric": "NDCG@10",
+    }
+    if model == "SASRec":
+        settings["inner_size"] = args.hidden_size
+    if model == "HSTU":
+        settings.update(attention_dim=args.hidden_size // args.heads, linear_hidden_dim=args.hidden_size // args.heads)
+    if args.dataset != "ml-100k":
+        settings["data_path"] = str(ensure_dataset(args.dataset, args.data_path))
+    return settings
+
+
+def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train and time one model in this process; returns the measurements."""
+    from recbole.data import data_preparation
+
+    config = Config(model_name, args.dataset, config_dict=equal_size_settings(model_name, args))
+    train_data, _, test_data = data_preparation(config, create_dataset(config))
+    model = get_model(model_name)(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+
+    train_feat = train_data._dataset.inter_feat
+    users = len(np.unique(train_feat[config["USER_ID_FIELD"]].numpy()))
+    # Target positions per epoch: one per row, or every history position + the target in whole-sequence mode.
+    positions = int(train_feat[config["ITEM_LIST_LENGTH_FIELD"]].sum()) if config["whole_sequence"] else len(train_feat)
+    epoch_times = []
+    for epoch in range(args.epochs):
+        batches = list(itertools.islice(train_data, args.max_batches)) if args.max_batches else train_data
+        fraction = len(batches) / len(train_data) if args.max_batches else 1.0
+        start = time.perf_counter()
+        trainer._train_epoch(batches, epoch)
+        epoch_times.append((time.perf_counter() - start) / fraction)  # extrapolated to a whole epoch
+    epoch_time = float(np.median(epoch_times))
+
+    model.eval()
+    latencies = []
+    with torch.no_grad():
+        for batch in itertools.islice(test_data, args.max_batches or None):
+            interaction = batch[0].to(config["device"])
+            start = time.perf_counter()
+            model.full_sort_predict(interaction)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            latencies.append((time.perf_counter() - start) * 1000)
+    peak_mb = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if torch.cuda.is_available()
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {
+        "model": model_name,
+        "train_rows": len(train_feat),
+        "users": users,
+        "positions": positions,
+        "epoch_time_s": epoch_time,
+        "users_per_s": users / epoch_time,
+        "positions_per_s": positions / epoch_time,
+        "peak_memory_mb": peak_mb,
+        "latency_ms_median": float(np.median(latencies)),
+        "latency_ms_p90": float(np.percentile(latencies, 90)),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name()} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+
+def write_report(results: list[dict[str, Any]], args: argparse.Namespace, command: str) -> None:
+    base = next((r for r in results if r["model"] == args.baseline), results[0])
+    lines = [
+        f"# Speed: {', '.join(r['model'] for r in results)} on {args.dataset}",
+        "",
+        f"Produced by `{command}` on {machine()}.",
+        f"Equal sizes: hidden {args.hidden_size}, {args.layers} layers, {args.heads} head(s), history length "
+        f"{args.max_len}; latency over batches of {args.eval_batch} test users. Epoch time is the median of "
+        f"{args.epochs} epoch(s)"
+        + (f", extrapolated from {args.max_batches} batches" if args.max_batches else "")
+        + ". Positions = trained next-item targets per epoch.",
+        "",
+        f"| model | params | train rows | epoch (s) | speed-up vs {base['model']} | users/s | positions/s | "
+        "peak memory (MB) | full-sort latency median / p90 (ms) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['model']} | {r['parameters']:,} | {r['train_rows']:,} | {r['epoch_time_s']:.2f} | "
+            f"{base['epoch_time_s'] / r['epoch_time_s']:.1f}x | {r['users_per_s']:,.0f} | "
+            f"{r['positions_per_s']:,.0f} | "
+            f"{r['peak_memory_mb']:,.0f} | {r['latency_ms_median']:.1f} / {r['latency_ms_p90']:.1f} |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--models", nargs="+", default=["HSTU", "SASRec"])
+    parser.add_argument("--baseline", default="SASRec", help="the model speed-ups are relative to")
+    parser.add_argument("--hidden-size", type=int, default=50)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=1)
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=1, help="timed epochs per model (median reported)")
+    parser.add_argument("--max-batches", type=int, default=0, help="time only this many batches (smoke runs)")
+    parser.add_argument("--eval-batch", type=int, default=256, help="test users per full_sort_predict call")
+    parser.add_argument("--data-path", type=Path, default=Path("dataset"))
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "speed.md")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        print("RESULT " + json.dumps(measure(args.worker, args)), flush=True)
+        return 0
+    raw_args = list(argv if argv is not None else sys.argv[1:])
+    results = []
+    for model in args.models:
+        print(f"timing {model} ...", flush=True)
+        worker = subprocess.run(
+            [sys.executable, __file__, *raw_args, "--worker", model], capture_output=True, text=True
+        )
+        result_lines = [line for line in worker.stdout.splitlines() if line.startswith("RESULT ")]
+        if worker.returncode != 0 or not result_lines:
+            print(worker.stdout[-2000:], worker.stderr[-4000:], file=sys.stderr)
+            return 1
+        results.append(json.loads(result_lines[-1][len("RESULT ") :]))
+        print(f"  {model}: epoch {results[-1]['epoch_time_s']:.2f} s", flush=True)
+    write_report(results, args, "python bench/speed.py " + " ".join(shlex.quote(a) for a in raw_args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
