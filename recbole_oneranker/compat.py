@@ -20,7 +20,10 @@ logger call, and :func:`apply` runs the import-time ones once when ``recbole_one
 5. RecBole names checkpoints ``<model>-<time to the second>.pth`` and logs ``<model>-<dataset>-<time>-<hash>``, so
    parallel runs (tuning trials, seeds) overwrite each other. -> :func:`unique_run_id` gives every run its own id,
    used for its checkpoint, log file and tensorboard folder.
-6. ray 2.6.3 imports ``pkg_resources`` (setuptools < 82) and is only needed by ``recbole.quick_start``.
+6. RecBole's own code triggers pandas and torch FutureWarnings on every run (chained in-place ``fillna``, the
+   ``torch.cuda.amp.GradScaler`` spelling) that its users cannot act on. -> :func:`silence_recbole_future_warnings`
+   hides FutureWarnings raised from ``recbole.*`` modules only; our own code's warnings still show.
+7. ray 2.6.3 imports ``pkg_resources`` (setuptools < 82) and is only needed by ``recbole.quick_start``.
    -> this package never imports ``recbole.quick_start``: the run path does not import ray at all.
 """
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import uuid
+import warnings
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -131,7 +135,13 @@ def unique_run_id(model: str, dataset: str) -> str:
     return f"{model}-{dataset}-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+def silence_recbole_future_warnings() -> None:
+    """Fix 6: hide the FutureWarnings that RecBole 1.2.1's own code raises on every run."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+
+
 def apply() -> None:
-    """Apply the import-time fixes (1 and 2). Safe to call more than once."""
+    """Apply the import-time fixes (1, 2 and 6). Safe to call more than once."""
     restore_numpy_aliases()
     check_pandas()
+    silence_recbole_future_warnings()

@@ -23,6 +23,7 @@ from recbole.utils.logger import RemoveColorFilter, log_colors_config
 
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset
+from recbole_oneranker.evaluator import target_ranks
 from recbole_oneranker.evaluator.protocol import describe_protocol
 from recbole_oneranker.utils import get_model, get_trainer
 
@@ -80,7 +81,8 @@ def run(
 
     Returns:
         dict with ``model``, ``dataset``, ``run_id``, ``best_valid_score``, ``valid_score_bigger``,
-        ``best_valid_result``, ``test_result``, ``protocol``, ``saved_model_file``, ``log_file``, ``wall_time_s``.
+        ``best_valid_result``, ``test_result``, ``test_ranks`` (per test user, the 1-based rank of the target within
+        the top ``max(topk)``, 0 beyond), ``protocol``, ``saved_model_file``, ``log_file``, ``wall_time_s``.
     """
     start = time.perf_counter()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
@@ -104,6 +106,8 @@ def run(
         train_data, valid_data, saved=saved, show_progress=show_progress, callback_fn=callback_fn
     )
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show_progress)
+    test_struct = trainer.eval_collector.last_struct
+    test_ranks = target_ranks(test_struct) if test_result and "rec.topk" in test_struct else None
 
     protocol = describe_protocol(config, dataset)
     logger.info(set_color("protocol", "yellow") + f": {protocol}")
@@ -117,6 +121,7 @@ def run(
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
+        "test_ranks": test_ranks,
         "protocol": protocol,
         "saved_model_file": trainer.saved_model_file if saved else None,
         "log_file": log_file,

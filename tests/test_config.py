@@ -95,3 +95,14 @@ def test_run_path_does_not_import_ray():
 
     code = "import sys, recbole_oneranker.quick_start, recbole_oneranker.cli; print('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_recbole_future_warnings_hidden_ours_kept():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compat.silence_recbole_future_warnings()
+        warnings.warn_explicit("chained fillna", FutureWarning, "dataset.py", 1, module="recbole.data.dataset.dataset")
+        warnings.warn_explicit("ours", FutureWarning, "config.py", 1, module="recbole_oneranker.config")
+    assert [str(w.message) for w in caught] == ["ours"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from recbole.evaluator import register as recbole_register
 
-from recbole_oneranker.evaluator.collector import ValueCollector
+from recbole_oneranker.evaluator.collector import ValueCollector, target_ranks
 from recbole_oneranker.evaluator.metrics import GMV
 
 PLUGIN_METRICS = (GMV,)
@@ -26,4 +26,4 @@ def register() -> None:
             recbole_register.smaller_metrics.append(name)
 
 
-__all__ = ["GMV", "ValueCollector", "register"]
+__all__ = ["GMV", "ValueCollector", "register", "target_ranks"]

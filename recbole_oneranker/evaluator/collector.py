@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 from recbole.evaluator import Collector
 
 from recbole_oneranker.evaluator.metrics import VALUE_DATA_KEY
 
 
 class ValueCollector(Collector):
-    """Collects ``interaction[value_field]`` of every evaluated row when a metric needs ``data.value``."""
+    """Collects ``interaction[value_field]`` of every evaluated row when a metric needs ``data.value``, and keeps
+    the last evaluation's data (``last_struct``) so per-user results can be read after ``Trainer.evaluate``."""
 
     def __init__(self, config):
         super().__init__(config)
+        self.last_struct = None
         self.value_field = config["value_field"]
         if self.register.need(VALUE_DATA_KEY) and not self.value_field:
             raise ValueError(
@@ -30,9 +33,20 @@ class ValueCollector(Collector):
             self.data_struct.update_tensor(VALUE_DATA_KEY, interaction[self.value_field].float().to(self.device))
 
     def get_data_struct(self):
-        returned = super().get_data_struct()
+        returned = self.last_struct = super().get_data_struct()
         # RecBole resets only rec.* and data.label between evaluations; without this, values would pile up
         # across epochs and the second evaluation would compare n users with 2n values.
         if VALUE_DATA_KEY in self.data_struct:
             del self.data_struct[VALUE_DATA_KEY]
         return returned
+
+
+def target_ranks(struct) -> np.ndarray:
+    """``[n_users]`` 1-based rank of each user's first positive among the top ``max(topk)``; 0 when not there.
+
+    Read from RecBole's ``rec.topk`` rows (hit flags for ranks 1..max_k, then the positive count); with one held-out
+    target per user, as in leave-one-out, Hit@K, NDCG@K and MRR@K of every user follow from it.
+    """
+    rows = struct.get("rec.topk").numpy()
+    hits = rows[:, :-1].astype(bool)  # [n_users, max_k]
+    return np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0)
