@@ -24,7 +24,9 @@ class RunSafetyMixin:
     - the checkpoint file is named after the run id, so parallel runs never share one (fix 5);
     - ``mask_seen_items: True`` removes each user's history from full-ranking scores (HSTU's protocol);
     - the evaluation collector also gathers target values, for GMV@K;
-    - ``adam_betas`` sets the betas of Adam / AdamW (RecBole always uses torch's defaults).
+    - ``adam_betas`` sets the betas of Adam / AdamW (RecBole always uses torch's defaults);
+    - a model may define ``on_train_epoch_start(epoch)``, called before each training epoch (e.g. OneRanker
+      refreshes its Fake Item Tokens there).
     """
 
     def __init__(self, config, model):
@@ -46,6 +48,12 @@ class RunSafetyMixin:
             for group in optimizer.param_groups:
                 group["betas"] = tuple(float(beta) for beta in betas)
         return optimizer
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        hook = getattr(self.model, "on_train_epoch_start", None)
+        if hook is not None:
+            hook(epoch_idx)
+        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:

@@ -1,7 +1,9 @@
-"""Pure-PyTorch layers (no RecBole imports): the HSTU block and stack, and their relative attention biases."""
+"""Pure-PyTorch layers (no RecBole imports): the HSTU block and stack with their relative attention biases, and
+the query decoders of OneRanker's steps 2 and 3."""
 
 from __future__ import annotations
 
+from .decoders import PositionwiseCrossAttention, QueryDecoder, QueryDecoderConfig, QueryDecoderLayer
 from .hstu import (
     RELATIVE_BIAS_MODES,
     HSTUBlock,
@@ -25,6 +27,10 @@ __all__ = [
     "HSTUBlock",
     "HSTUConfig",
     "HSTUStack",
+    "PositionwiseCrossAttention",
+    "QueryDecoder",
+    "QueryDecoderConfig",
+    "QueryDecoderLayer",
     "RelativeAttentionBias",
     "RelativeBucketedTimeAndPositionBias",
     "RelativePositionBias",

@@ -1,5 +1,6 @@
 """This package's sequential models, one per file named after the class in lower case (RecBole's rule)."""
 
 from recbole_oneranker.model.sequential_recommender.hstu import HSTU
+from recbole_oneranker.model.sequential_recommender.oneranker import OneRanker
 
-__all__ = ["HSTU"]
+__all__ = ["HSTU", "OneRanker"]

@@ -12,6 +12,7 @@ Reference code:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,7 @@ class HSTU(SequentialRecommender):
         self.temperature = config["temperature"]
         self.length_bucket_size = config["length_bucket_size"]
         self.use_time = config["relative_bias"] == "time_and_position"
+        self.LIST_SUFFIX = config["LIST_SUFFIX"]
         self.TIME_SEQ = config["TIME_FIELD"] + config["LIST_SUFFIX"]
         self.TIME = config["TIME_FIELD"]
         if self.loss_type not in _LOSS_TYPES:
@@ -90,26 +92,39 @@ class HSTU(SequentialRecommender):
 
     # -- encoder ----------------------------------------------------------------------------------------------
 
-    def forward(self, item_seq: Tensor, item_seq_len: Tensor, timestamps: Tensor | None = None) -> Tensor:
-        """Encode right-padded histories into L2-normalised states, one per position.
+    def forward(
+        self,
+        item_seq: Tensor,
+        item_seq_len: Tensor,
+        timestamps: Tensor | None = None,
+        token_features: Tensor | None = None,
+    ) -> Tensor:
+        """Encode right-padded histories: the HSTU stack's state after each position.
 
         Args:
             item_seq: ``[B, N]`` item ids, right-padded with 0 (N may be shorter than MAX_ITEM_LIST_LENGTH).
             item_seq_len: ``[B]`` number of real items per row.
             timestamps: ``[B, N + 1]`` event times (``timestamps[b, len_b]`` = the request time) or None.
+            token_features: ``[B, N, D]`` added to each token's input embedding (e.g. feedback levels), or None.
 
         Returns:
-            ``[B, N, D]``: the state after each position (0 past each length).
+            ``[B, N, D]`` states, not normalised (0 past each length); :meth:`user_vectors` normalises them.
         """
-        batch_size, seq_len = item_seq.shape
         x = self.item_embedding(item_seq) * math.sqrt(self.hidden_size)  # [B, N, D]
+        if token_features is not None:
+            x = x + token_features
         if self.position_embedding is not None:
-            x = x + self.position_embedding.weight[:seq_len].unsqueeze(0)
+            x = x + self.position_embedding.weight[: item_seq.shape[1]].unsqueeze(0)
         x = self.input_dropout(x)
         # One extra slot so the last real position can read the request time from timestamps[:, len].
         x = F.pad(x, (0, 0, 0, 1))  # [B, N + 1, D]
         out = self.stack(x, item_seq_len, timestamps.long() if timestamps is not None else None)
-        return F.normalize(out[:, :seq_len], dim=-1)  # [B, N, D]
+        return out[:, : item_seq.shape[1]]
+
+    @staticmethod
+    def user_vectors(states: Tensor) -> Tensor:
+        """L2-normalised states, compared with :meth:`item_vectors` by dot product."""
+        return F.normalize(states, dim=-1)
 
     def _request_timestamps(self, interaction, seq_len: int) -> Tensor | None:
         """``[B, N + 1]``: the history's times, with the target's time (the request) at each row's length."""
@@ -121,28 +136,41 @@ class HSTU(SequentialRecommender):
         timestamps[rows, interaction[self.ITEM_SEQ_LEN]] = interaction[self.TIME].to(timestamps.dtype)
         return timestamps
 
-    def encode_last(self, interaction) -> Tensor:
-        """``[B, D]``: the L2-normalised state after each row's last history item."""
+    def encode(self, interaction) -> Tensor:
+        """``[B, N, D]`` states of a batch, padded only to its longest history (N)."""
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         seq_len = int(item_seq_len.max())
-        item_seq = interaction[self.ITEM_SEQ][:, :seq_len]
-        states = self.forward(item_seq, item_seq_len, self._request_timestamps(interaction, seq_len))
-        return self.gather_indexes(states, item_seq_len - 1)
+        return self.forward(
+            interaction[self.ITEM_SEQ][:, :seq_len], item_seq_len, self._request_timestamps(interaction, seq_len)
+        )
+
+    def encode_last(self, interaction) -> Tensor:
+        """``[B, D]``: the L2-normalised state after each row's last history item."""
+        return self.user_vectors(self.gather_indexes(self.encode(interaction), interaction[self.ITEM_SEQ_LEN] - 1))
 
     def item_vectors(self, item_ids: Tensor | None = None) -> Tensor:
-        """L2-normalised item embeddings: ``[n_items, D]``, or ``[*item_ids.shape, D]``."""
-        weight = self.item_embedding.weight if item_ids is None else self.item_embedding(item_ids)
-        return F.normalize(weight, dim=-1)
+        """L2-normalised item embeddings: ``[n_items, D]``, or ``[*item_ids.shape, D]``.
+
+        The table is normalised first and then indexed: the same vectors as normalising the looked-up rows, at the
+        cost of the table instead of the (much larger) positions x negatives lookup.
+        """
+        table = F.normalize(self.item_embedding.weight, dim=-1)
+        return table if item_ids is None else table[item_ids]
 
     # -- training ---------------------------------------------------------------------------------------------
 
+    def _next(self, interaction, field: str, seq_len: int) -> Tensor:
+        """``[B, N]``: ``field`` of the interaction after each position (the next history entry, then the
+        target's); 0 past each length. ``field`` is a target column, its history is ``<field>_list``."""
+        history = interaction[field + self.LIST_SUFFIX][:, :seq_len]
+        following = F.pad(history[:, 1:], (0, 1))
+        rows = torch.arange(len(history), device=history.device)
+        following[rows, interaction[self.ITEM_SEQ_LEN] - 1] = interaction[field].to(following.dtype)
+        return following
+
     def _next_items(self, interaction, seq_len: int) -> Tensor:
         """``[B, N]`` the item to predict after each position: the next history item, then the target; 0 = none."""
-        item_seq = interaction[self.ITEM_SEQ][:, :seq_len]
-        targets = F.pad(item_seq[:, 1:], (0, 1))
-        rows = torch.arange(len(item_seq), device=item_seq.device)
-        targets[rows, interaction[self.ITEM_SEQ_LEN] - 1] = interaction[self.ITEM_ID]
-        return targets
+        return self._next(interaction, self.ITEM_ID, seq_len)
 
     def _length_buckets(self, item_seq_len: Tensor) -> list[Tensor]:
         """Row indices grouped by length, so each group is padded only to its own longest sequence."""
@@ -156,30 +184,44 @@ class HSTU(SequentialRecommender):
         total_positions = 0
         for rows in self._length_buckets(interaction[self.ITEM_SEQ_LEN]):
             bucket = interaction[rows]
-            seq_len = int(bucket[self.ITEM_SEQ_LEN].max())
-            states = self.forward(
-                bucket[self.ITEM_SEQ][:, :seq_len],
-                bucket[self.ITEM_SEQ_LEN],
-                self._request_timestamps(bucket, seq_len),
-            )  # [b, n, D]
-            targets = self._next_items(bucket, seq_len)  # [b, n]
+            states = self.encode(bucket)  # [b, n, D]
+            targets = self._next_items(bucket, states.shape[1])  # [b, n]
             valid = targets > 0
-            total_loss = total_loss + self._softmax_loss(states[valid], targets[valid]).sum()
+            scorer = self._dot_scorer(self.user_vectors(states[valid]))
+            total_loss = total_loss + self._softmax_loss(scorer, targets[valid]).sum()
             total_positions += int(valid.sum())
         return total_loss / max(total_positions, 1)
 
-    def _softmax_loss(self, states: Tensor, targets: Tensor) -> Tensor:
-        """``[P]`` cross-entropy of each position's target, over all items or over sampled negatives."""
+    def _softmax_loss(self, scorer: Callable[[Tensor], Tensor], targets: Tensor) -> Tensor:
+        """Cross-entropy of each position's target, over all items or over uniformly sampled negatives.
+
+        Args:
+            scorer: maps normalised item vectors, ``[n_items, D]`` (all items) or ``[P, C, D]`` (per position), to
+                logits ``[P, ..., n_items]`` or ``[P, ..., C]`` (extra dims share the negatives, e.g. tasks).
+            targets: ``[P]`` item ids.
+
+        Returns:
+            ``[P, ...]`` negative log-likelihoods.
+        """
         if self.loss_type == "full_softmax":
-            logits = states @ self.item_vectors().t() / self.temperature  # [P, n_items]
-            logits[:, 0] = float("-inf")  # the padding item is never a candidate
-            return F.cross_entropy(logits, targets, reduction="none")
+            logits = scorer(self.item_vectors())  # [P, ..., n_items]
+            logits[..., 0] = float("-inf")  # the padding item is never a candidate
+            index = targets.view(-1, *[1] * (logits.dim() - 1)).expand(*logits.shape[:-1], 1)
+            return -F.log_softmax(logits, dim=-1).gather(-1, index).squeeze(-1)
         negatives = torch.randint(1, self.n_items, (len(targets), self.num_negatives), device=targets.device)
-        positive_logits = (states * self.item_vectors(targets)).sum(-1, keepdim=True)  # [P, 1]
-        negative_logits = torch.einsum("pd,pkd->pk", states, self.item_vectors(negatives))  # [P, K]
-        negative_logits = negative_logits.masked_fill(negatives == targets.unsqueeze(1), float("-inf"))
-        logits = torch.cat([positive_logits, negative_logits], dim=1) / self.temperature
-        return -F.log_softmax(logits, dim=1)[:, 0]
+        logits = scorer(self.item_vectors(torch.cat([targets.unsqueeze(1), negatives], dim=1)))  # [P, ..., 1 + K]
+        collision = F.pad(negatives == targets.unsqueeze(1), (1, 0))  # [P, 1 + K]: a negative equal to the target
+        logits = logits.masked_fill(collision.view(len(targets), *[1] * (logits.dim() - 2), -1), float("-inf"))
+        return -F.log_softmax(logits, dim=-1)[..., 0]
+
+    def _dot_scorer(self, users: Tensor) -> Callable[[Tensor], Tensor]:
+        """Scorer of normalised ``users`` (``[P, D]``): cosine similarity over the temperature."""
+
+        def score(items: Tensor) -> Tensor:
+            similarity = users @ items.t() if items.dim() == 2 else torch.einsum("pd,pcd->pc", users, items)
+            return similarity / self.temperature
+
+        return score
 
     # -- inference --------------------------------------------------------------------------------------------
 

@@ -1,0 +1,446 @@
+"""OneRanker
+################################################
+
+Reference:
+    Dekai Sun et al. "OneRanker: Unified Generation and Ranking with One Model in Industrial Advertising
+    Recommendation." arXiv 2603.02999, 2026.
+
+No official code is public; ``docs/oneranker.md`` lists every design choice made where the paper is silent.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recbole_oneranker.model.layers import QueryDecoder, QueryDecoderConfig
+from recbole_oneranker.model.sequential_recommender.hstu import HSTU
+from recbole_oneranker.model.tokenizers import kmeans
+
+VALUE_TASK = "value"
+IMPLICIT_TASK = "interaction"
+
+
+class OneRanker(HSTU):
+    r"""OneRanker: generation and ranking in one model, in three steps over one HSTU pass.
+
+    1. **G-decoder** (step 1): the HSTU stack over the history; each token is an item plus its feedback level (how
+       far along the cascade the interaction went). Generation heads score the next item over the catalogue at
+       every position; with ``n_gen_heads > 1`` they form a mixture of softmaxes (several interest paths).
+    2. **Task and Fake Item Tokens** (step 2): one task token per task of ``task_order`` (the cascade, interest to
+       value, plus a value task when the data has a value), causal among themselves, and ``n_fake_items`` Fake
+       Item Tokens = k-means centroids of the (normalised) item embeddings, recomputed every
+       ``fake_refresh_epochs`` epochs, never learned. Both are queries of a heterogeneous decoder: cross-attention
+       to the step-1 states first, then self-attention with task->task causal, task<->fake visible, fake<->fake
+       blocked. Each task token retrieves items through two channels: its own vector, and its preference over the
+       fake tokens applied to the item's cosine similarities to the centroids. Task t is trained on the positions
+       whose next interaction reached stage t (the value task weights every position by its value).
+    3. **R-decoder** (step 3): a ranking token and the top ``num_candidates`` retrieved items (the target forced in
+       during training) decode against the step-1 states and step-2 tokens already computed (the pass-through: no
+       second HSTU pass). Candidates see only the ranking token and themselves; the ranking token sees only itself,
+       so a candidate's score does not depend on the others. Per-task heads give chained stage probabilities,
+       times a predicted value: an eCPM-like score, trained by per-task BCE and a value-weighted pairwise loss.
+
+    Loss: ``alpha * (L_gen + L_task) + beta * L_rank + gamma * L_DC``, where ``L_DC`` = KL(ranker || generator) over
+    each candidate set, the ranker's distribution detached (the ranker teaches the generator).
+
+    ``full_sort_predict`` ranks the top ``num_candidates`` retrieved items by the ranker, above the rest in
+    retrieval order. Every ablation of the paper's Tables 2-3 is a switch (``properties/model/OneRanker.yaml``).
+
+    NOTE (choices where the paper is silent, detailed in docs/oneranker.md): the retrieval score used for
+    candidates and for DC is the step-1 generation logit plus the last task token's score; steps 2 and 3 run at
+    ``decoder_positions`` positions per sequence in training (always including the last), at the last at inference.
+    """
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+
+        # load parameters info
+        self.cascade_fields = list(config["cascade_fields"] or [])
+        self.value_field = config["value_field"]
+        self.tasks = self._task_order(config["task_order"])
+        self.n_gen_heads = config["n_gen_heads"]
+        self.n_fake_items = config["n_fake_items"] if config["use_fake_items"] else 0
+        self.fake_refresh_epochs = config["fake_refresh_epochs"]
+        self.num_candidates = config["num_candidates"]
+        self.decoder_positions = config["decoder_positions"]
+        self.alpha, self.beta, self.gamma = config["alpha"], config["beta"], config["gamma"]
+        self.dc_temperature = config["dc_temperature"]
+        self.use_step2 = config["use_step2"]
+        self.use_ranker = config["use_ranker"]
+        self.inject_step2_kv = config["inject_step2_kv"] and self.use_step2
+        self.task_decoupling = config["task_decoupling"]
+        self.heterogeneous_mask = config["heterogeneous_mask"]
+        if self.gamma and not self.use_ranker:
+            raise ValueError("gamma (the DC loss) needs the ranker as its teacher: set use_ranker: True or gamma: 0")
+        if self.use_ranker and self.num_candidates < 2:
+            raise ValueError(f"num_candidates must be at least 2, got {self.num_candidates}")
+
+        # define layers and loss
+        d = self.hidden_size
+        self.level_embedding = nn.Embedding(len(self.cascade_fields) + 2, d, padding_idx=0)  # 0 = padding
+        self.gen_projection = nn.Linear(d, d * self.n_gen_heads) if self.n_gen_heads > 1 else None
+        n_task_tokens = len(self.tasks) if self.task_decoupling else 1
+        decoder = {"hidden_size": d, "num_heads": config["decoder_heads"], "dropout": self.dropout_prob}
+        if self.use_step2:
+            self.task_tokens = nn.Parameter(torch.randn(n_task_tokens, d) * 0.02)
+            self.fake_type = nn.Parameter(torch.zeros(d))
+            self.register_buffer("fake_centroids", torch.zeros(self.n_fake_items, d), persistent=True)
+            self.step2 = QueryDecoder(
+                QueryDecoderConfig(
+                    **decoder,
+                    num_layers=config["task_decoder_layers"],
+                    cross_attention_first=config["cross_attention_first"],
+                )
+            )
+            self.register_buffer("step2_mask", self._heterogeneous_mask(n_task_tokens), persistent=False)
+        if self.use_ranker:
+            self.rank_token = nn.Parameter(torch.randn(d) * 0.02)
+            self.ranker = QueryDecoder(QueryDecoderConfig(**decoder, num_layers=config["rank_decoder_layers"]))
+            self.task_heads = nn.ModuleList(
+                nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1)) for _ in self._ranked_stages()
+            )
+            self.value_head = nn.Linear(d, 1) if self.value_field else None
+
+        # parameters initialization (HSTU initialised the backbone) and first Fake Item Tokens
+        nn.init.normal_(self.level_embedding.weight, std=0.02)
+        if self.use_step2 and self.n_fake_items:
+            self.refresh_fake_items(seed=config["seed"])
+
+    # -- configuration helpers --------------------------------------------------------------------------------
+
+    def _task_order(self, task_order) -> list[str]:
+        """The step-2 tasks in order: ``task_order`` if given (a permutation of the dataset's tasks), else the
+        cascade order, then the value task; ``interaction`` alone for data without a cascade."""
+        tasks = list(self.cascade_fields) or [IMPLICIT_TASK]
+        if self.value_field:
+            tasks.append(VALUE_TASK)
+        if task_order is None:
+            return tasks
+        if sorted(task_order) != sorted(tasks):
+            raise ValueError(f"task_order {list(task_order)} must be a permutation of this dataset's tasks {tasks}")
+        return list(task_order)
+
+    def _ranked_stages(self) -> list[str]:
+        """Stages the ranker predicts, in cascade order (chained probabilities multiply along it)."""
+        return list(self.cascade_fields) or [IMPLICIT_TASK]
+
+    def _heterogeneous_mask(self, n_tasks: int) -> Tensor:
+        """``[Q, Q]`` step-2 self-attention mask, True = may attend: tasks causal, task<->fake, fake sees itself."""
+        size = n_tasks + self.n_fake_items
+        if not self.heterogeneous_mask:
+            return torch.ones(size, size, dtype=torch.bool)
+        mask = torch.eye(size, dtype=torch.bool)
+        mask[:n_tasks, :n_tasks] = torch.ones(n_tasks, n_tasks, dtype=torch.bool).tril()
+        mask[:n_tasks, n_tasks:] = True
+        mask[n_tasks:, :n_tasks] = True
+        return mask
+
+    @staticmethod
+    def _rank_mask(num_candidates: int) -> Tensor:
+        """``[1 + N, 1 + N]`` step-3 mask: the ranking token sees itself; candidate i sees it and itself."""
+        mask = torch.eye(1 + num_candidates, dtype=torch.bool)
+        mask[:, 0] = True
+        return mask
+
+    # -- Fake Item Tokens -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def refresh_fake_items(self, seed: int = 0) -> None:
+        """Recompute the Fake Item Tokens: k-means centroids of the normalised item embeddings (padding excluded)."""
+        items = self.item_vectors()[1:]
+        self.fake_centroids.copy_(kmeans(items, self.n_fake_items, seed=seed))
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Trainer hook: refresh the Fake Item Tokens every ``fake_refresh_epochs`` epochs."""
+        if self.use_step2 and self.n_fake_items and self.fake_refresh_epochs and epoch % self.fake_refresh_epochs == 0:
+            self.refresh_fake_items(seed=epoch)
+
+    # -- step 1: generation -----------------------------------------------------------------------------------
+
+    def _levels(self, interaction, seq_len: int) -> Tensor:
+        """``[B, N]`` feedback level of each history token: 1 + the number of cascade stages reached; 0 = padding."""
+        history = interaction[self.ITEM_SEQ][:, :seq_len]
+        reached = sum((interaction[f + self.LIST_SUFFIX][:, :seq_len] > 0).long() for f in self.cascade_fields)
+        return torch.where(history > 0, 1 + reached, torch.zeros_like(history))
+
+    def encode(self, interaction) -> Tensor:
+        seq_len = int(interaction[self.ITEM_SEQ_LEN].max())
+        return self.forward(
+            interaction[self.ITEM_SEQ][:, :seq_len],
+            interaction[self.ITEM_SEQ_LEN],
+            self._request_timestamps(interaction, seq_len),
+            token_features=self.level_embedding(self._levels(interaction, seq_len)),
+        )
+
+    def _generation_users(self, states: Tensor) -> Tensor:
+        """``[..., H, D]`` normalised user vectors of the generation heads."""
+        if self.gen_projection is None:
+            return self.user_vectors(states).unsqueeze(-2)
+        return self.user_vectors(self.gen_projection(states).unflatten(-1, (self.n_gen_heads, self.hidden_size)))
+
+    def _generation_logits(self, users: Tensor, items: Tensor) -> Tensor:
+        """Mixture-of-softmaxes logit ``log mean_h exp(<u_h, e> / t)``.
+
+        Args:
+            users: ``[P, H, D]``; items: ``[P, C, D]`` or ``[C, D]`` normalised item vectors.
+
+        Returns:
+            ``[P, C]``.
+        """
+        per_head = (
+            torch.einsum("phd,pcd->phc", users, items)
+            if items.dim() == 3
+            else torch.einsum("phd,cd->phc", users, items)
+        )
+        return torch.logsumexp(per_head / self.temperature, dim=1) - math.log(self.n_gen_heads)
+
+    # -- step 2: task and fake item tokens --------------------------------------------------------------------
+
+    def _step2(self, states: Tensor, positions: Tensor, seq_lens: Tensor) -> Tensor:
+        """Decode task and fake tokens at ``positions`` (``[B, R]``) of each row: ``[B, R, T + F, D]``."""
+        batch, ranked = positions.shape
+        queries = self.task_tokens
+        if self.n_fake_items:
+            fake = self.fake_centroids * math.sqrt(self.hidden_size) + self.fake_type
+            queries = torch.cat([queries, fake], dim=0)
+        queries = queries.expand(batch, ranked, -1, -1)
+        return self.step2(queries, states, self._visible(states, positions, seq_lens), self.step2_mask)
+
+    @staticmethod
+    def _visible(states: Tensor, positions: Tensor, seq_lens: Tensor) -> Tensor:
+        """``[B, R, N]``: the states position p may read, j <= p (never padding)."""
+        keys = torch.arange(states.shape[1], device=states.device)
+        return (keys <= positions.unsqueeze(-1)) & (keys < seq_lens[:, None, None])
+
+    def _task_scores(self, tokens: Tensor, items: Tensor) -> Tensor:
+        """Dual-channel retrieval scores of ``items`` for every task token.
+
+        Args:
+            tokens: ``[P, T + F, D]`` step-2 outputs; items: ``[P, C, D]`` or ``[C, D]`` normalised item vectors.
+
+        Returns:
+            ``[P, T, C]``: (task channel ``<n(h_t), e>`` + centroid channel ``<softmax_f <h_t, g_f>, cos(e, C_f)>``)
+            / temperature, where ``g_f`` are the fake tokens' outputs and ``C_f`` the centroids.
+        """
+        n_tasks = tokens.shape[1] - self.n_fake_items
+        task_vectors = tokens[:, :n_tasks]  # [P, T, D]
+        per_position = items.dim() == 3
+        score = torch.einsum("ptd,pcd->ptc" if per_position else "ptd,cd->ptc", self.user_vectors(task_vectors), items)
+        if self.n_fake_items:
+            preference = torch.softmax(
+                torch.einsum("ptd,pfd->ptf", task_vectors, tokens[:, n_tasks:]) / math.sqrt(self.hidden_size), dim=-1
+            )  # [P, T, F]
+            centroid_similarity = items @ F.normalize(self.fake_centroids, dim=-1).t()  # [P, C, F] or [C, F]
+            equation = "ptf,pcf->ptc" if per_position else "ptf,cf->ptc"
+            score = score + torch.einsum(equation, preference, centroid_similarity)
+        return score / self.temperature
+
+    # -- retrieval score, candidates and step 3 ---------------------------------------------------------------
+
+    def _retrieval_logits(self, users: Tensor, tokens: Tensor | None, items: Tensor) -> Tensor:
+        """Generator score used to pick candidates: step-1 logit (+ the last task token's score)."""
+        logits = self._generation_logits(users, items)
+        if tokens is not None:
+            logits = logits + self._task_scores(tokens, items)[:, -1]  # the last (most value-aware) task token
+        return logits
+
+    def _candidates(self, retrieval: Tensor, targets: Tensor | None) -> Tensor:
+        """``[P, N]`` top retrieved items (padding excluded); in training the target replaces the last one unless
+        it is already there (candidates carry no position, so where it sits tells the ranker nothing)."""
+        retrieval = retrieval.detach().clone()
+        retrieval[:, 0] = float("-inf")
+        candidates = retrieval.topk(self.num_candidates, dim=1).indices
+        if targets is None:
+            return candidates
+        has_target = (candidates == targets.unsqueeze(1)).any(dim=1)
+        candidates[~has_target, -1] = targets[~has_target]
+        return candidates
+
+    def _rank(self, states: Tensor, positions: Tensor, seq_lens: Tensor, tokens: Tensor | None, candidates: Tensor):
+        """Step 3 on ``candidates`` (``[B, R, N]`` item ids) at ``positions`` (``[B, R]``).
+
+        Returns:
+            ``stage_logits`` ``[B, R, N, S]`` (one logit per cascade stage) and ``log_value`` ``[B, R, N]``.
+        """
+        batch, ranked, num = candidates.shape
+        queries = torch.cat(
+            [
+                self.rank_token.expand(batch, ranked, 1, -1),
+                self.item_embedding(candidates) * math.sqrt(self.hidden_size),
+            ],
+            dim=2,
+        )  # [B, R, 1 + N, D]
+        private = tokens if self.inject_step2_kv else None  # pass-through of step 2's outputs, not recomputed
+        visible = self._visible(states, positions, seq_lens)
+        out = self.ranker(queries, states, visible, self._rank_mask(num).to(states.device), private)
+        candidate_out = out[:, :, 1:]  # [B, R, N, D]
+        stage_logits = torch.cat([head(candidate_out) for head in self.task_heads], dim=-1)  # [B, R, N, S]
+        log_value = (
+            torch.log(F.softplus(self.value_head(candidate_out)).squeeze(-1) + 1e-6)
+            if self.value_head is not None
+            else torch.zeros_like(stage_logits[..., 0])
+        )
+        return stage_logits, log_value
+
+    @staticmethod
+    def _rank_scores(stage_logits: Tensor, log_value: Tensor) -> Tensor:
+        """log eCPM-like score: chained stage probabilities (log-sum of log-sigmoids) + log predicted value."""
+        return F.logsigmoid(stage_logits).sum(-1) + log_value
+
+    # -- training ---------------------------------------------------------------------------------------------
+
+    def _decoder_positions(self, seq_lens: Tensor) -> Tensor:
+        """``[B, R]`` positions where steps 2-3 run in training: each row's last, plus uniform draws before it."""
+        last = (seq_lens - 1).unsqueeze(1)
+        if self.decoder_positions <= 1:
+            return last
+        draws = torch.rand(len(seq_lens), self.decoder_positions - 1, device=seq_lens.device)
+        return torch.cat([last, (draws * seq_lens.unsqueeze(1)).long()], dim=1)
+
+    def _stage_labels(self, interaction, seq_len: int) -> Tensor:
+        """``[B, N, S]``: for each position, which cascade stages the next interaction reached (1 without a cascade)."""
+        if not self.cascade_fields:
+            return (self._next_items(interaction, seq_len) > 0).float().unsqueeze(-1)
+        return torch.stack([self._next(interaction, f, seq_len).float() for f in self.cascade_fields], dim=-1)
+
+    def _value_weights(self, interaction, seq_len: int) -> Tensor | None:
+        """``[B, N]`` value of the next interaction, scaled to mean 1 over the batch's real positions."""
+        if not self.value_field:
+            return None
+        values = self._next(interaction, self.value_field, seq_len).float()
+        real = self._next_items(interaction, seq_len) > 0
+        return values / values[real].mean().clamp(min=1e-6)
+
+    def _task_weights(self, stage_labels: Tensor, value_weights: Tensor | None) -> Tensor:
+        """``[P, T]`` weight of each position in each step-2 task's loss, in ``self.tasks`` order."""
+        columns = []
+        for task in self.tasks:
+            if task == VALUE_TASK:
+                columns.append(value_weights)
+            elif task == IMPLICIT_TASK:
+                columns.append(stage_labels[..., 0])
+            else:
+                columns.append(stage_labels[..., self.cascade_fields.index(task)])
+        return torch.stack(columns, dim=-1)
+
+    def calculate_loss(self, interaction):
+        states, generation_loss = self._encode_with_generation_loss(interaction)
+        losses = self._decoder_losses(interaction, states)
+        parts = [self.alpha * generation_loss]
+        if self.use_step2:
+            parts.append(self.alpha * losses["task"])
+        if self.use_ranker:
+            parts.append(self.beta * losses["rank"])
+            if self.gamma:
+                parts.append(self.gamma * losses["dc"])
+        return tuple(parts)
+
+    def _encode_with_generation_loss(self, interaction) -> tuple[Tensor, Tensor]:
+        """The batch's one HSTU pass, by length bucket, with the step-1 loss at every position.
+
+        Returns:
+            ``[B, N, D]`` states in the batch's row order (padded to its longest history) and the mean loss.
+        """
+        total, count, bucket_states = 0.0, 0, []
+        buckets = self._length_buckets(interaction[self.ITEM_SEQ_LEN])
+        for rows in buckets:
+            bucket = interaction[rows]
+            states = self.encode(bucket)  # [b, n, D]
+            targets = self._next_items(bucket, states.shape[1])  # [b, n]
+            valid = targets > 0
+            users = self._generation_users(states[valid])  # [P, H, D]
+            nll = self._softmax_loss(lambda items, u=users: self._generation_logits(u, items), targets[valid])
+            total = total + nll.sum()
+            count += int(valid.sum())
+            bucket_states.append(states)
+        longest = max(states.shape[1] for states in bucket_states)
+        states = torch.cat([F.pad(states, (0, 0, 0, longest - states.shape[1])) for states in bucket_states])
+        return states[torch.argsort(torch.cat(buckets))], total / max(count, 1)
+
+    def _decoder_losses(self, interaction, states: Tensor) -> dict[str, Tensor]:
+        """Step-2 task loss, step-3 ranking loss and the DC loss, at ``decoder_positions`` positions per row."""
+        seq_len = states.shape[1]
+        seq_lens = interaction[self.ITEM_SEQ_LEN]
+        targets = self._next_items(interaction, seq_len)  # [B, N]
+        losses: dict[str, Tensor] = {}
+        positions = self._decoder_positions(seq_lens)  # [B, R]
+        batch, ranked = positions.shape
+        flat_targets = targets.gather(1, positions).flatten()  # [BR]
+        flat_states = states[torch.arange(batch, device=states.device).unsqueeze(1), positions].flatten(0, 1)  # [BR, D]
+        tokens = self._step2(states, positions, seq_lens) if self.use_step2 else None  # [B, R, Q, D]
+        flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
+        stage_labels = self._stage_labels(interaction, seq_len)  # [B, N, S]
+        stage_labels = stage_labels.gather(1, positions.unsqueeze(-1).expand(-1, -1, stage_labels.shape[-1]))
+        value_weights = self._value_weights(interaction, seq_len)
+        position_values = value_weights.gather(1, positions).flatten() if value_weights is not None else None
+
+        if self.use_step2:
+            weights = self._task_weights(stage_labels.flatten(0, 1), position_values)  # [BR, T]
+            # One sampled-softmax per task token, all sharing the negatives; a shared token ([BR, 1]) serves all tasks.
+            nll = self._softmax_loss(lambda items: self._task_scores(flat_tokens, items), flat_targets)  # [BR, T or 1]
+            losses["task"] = (weights * nll).sum() / (len(self.tasks) * batch * ranked)
+
+        if self.use_ranker:
+            all_items = self.item_vectors()
+            retrieval = self._retrieval_logits(
+                self._generation_users(flat_states), flat_tokens, all_items
+            )  # [BR, n_items]
+            candidates = self._candidates(retrieval, flat_targets)  # [BR, N]
+            stage_logits, log_value = self._rank(
+                states, positions, seq_lens, tokens, candidates.view(batch, ranked, -1)
+            )
+            stage_logits, log_value = stage_logits.flatten(0, 1), log_value.flatten(0, 1)  # [BR, N, S], [BR, N]
+            is_target = candidates == flat_targets.unsqueeze(1)  # [BR, N]
+            labels = is_target.unsqueeze(-1) * stage_labels.flatten(0, 1).unsqueeze(1)  # [BR, N, S]
+            bce = F.binary_cross_entropy_with_logits(stage_logits, labels, reduction="none").mean(dim=(1, 2))
+            scores = self._rank_scores(stage_logits, log_value)  # [BR, N]
+            target_score = scores[is_target]  # [BR]
+            pair_weight = position_values if position_values is not None else torch.ones_like(target_score)
+            bpr = -(F.logsigmoid(target_score.unsqueeze(1) - scores) * ~is_target).sum(1) / (~is_target).sum(1)
+            rank_loss = bce + pair_weight * bpr
+            if self.value_head is not None:
+                rank_loss = rank_loss + (log_value[is_target] - torch.log(position_values.clamp(min=1e-6))).pow(2)
+            losses["rank"] = rank_loss.mean()
+            # DC: the generator's distribution over the candidates follows the ranker's (detached teacher).
+            teacher = F.softmax(scores.detach() / self.dc_temperature, dim=1)
+            student = F.log_softmax(retrieval.gather(1, candidates) / self.dc_temperature, dim=1)
+            dc = (teacher * (torch.log(teacher.clamp(min=1e-12)) - student)).sum(1)
+            losses["dc"] = dc.mean()
+        return losses
+
+    # -- inference --------------------------------------------------------------------------------------------
+
+    def _last_position(self, interaction):
+        states = self.encode(interaction)
+        seq_lens = interaction[self.ITEM_SEQ_LEN]
+        positions = (seq_lens - 1).unsqueeze(1)  # [B, 1]
+        users = self._generation_users(self.gather_indexes(states, seq_lens - 1))  # [B, H, D]
+        tokens = self._step2(states, positions, seq_lens) if self.use_step2 else None  # [B, 1, Q, D]
+        return states, seq_lens, positions, users, tokens
+
+    def predict(self, interaction):
+        states, seq_lens, positions, users, tokens = self._last_position(interaction)
+        items = interaction[self.ITEM_ID]
+        if self.use_ranker:
+            # Candidates never see each other, so an item's ranker score does not depend on the rest of the set.
+            stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, items.view(-1, 1, 1))
+            return self._rank_scores(stage_logits, log_value).view(-1)
+        flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
+        return self._retrieval_logits(users, flat_tokens, self.item_vectors(items).unsqueeze(1)).squeeze(1)
+
+    def full_sort_predict(self, interaction):
+        states, seq_lens, positions, users, tokens = self._last_position(interaction)
+        flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
+        retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [B, n_items]
+        if not self.use_ranker:
+            return retrieval
+        candidates = self._candidates(retrieval, None)  # [B, N]
+        stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, candidates.unsqueeze(1))
+        rank_scores = self._rank_scores(stage_logits, log_value).squeeze(1)  # [B, N]
+        # The ranker orders the candidates, all of them above every other item (kept in retrieval order).
+        lift = retrieval.max(dim=1, keepdim=True).values - rank_scores.min(dim=1, keepdim=True).values + 1.0
+        return retrieval.scatter(1, candidates, rank_scores + lift)
