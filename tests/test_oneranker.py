@@ -1,0 +1,230 @@
+"""OneRanker: tests that fail if a component were fake (masks, centroids, pass-through, DC direction, switches)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from recbole.data import data_preparation
+
+from recbole_oneranker.config import Config
+from recbole_oneranker.data import create_dataset
+from recbole_oneranker.data.converters import convert_dataset
+from recbole_oneranker.data.paths import raw_dataset_dir
+from recbole_oneranker.model.sequential_recommender import OneRanker
+from recbole_oneranker.model.tokenizers import kmeans
+from recbole_oneranker.quick_start import run
+
+ONERANKER_TINY = {
+    "hidden_size": 16,
+    "attention_dim": 8,
+    "linear_hidden_dim": 8,
+    "n_heads": 2,
+    "num_negatives": 16,
+    "n_fake_items": 4,
+    "num_candidates": 6,
+    "decoder_positions": 3,
+}
+RANKER_PARTS = ("ranker", "task_heads", "rank_token", "value_head")
+
+
+@pytest.fixture
+def build(tiny_config):
+    """``build(**overrides) -> (model, train loader)`` on the ml-tiny slice (cascade click -> conversion, value)."""
+
+    def make(**overrides):
+        config = Config("OneRanker", "ml-tiny", config_dict={**tiny_config, **ONERANKER_TINY, **overrides})
+        train, _, test = data_preparation(config, create_dataset(config))
+        torch.manual_seed(0)
+        return OneRanker(config, train._dataset), train, test
+
+    return make
+
+
+def _loss(model, batch, seed=0):
+    torch.manual_seed(seed)  # decoder positions and negatives are drawn: fix them
+    return sum(model.calculate_loss(batch))
+
+
+def test_tasks_follow_the_cascade_then_value(build):
+    model, _, _ = build()
+    assert model.tasks == ["click", "conversion", "value"]
+    assert build(task_order=["value", "click", "conversion"])[0].tasks == ["value", "click", "conversion"]
+    with pytest.raises(ValueError, match="permutation"):
+        build(task_order=["click", "value"])
+
+
+def test_heterogeneous_mask_by_hand(build):
+    model, _, _ = build(n_fake_items=2)
+    T, F = True, False
+    expected = [
+        [T, F, F, T, T],  # task 0 sees itself and the fakes
+        [T, T, F, T, T],  # task 1: tasks <= 1
+        [T, T, T, T, T],
+        [T, T, T, T, F],  # fake 0: every task, itself, not fake 1
+        [T, T, T, F, T],
+    ]
+    assert model.step2_mask.tolist() == expected
+    assert build(n_fake_items=2, heterogeneous_mask=False)[0].step2_mask.all()
+
+
+def _step2_outputs(model, batch):
+    states = model.encode(batch)
+    seq_lens = batch["item_length"]
+    return model._step2(states, (seq_lens - 1).unsqueeze(1), seq_lens)[:, 0]  # [B, Q, D]
+
+
+def test_step2_masks_hold_in_the_outputs(build):
+    model, train, _ = build(task_decoder_layers=1)
+    model.eval()
+    batch = next(iter(train))
+    n_tasks = len(model.tasks)
+    with torch.no_grad():
+        before = _step2_outputs(model, batch)
+        # Random directions: a constant shift would vanish in the layer norms.
+        model.task_tokens[2] += torch.randn(model.hidden_size)  # the last task token
+        after_task = _step2_outputs(model, batch)
+        model.fake_centroids[1] += torch.randn(model.hidden_size)  # fake token 1
+        after_fake = _step2_outputs(model, batch)
+    torch.testing.assert_close(after_task[:, :2], before[:, :2])  # tasks 0 and 1 do not see task 2 (causal)
+    assert not torch.allclose(after_task[:, n_tasks:], before[:, n_tasks:])  # fake tokens see every task
+    torch.testing.assert_close(after_fake[:, n_tasks], after_task[:, n_tasks])  # fake 0 does not see fake 1
+    assert not torch.allclose(after_fake[:, :n_tasks], after_task[:, :n_tasks])  # tasks see every fake
+
+
+def test_candidates_do_not_see_each_other(build):
+    model, train, _ = build()
+    model.eval()
+    batch = next(iter(train))
+    with torch.no_grad():
+        states = model.encode(batch)
+        seq_lens = batch["item_length"]
+        positions = (seq_lens - 1).unsqueeze(1)
+        tokens = model._step2(states, positions, seq_lens)
+        first = torch.randint(1, model.n_items, (len(seq_lens), 1, 5))
+        second = torch.randint(1, model.n_items, (len(seq_lens), 1, 5))
+        second[..., 0] = first[..., 0]  # one shared candidate, four different companions
+        score_a = model._rank_scores(*model._rank(states, positions, seq_lens, tokens, first))
+        score_b = model._rank_scores(*model._rank(states, positions, seq_lens, tokens, second))
+    torch.testing.assert_close(score_a[..., 0], score_b[..., 0])
+
+
+def test_fake_items_are_kmeans_centroids_after_refresh(build):
+    model, train, _ = build()
+    with torch.no_grad():
+        model.item_embedding.weight.normal_()  # training moved the items
+    model.on_train_epoch_start(0)
+    torch.testing.assert_close(model.fake_centroids, kmeans(model.item_vectors()[1:], 4, seed=0))
+    frozen = build(fake_refresh_epochs=0)[0]
+    before = frozen.fake_centroids.clone()
+    with torch.no_grad():
+        frozen.item_embedding.weight.normal_()
+    frozen.on_train_epoch_start(0)
+    assert torch.equal(frozen.fake_centroids, before)
+
+
+@pytest.mark.parametrize("bucket_size", [0, 4])
+def test_hstu_encodes_each_row_once(build, bucket_size):
+    model, train, _ = build(length_bucket_size=bucket_size)
+    batch = next(iter(train))
+    encoded_rows = []
+    model.stack.register_forward_hook(lambda module, args, output: encoded_rows.append(len(args[0])))
+    _loss(model, batch)
+    assert sum(encoded_rows) == len(batch)  # steps 2 and 3 reuse the states: no second pass
+    if bucket_size == 0:
+        assert len(encoded_rows) == 1
+
+
+def test_dc_gradient_reaches_generator_not_ranker(build):
+    model, train, _ = build(alpha=0.0, beta=0.0, gamma=1.0)
+    _loss(model, next(iter(train))).backward()
+    for name, parameter in model.named_parameters():
+        grad = parameter.grad
+        if name.startswith(RANKER_PARTS):
+            assert grad is None or grad.abs().sum() == 0, name
+    for name in ("item_embedding.weight", "stack.blocks.0.uvqk", "task_tokens"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+
+
+def test_gradients_reach_every_parameter(build):
+    model, train, _ = build(n_gen_heads=2)
+    _loss(model, next(iter(train))).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+SWITCHES = [
+    {"gamma": 0.0},  # w/o DC loss
+    {"inject_step2_kv": False},  # w/o step-2 injection into the ranker
+    {"use_step2": False},  # ranker only
+    {"use_ranker": False, "gamma": 0.0},  # step 2 only
+    {"use_fake_items": False},  # S2 w/o fake items
+    {"task_decoupling": False},  # one shared task token
+    {"cross_attention_first": False},  # w/o cross-attention prioritization
+    {"heterogeneous_mask": False},  # w/o heterogeneous mask
+    {"task_order": ["conversion", "click", "value"]},  # another task order
+]
+
+
+@pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_every_ablation_switch_changes_the_computation(build, switch):
+    reference, train, _ = build(loss_type="full_softmax")
+    variant, _, _ = build(loss_type="full_softmax", **switch)
+    variant_state = variant.state_dict()
+    shared = {
+        k: v for k, v in reference.state_dict().items() if k in variant_state and v.shape == variant_state[k].shape
+    }
+    variant.load_state_dict(shared, strict=False)  # the same weights wherever both models have them
+    reference.eval(), variant.eval()
+    batch = next(iter(train))
+    assert not torch.allclose(_loss(reference, batch), _loss(variant, batch))
+
+
+def test_full_sort_puts_ranked_candidates_first(build):
+    model, _, test = build()
+    model.eval()
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        scores = model.full_sort_predict(batch)
+        _, _, _, users, tokens = model._last_position(batch)
+        retrieval = model._retrieval_logits(users, tokens.flatten(0, 1), model.item_vectors())
+        candidates = model._candidates(retrieval, None)
+        pointwise = []
+        for column in candidates.t():
+            batch["item_id"] = column
+            pointwise.append(model.predict(batch))
+        pointwise = torch.stack(pointwise, dim=1)
+    top = scores.topk(model.num_candidates, dim=1).indices
+    assert torch.equal(top.sort(dim=1).values, candidates.sort(dim=1).values)  # the candidates come first...
+    lifted = scores.gather(1, candidates) - pointwise  # ...in the ranker's order (a constant lift per row)
+    torch.testing.assert_close(lifted, lifted[:, :1].expand_as(lifted))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"use_ranker": False, "gamma": 0.0, "n_gen_heads": 2}])
+def test_oneranker_end_to_end_on_ml_tiny(tiny_config, overrides):
+    result = run("OneRanker", "ml-tiny", config_dict={**tiny_config, **ONERANKER_TINY, **overrides, "epochs": 2})
+    assert set(result["test_result"]) >= {"hit@10", "ndcg@10", "gmv@10"}
+
+
+@pytest.fixture(scope="module")
+def taobao_slice(tmp_path_factory):
+    """The Taobao funnel's first 60 users, converted from the real raw file (dataset name ``taobao``)."""
+    if not raw_dataset_dir("taobao-userbehavior-subset").is_dir():
+        pytest.skip(f"raw Taobao UserBehavior not found under {raw_dataset_dir('taobao-userbehavior-subset')}")
+    out = tmp_path_factory.mktemp("taobao")
+    convert_dataset("taobao-userbehavior", out=out)
+    inter_file = out / "taobao" / "taobao.inter"
+    inter = pd.read_csv(inter_file, sep="\t", dtype=str)
+    keep = inter["user_id:token"].drop_duplicates().head(60)
+    inter[inter["user_id:token"].isin(keep)].to_csv(inter_file, sep="\t", index=False)
+    return out
+
+
+def test_oneranker_end_to_end_on_taobao_funnel(tiny_config, taobao_slice):
+    settings = {**tiny_config, **ONERANKER_TINY, "data_path": str(taobao_slice), "epochs": 1}
+    for key in ("load_col", "cascade_fields", "value_field"):
+        settings.pop(key)  # the taobao dataset config declares them: pv -> fav -> cart -> buy, value = stage
+    settings.update(item_inter_num_interval="[1,inf)")
+    result = run("OneRanker", "taobao", config_dict=settings)
+    assert "funnel stage" in result["protocol"]
+    assert 0.0 <= result["test_result"]["gmv@10"] <= 1.0
