@@ -49,6 +49,8 @@ def summary(result: dict[str, Any]) -> str:
         f"best valid : {_format_metrics(result['best_valid_result'])}",
         f"test       : {_format_metrics(result['test_result'])}",
     ]
+    if result["candidate_result"]:
+        lines.append(f"candidates : {_format_metrics(result['candidate_result'])}")
     if result["saved_model_file"]:
         lines.append(f"checkpoint : {result['saved_model_file']}")
     lines.append(f"log        : {result['log_file']}")

@@ -7,6 +7,7 @@ trainer, fit, test) with this package's ``Config``, dataset, model lookup and tr
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -18,15 +19,19 @@ from typing import Any
 import colorlog
 from colorama import init as init_colorama
 from recbole.data import data_preparation
+from recbole.data.dataloader import NegSampleEvalDataLoader
+from recbole.data.utils import create_samplers
+from recbole.evaluator import Evaluator
 from recbole.utils import init_seed, set_color
 from recbole.utils.logger import RemoveColorFilter, log_colors_config
 
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset
-from recbole_oneranker.evaluator import target_ranks
+from recbole_oneranker.evaluator import ValueCollector, target_ranks
 from recbole_oneranker.evaluator.protocol import describe_protocol
 from recbole_oneranker.utils import get_model, get_trainer
 
+CANDIDATE_TOPK = (1, 3, 5, 10, 15)
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -82,7 +87,8 @@ def run(
     Returns:
         dict with ``model``, ``dataset``, ``run_id``, ``best_valid_score``, ``valid_score_bigger``,
         ``best_valid_result``, ``test_result``, ``test_ranks`` (per test user, the 1-based rank of the target within
-        the top ``max(topk)``, 0 beyond), ``protocol``, ``saved_model_file``, ``log_file``, ``wall_time_s``.
+        the top ``max(topk)``, 0 beyond), ``candidate_result`` (:func:`evaluate_candidate_set`, or None),
+        ``protocol``, ``saved_model_file``, ``log_file``, ``wall_time_s``.
     """
     start = time.perf_counter()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
@@ -109,6 +115,12 @@ def run(
     test_struct = trainer.eval_collector.last_struct
     test_ranks = target_ranks(test_struct) if test_result and "rec.topk" in test_struct else None
 
+    candidate_result = None
+    if config["candidate_negatives"] and test_result:
+        splits = (train_data._dataset, valid_data._dataset, test_data._dataset)
+        candidate_result = evaluate_candidate_set(config, trainer, dataset, splits, config["candidate_negatives"])
+        logger.info(set_color("candidate-set test", "yellow") + f": {candidate_result}")
+
     protocol = describe_protocol(config, dataset)
     logger.info(set_color("protocol", "yellow") + f": {protocol}")
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
@@ -122,11 +134,37 @@ def run(
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "test_ranks": test_ranks,
+        "candidate_result": candidate_result,
         "protocol": protocol,
         "saved_model_file": trainer.saved_model_file if saved else None,
         "log_file": log_file,
         "wall_time_s": time.perf_counter() - start,
     }
+
+
+def evaluate_candidate_set(config: Config, trainer, dataset, splits, negatives: int) -> dict[str, float]:
+    """The OneRanker paper's candidate-set protocol on the test targets, with the model as it is now.
+
+    Each test target is ranked among itself and ``negatives`` items drawn uniformly (RecBole's ``uniN`` mode, which
+    scores with ``predict``); returns HR@K and NDCG@K for K in 1, 3, 5, 10, 15.
+    """
+    candidate_config = copy.copy(config)
+    candidate_config.final_config_dict = {
+        **config.final_config_dict,
+        "eval_args": {**config["eval_args"], "mode": {**config["eval_args"]["mode"], "test": f"uni{negatives}"}},
+        "test_neg_sample_args": {"distribution": "uniform", "sample_num": negatives},
+        "metrics": ["Hit", "NDCG"],
+        "topk": list(CANDIDATE_TOPK),
+    }
+    _, _, test_sampler = create_samplers(candidate_config, dataset, splits)
+    loader = NegSampleEvalDataLoader(candidate_config, splits[2], test_sampler, shuffle=False)
+    own = trainer.config, trainer.evaluator, trainer.eval_collector
+    trainer.config, trainer.evaluator = candidate_config, Evaluator(candidate_config)
+    trainer.eval_collector = ValueCollector(candidate_config)
+    try:
+        return dict(trainer.evaluate(loader, load_best_model=False))
+    finally:
+        trainer.config, trainer.evaluator, trainer.eval_collector = own
 
 
 def objective_function(

@@ -74,3 +74,17 @@ def test_mask_seen_items_removes_exactly_the_history(tiny_config):
     assert torch.isinf(masked[seen]).all() and (masked[seen] < 0).all()
     assert torch.equal(masked[~seen], kept[~seen])
     assert np.isfinite(kept[:, 1:].numpy()).all()
+
+
+def test_candidate_set_protocol(tiny_config):
+    from recbole_oneranker.quick_start import run
+
+    result = run("SASRec", "ml-tiny", config_dict={**tiny_config, "candidate_negatives": 29})
+    candidate = result["candidate_result"]
+    hits = [candidate[f"hit@{k}"] for k in (1, 3, 5, 10, 15)]
+    assert hits == sorted(hits) and all(0 <= h <= 1 for h in hits)
+    # 30 candidates are far easier than the full catalogue: the same model hits more often.
+    assert candidate["hit@10"] >= result["test_result"]["hit@10"]
+    assert "candidate set: target + 29 uniform negatives" in result["protocol"]
+    # The run's own metrics are untouched by the extra evaluation.
+    assert set(result["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10", "gmv@5", "gmv@10"}

@@ -25,6 +25,8 @@ def describe_protocol(config, dataset) -> str:
     parts = [_split_text(eval_args["split"]), _ranking_text(eval_args["mode"]["test"], dataset.item_num)]
     if eval_args["mode"]["test"] == "full":
         parts.append("seen items masked (HSTU)" if config["mask_seen_items"] else "seen items kept (RecBole default)")
+    if config["candidate_negatives"]:
+        parts.append(f"candidate set: target + {config['candidate_negatives']} uniform negatives")
     if config["whole_sequence"]:
         parts.append("whole-sequence training")
     if config["value_field"]:
