@@ -68,10 +68,15 @@ def run_command(model: str, dataset: str, settings: dict[str, Any]) -> str:
     return "run_recbole " + " ".join(shlex.quote(arg) for arg in args)
 
 
+def config_hash(label: str, model: str, settings: dict[str, Any]) -> str:
+    """Identity of a row's configuration, seed aside: rows of an edited bench config no longer match it."""
+    unseeded = {key: value for key, value in settings.items() if key != "seed"}
+    return hashlib.sha1(json.dumps([label, model, unseeded], sort_keys=True).encode()).hexdigest()[:12]
+
+
 def row_key(label: str, model: str, settings: dict[str, Any]) -> str:
     """Identity of a result row: a re-run with the same label, model and settings (seed included) is skipped."""
-    digest = hashlib.sha1(json.dumps([label, model, settings], sort_keys=True).encode()).hexdigest()[:12]
-    return f"{label}-seed{settings.get('seed')}-{digest}"
+    return f"{label}-seed{settings.get('seed')}-{config_hash(label, model, settings)}"
 
 
 class ResultTable:

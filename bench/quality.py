@@ -31,6 +31,7 @@ from common import (  # noqa: E402
     REPO,
     ResultTable,
     bootstrap_ci,
+    config_hash,
     ensure_dataset,
     load_bench_config,
     mean_ci,
@@ -43,7 +44,8 @@ from common import (  # noqa: E402
 from recbole_oneranker.quick_start import run  # noqa: E402
 
 FIRST_SEED = 2020
-HEADLINE = ("ndcg@10", "hit@10", "mrr@10", "ndcg@20", "hit@20", "ndcg@1", "hit@5", "ndcg@5")
+HEADLINE = ("ndcg@10", "hit@10", "mrr@10", "ndcg@20", "hit@20", "ndcg@1", "hit@5", "ndcg@5", "gmv@10")
+CANDIDATE_HEADLINE = ("hit@1", "hit@5", "ndcg@5", "ndcg@10")
 
 
 class ValidationRecorder:
@@ -71,6 +73,7 @@ def run_row(label: str, model: str, dataset: str, settings: dict[str, Any], rank
     best_score, best_epoch, time_to_best = recorder.best if recorder.best else (float("nan"), -1, float("nan"))
     row = {
         "key": row_key(label, model, settings),
+        "config_hash": config_hash(label, model, settings),
         "label": label,
         "model": model,
         "seed": settings["seed"],
@@ -84,16 +87,28 @@ def run_row(label: str, model: str, dataset: str, settings: dict[str, Any], rank
     }
     row.update({f"valid_{name}": float(value) for name, value in (result["best_valid_result"] or {}).items()})
     row.update({f"test_{name}": float(value) for name, value in result["test_result"].items()})
+    row.update({f"candidate_{name}": float(value) for name, value in (result["candidate_result"] or {}).items()})
     return row
 
 
-def write_report(table: ResultTable, dataset: str, command: str, out: Path) -> None:
+def current_rows(table: ResultTable, hashes: dict[str, str]) -> list[dict[str, Any]]:
+    """The rows made with the bench config as it is now (``hashes``: label -> config hash); stale rows stay in
+    the CSV but leave the report."""
+    return [row for row in table.rows if hashes.get(row["label"]) == row.get("config_hash")]
+
+
+def _title(metric: str) -> str:
+    return metric.upper().replace("HIT", "HR")
+
+
+def write_report(rows: list[dict[str, Any]], dataset: str, command: str, out: Path) -> None:
     """``results/<dataset>.md`` from the CSV rows: one line per row label, then one per run."""
     by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in table.rows:
+    for row in rows:
         by_label[row["label"]].append(row)
-    protocols = sorted({row["protocol"] for row in table.rows})
-    metrics = [m for m in HEADLINE if f"test_{m}" in table.rows[0]]
+    protocols = sorted({row["protocol"] for row in rows})
+    metrics = [m for m in HEADLINE if f"test_{m}" in rows[0]]
+    candidate_metrics = [m for m in CANDIDATE_HEADLINE if f"candidate_{m}" in rows[0]]
     lines = [
         f"# {dataset}: test metrics (mean ± 95% t-interval over seeds)",
         "",
@@ -103,27 +118,35 @@ def write_report(table: ResultTable, dataset: str, command: str, out: Path) -> N
         "",
         "Protocol: " + "; ".join(protocols).replace(", value = ", "; value = "),
         "",
+        "Columns HR/NDCG/MRR/GMV@K: full ranking"
+        + (
+            "; 'cand.': the candidate-set protocol (target + sampled negatives, see the protocol line)."
+            if candidate_metrics
+            else "."
+        ),
+        "",
         "| row | seeds | "
-        + " | ".join(m.upper().replace("HIT", "HR") for m in metrics)
+        + " | ".join(_title(m) for m in metrics)
+        + "".join(f" | cand. {_title(m)}" for m in candidate_metrics)
         + " | NDCG@10 bootstrap | epochs to best | time to best (s) | wall (s) |",
-        "|---" * (len(metrics) + 6) + "|",
+        "|---" * (len(metrics) + len(candidate_metrics) + 6) + "|",
     ]
-    for label, rows in by_label.items():
+    for label, label_rows in by_label.items():
         cells = []
-        for metric in metrics:
-            mean, half = mean_ci([float(r[f"test_{metric}"]) for r in rows])
+        for column in [f"test_{m}" for m in metrics] + [f"candidate_{m}" for m in candidate_metrics]:
+            mean, half = mean_ci([float(r[column]) for r in label_rows])
             cells.append(f"{mean:.4f} ± {half:.4f}")
-        per_user = np.mean([ndcg_from_ranks(np.load(REPO / r["ranks_file"]), 10) for r in rows], axis=0)
+        per_user = np.mean([ndcg_from_ranks(np.load(REPO / r["ranks_file"]), 10) for r in label_rows], axis=0)
         low, high = bootstrap_ci(per_user)
-        epochs = np.mean([int(r["best_epoch"]) + 1 for r in rows])
-        to_best = np.mean([float(r["time_to_best_s"]) for r in rows])
-        wall = np.mean([float(r["wall_time_s"]) for r in rows])
+        epochs = np.mean([int(r["best_epoch"]) + 1 for r in label_rows])
+        to_best = np.mean([float(r["time_to_best_s"]) for r in label_rows])
+        wall = np.mean([float(r["wall_time_s"]) for r in label_rows])
         lines.append(
-            f"| {label} | {len(rows)} | " + " | ".join(cells) + f" | [{low:.4f}, {high:.4f}] | {epochs:.0f} | "
+            f"| {label} | {len(label_rows)} | " + " | ".join(cells) + f" | [{low:.4f}, {high:.4f}] | {epochs:.0f} | "
             f"{to_best:.0f} | {wall:.0f} |"
         )
     lines += ["", "## Runs", "", "| row | seed | valid NDCG@10 | test NDCG@10 | command |", "|---|---|---|---|---|"]
-    for row in table.rows:
+    for row in rows:
         lines.append(
             f"| {row['label']} | {row['seed']} | {float(row['valid_ndcg@10']):.4f} | "
             f"{float(row['test_ndcg@10']):.4f} | `{row['command']}` |"
@@ -167,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     jobs = [(label, FIRST_SEED + i) for label in labels for i in range(args.seeds)]
+    hashes = {label: config_hash(label, *row_settings(bench_config, label, extra)) for label in bench_config["rows"]}
     for done, (label, seed) in enumerate(jobs, start=1):
         model, settings = row_settings(bench_config, label, {**extra, "seed": seed})
         key = row_key(label, model, settings)
@@ -181,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(best epoch {row['best_epoch']}, {row['wall_time_s']:.0f} s)",
             flush=True,
         )
-        write_report(table, args.dataset, command, args.results / f"{args.dataset}.md")
+        write_report(current_rows(table, hashes), args.dataset, command, args.results / f"{args.dataset}.md")
     return 0
 
 
