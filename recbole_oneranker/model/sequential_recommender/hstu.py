@@ -20,6 +20,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import Tensor, nn
 
+from recbole_oneranker.config import ConfigError
 from recbole_oneranker.model.layers import HSTUConfig, HSTUStack
 
 _LOSS_TYPES = ("sampled_softmax", "full_softmax")
@@ -63,7 +64,7 @@ class HSTU(SequentialRecommender):
         self.TIME_SEQ = config["TIME_FIELD"] + config["LIST_SUFFIX"]
         self.TIME = config["TIME_FIELD"]
         if self.loss_type not in _LOSS_TYPES:
-            raise NotImplementedError(f"Make sure 'loss_type' in {list(_LOSS_TYPES)}, got {self.loss_type!r}")
+            raise ConfigError(f"Make sure 'loss_type' in {list(_LOSS_TYPES)}, got {self.loss_type!r}")
 
         # define layers and loss
         self.hstu_config = HSTUConfig(

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recbole_oneranker.config import ConfigError
 from recbole_oneranker.model.layers import QueryDecoder, QueryDecoderConfig
 from recbole_oneranker.model.sequential_recommender.hstu import HSTU
 from recbole_oneranker.model.tokenizers import kmeans
@@ -75,9 +76,9 @@ class OneRanker(HSTU):
         self.task_decoupling = config["task_decoupling"]
         self.heterogeneous_mask = config["heterogeneous_mask"]
         if self.gamma and not self.use_ranker:
-            raise ValueError("gamma (the DC loss) needs the ranker as its teacher: set use_ranker: True or gamma: 0")
+            raise ConfigError("gamma (the DC loss) needs the ranker as its teacher: set use_ranker: True or gamma: 0")
         if self.use_ranker and self.num_candidates < 2:
-            raise ValueError(f"num_candidates must be at least 2, got {self.num_candidates}")
+            raise ConfigError(f"num_candidates must be at least 2, got {self.num_candidates}")
 
         # define layers and loss
         d = self.hidden_size
@@ -121,7 +122,7 @@ class OneRanker(HSTU):
         if task_order is None:
             return tasks
         if sorted(task_order) != sorted(tasks):
-            raise ValueError(f"task_order {list(task_order)} must be a permutation of this dataset's tasks {tasks}")
+            raise ConfigError(f"task_order {list(task_order)} must be a permutation of this dataset's tasks {tasks}")
         return list(task_order)
 
     def _ranked_stages(self) -> list[str]:
