@@ -3,6 +3,7 @@
     python bench/quality.py --dataset ml-100k --models HSTU SASRec --seeds 3
     python bench/quality.py --dataset beauty --models HSTU SASRec --seeds 3          # converts Beauty on first use
     python bench/quality.py --dataset ml-100k --models HSTU --seeds 1 --epochs 1     # a smoke run
+    python bench/quality.py --bench-config bench/configs/ml-100k-ablation.yaml       # -> results/ml-100k-ablation.md
 
 Rows are the named entries of ``bench/configs/<dataset>.yaml`` (a model plus its settings; ``common`` applies to
 all). Run it from the repository root: commands and data paths are relative to it. Every finished (row, seed) is
@@ -174,6 +175,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bench_config = load_bench_config(args.dataset, args.bench_config)
+    dataset = bench_config.get("dataset", args.dataset)  # a named bench config (e.g. ablations) names its dataset
+    results_name = args.bench_config.stem if args.bench_config else dataset
     labels = args.models or list(bench_config["rows"])
     unknown = [label for label in labels if label not in bench_config["rows"]]
     if unknown:
@@ -182,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, Any] = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     if args.epochs:
         extra["epochs"] = args.epochs
-    if args.dataset != "ml-100k":  # RecBole always reads ml-100k from its own wheel
-        extra.setdefault("data_path", str(ensure_dataset(args.dataset, args.data_path)))
+    if dataset != "ml-100k":  # RecBole always reads ml-100k from its own wheel
+        extra.setdefault("data_path", str(ensure_dataset(dataset, args.data_path)))
 
-    table = ResultTable(args.results / f"{args.dataset}.csv")
+    table = ResultTable(args.results / f"{results_name}.csv")
     command = "python bench/quality.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
@@ -197,15 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         if table.has(key):
             print(f"[{done}/{len(jobs)}] {label} seed {seed}: done before, skipped", flush=True)
             continue
-        print(f"[{done}/{len(jobs)}] {label} seed {seed}: training {model} on {args.dataset} ...", flush=True)
-        row = run_row(label, model, args.dataset, settings, args.results / "ranks" / args.dataset)
+        print(f"[{done}/{len(jobs)}] {label} seed {seed}: training {model} on {dataset} ...", flush=True)
+        row = run_row(label, model, dataset, settings, args.results / "ranks" / results_name)
         table.append(row)
         print(
             f"[{done}/{len(jobs)}] {label} seed {seed}: test ndcg@10 {row['test_ndcg@10']:.4f} "
             f"(best epoch {row['best_epoch']}, {row['wall_time_s']:.0f} s)",
             flush=True,
         )
-        write_report(current_rows(table, hashes), args.dataset, command, args.results / f"{args.dataset}.md")
+        write_report(current_rows(table, hashes), results_name, command, args.results / f"{results_name}.md")
     return 0
 
 

@@ -38,11 +38,11 @@ def test_quality_rows_resume_and_report(tmp_path, tiny_data_path):
     argv = ["--dataset", "ml-tiny", "--bench-config", str(bench_config), "--seeds", "2", "--epochs", "1",
             "--data-path", str(tiny_data_path), "--results", str(tmp_path / "results")]  # fmt: skip
     assert quality.main(argv) == 0
-    csv_file = tmp_path / "results" / "ml-tiny.csv"
+    csv_file = tmp_path / "results" / "tiny.csv"  # named after the bench config
     rows = list(csv.DictReader(csv_file.open()))
     assert [row["seed"] for row in rows] == ["2020", "2021"]
     assert rows[0]["command"].startswith("run_recbole --model=HSTU --dataset=ml-tiny")
-    report = (tmp_path / "results" / "ml-tiny.md").read_text()
+    report = (tmp_path / "results" / "tiny.md").read_text()
     assert "| HSTU-tiny | 2 |" in report and "whole-sequence training" in report
 
     assert quality.main(argv) == 0  # everything done: nothing is trained again
