@@ -61,11 +61,18 @@ def row_settings(bench_config: dict[str, Any], label: str, extra: dict[str, Any]
     return model, {**bench_config.get("common", {}), **row, **extra}
 
 
+def _shell_word(arg: str) -> str:
+    """``arg`` quoted for a POSIX shell, readably: double quotes around Python literals such as lists."""
+    if shlex.quote(arg) == arg or any(char in arg for char in '"$`\\!'):
+        return shlex.quote(arg)
+    return f'"{arg}"'
+
+
 def run_command(model: str, dataset: str, settings: dict[str, Any]) -> str:
     """The ``run_recbole`` command that reproduces one row by itself."""
     args = [f"--model={model}", f"--dataset={dataset}"]
     args += [f"--{key}={value if isinstance(value, str) else repr(value)}" for key, value in settings.items()]
-    return "run_recbole " + " ".join(shlex.quote(arg) for arg in args)
+    return "run_recbole " + " ".join(_shell_word(arg) for arg in args)
 
 
 def config_hash(label: str, model: str, settings: dict[str, Any]) -> str:

@@ -60,3 +60,14 @@ def test_speed_smoke(tmp_path):
     assert speed.main(argv) == 0
     table = out.read_text()
     assert "| HSTU |" in table and "positions/s" in table
+
+
+def test_row_commands_survive_the_shell():
+    import shlex
+
+    from common import run_command
+
+    settings = {"metrics": ["Hit", "NDCG"], "topk": [1, 5], "valid_metric": "NDCG@10", "note": 'say "hi" $HOME'}
+    words = shlex.split(run_command("HSTU", "ml-100k", settings))
+    assert words == ["run_recbole", "--model=HSTU", "--dataset=ml-100k", "--metrics=['Hit', 'NDCG']",
+                     "--topk=[1, 5]", "--valid_metric=NDCG@10", '--note=say "hi" $HOME']  # fmt: skip

@@ -1,0 +1,193 @@
+"""tuning/search.py and tuning/report.py on the tiny slice: kill and resume, two processes on one journal, one-line
+errors, reports. Trials train the real HSTU (1 epoch, width 16) through ``recbole_oneranker.quick_start.run``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tuning"))
+
+import report  # noqa: E402
+import search  # noqa: E402
+
+TINY_SET = [
+    "hidden_size=16", "attention_dim=8", "linear_hidden_dim=8", "n_heads=1", "MAX_ITEM_LIST_LENGTH=20",
+    "train_batch_size=256", "eval_batch_size=256", "show_progress=False", "state=ERROR", "load_col=~",
+    "cascade_fields=[click,conversion]", "value_field=rating", "metrics=[Hit,NDCG,GMV]", "topk=[5,10]",
+]  # fmt: skip
+DEADLINE_S = 90
+
+
+def search_args(data: Path, out: Path, study: str, n_trials: int, *extra: str) -> list[str]:
+    return ["--model", "HSTU", "--dataset", "ml-tiny", "--data-path", str(data), "--out", str(out), "--study-name",
+            study, "--n-trials", str(n_trials), "--epochs", "1", *extra, "--set", *TINY_SET]  # fmt: skip
+
+
+def start(args: list[str], log: Path, sleep_at: str | None = None) -> subprocess.Popen:
+    """``python tuning/search.py ARGS`` in the background, output to ``log``; ``sleep_at``: the test hook "N:S"."""
+    env = {key: value for key, value in os.environ.items() if key != search.SLEEP_ENV}
+    if sleep_at:
+        env[search.SLEEP_ENV] = sleep_at
+    with log.open("w") as file:
+        return subprocess.Popen([sys.executable, str(REPO / "tuning" / "search.py"), *args], cwd=log.parent,
+                                stdout=file, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+
+
+def finish(process: subprocess.Popen, log: Path) -> str:
+    assert process.wait(timeout=DEADLINE_S) == 0, log.read_text()
+    return log.read_text()
+
+
+def load(out: Path, study: str) -> optuna.Study:
+    storage = JournalStorage(JournalFileBackend(str(out / study / "journal.log")))
+    return optuna.load_study(study_name=study, storage=storage)
+
+
+def wait_for_second_trial(process: subprocess.Popen, out: Path, study: str, log: Path) -> None:
+    """Until trial 0 is COMPLETE and trial 1 has drawn its parameters (it then sleeps in the test hook)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            trials = load(out, study).trials
+        except (KeyError, ValueError, FileNotFoundError):  # the study or its journal is not there yet
+            trials = []
+        if len(trials) == 2 and trials[0].state == TrialState.COMPLETE and "command" in trials[1].user_attrs:
+            return
+        time.sleep(0.2)
+    raise AssertionError("trial 1 never started:\n" + log.read_text())
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tuning")
+
+
+@pytest.fixture(scope="module")
+def killed_study(out, tiny_data_path) -> dict:
+    """A 3-trial study SIGKILLed during trial 1, then re-run with the same command."""
+    args = search_args(tiny_data_path, out, "killed", 3, "--seed", "0")
+    process = start(args, out / "first.log", sleep_at="1:120")
+    wait_for_second_trial(process, out, "killed", out / "first.log")
+    before = load(out, "killed").trials[0]
+    process.send_signal(signal.SIGKILL)
+    process.wait()  # reaped: its pid no longer names a process
+    rerun = finish(start(args, out / "rerun.log"), out / "rerun.log")
+    return {"before": before, "killed_pid": process.pid, "rerun": rerun}
+
+
+@pytest.fixture(scope="module")
+def parallel_study(out, tiny_data_path) -> list[str]:
+    """The same command in two processes at once; whoever runs trial 0 sleeps 3 s so that both get trials."""
+    args = search_args(tiny_data_path, out, "parallel", 3)
+    processes = [start(args, out / f"worker{i}.log", sleep_at="0:3") for i in range(2)]
+    return [finish(process, out / f"worker{i}.log") for i, process in enumerate(processes)]
+
+
+def test_killed_study_resumes_and_retries_the_killed_trial(out, killed_study):
+    trials = load(out, "killed").trials
+    before = killed_study["before"]
+    # trial 0, finished before the kill, is intact
+    assert trials[0].state == TrialState.COMPLETE
+    assert (trials[0].params, trials[0].values, trials[0].datetime_complete) == (
+        before.params, before.values, before.datetime_complete)  # fmt: skip
+    assert trials[0].user_attrs == before.user_attrs and "test_result" in trials[0].user_attrs
+    # trial 1, killed while running, is FAILED and its parameters ran again
+    assert trials[1].state == TrialState.FAIL
+    assert trials[1].user_attrs["owner"]["pid"] == killed_study["killed_pid"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 1]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == trials[1].params
+    # the study ends with exactly 3 complete trials, nothing left running
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 3
+    assert len(trials) == 4 and not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+    assert "trial 1: its process died; marked FAIL and queued again" in killed_study["rerun"]
+    assert "== study killed: 3 finished of 3 (COMPLETE 3, FAIL 1)" in killed_study["rerun"]
+    # each complete trial carries its test metrics and the command that reproduces it; files sit under the study
+    for trial in (t for t in trials if t.state == TrialState.COMPLETE):
+        assert {"ndcg@10", "gmv@10"} <= set(trial.user_attrs["test_result"])
+        assert trial.user_attrs["command"].startswith("run_recbole --model=HSTU --dataset=ml-tiny")
+        assert Path(trial.user_attrs["saved_model_file"]).parent == out / "killed" / "checkpoints"
+        assert trial.values[0] == trial.user_attrs["best_valid_result"]["ndcg@10"]
+
+
+def test_two_processes_share_one_study(out, parallel_study):
+    storage = JournalStorage(JournalFileBackend(str(out / "parallel" / "journal.log")))
+    assert [study.study_name for study in storage.get_all_studies()] == ["parallel"]
+    trials = load(out, "parallel").trials
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 3  # the requested total, not one per process
+    # a FAIL can only be a surplus trial: both processes started the last trial at the same moment (rare)
+    assert all(t.user_attrs.get("surplus") for t in trials if t.state != TrialState.COMPLETE)
+    owners = {t.user_attrs["owner"]["pid"] for t in trials}
+    assert len(owners) == 2  # both processes ran trials
+
+
+def test_report_and_compare(out, killed_study, parallel_study, capsys):
+    assert report.main(["--study", "killed", "--out", str(out)]) == 0
+    text = (out / "killed" / "report.md").read_text()
+    assert "# Optuna study killed: HSTU on ml-tiny" in text
+    assert "Trials by state: COMPLETE 3, FAIL 1." in text
+    assert "python tuning/search.py --model HSTU --dataset ml-tiny" in text
+    assert "```bash\nrun_recbole --model=HSTU --dataset=ml-tiny" in text
+    assert "| trial | valid ndcg@10 | test ndcg@10 |" in text
+    for plot in ("optimization_history.html", "param_importances.html"):
+        assert (out / "killed" / plot).is_file() and f"]({plot})" in text
+
+    assert report.main(["--compare", "killed", "parallel", "--out", str(out)]) == 0
+    table = (out / "compare_killed_vs_parallel.md").read_text()
+    assert "first 3 finished trials each" in table
+    assert "| killed | HSTU | ml-tiny | 3 |" in table and "| parallel | HSTU | ml-tiny | 3 |" in table
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "NoSuchModel"], "no search space for model 'NoSuchModel'"),
+        (["--spaces-dir", "spaces"], "'learning_rte' is not a config key (did you mean 'learning_rate'?)"),
+        (["--objective", "ndgc@10"], "unknown objective 'ndgc@10'"),
+        (["--storage", "postgresql://nobody@127.0.0.1:1/x"], "cannot open storage postgresql://nobody@127.0.0.1:1/x"),
+        (["--pruner", "median", "--objectives", "ndcg@10", "gmv@10"], "cannot prune multi-objective trials"),
+    ],
+)
+def test_mistakes_print_one_line_and_exit_2(tmp_path, tiny_data_path, capsys, extra, message):
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "spaces" / "HSTU.yaml").write_text("learning_rte: {type: float, low: 1.0e-4, high: 1.0e-2}\n")
+    assert search.main(search_args(tiny_data_path, tmp_path / "out", "bad", 1, *extra)) == 2  # a later --model wins
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out" / "bad" / "journal.log").exists()
+
+
+def test_task_order_is_a_categorical_over_the_dataset_task_orders(tiny_data_path):
+    space = search.load_space("OneRanker", search.SPACES_DIR)
+    config = search.Config("OneRanker", "ml-tiny", config_dict={"data_path": str(tiny_data_path), "load_col": None,
+                           "cascade_fields": ["click", "conversion"], "value_field": "rating"})  # fmt: skip
+    tasks = search.dataset_tasks(config)
+    assert tasks == ["click", "conversion", "value"]
+    distribution = search.to_distribution("task_order", space["task_order"], tasks, search.SPACES_DIR)
+    assert len(distribution.choices) == 6 and "click>conversion>value" in distribution.choices
+    assert search.params_to_config({"task_order": "value>click>conversion"}, space) == {
+        "task_order": ["value", "click", "conversion"]}  # fmt: skip
+    for model in ("OneRanker", "HSTU", "SASRec"):
+        assert set(search.load_space(model, search.SPACES_DIR)) <= search.known_keys()
+
+
+def test_pruning_callback_reports_and_prunes():
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
+    trial = study.ask()
+    callback = search.pruning_callback(trial)
+    callback(0, 0.7)  # above the threshold: training goes on
+    with pytest.raises(optuna.TrialPruned):
+        callback(1, 0.2)
+    assert study.trials[0].intermediate_values == {0: 0.7, 1: 0.2}
