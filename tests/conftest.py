@@ -35,8 +35,9 @@ def isolated_cwd(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_data_path(tmp_path_factory) -> Path:
-    """``<data_path>/ml-tiny/ml-tiny.inter``: the first 60 users of ml-100k, with a cascade derived from the rating
-    written as explicit 0/1 columns (click = rated >= 3, conversion = rated >= 4) and the rating as value."""
+    """``<data_path>/ml-tiny/ml-tiny.{inter,user}``: the first 60 users of ml-100k, with a cascade derived from the
+    rating written as explicit 0/1 columns (click = rated >= 3, conversion = rated >= 4), the rating as value, and
+    the users' age, gender, occupation and zip code."""
     inter = pd.read_csv(EMBEDDED_ML100K, sep="\t")
     inter.columns = [column.split(":")[0] for column in inter.columns]
     inter = inter[inter["user_id"] <= 60].copy()
@@ -46,6 +47,8 @@ def tiny_data_path(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     (root / "ml-tiny").mkdir()
     inter.to_csv(root / "ml-tiny" / "ml-tiny.inter", sep="\t", index=False, header=header)
+    users = pd.read_csv(EMBEDDED_ML100K.with_suffix(".user"), sep="\t")
+    users[users["user_id:token"] <= 60].to_csv(root / "ml-tiny" / "ml-tiny.user", sep="\t", index=False)
     return root
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from recbole.data import data_preparation
 
-from recbole_oneranker.config import Config
+from recbole_oneranker.config import Config, ConfigError
 from recbole_oneranker.data import create_dataset
 from recbole_oneranker.data.converters import convert_dataset
 from recbole_oneranker.data.paths import raw_dataset_dir
@@ -178,6 +178,20 @@ def test_every_ablation_switch_changes_the_computation(build, switch):
     reference.eval(), variant.eval()
     batch = next(iter(train))
     assert not torch.allclose(_loss(reference, batch), _loss(variant, batch))
+
+
+def test_user_tokens_are_read_before_the_history(build):
+    model, train, _ = build(user_token_fields=["gender", "occupation"])
+    model.eval()
+    batch = next(iter(train))
+    with torch.no_grad():
+        before = model.encode(batch)
+        model.user_token_embeddings["occupation"].weight.normal_()
+        after = model.encode(batch)
+    real = torch.arange(before.shape[1]) < batch["item_length"].unsqueeze(1)
+    assert not torch.allclose(after[real], before[real])  # every history state reads the user tokens
+    with pytest.raises(ConfigError, match="'rating' is not a token column"):
+        build(user_token_fields=["rating"])
 
 
 def test_full_sort_puts_ranked_candidates_first(build):

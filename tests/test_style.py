@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CODE = ["recbole_oneranker", "tests", "bench"]
+CODE = ["recbole_oneranker", "tests", "bench", "tuning"]
 TYPED = ["recbole_oneranker/model/layers", "recbole_oneranker/model/tokenizers"]
 
 

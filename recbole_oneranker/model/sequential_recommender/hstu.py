@@ -73,7 +73,8 @@ class HSTU(SequentialRecommender):
             attention_dim=config["attention_dim"],
             num_heads=config["n_heads"],
             num_blocks=config["n_layers"],
-            max_seq_len=self.max_seq_length + 1,  # history + the slot that carries the request time
+            # prefix tokens + history + the slot that carries the request time
+            max_seq_len=self.num_prefix_tokens(config) + self.max_seq_length + 1,
             dropout=self.dropout_prob,
             attn_dropout=config["attn_dropout_prob"],
             num_buckets=config["num_time_buckets"],
@@ -81,7 +82,7 @@ class HSTU(SequentialRecommender):
         )
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.position_embedding = (
-            nn.Embedding(self.max_seq_length + 1, self.hidden_size) if config["use_position_embedding"] else None
+            nn.Embedding(self.hstu_config.max_seq_len, self.hidden_size) if config["use_position_embedding"] else None
         )
         self.input_dropout = nn.Dropout(self.dropout_prob)
         self.stack = HSTUStack(self.hstu_config)
@@ -91,6 +92,11 @@ class HSTU(SequentialRecommender):
         if self.position_embedding is not None:
             nn.init.trunc_normal_(self.position_embedding.weight, std=math.sqrt(1.0 / self.hidden_size))
 
+    @classmethod
+    def num_prefix_tokens(cls, config) -> int:
+        """Tokens a subclass puts before the history (e.g. user features); sizes the position tables."""
+        return 0
+
     # -- encoder ----------------------------------------------------------------------------------------------
 
     def forward(
@@ -99,6 +105,7 @@ class HSTU(SequentialRecommender):
         item_seq_len: Tensor,
         timestamps: Tensor | None = None,
         token_features: Tensor | None = None,
+        prefix: Tensor | None = None,
     ) -> Tensor:
         """Encode right-padded histories: the HSTU stack's state after each position.
 
@@ -107,20 +114,28 @@ class HSTU(SequentialRecommender):
             item_seq_len: ``[B]`` number of real items per row.
             timestamps: ``[B, N + 1]`` event times (``timestamps[b, len_b]`` = the request time) or None.
             token_features: ``[B, N, D]`` added to each token's input embedding (e.g. feedback levels), or None.
+            prefix: ``[B, P, D]`` embedded tokens read before the history (e.g. user features), or None; they
+                carry the time of the first event.
 
         Returns:
-            ``[B, N, D]`` states, not normalised (0 past each length); :meth:`user_vectors` normalises them.
+            ``[B, N, D]`` states of the history positions, not normalised (0 past each length);
+            :meth:`user_vectors` normalises them.
         """
         x = self.item_embedding(item_seq) * math.sqrt(self.hidden_size)  # [B, N, D]
         if token_features is not None:
             x = x + token_features
+        num_prefix = 0 if prefix is None else prefix.shape[1]
+        if prefix is not None:
+            x = torch.cat([prefix, x], dim=1)  # [B, P + N, D]
+            if timestamps is not None:
+                timestamps = torch.cat([timestamps[:, :1].expand(-1, num_prefix), timestamps], dim=1)
         if self.position_embedding is not None:
-            x = x + self.position_embedding.weight[: item_seq.shape[1]].unsqueeze(0)
+            x = x + self.position_embedding.weight[: x.shape[1]].unsqueeze(0)
         x = self.input_dropout(x)
         # One extra slot so the last real position can read the request time from timestamps[:, len].
-        x = F.pad(x, (0, 0, 0, 1))  # [B, N + 1, D]
-        out = self.stack(x, item_seq_len, timestamps.long() if timestamps is not None else None)
-        return out[:, : item_seq.shape[1]]
+        x = F.pad(x, (0, 0, 0, 1))  # [B, P + N + 1, D]
+        out = self.stack(x, item_seq_len + num_prefix, timestamps.long() if timestamps is not None else None)
+        return out[:, num_prefix : num_prefix + item_seq.shape[1]]
 
     @staticmethod
     def user_vectors(states: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from recbole.utils import FeatureSource, FeatureType
 from torch import Tensor, nn
 
 from recbole_oneranker.config import ConfigError
@@ -75,6 +76,7 @@ class OneRanker(HSTU):
         self.inject_step2_kv = config["inject_step2_kv"] and self.use_step2
         self.task_decoupling = config["task_decoupling"]
         self.heterogeneous_mask = config["heterogeneous_mask"]
+        self.user_token_fields = self._check_user_token_fields(config, dataset)
         if self.gamma and not self.use_ranker:
             raise ConfigError("gamma (the DC loss) needs the ranker as its teacher: set use_ranker: True or gamma: 0")
         if self.use_ranker and self.num_candidates < 2:
@@ -83,6 +85,9 @@ class OneRanker(HSTU):
         # define layers and loss
         d = self.hidden_size
         self.level_embedding = nn.Embedding(len(self.cascade_fields) + 2, d, padding_idx=0)  # 0 = padding
+        self.user_token_embeddings = nn.ModuleDict(
+            {field: nn.Embedding(dataset.num(field), d, padding_idx=0) for field in self.user_token_fields}
+        )
         self.gen_projection = nn.Linear(d, d * self.n_gen_heads) if self.n_gen_heads > 1 else None
         n_task_tokens = len(self.tasks) if self.task_decoupling else 1
         decoder = {"hidden_size": d, "num_heads": config["decoder_heads"], "dropout": self.dropout_prob}
@@ -107,7 +112,8 @@ class OneRanker(HSTU):
             self.value_head = nn.Linear(d, 1) if self.value_field else None
 
         # parameters initialization (HSTU initialised the backbone) and first Fake Item Tokens
-        nn.init.normal_(self.level_embedding.weight, std=0.02)
+        for embedding in (self.level_embedding, *self.user_token_embeddings.values()):
+            nn.init.normal_(embedding.weight, std=0.02)
         if self.use_step2 and self.n_fake_items:
             self.refresh_fake_items(seed=config["seed"])
 
@@ -124,6 +130,22 @@ class OneRanker(HSTU):
         if sorted(task_order) != sorted(tasks):
             raise ConfigError(f"task_order {list(task_order)} must be a permutation of this dataset's tasks {tasks}")
         return list(task_order)
+
+    @classmethod
+    def num_prefix_tokens(cls, config) -> int:
+        return len(config["user_token_fields"] or [])
+
+    @staticmethod
+    def _check_user_token_fields(config, dataset) -> list[str]:
+        """``user_token_fields``: token columns of the ``.user`` file, each read as one token before the history."""
+        fields = list(config["user_token_fields"] or [])
+        for field in fields:
+            if dataset.field2source.get(field) != FeatureSource.USER or dataset.field2type[field] != FeatureType.TOKEN:
+                raise ConfigError(
+                    f"user_token_fields: '{field}' is not a token column of {config['dataset']}.user as loaded "
+                    f"(load it with load_col: {{user: [user_id, {field}, ...]}})"
+                )
+        return fields
 
     def _ranked_stages(self) -> list[str]:
         """Stages the ranker predicts, in cascade order (chained probabilities multiply along it)."""
@@ -170,11 +192,16 @@ class OneRanker(HSTU):
 
     def encode(self, interaction) -> Tensor:
         seq_len = int(interaction[self.ITEM_SEQ_LEN].max())
+        prefix = None
+        if self.user_token_fields:
+            tokens = [self.user_token_embeddings[field](interaction[field]) for field in self.user_token_fields]
+            prefix = torch.stack(tokens, dim=1) * math.sqrt(self.hidden_size)  # [B, P, D]
         return self.forward(
             interaction[self.ITEM_SEQ][:, :seq_len],
             interaction[self.ITEM_SEQ_LEN],
             self._request_timestamps(interaction, seq_len),
             token_features=self.level_embedding(self._levels(interaction, seq_len)),
+            prefix=prefix,
         )
 
     def _generation_users(self, states: Tensor) -> Tensor:

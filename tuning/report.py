@@ -1,0 +1,294 @@
+"""Reports of the Optuna studies made by ``tuning/search.py``: markdown tables and interactive plots.
+
+    python tuning/report.py --study OneRanker-ml-100k-ndcg10             # -> results/tuning/<study>/report.md
+    python tuning/report.py --study S --storage postgresql://user:pw@db/optuna
+    python tuning/report.py --compare OneRanker-ml-100k-ndcg10 HSTU-ml-100k-ndcg10 SASRec-ml-100k-ndcg10
+
+``report.md`` holds the command(s) that ran the study, the best configuration(s) as a ``run_recbole`` command, the
+top trials with their validation objective(s) and the test metrics stored with each trial (read, never tuned on),
+and the counts by state. Plots (``optuna.visualization``, HTML; PNG too when kaleido is installed): optimisation
+history, parameter importances and, for several objectives, the Pareto front. ``--compare`` puts several studies
+side by side under the same trial budget: the first N finished trials of each, N the smallest study's count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "results" / "tuning"
+USAGE_ERROR = 2
+TOP_TRIALS = 10
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class UsageError(Exception):
+    """A study that cannot be read: printed as one ``error: ...`` line, exit status 2."""
+
+
+# -- reading studies -------------------------------------------------------------------------------------------------
+
+
+def load_study(name: str, storage_url: str | None, out: Path) -> optuna.Study:
+    """The study ``name`` from ``storage_url``, or from its default journal ``<out>/<name>/journal.log``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from search import UsageError as SearchUsageError
+    from search import open_storage
+
+    journal = out / name / "journal.log"
+    if not (storage_url and "://" in storage_url) and not Path(storage_url or journal).is_file():
+        raise UsageError(f"no study '{name}': no journal {storage_url or journal} (give --out or --storage)")
+    try:
+        storage = open_storage(storage_url, journal, heartbeat=False)
+        return optuna.load_study(study_name=name, storage=storage)
+    except SearchUsageError as error:
+        raise UsageError(str(error)) from error
+    except KeyError as error:
+        raise UsageError(f"no study '{name}' in {storage_url or journal}") from error
+
+
+def objectives_of(study: optuna.Study) -> list[str]:
+    return list(study.user_attrs.get("objectives") or [f"objective {i}" for i in range(len(study.directions))])
+
+
+def state_counts(study: optuna.Study) -> str:
+    counts = Counter(trial.state for trial in study.get_trials(deepcopy=False))
+    return ", ".join(f"{state.name} {counts[state]}" for state in TrialState if counts[state]) or "no trials"
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Complete trials, best first: by the objective, or the Pareto front first for several objectives."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
+    front = {trial.number for trial in study.best_trials} if len(study.directions) > 1 else set()
+    return sorted(complete, key=lambda t: (t.number not in front, sign * t.values[0], t.number))
+
+
+def _metric(result: dict[str, float] | None, name: str) -> str:
+    return f"{result[name]:.4f}" if result and name in result else "-"
+
+
+def _params(trial: FrozenTrial) -> str:
+    return ", ".join(
+        f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}" for name, value in trial.params.items()
+    )
+
+
+# -- plots -----------------------------------------------------------------------------------------------------------
+
+
+def _save(figure: Any, folder: Path, stem: str) -> str:
+    """Write ``<stem>.html`` (plotly.js once, beside it) and ``<stem>.png`` when kaleido is importable."""
+    figure.write_html(folder / f"{stem}.html", include_plotlyjs="directory")
+    if importlib.util.find_spec("kaleido") is not None:
+        try:
+            figure.write_image(folder / f"{stem}.png")
+        except Exception as error:  # kaleido needs a browser on some systems; the HTML is enough
+            print(f"warning: no PNG for {stem}: {error}", file=sys.stderr)
+    return f"{stem}.html"
+
+
+def write_plots(study: optuna.Study, folder: Path) -> list[tuple[str, str]]:
+    """The plots of ``study`` in ``folder``: (title, file name or the reason it was skipped)."""
+    from optuna import visualization
+
+    objectives = objectives_of(study)
+    plots: list[tuple[str, str, Callable[[], Any]]] = []
+    if len(objectives) == 1:
+        plots.append(
+            (
+                "optimisation history",
+                "optimization_history",
+                lambda: visualization.plot_optimization_history(study, target_name=objectives[0]),
+            )
+        )
+        plots.append(
+            (
+                "parameter importances",
+                "param_importances",
+                lambda: visualization.plot_param_importances(study, target_name=objectives[0]),
+            )
+        )
+    else:
+        for i, name in enumerate(objectives):
+            stem = name.replace("@", "")
+            plots.append((f"optimisation history, {name}", f"optimization_history_{stem}", _history(study, i, name)))
+            plots.append((f"parameter importances, {name}", f"param_importances_{stem}", _importances(study, i, name)))
+        plots.append(
+            ("Pareto front", "pareto_front", lambda: visualization.plot_pareto_front(study, target_names=objectives))
+        )
+    written = []
+    for title, stem, make in plots:
+        try:
+            with warnings.catch_warnings():  # _importances turns maximised targets around; few trials: equal bars
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes the importances")
+                warnings.filterwarnings("ignore", message="The number of trials is too small to compute importances")
+                written.append((title, _save(make(), folder, stem)))
+        except (ValueError, RuntimeError, ZeroDivisionError) as error:
+            written.append((title, f"skipped: {error}"))
+    return written
+
+
+def _history(study: optuna.Study, index: int, name: str) -> Callable[[], Any]:
+    from optuna import visualization
+
+    return lambda: visualization.plot_optimization_history(study, target=lambda t: t.values[index], target_name=name)
+
+
+def _importances(study: optuna.Study, index: int, name: str) -> Callable[[], Any]:
+    """Importances for one objective of several: the evaluator (PED-ANOVA) takes lower targets as better."""
+    from optuna import visualization
+
+    sign = -1.0 if study.directions[index] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return lambda: visualization.plot_param_importances(
+        study, target=lambda t: sign * t.values[index], target_name=name
+    )
+
+
+# -- report.md ---------------------------------------------------------------------------------------------------
+
+
+def trial_table(trials: list[FrozenTrial], objectives: list[str]) -> list[str]:
+    """Markdown rows: validation objective(s), the same metrics on test (and on the candidate set), params."""
+    candidates = any(trial.user_attrs.get("candidate_result") for trial in trials)
+    header = ["trial", *(f"valid {name}" for name in objectives), *(f"test {name}" for name in objectives)]
+    header += [f"cand. test {name}" for name in objectives] if candidates else []
+    header += ["time (s)", "parameters"]
+    rows = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for trial in trials:
+        test, candidate = trial.user_attrs.get("test_result"), trial.user_attrs.get("candidate_result")
+        cells = [str(trial.number), *(f"{value:.4f}" for value in trial.values or [])]
+        cells += [_metric(test, name) for name in objectives]
+        cells += [_metric(candidate, name) for name in objectives] if candidates else []
+        cells += [f"{trial.duration.total_seconds():.0f}" if trial.duration else "-", _params(trial)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def write_report(study: optuna.Study, folder: Path) -> Path:
+    """``<folder>/report.md`` and the plots beside it; returns the report's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    attrs, objectives = study.user_attrs, objectives_of(study)
+    directions = [direction.name.lower() for direction in study.directions]
+    ranked = ranked_trials(study)
+    lines = [
+        f"# Optuna study {study.study_name}: {attrs.get('model', '?')} on {attrs.get('dataset', '?')}",
+        "",
+        "Objective(s), on validation: "
+        + ", ".join(f"{name} ({d})" for name, d in zip(objectives, directions, strict=False))
+        + ". Test metrics are stored with each trial and never used to choose; pick by validation.",
+        "",
+        f"Trials by state: {state_counts(study)}.",
+        "",
+        "## Commands",
+        "",
+        *(f"- `{command}`" for command in attrs.get("commands", [])),
+    ]
+    protocol = next((t.user_attrs["protocol"] for t in ranked if "protocol" in t.user_attrs), None)
+    if protocol:
+        lines += ["", f"Protocol: {protocol}"]
+    best = study.best_trials if len(objectives) > 1 else ranked[:1]
+    title = "Pareto front (best trade-offs)" if len(objectives) > 1 else "Best configuration"
+    lines += ["", f"## {title}", ""]
+    if not best:
+        lines.append("No trial has completed yet.")
+    for trial in sorted(best, key=lambda t: t.number):
+        values = ", ".join(f"{name} {value:.4f}" for name, value in zip(objectives, trial.values, strict=False))
+        test = ", ".join(f"{name} {_metric(trial.user_attrs.get('test_result'), name)}" for name in objectives)
+        lines += [f"Trial {trial.number}: valid {values}; test {test}.", ""]
+        if "command" in trial.user_attrs:
+            lines += ["```bash", trial.user_attrs["command"], "```", ""]
+    lines += [f"## Top trials ({min(TOP_TRIALS, len(ranked))} of {len(ranked)} complete)", ""]
+    lines += trial_table(ranked[:TOP_TRIALS], objectives)
+    lines += ["", "## Plots", ""]
+    lines += [
+        f"- {title}: " + (f"[{file}]({file})" if file.endswith(".html") else file)
+        for title, file in write_plots(study, folder)
+    ]
+    report = folder / "report.md"
+    tmp = report.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(report)  # several processes may finish the same study at once
+    return report
+
+
+# -- --compare -------------------------------------------------------------------------------------------------------
+
+
+def best_within(study: optuna.Study, budget: int) -> FrozenTrial | None:
+    """The best complete trial among the study's first ``budget`` finished trials (in order of completion)."""
+    finished = sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.datetime_complete)
+    complete = [trial for trial in finished[:budget] if trial.state == TrialState.COMPLETE]
+    if not complete:
+        return None
+    sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
+    return min(complete, key=lambda t: sign * t.values[0])
+
+
+def compare(studies: list[optuna.Study]) -> str:
+    """A markdown table of the studies' best validation score and its test score under one trial budget."""
+    objectives = {objectives_of(study)[0] for study in studies}
+    if len(objectives) > 1:
+        raise UsageError(f"the studies optimise different objectives: {sorted(objectives)}")
+    objective = objectives.pop()
+    budget = min(len(study.get_trials(deepcopy=False, states=FINISHED)) for study in studies)
+    lines = [
+        f"# Studies compared on validation {objective}, first {budget} finished trials each",
+        "",
+        f"| study | model | dataset | finished trials | best valid {objective} | its test {objective} | trial |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for study in studies:
+        best = best_within(study, budget)
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        valid = f"{best.values[0]:.4f}" if best else "-"
+        test = _metric(best.user_attrs.get("test_result"), objective) if best else "-"
+        lines.append(
+            f"| {study.study_name} | {study.user_attrs.get('model', '?')} | {study.user_attrs.get('dataset', '?')} | "
+            f"{finished} | {valid} | {test} | {best.number if best else '-'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", help="the study to report on")
+    which.add_argument("--compare", nargs="+", metavar="STUDY", help="several studies side by side")
+    parser.add_argument("--storage", help="RDB URL or journal file path (default: <out>/<study>/journal.log)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: results/tuning)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.study:
+            study = load_study(args.study, args.storage, args.out)
+            print(f"report: {write_report(study, args.out / args.study)}")
+            return 0
+        if len(args.compare) < 2:
+            raise UsageError("--compare needs at least two studies")
+        table = compare([load_study(name, args.storage, args.out) for name in args.compare])
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    out = args.out / f"compare_{'_vs_'.join(args.compare)}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table)
+    print(table + f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,723 @@
+"""Optuna studies for OneRanker and its baselines: resumable, parallel, single- or multi-objective.
+
+    python tuning/search.py --model OneRanker --dataset ml-100k --n-trials 50
+    python tuning/search.py --model HSTU --dataset ml-100k --n-trials 50 --sampler tpe --pruner median --seed 0
+    python tuning/search.py --model OneRanker --objectives ndcg@10 gmv@10 --n-trials 50      # Pareto front, NSGA-II
+    python tuning/search.py --model SASRec --storage postgresql://user:pw@db/optuna --n-trials 200  # many machines
+    python tuning/search.py --model OneRanker --n-trials 2 --epochs 1 --set hidden_size=16    # a smoke run
+
+Run it from the repository root. Each trial trains the model with the real package (``recbole_oneranker.quick_start.
+run``), early-stopped and scored on **validation** (``--objective``, default ndcg@10); its test metrics are stored as
+trial user attributes and never steer the search. Search spaces are ``tuning/spaces/<Model>.yaml``.
+
+Storage: by default the journal file ``<out>/<study>/journal.log``, so several processes on one machine (one per GPU)
+can run this same command at once and share the study; ``--storage URL`` takes an RDB URL (postgresql://, mysql://)
+for many machines, or a journal file path on a shared file system. ``--n-trials`` is the study's total of finished
+(complete + pruned) trials: a re-run of the same command runs only the missing ones. A trial whose process died
+(kill, crash) is marked FAIL and its parameters are queued again: on start-up and before each trial for dead
+processes of this host (the journal storage has no heartbeat), and through Optuna's heartbeat for RDB storages.
+
+At the end the report is written to ``<out>/<study>/report.md`` (see ``tuning/report.py``).
+
+Test hook: ``RECBOLE_ONERANKER_TUNING_SLEEP="N:SECONDS"`` makes the process that runs trial number N sleep SECONDS
+at its start, after its parameters are drawn (tests use it to kill a process in the middle of a trial).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import importlib.util
+import itertools
+import logging
+import os
+import shlex
+import signal
+import socket
+import sys
+import time
+import traceback
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+import sqlalchemy.exc
+import yaml
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from common import ensure_dataset, run_command  # noqa: E402
+
+from recbole_oneranker.config import EMBEDDED_DATASET, Config, ConfigError, check_keys, known_keys  # noqa: E402
+from recbole_oneranker.model.sequential_recommender.oneranker import IMPLICIT_TASK, VALUE_TASK  # noqa: E402
+from recbole_oneranker.quick_start import run  # noqa: E402
+from recbole_oneranker.utils import UnknownModelError  # noqa: E402
+
+SPACES_DIR = Path(__file__).resolve().parent / "spaces"
+DEFAULT_OUT = REPO / "results" / "tuning"
+USAGE_ERROR = 2
+TRIALS_FAILING = 1
+INTERRUPTED = 130
+SAMPLERS = ("tpe", "random", "cmaes", "nsga2")
+PRUNERS = ("median", "hyperband", "none")
+TASK_PERMUTATIONS = "task_permutations"  # `choices:` value of a space file: every order of the dataset's tasks
+ORDER_SEPARATOR = ">"
+MAX_RETRIES = 3  # a trial whose process dies is queued again at most this many times
+MAX_CONSECUTIVE_FAILURES = 3  # then the search stops: a broken setup, not an unlucky trial
+HEARTBEAT_INTERVAL_S = 60  # RDB storages only
+GRACE_PERIOD_S = 180
+SLEEP_ENV = "RECBOLE_ONERANKER_TUNING_SLEEP"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class UsageError(Exception):
+    """A mistake in the command or its inputs: printed as one ``error: ...`` line, exit status 2."""
+
+
+class StudyFull(Exception):
+    """Raised by a trial that another process's trial made surplus (both saw one trial missing at once)."""
+
+
+# -- command line and inputs ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="model name; its space is <spaces-dir>/<model>.yaml")
+    parser.add_argument("--dataset", default=EMBEDDED_DATASET, help="dataset name (default: ml-100k, embedded)")
+    parser.add_argument("--n-trials", type=int, default=50, help="finished trials the study should hold in total")
+    parser.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
+    parser.add_argument("--storage", help="RDB URL (postgresql://...) or a journal file path (default: per study)")
+    parser.add_argument("--study-name", help="default: <model>-<dataset>-<objectives>")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="default: tpe, or nsga2 with several objectives")
+    parser.add_argument("--pruner", choices=PRUNERS, help="default: median, or none with several objectives")
+    parser.add_argument("--seed", type=int, help="sampler seed (offset by the study's trial count at start-up)")
+    objective = parser.add_mutually_exclusive_group()
+    objective.add_argument("--objective", help="validation metric to optimise (default: ndcg@10)")
+    objective.add_argument("--objectives", nargs="+", help="several validation metrics: a Pareto front")
+    parser.add_argument("--epochs", type=int, help="cap the epochs of every trial (smoke runs)")
+    parser.add_argument(
+        "--data-path", type=Path, default=Path("dataset"), help="converted datasets (default: dataset/)"
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: results/tuning)")
+    parser.add_argument("--spaces-dir", type=Path, default=SPACES_DIR, help="folder of <Model>.yaml search spaces")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="fixed config for every trial")
+    parser.add_argument("--verbose", action="store_true", help="show RecBole's console log of each trial")
+    args = parser.parse_args(argv)
+    if args.n_trials < 1:
+        parser.error("--n-trials must be at least 1")
+    return args
+
+
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (values read as YAML: ``[a,b]``, ``~``, ``1e-3``) as a checked config dict."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"cannot read --set '{item}': write KEY=VALUE")
+        settings[key] = yaml.safe_load(value)
+    check_keys(settings, "--set")
+    if "valid_metric" in settings:
+        raise UsageError("the validation metric is the objective: use --objective, not --set valid_metric")
+    return settings
+
+
+def parse_objective(text: str) -> str:
+    """``ndcg@10`` -> ``ndcg@10`` (lower case), after checking that RecBole (or this package) computes it."""
+    from recbole.evaluator.register import metrics_dict
+
+    name, at, k = text.lower().partition("@")
+    metric = metrics_dict.get(name)
+    if metric is None:
+        raise UsageError(f"unknown objective '{text}': metrics are {', '.join(sorted(metrics_dict))} (e.g. ndcg@10)")
+    needs_k = any(need in metric.metric_need for need in ("rec.topk", "rec.items"))
+    if needs_k and not (at and k.isdigit() and int(k) > 0):
+        raise UsageError(f"objective '{text}' needs a cutoff: write {name}@K, e.g. {name}@10")
+    if not needs_k and at:
+        raise UsageError(f"objective '{text}': {name} has no cutoff, write '{name}'")
+    return f"{name}@{int(k)}" if needs_k else name
+
+
+def parse_objectives(args: argparse.Namespace) -> list[str]:
+    objectives = [parse_objective(text) for text in (args.objectives or [args.objective or "ndcg@10"])]
+    if len(set(objectives)) != len(objectives):
+        raise UsageError(f"objectives repeat: {objectives}")
+    return objectives
+
+
+def direction(objective: str) -> str:
+    from recbole.evaluator.register import smaller_metrics
+
+    return "minimize" if objective.partition("@")[0] in smaller_metrics else "maximize"
+
+
+# -- search spaces ---------------------------------------------------------------------------------------------------
+
+
+def load_space(model: str, spaces_dir: Path) -> dict[str, dict[str, Any]]:
+    """The raw specs of ``<spaces_dir>/<model>.yaml``, every key checked against the known config keys."""
+    path = spaces_dir / f"{model}.yaml"
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in spaces_dir.glob("*.yaml"))) or "none"
+        raise UsageError(f"no search space for model '{model}' (no file {path}); spaces exist for: {available}")
+    try:
+        space = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise UsageError(f"cannot read {path}: {str(error).splitlines()[0]}") from error
+    if not isinstance(space, dict) or not space:
+        raise UsageError(f"{path}: expected a mapping of config keys to parameter specs")
+    for key, spec in space.items():
+        if key not in known_keys():
+            close = difflib.get_close_matches(str(key), sorted(known_keys()), n=3, cutoff=0.75)
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            raise UsageError(f"{path}: '{key}' is not a config key{hint}")
+        if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
+            raise UsageError(f"{path}: '{key}' needs a mapping with type: float, int or categorical")
+    return space
+
+
+def dataset_tasks(config: Config) -> list[str]:
+    """OneRanker's step-2 tasks of the dataset: its cascade (interest to value), then ``value`` if it has a value."""
+    tasks = list(config["cascade_fields"] or []) or [IMPLICIT_TASK]
+    return tasks + [VALUE_TASK] if config["value_field"] else tasks
+
+
+def task_permutations(tasks: list[str]) -> list[str]:
+    """Every order of ``tasks`` as a string (``click>conversion>value``): Optuna categoricals hold plain values."""
+    return [ORDER_SEPARATOR.join(order) for order in itertools.permutations(tasks)]
+
+
+def to_distribution(name: str, spec: dict[str, Any], tasks: list[str], path: Path) -> BaseDistribution:
+    """One space entry as an Optuna distribution (which checks low/high/step/log)."""
+    try:
+        if spec["type"] == "categorical":
+            choices = spec.get("choices")
+            if choices == TASK_PERMUTATIONS:
+                choices = task_permutations(tasks)
+            if not isinstance(choices, list) or not choices:
+                raise ValueError("categorical needs a non-empty list of choices")
+            if not all(choice is None or isinstance(choice, (str, int, float, bool)) for choice in choices):
+                raise ValueError("choices must be plain values (str, int, float, bool, null)")
+            return CategoricalDistribution(choices)
+        log = bool(spec.get("log", False))
+        if spec["type"] == "int":
+            return IntDistribution(int(spec["low"]), int(spec["high"]), log=log, step=int(spec.get("step", 1)))
+        step = spec.get("step")
+        return FloatDistribution(
+            float(spec["low"]), float(spec["high"]), log=log, step=None if step is None else float(step)
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise UsageError(f"{path}: parameter '{name}': {error}") from error
+
+
+def suggest(trial: Trial, name: str, distribution: BaseDistribution) -> Any:
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(
+            name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
+        )
+    assert isinstance(distribution, FloatDistribution)
+    return trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+
+
+def params_to_config(params: dict[str, Any], space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Trial parameters as config values: task orders back to lists."""
+    return {
+        name: value.split(ORDER_SEPARATOR) if space[name].get("choices") == TASK_PERMUTATIONS else value
+        for name, value in params.items()
+    }
+
+
+# -- study set-up ----------------------------------------------------------------------------------------------------
+
+
+class _DefaultsProbe(Config):
+    """The config before the objective is added: its default ``valid_metric`` need not be among the metrics yet."""
+
+    def _check_valid_metric(self) -> None:
+        pass
+
+
+def trial_settings(args: argparse.Namespace, objectives: list[str]) -> tuple[dict[str, Any], Config]:
+    """The config every trial shares (``--set``, ``--epochs``, data path, objective metrics) and its checked Config."""
+    from recbole.evaluator.register import metrics_dict
+
+    settings = parse_settings(args.set)
+    if args.epochs:
+        settings["epochs"] = args.epochs
+    if args.dataset != EMBEDDED_DATASET and "data_path" not in settings:
+        settings["data_path"] = str(ensure_dataset(args.dataset, args.data_path))
+    config = _DefaultsProbe(args.model, args.dataset, config_dict=settings)
+    metrics, topk = list(config["metrics"]), list(config["topk"])
+    for objective in objectives:
+        name, _, k = objective.partition("@")
+        if name not in [metric.lower() for metric in metrics]:
+            settings["metrics"] = metrics = [*metrics, metrics_dict[name].__name__]
+        if k and int(k) not in topk:
+            settings["topk"] = topk = sorted([*topk, int(k)])
+    settings["valid_metric"] = objectives[0]
+    return settings, Config(args.model, args.dataset, config_dict=settings)
+
+
+def open_storage(url: str | None, default_journal: Path, heartbeat: bool = True) -> BaseStorage:
+    """An RDB storage for a URL (with heartbeats: dead trials fail and are retried), else a journal file."""
+    if url and "://" in url:
+        kwargs: dict[str, Any] = {}
+        try:
+            with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                if heartbeat:
+                    kwargs = {
+                        "heartbeat_interval": HEARTBEAT_INTERVAL_S,
+                        "grace_period": GRACE_PERIOD_S,
+                        "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+                    }
+                return RDBStorage(url, **kwargs)
+        except ImportError as error:
+            raise UsageError(f"cannot open storage {url}: {error} (install the database driver)") from error
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as error:
+            raise UsageError(f"cannot open storage {url}: {str(error).splitlines()[0]}") from error
+    path = Path(url) if url else default_journal
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # An explicit journal path may sit on NFS, where only the open() lock is reliable.
+    lock = JournalFileOpenLock(str(path)) if url else None
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+
+
+def make_sampler(name: str | None, seed: int | None, multi: bool) -> optuna.samplers.BaseSampler:
+    name = name or ("nsga2" if multi else "tpe")
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "cmaes":
+        if multi:
+            raise UsageError("the cmaes sampler optimises one objective: use nsga2 or tpe with --objectives")
+        if importlib.util.find_spec("cmaes") is None:
+            raise UsageError("the cmaes sampler needs the 'cmaes' package (pip install cmaes)")
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(name: str | None, multi: bool) -> optuna.pruners.BasePruner:
+    if multi:
+        if name not in (None, "none"):
+            raise UsageError("Optuna cannot prune multi-objective trials: drop --pruner or use --pruner none")
+        return optuna.pruners.NopPruner()
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
+
+
+def default_study_name(model: str, dataset: str, objectives: list[str]) -> str:
+    return "-".join([model, dataset, *(objective.replace("@", "") for objective in objectives)])
+
+
+def check_same_study(study: optuna.Study, identity: dict[str, Any]) -> None:
+    """A re-run must continue the same experiment: model, dataset, objectives and fixed settings (data path aside)."""
+    stored = study.user_attrs
+    if not stored:
+        for key, value in identity.items():
+            study.set_user_attr(key, value)
+        return
+    for key, value in identity.items():
+        old, new = stored.get(key), value
+        if key == "space":
+            if old != new:
+                print(f"warning: the search space changed since study '{study.study_name}' began", file=sys.stderr)
+            continue
+        if key == "settings":  # the data path may differ between machines
+            old = {k: v for k, v in (old or {}).items() if k != "data_path"}
+            new = {k: v for k, v in value.items() if k != "data_path"}
+            changed = sorted(set(old) ^ set(new) | {k for k in set(old) & set(new) if old[k] != new[k]})
+            old, new = {k: old.get(k) for k in changed}, {k: new.get(k) for k in changed}
+        if old != new:
+            raise UsageError(
+                f"study '{study.study_name}' was run with {key} {old!r}, this command gives {new!r}: "
+                f"re-run its command or pick another --study-name"
+            )
+
+
+def record_command(study: optuna.Study, command: str) -> None:
+    commands = list(study.user_attrs.get("commands", []))
+    if command not in commands:
+        study.set_user_attr("commands", [*commands, command])
+
+
+# -- processes and their trials --------------------------------------------------------------------------------------
+
+
+def process_identity(pid: int) -> str | None:
+    """What names process ``pid`` for its lifetime (its start time, from /proc); None once it is gone or a zombie.
+
+    Without /proc, "alive" when signal 0 reaches it (pid reuse is then not detected).
+    """
+    if Path("/proc/self/stat").is_file():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return None if fields[0] in ("Z", "X") else fields[19]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return "alive"
+
+
+def this_process() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": process_identity(pid)}
+
+
+def is_orphan(trial: FrozenTrial) -> bool:
+    """A RUNNING trial whose owner process, on this host, no longer runs (other hosts' trials cannot be judged)."""
+    owner = trial.user_attrs.get("owner")
+    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
+        return False
+    return process_identity(int(owner["pid"])) != owner.get("start")
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Queue ``trial``'s parameters again (at most :data:`MAX_RETRIES` times along a chain of retries)."""
+    retries = int(trial.user_attrs.get("retries", 0))
+    if retries >= MAX_RETRIES:
+        return False
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries + 1})
+    return True
+
+
+def recover_orphans(study: optuna.Study, storage: BaseStorage) -> list[int]:
+    """Mark the RUNNING trials of dead processes of this host FAILED and queue their parameters again.
+
+    The journal storage has no heartbeat; this is its equivalent (for RDB storages Optuna's heartbeat also does it,
+    across hosts). Two processes may find the same orphan: only the one whose FAIL lands first queues it.
+    """
+    recovered = []
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_orphan(trial):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            storage.set_trial_user_attr(trial_id, "error", "its process died while it ran")
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue
+        requeued = requeue(study, trial)
+        print(f"trial {trial.number}: its process died; marked FAIL" + (" and queued again" if requeued else ""))
+        recovered.append(trial.number)
+    return recovered
+
+
+def state_counts(study: optuna.Study) -> Counter:
+    return Counter(trial.state for trial in study.get_trials(deepcopy=False))
+
+
+def _test_hook(number: int) -> None:
+    """The documented test hook: sleep at the start of trial N (``RECBOLE_ONERANKER_TUNING_SLEEP="N:SECONDS"``)."""
+    target, _, seconds = os.environ.get(SLEEP_ENV, "").partition(":")
+    if target.isdigit() and int(target) == number:
+        time.sleep(float(seconds or 0))
+
+
+@cache
+def _quiet_stream() -> TextIO:
+    """Where RecBole's console log goes during a trial (its log file under <out>/<study>/logs keeps everything).
+
+    Opened once and never closed: RecBole's console handler keeps writing to it until the next run replaces it.
+    """
+    return open(os.devnull, "w")
+
+
+class Objective:
+    """One trial: draw the parameters, train and validate the model, store the test metrics as user attributes."""
+
+    def __init__(
+        self,
+        model: str,
+        dataset: str,
+        settings: dict[str, Any],
+        space: dict[str, dict[str, Any]],
+        distributions: dict[str, BaseDistribution],
+        objectives: list[str],
+        study_dir: Path,
+        n_trials: int,
+        verbose: bool = False,
+    ):
+        self.model, self.dataset = model, dataset
+        self.settings, self.space, self.distributions = settings, space, distributions
+        self.objectives, self.study_dir, self.n_trials, self.verbose = objectives, study_dir, n_trials, verbose
+        self.current: Trial | None = None
+
+    def __call__(self, trial: Trial) -> float | list[float]:
+        self.current = trial
+        trial.set_user_attr("owner", this_process())
+        if self._surplus(trial):
+            trial.set_user_attr("surplus", True)
+            raise StudyFull(f"the study already has {self.n_trials} trials")
+        try:
+            return self._train(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as error:
+            trial.set_user_attr("error", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            raise
+
+    def _surplus(self, trial: Trial) -> bool:
+        """True when ``n_trials`` earlier trials are finished or running (two processes started the last one)."""
+        active = (*FINISHED, TrialState.RUNNING)
+        earlier = [t for t in trial.study.get_trials(deepcopy=False, states=active) if t.number < trial.number]
+        return len(earlier) >= self.n_trials
+
+    def _train(self, trial: Trial) -> float | list[float]:
+        params = {name: suggest(trial, name, distribution) for name, distribution in self.distributions.items()}
+        settings = {**self.settings, **params_to_config(params, self.space)}
+        trial.set_user_attr("command", run_command(self.model, self.dataset, settings))
+        _test_hook(trial.number)
+        config = {
+            **settings,
+            "checkpoint_dir": str(self.study_dir / "checkpoints"),
+            "log_dir": str(self.study_dir / "logs"),
+        }
+        single = len(self.objectives) == 1
+        quiet = contextlib.nullcontext() if self.verbose else contextlib.redirect_stderr(_quiet_stream())
+        with quiet:
+            result = run(
+                self.model, self.dataset, config_dict=config, callback_fn=pruning_callback(trial) if single else None
+            )
+        for key in ("run_id", "protocol", "saved_model_file"):
+            trial.set_user_attr(key, result[key])
+        trial.set_user_attr("wall_time_s", round(float(result["wall_time_s"]), 1))
+        for key in ("best_valid_result", "test_result", "candidate_result"):
+            trial.set_user_attr(key, {name: float(value) for name, value in (result[key] or {}).items()} or None)
+        values = [float(result["best_valid_result"][objective]) for objective in self.objectives]
+        return values[0] if single else values
+
+
+def pruning_callback(trial: Trial):
+    """``callback_fn`` of :func:`run`: report each validation score, stop the run when the pruner says so."""
+
+    def report(epoch: int, valid_score: float) -> None:
+        trial.report(float(valid_score), epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+    return report
+
+
+class QuietFailures(logging.Filter):
+    """Hide Optuna's failure warnings that the progress line already explains (surplus or interrupted trials) and
+    its repeat "failed with value None"; real errors keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in ("StudyFull(", "KeyboardInterrupt(", "failed with value None."))
+
+
+# -- progress ----------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def trial_line(trial: FrozenTrial, objectives: list[str]) -> str:
+    """``trial 3  COMPLETE  ndcg@10=0.0241  (12 s)  gamma=0.3 ...``: one line per finished trial."""
+    seconds = trial.duration.total_seconds() if trial.duration else 0.0
+    params = " ".join(f"{name}={_fmt(value)}" for name, value in trial.params.items())
+    if trial.user_attrs.get("surplus"):
+        return f"trial {trial.number}: not run, other processes already run the study's last trials"
+    if trial.values:
+        values = " ".join(f"{name}={value:.4f}" for name, value in zip(objectives, trial.values, strict=False))
+    else:
+        values = trial.user_attrs.get("error", "-")
+    retry = f"  (retry of {trial.user_attrs['retry_of']})" if "retry_of" in trial.user_attrs else ""
+    return f"trial {trial.number}  {trial.state.name}  {values}  ({seconds:.0f} s)  {params}{retry}"
+
+
+def summary(study: optuna.Study, objectives: list[str], n_trials: int, report_file: Path | None) -> str:
+    counts = state_counts(study)
+    finished = sum(counts[state] for state in FINISHED)
+    lines = [
+        f"== study {study.study_name}: {finished} finished of {n_trials} ("
+        + ", ".join(f"{state.name} {count}" for state, count in sorted(counts.items(), key=lambda c: c[0].value))
+        + ")"
+    ]
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if complete and len(objectives) == 1:
+        best = study.best_trial
+        lines.append(f"best {objectives[0]} = {best.value:.4f} (trial {best.number}): {best.params}")
+    elif complete:
+        lines.append(f"Pareto front ({len(study.best_trials)} trials):")
+        for trial in study.best_trials:
+            values = ", ".join(f"{name}={value:.4f}" for name, value in zip(objectives, trial.values, strict=False))
+            lines.append(f"  trial {trial.number}: {values}  {trial.params}")
+    if report_file is not None:
+        lines.append(f"report: {report_file}")
+    return "\n".join(lines)
+
+
+# -- the search ------------------------------------------------------------------------------------------------------
+
+
+def optimize(
+    study: optuna.Study, storage: BaseStorage, objective: Objective, n_trials: int, timeout: float | None
+) -> None:
+    """Run trials until the study holds ``n_trials`` finished ones (other processes' trials count too)."""
+    start, failures = time.monotonic(), 0
+    finished_trials: list[FrozenTrial] = []
+
+    def progress(study: optuna.Study, trial: FrozenTrial) -> None:
+        objective.current = None
+        finished_trials.append(trial)
+        print(trial_line(trial, objective.objectives), flush=True)
+
+    while True:
+        recover_orphans(study, storage)
+        counts = state_counts(study)
+        finished = sum(counts[state] for state in FINISHED)
+        if finished >= n_trials:
+            return
+        if finished + counts[TrialState.RUNNING] >= n_trials:
+            print(f"the last {counts[TrialState.RUNNING]} trial(s) are running in other processes")
+            return
+        if timeout is not None and time.monotonic() - start >= timeout:
+            print(f"timeout: no new trial after {timeout:g} s")
+            return
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[progress], gc_after_trial=True)
+        last = finished_trials[-1]
+        failed = last.state == TrialState.FAIL and not last.user_attrs.get("surplus")
+        failures = failures + 1 if failed else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise RuntimeError(f"{failures} trials failed in a row; see the errors above and the logs")
+
+
+def requeue_interrupted(study: optuna.Study, storage: BaseStorage, trial: Trial | None) -> None:
+    """After Ctrl-C or SIGTERM: Optuna has marked the running trial FAIL; queue its parameters again."""
+    if trial is None:
+        return
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), trial.number
+    )
+    frozen = storage.get_trial(trial_id)
+    if frozen.state == TrialState.FAIL and requeue(study, frozen):
+        print(f"trial {trial.number}: interrupted; marked FAIL and queued again")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial is printed here instead
+    try:
+        space = load_space(args.model, args.spaces_dir)
+        objectives = parse_objectives(args)
+        multi = len(objectives) > 1
+        settings, config = trial_settings(args, objectives)
+        fixed = sorted(set(space) & set(settings))
+        space = {name: spec for name, spec in space.items() if name not in settings}
+        path = args.spaces_dir / f"{args.model}.yaml"
+        distributions = {name: to_distribution(name, spec, dataset_tasks(config), path) for name, spec in space.items()}
+        make_sampler(args.sampler, args.seed, multi)  # a bad choice fails here; the study's sampler is made below
+        pruner = make_pruner(args.pruner, multi)
+        study_name = args.study_name or default_study_name(args.model, args.dataset, objectives)
+        if not study_name or os.sep in study_name:
+            raise UsageError(f"study name '{study_name}' must be a non-empty name without '{os.sep}'")
+        study_dir = args.out / study_name
+        storage = open_storage(args.storage, study_dir / "journal.log")
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name,
+            directions=[direction(objective) for objective in objectives],
+            pruner=pruner,
+            load_if_exists=True,
+        )
+        identity = {
+            "model": args.model,
+            "dataset": args.dataset,
+            "objectives": objectives,
+            "settings": settings,
+            "space": space,
+        }
+        check_same_study(study, identity)
+    except (UsageError, ConfigError, UnknownModelError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except SystemExit as error:  # bench.common.ensure_dataset says what is missing this way
+        if isinstance(error.code, str):
+            print(error.code if error.code.startswith("error:") else f"error: {error.code}", file=sys.stderr)
+            return USAGE_ERROR
+        raise
+
+    command = "python tuning/search.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    record_command(study, command)
+    offset = len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(args.sampler, None if args.seed is None else args.seed + offset, multi)
+    optuna.logging.get_logger("optuna").addFilter(QuietFailures())
+
+    directions = ", ".join(f"{objective} ({direction(objective)})" for objective in objectives)
+    print(f"study {study_name}: {args.model} on {args.dataset}, validation {directions}")
+    print(f"storage: {storage_label(args, study_dir)}")
+    print(f"search: {', '.join(distributions)}" + (f"; fixed by --set: {', '.join(fixed)}" if fixed else ""))
+    objective = Objective(
+        args.model, args.dataset, settings, space, distributions, objectives, study_dir, args.n_trials, args.verbose
+    )
+    status = 0
+    try:
+        optimize(study, storage, objective, args.n_trials, args.timeout)
+    except KeyboardInterrupt:
+        requeue_interrupted(study, storage, objective.current)
+        print("interrupted: re-run the same command to continue the study")
+        return INTERRUPTED
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        status = TRIALS_FAILING
+
+    report_file = write_report(study, study_dir)
+    print(summary(study, objectives, args.n_trials, report_file))
+    return status
+
+
+def storage_label(args: argparse.Namespace, study_dir: Path) -> str:
+    if args.storage and "://" in args.storage:
+        scheme, _, rest = args.storage.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"  # no credentials in the output
+    return str(Path(args.storage) if args.storage else study_dir / "journal.log")
+
+
+def write_report(study: optuna.Study, study_dir: Path) -> Path | None:
+    """``report.md`` and the plots, through ``tuning/report.py``; a failure there does not fail the search."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import report
+
+        return report.write_report(study, study_dir)
+    except Exception as error:  # the study is safe in its storage; the report can be redone
+        print(f"warning: no report ({type(error).__name__}: {error}); run tuning/report.py", file=sys.stderr)
+        traceback.print_exc()
+        return None
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` behaves like Ctrl-C: the trial is failed and queued again
+    raise SystemExit(main())
