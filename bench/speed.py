@@ -1,6 +1,7 @@
 """Speed benchmark: training throughput, epoch time, peak memory and full-ranking latency, side by side.
 
     python bench/speed.py                                   # HSTU vs SASRec on ml-100k, d=50, 2 layers, L=50
+    python bench/speed.py --models HSTU OneRanker SASRec    # OneRanker's cost next to its backbone's
     python bench/speed.py --models HSTU SASRec --hidden-size 64 --max-len 200 --epochs 2
     python bench/speed.py --max-batches 3 --out /tmp/speed.md      # a smoke run
 
@@ -52,7 +53,7 @@ def equal_size_settings(model: str, args: argparse.Namespace) -> dict[str, Any]:
     }
     if model == "SASRec":
         settings["inner_size"] = args.hidden_size
-    if model == "HSTU":
+    if model in ("HSTU", "OneRanker"):  # OneRanker's G-decoder is the same HSTU stack
         settings.update(attention_dim=args.hidden_size // args.heads, linear_hidden_dim=args.hidden_size // args.heads)
     if args.dataset != "ml-100k":
         settings["data_path"] = str(ensure_dataset(args.dataset, args.data_path))
