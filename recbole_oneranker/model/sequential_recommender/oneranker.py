@@ -74,6 +74,7 @@ class OneRanker(HSTU):
         self.use_step2 = config["use_step2"]
         self.use_ranker = config["use_ranker"]
         self.inject_step2_kv = config["inject_step2_kv"] and self.use_step2
+        self.ranker_residual = config["ranker_residual"]
         self.task_decoupling = config["task_decoupling"]
         self.heterogeneous_mask = config["heterogeneous_mask"]
         self.user_token_fields = self._check_user_token_fields(config, dataset)
@@ -94,6 +95,9 @@ class OneRanker(HSTU):
         if self.use_step2:
             self.task_tokens = nn.Parameter(torch.randn(n_task_tokens, d) * 0.02)
             self.fake_type = nn.Parameter(torch.zeros(d))
+            # Weight of the task channel in the retrieval score when a ranker follows; from 0, so step 2 joins the
+            # generator's order only as far as the DC loss asks for it (see _retrieval_logits).
+            self.task_gate = nn.Parameter(torch.zeros(()))
             self.register_buffer("fake_centroids", torch.zeros(self.n_fake_items, d), persistent=True)
             self.step2 = QueryDecoder(
                 QueryDecoderConfig(
@@ -105,6 +109,9 @@ class OneRanker(HSTU):
             self.register_buffer("step2_mask", self._heterogeneous_mask(n_task_tokens), persistent=False)
         if self.use_ranker:
             self.rank_token = nn.Parameter(torch.randn(d) * 0.02)
+            # Weight of the ranker's correction over the retrieval logit (ranker_residual): it starts at 0, so the
+            # candidates start in the generator's order and the ranker earns its say through the pairwise loss.
+            self.rank_gate = nn.Parameter(torch.zeros(()))
             self.ranker = QueryDecoder(QueryDecoderConfig(**decoder, num_layers=config["rank_decoder_layers"]))
             self.task_heads = nn.ModuleList(
                 nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1)) for _ in self._ranked_stages()
@@ -272,8 +279,11 @@ class OneRanker(HSTU):
     def _retrieval_logits(self, users: Tensor, tokens: Tensor | None, items: Tensor) -> Tensor:
         """Generator score used to pick candidates: step-1 logit (+ the last task token's score)."""
         logits = self._generation_logits(users, items)
-        if tokens is not None:
-            logits = logits + self._task_scores(tokens, items)[:, -1]  # the last (most value-aware) task token
+        if tokens is not None:  # the last (most value-aware) task token
+            # With the ranker, its weight is a gate learned from 0 (through the DC loss and the candidates);
+            # without it ("step 2 only"), step 2 retrieves at full weight.
+            weight = self.task_gate if self.use_ranker else 1.0
+            logits = logits + weight * self._task_scores(tokens, items)[:, -1]
         return logits
 
     def _candidates(self, retrieval: Tensor, targets: Tensor | None) -> Tensor:
@@ -314,10 +324,13 @@ class OneRanker(HSTU):
         )
         return stage_logits, log_value
 
-    @staticmethod
-    def _rank_scores(stage_logits: Tensor, log_value: Tensor) -> Tensor:
-        """log eCPM-like score: chained stage probabilities (log-sum of log-sigmoids) + log predicted value."""
-        return F.logsigmoid(stage_logits).sum(-1) + log_value
+    def _rank_scores(self, stage_logits: Tensor, log_value: Tensor, retrieval: Tensor) -> Tensor:
+        """The ranker's score of each candidate: log eCPM-like (chained stage probabilities, i.e. the sum of the
+        stages' log-sigmoids, + log predicted value); with ``ranker_residual``, weighted by a learned gate (from 0)
+        and added to the candidate's retrieval logit (detached), so the ranker learns a correction of the
+        generator's order rather than an order from scratch."""
+        score = F.logsigmoid(stage_logits).sum(-1) + log_value
+        return self.rank_gate * score + retrieval.detach() if self.ranker_residual else score
 
     # -- training ---------------------------------------------------------------------------------------------
 
@@ -425,7 +438,8 @@ class OneRanker(HSTU):
             is_target = candidates == flat_targets.unsqueeze(1)  # [BR, N]
             labels = is_target.unsqueeze(-1) * stage_labels.flatten(0, 1).unsqueeze(1)  # [BR, N, S]
             bce = F.binary_cross_entropy_with_logits(stage_logits, labels, reduction="none").mean(dim=(1, 2))
-            scores = self._rank_scores(stage_logits, log_value)  # [BR, N]
+            candidate_retrieval = retrieval.gather(1, candidates)  # [BR, N]
+            scores = self._rank_scores(stage_logits, log_value, candidate_retrieval)  # [BR, N]
             target_score = scores[is_target]  # [BR]
             pair_weight = position_values if position_values is not None else torch.ones_like(target_score)
             bpr = -(F.logsigmoid(target_score.unsqueeze(1) - scores) * ~is_target).sum(1) / (~is_target).sum(1)
@@ -435,7 +449,7 @@ class OneRanker(HSTU):
             losses["rank"] = rank_loss.mean()
             # DC: the generator's distribution over the candidates follows the ranker's (detached teacher).
             teacher = F.softmax(scores.detach() / self.dc_temperature, dim=1)
-            student = F.log_softmax(retrieval.gather(1, candidates) / self.dc_temperature, dim=1)
+            student = F.log_softmax(candidate_retrieval / self.dc_temperature, dim=1)
             dc = (teacher * (torch.log(teacher.clamp(min=1e-12)) - student)).sum(1)
             losses["dc"] = dc.mean()
         return losses
@@ -453,12 +467,13 @@ class OneRanker(HSTU):
     def predict(self, interaction):
         states, seq_lens, positions, users, tokens = self._last_position(interaction)
         items = interaction[self.ITEM_ID]
-        if self.use_ranker:
-            # Candidates never see each other, so an item's ranker score does not depend on the rest of the set.
-            stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, items.view(-1, 1, 1))
-            return self._rank_scores(stage_logits, log_value).view(-1)
         flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
-        return self._retrieval_logits(users, flat_tokens, self.item_vectors(items).unsqueeze(1)).squeeze(1)
+        retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors(items).unsqueeze(1)).squeeze(1)
+        if not self.use_ranker:
+            return retrieval
+        # Candidates never see each other, so an item's ranker score does not depend on the rest of the set.
+        stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, items.view(-1, 1, 1))
+        return self._rank_scores(stage_logits, log_value, retrieval.view(-1, 1, 1)).view(-1)
 
     def full_sort_predict(self, interaction):
         states, seq_lens, positions, users, tokens = self._last_position(interaction)
@@ -468,7 +483,9 @@ class OneRanker(HSTU):
             return retrieval
         candidates = self._candidates(retrieval, None)  # [B, N]
         stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, candidates.unsqueeze(1))
-        rank_scores = self._rank_scores(stage_logits, log_value).squeeze(1)  # [B, N]
+        rank_scores = self._rank_scores(stage_logits, log_value, retrieval.gather(1, candidates).unsqueeze(1)).squeeze(
+            1
+        )
         # The ranker orders the candidates, all of them above every other item (kept in retrieval order).
         lift = retrieval.max(dim=1, keepdim=True).values - rank_scores.min(dim=1, keepdim=True).values + 1.0
         return retrieval.scatter(1, candidates, rank_scores + lift)
