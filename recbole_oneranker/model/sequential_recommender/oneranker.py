@@ -129,7 +129,7 @@ class OneRanker(HSTU):
     def _task_order(self, task_order) -> list[str]:
         """The step-2 tasks in order: ``task_order`` if given (a permutation of the dataset's tasks), else the
         cascade order, then the value task; ``interaction`` alone for data without a cascade."""
-        tasks = list(self.cascade_fields) or [IMPLICIT_TASK]
+        tasks = self._ranked_stages()
         if self.value_field:
             tasks.append(VALUE_TASK)
         if task_order is None:
@@ -426,10 +426,8 @@ class OneRanker(HSTU):
             losses["task"] = (weights * nll).sum() / (len(self.tasks) * batch * ranked)
 
         if self.use_ranker:
-            all_items = self.item_vectors()
-            retrieval = self._retrieval_logits(
-                self._generation_users(flat_states), flat_tokens, all_items
-            )  # [BR, n_items]
+            users = self._generation_users(flat_states)
+            retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [BR, n_items]
             candidates = self._candidates(retrieval, flat_targets)  # [BR, N]
             stage_logits, log_value = self._rank(
                 states, positions, seq_lens, tokens, candidates.view(batch, ranked, -1)
