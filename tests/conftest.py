@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import recbole
+import torch
 
 EMBEDDED_ML100K = Path(recbole.__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
 TINY_CONFIG = {
@@ -62,3 +63,25 @@ def tiny_config(tiny_data_path) -> dict:
         "cascade_fields": ["click", "conversion"],
         "value_field": "rating",
     }
+
+
+@pytest.fixture
+def scoring_paths():
+    """``scoring_paths(model, batch)``: [(loss, gradients)] of one batch through each path of
+    ``HSTU._sampled_logits`` (gathered samples, then the whole catalogue), with the same negatives."""
+
+    def run_both(model, batch):
+        model.eval()  # no dropout: the scoring path is the only difference
+        results = []
+        for whole_catalogue in (False, True):
+            model._scores_whole_catalogue = lambda num_sampled, answer=whole_catalogue: answer
+            model.zero_grad()
+            torch.manual_seed(0)
+            loss = model.calculate_loss(batch)
+            loss = sum(loss) if isinstance(loss, tuple) else loss
+            loss.backward()
+            gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+            results.append((loss.detach(), gradients))
+        return results
+
+    return run_both

@@ -225,17 +225,36 @@ class HSTU(SequentialRecommender):
             index = targets.view(-1, *[1] * (logits.dim() - 1)).expand(*logits.shape[:-1], 1)
             return -F.log_softmax(logits, dim=-1).gather(-1, index).squeeze(-1)
         negatives = torch.randint(1, self.n_items, (len(targets), self.num_negatives), device=targets.device)
-        logits = scorer(self.item_vectors(torch.cat([targets.unsqueeze(1), negatives], dim=1)))  # [P, ..., 1 + K]
+        sampled = torch.cat([targets.unsqueeze(1), negatives], dim=1)  # [P, 1 + K]
+        logits = self._sampled_logits(scorer, sampled)  # [P, ..., 1 + K]
         collision = F.pad(negatives == targets.unsqueeze(1), (1, 0))  # [P, 1 + K]: a negative equal to the target
         logits = logits.masked_fill(collision.view(len(targets), *[1] * (logits.dim() - 2), -1), float("-inf"))
         return -F.log_softmax(logits, dim=-1)[..., 0]
 
+    def _sampled_logits(self, scorer: Callable[[Tensor], Tensor], sampled: Tensor) -> Tensor:
+        """Logits ``[P, ..., S]`` of the ``sampled`` item ids (``[P, S]``) of each position.
+
+        Two ways to the same numbers: score the gathered ``[P, S, D]`` vectors (the reference path), or score the
+        whole catalogue with one matrix product and gather ``[P, S]`` from it. The second is chosen when the
+        catalogue's logits are no bigger than the gathered vectors (``n_items <= S * D``, e.g. ml-100k): it skips
+        the gather and its scatter-add backward, which dominate an HSTU epoch on CPU.
+        """
+        if not self._scores_whole_catalogue(sampled.shape[1]):
+            return scorer(self.item_vectors(sampled))
+        logits = scorer(self.item_vectors())  # [P, ..., n_items]
+        index = sampled.view(len(sampled), *[1] * (logits.dim() - 2), -1).expand(*logits.shape[:-1], -1)
+        return logits.gather(-1, index)
+
+    def _scores_whole_catalogue(self, num_sampled: int) -> bool:
+        """Whether :meth:`_sampled_logits` scores every item (see there)."""
+        return self.n_items <= num_sampled * self.hidden_size
+
     def _dot_scorer(self, users: Tensor) -> Callable[[Tensor], Tensor]:
         """Scorer of normalised ``users`` (``[P, D]``): cosine similarity over the temperature."""
+        users = users / self.temperature  # scale the users, not the (catalogue-sized) logits
 
         def score(items: Tensor) -> Tensor:
-            similarity = users @ items.t() if items.dim() == 2 else torch.einsum("pd,pcd->pc", users, items)
-            return similarity / self.temperature
+            return users @ items.t() if items.dim() == 2 else torch.einsum("pd,pcd->pc", users, items)
 
         return score
 

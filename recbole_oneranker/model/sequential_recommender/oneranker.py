@@ -226,12 +226,15 @@ class OneRanker(HSTU):
         Returns:
             ``[P, C]``.
         """
+        users = users / self.temperature  # scale the users, not the (catalogue-sized) logits
         per_head = (
             torch.einsum("phd,pcd->phc", users, items)
             if items.dim() == 3
             else torch.einsum("phd,cd->phc", users, items)
         )
-        return torch.logsumexp(per_head / self.temperature, dim=1) - math.log(self.n_gen_heads)
+        if self.n_gen_heads == 1:  # a mixture of one head is that head: skip the catalogue-sized logsumexp
+            return per_head.squeeze(1)
+        return torch.logsumexp(per_head, dim=1) - math.log(self.n_gen_heads)
 
     # -- step 2: task and fake item tokens --------------------------------------------------------------------
 
