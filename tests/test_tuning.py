@@ -141,8 +141,10 @@ def test_report_and_compare(out, killed_study, parallel_study, capsys):
     assert "python tuning/search.py --model HSTU --dataset ml-tiny" in text
     assert "```bash\nrun_recbole --model=HSTU --dataset=ml-tiny" in text
     assert "| trial | valid ndcg@10 | test ndcg@10 |" in text
-    for plot in ("optimization_history.html", "param_importances.html"):
-        assert (out / "killed" / plot).is_file() and f"]({plot})" in text
+    for stem in ("optimization_history", "param_importances"):
+        for plot in (f"{stem}.html", f"{stem}.png"):  # plotly and matplotlib
+            assert (out / "killed" / plot).is_file() and f"]({plot})" in text
+    assert (out / "killed" / "optimization_history.png").read_bytes().startswith(b"\x89PNG")
 
     assert report.main(["--compare", "killed", "parallel", "--out", str(out)]) == 0
     table = (out / "compare_killed_vs_parallel.md").read_text()

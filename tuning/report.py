@@ -1,4 +1,4 @@
-"""Reports of the Optuna studies made by ``tuning/search.py``: markdown tables and interactive plots.
+"""Reports of the Optuna studies made by ``tuning/search.py``: markdown tables and plots.
 
     python tuning/report.py --study OneRanker-ml-100k-ndcg10             # -> results/tuning/<study>/report.md
     python tuning/report.py --study S --storage postgresql://user:pw@db/optuna
@@ -6,7 +6,7 @@
 
 ``report.md`` holds the command(s) that ran the study, the best configuration(s) as a ``run_recbole`` command, the
 top trials with their validation objective(s) and the test metrics stored with each trial (read, never tuned on),
-and the counts by state. Plots (``optuna.visualization``, HTML; PNG too when kaleido is installed): optimisation
+and the counts by state. Plots (``optuna.visualization``: HTML with plotly, PNG with matplotlib): optimisation
 history, parameter importances and, for several objectives, the Pareto front. ``--compare`` puts several studies
 side by side under the same trial budget: the first N finished trials of each, N the smallest study's count.
 """
@@ -18,7 +18,7 @@ import importlib.util
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,73 +86,84 @@ def _params(trial: FrozenTrial) -> str:
 
 # -- plots -----------------------------------------------------------------------------------------------------------
 
-
-def _save(figure: Any, folder: Path, stem: str) -> str:
-    """Write ``<stem>.html`` (plotly.js once, beside it) and ``<stem>.png`` when kaleido is importable."""
-    figure.write_html(folder / f"{stem}.html", include_plotlyjs="directory")
-    if importlib.util.find_spec("kaleido") is not None:
-        try:
-            figure.write_image(folder / f"{stem}.png")
-        except Exception as error:  # kaleido needs a browser on some systems; the HTML is enough
-            print(f"warning: no PNG for {stem}: {error}", file=sys.stderr)
-    return f"{stem}.html"
+# A plot: (title, file stem, the name of the function in optuna.visualization and in its matplotlib module, kwargs).
+Plot = tuple[str, str, str, dict[str, Any]]
 
 
-def write_plots(study: optuna.Study, folder: Path) -> list[tuple[str, str]]:
-    """The plots of ``study`` in ``folder``: (title, file name or the reason it was skipped)."""
-    from optuna import visualization
+def _save(study: optuna.Study, folder: Path, stem: str, function: str, kwargs: dict[str, Any]) -> list[str]:
+    """Draw one plot as ``<stem>.html`` (plotly, plotly.js once beside it) and ``<stem>.png`` (matplotlib), each
+    when its library is installed; returns the files written."""
+    files = []
+    if importlib.util.find_spec("plotly") is not None:
+        figure = getattr(optuna.visualization, function)(study, **kwargs)
+        figure.write_html(folder / f"{stem}.html", include_plotlyjs="directory")
+        files.append(f"{stem}.html")
+    if importlib.util.find_spec("matplotlib") is not None:
+        import matplotlib
 
+        matplotlib.use("Agg")  # files only, no display
+        from matplotlib import pyplot
+        from optuna.visualization import matplotlib as optuna_matplotlib
+
+        axes = getattr(optuna_matplotlib, function)(study, **kwargs)
+        figure = axes.flat[0].figure if hasattr(axes, "flat") else axes.figure
+        figure.savefig(folder / f"{stem}.png", dpi=110, bbox_inches="tight")
+        pyplot.close(figure)
+        files.append(f"{stem}.png")
+    return files
+
+
+def study_plots(study: optuna.Study) -> list[Plot]:
+    """Optimisation history and parameter importances (per objective), and the Pareto front for several."""
     objectives = objectives_of(study)
-    plots: list[tuple[str, str, Callable[[], Any]]] = []
     if len(objectives) == 1:
+        name = objectives[0]
+        return [
+            ("optimisation history", "optimization_history", "plot_optimization_history", {"target_name": name}),
+            ("parameter importances", "param_importances", "plot_param_importances", {"target_name": name}),
+        ]
+    plots: list[Plot] = []
+    for index, name in enumerate(objectives):
+        stem = name.replace("@", "")
+        # The importance evaluator (PED-ANOVA) takes lower targets as better: maximised objectives are turned around.
+        sign = -1.0 if study.directions[index] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        history = {"target": lambda t, i=index: t.values[i], "target_name": name}
+        importances = {"target": lambda t, i=index, s=sign: s * t.values[i], "target_name": name}
         plots.append(
-            (
-                "optimisation history",
-                "optimization_history",
-                lambda: visualization.plot_optimization_history(study, target_name=objectives[0]),
-            )
+            (f"optimisation history, {name}", f"optimization_history_{stem}", "plot_optimization_history", history)
         )
         plots.append(
-            (
-                "parameter importances",
-                "param_importances",
-                lambda: visualization.plot_param_importances(study, target_name=objectives[0]),
-            )
+            (f"parameter importances, {name}", f"param_importances_{stem}", "plot_param_importances", importances)
         )
-    else:
-        for i, name in enumerate(objectives):
-            stem = name.replace("@", "")
-            plots.append((f"optimisation history, {name}", f"optimization_history_{stem}", _history(study, i, name)))
-            plots.append((f"parameter importances, {name}", f"param_importances_{stem}", _importances(study, i, name)))
-        plots.append(
-            ("Pareto front", "pareto_front", lambda: visualization.plot_pareto_front(study, target_names=objectives))
-        )
-    written = []
-    for title, stem, make in plots:
+    plots.append(("Pareto front", "pareto_front", "plot_pareto_front", {"target_names": objectives}))
+    return plots
+
+
+def write_plots(study: optuna.Study, folder: Path) -> list[tuple[str, list[str] | str]]:
+    """The plots of ``study`` in ``folder``: (title, files written, or the reason it was skipped)."""
+    written: list[tuple[str, list[str] | str]] = []
+    for title, stem, function, kwargs in study_plots(study):
         try:
-            with warnings.catch_warnings():  # _importances turns maximised targets around; few trials: equal bars
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the matplotlib module
                 warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes the importances")
                 warnings.filterwarnings("ignore", message="The number of trials is too small to compute importances")
-                written.append((title, _save(make(), folder, stem)))
+                written.append((title, _save(study, folder, stem, function, kwargs)))
         except (ValueError, RuntimeError, ZeroDivisionError) as error:
             written.append((title, f"skipped: {error}"))
     return written
 
 
-def _history(study: optuna.Study, index: int, name: str) -> Callable[[], Any]:
-    from optuna import visualization
-
-    return lambda: visualization.plot_optimization_history(study, target=lambda t: t.values[index], target_name=name)
-
-
-def _importances(study: optuna.Study, index: int, name: str) -> Callable[[], Any]:
-    """Importances for one objective of several: the evaluator (PED-ANOVA) takes lower targets as better."""
-    from optuna import visualization
-
-    sign = -1.0 if study.directions[index] == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    return lambda: visualization.plot_param_importances(
-        study, target=lambda t: sign * t.values[index], target_name=name
-    )
+def plot_lines(plots: list[tuple[str, list[str] | str]]) -> list[str]:
+    """Markdown: a link to each plot's files, and the PNG shown inline."""
+    lines = []
+    for title, files in plots:
+        if isinstance(files, str):
+            lines.append(f"- {title}: {files}")
+            continue
+        lines.append(f"- {title}: " + ", ".join(f"[{file}]({file})" for file in files))
+        lines += [f"\n  ![{title}]({file})\n" for file in files if file.endswith(".png")]
+    return lines
 
 
 # -- report.md ---------------------------------------------------------------------------------------------------
@@ -211,10 +222,7 @@ def write_report(study: optuna.Study, folder: Path) -> Path:
     lines += [f"## Top trials ({min(TOP_TRIALS, len(ranked))} of {len(ranked)} complete)", ""]
     lines += trial_table(ranked[:TOP_TRIALS], objectives)
     lines += ["", "## Plots", ""]
-    lines += [
-        f"- {title}: " + (f"[{file}]({file})" if file.endswith(".html") else file)
-        for title, file in write_plots(study, folder)
-    ]
+    lines += plot_lines(write_plots(study, folder))
     report = folder / "report.md"
     tmp = report.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
