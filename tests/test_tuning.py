@@ -193,3 +193,20 @@ def test_pruning_callback_reports_and_prunes():
     with pytest.raises(optuna.TrialPruned):
         callback(1, 0.2)
     assert study.trials[0].intermediate_values == {0: 0.7, 1: 0.2}
+
+
+@pytest.mark.parametrize("name", ["median", "hyperband"])
+def test_pruners_wait_for_the_warmup_epochs(name):
+    study = optuna.create_study(direction="maximize", pruner=search.make_pruner(name, multi=False, warmup_epochs=10))
+    for _ in range(6):  # finished trials that scored well at every epoch
+        trial = study.ask()
+        for epoch in range(30):
+            trial.report(1.0, epoch)
+        study.tell(trial, 1.0)
+    late_starter = study.ask()
+    for epoch in range(10):
+        late_starter.report(0.0, epoch)
+        assert not late_starter.should_prune()  # before the warmup: never judged
+    if name == "median":  # (hyperband's first rung depends on the trial's bracket)
+        late_starter.report(0.0, 20)
+        assert late_starter.should_prune()
