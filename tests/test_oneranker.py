@@ -148,6 +148,27 @@ def test_dc_gradient_reaches_generator_not_ranker(build):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
 
 
+def test_decoders_without_backbone_gradients(build):
+    # decoders_train_backbone: False: the task and ranking losses train only the decoders; DC still reaches the generator.
+    model, train, _ = build(decoders_train_backbone=False)
+    with torch.no_grad():
+        model.rank_gate.fill_(0.5)  # at 0 the DC loss is exactly 0
+    batch = next(iter(train))
+    torch.manual_seed(0)
+    states = model.encode(batch)
+    losses = model._decoder_losses(batch, states)
+    (losses["task"] + losses["rank"]).backward(retain_graph=True)
+    backbone = [name for name, _ in model.named_parameters() if name.startswith(("stack.", "item_embedding", "level_"))]
+    for name in backbone:
+        grad = model.get_parameter(name).grad
+        assert grad is None or grad.abs().sum() == 0, name
+    for name in ("step2.layers.0.cross_attention.query.weight", "ranker.layers.0.self_qkv.weight", "task_tokens"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+    losses["dc"].backward()
+    for name in ("item_embedding.weight", "stack.blocks.0.uvqk"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+
+
 def test_gradients_reach_every_parameter(build):
     model, train, _ = build(n_gen_heads=2)
     _loss(model, next(iter(train))).backward()

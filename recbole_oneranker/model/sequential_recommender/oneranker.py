@@ -77,6 +77,7 @@ class OneRanker(HSTU):
         self.ranker_residual = config["ranker_residual"]
         self.task_decoupling = config["task_decoupling"]
         self.heterogeneous_mask = config["heterogeneous_mask"]
+        self.decoders_train_backbone = config["decoders_train_backbone"]
         self.user_token_fields = self._check_user_token_fields(config, dataset)
         if self.gamma and not self.use_ranker:
             raise ConfigError("gamma (the DC loss) needs the ranker as its teacher: set use_ranker: True or gamma: 0")
@@ -311,7 +312,7 @@ class OneRanker(HSTU):
         queries = torch.cat(
             [
                 self.rank_token.expand(batch, ranked, 1, -1),
-                self.item_embedding(candidates) * math.sqrt(self.hidden_size),
+                self._item_table_for_decoders(candidates) * math.sqrt(self.hidden_size),
             ],
             dim=2,
         )  # [B, R, 1 + N, D]
@@ -334,6 +335,11 @@ class OneRanker(HSTU):
         generator's order rather than an order from scratch."""
         score = F.logsigmoid(stage_logits).sum(-1) + log_value
         return self.rank_gate * score + retrieval.detach() if self.ranker_residual else score
+
+    def _item_table_for_decoders(self, item_ids: Tensor) -> Tensor:
+        """Item embeddings read by the decoders: detached in training without ``decoders_train_backbone``."""
+        embeddings = self.item_embedding(item_ids)
+        return embeddings if self.decoders_train_backbone or not self.training else embeddings.detach()
 
     # -- training ---------------------------------------------------------------------------------------------
 
@@ -415,7 +421,9 @@ class OneRanker(HSTU):
         batch, ranked = positions.shape
         flat_targets = targets.gather(1, positions).flatten()  # [BR]
         flat_states = states[torch.arange(batch, device=states.device).unsqueeze(1), positions].flatten(0, 1)  # [BR, D]
-        tokens = self._step2(states, positions, seq_lens) if self.use_step2 else None  # [B, R, Q, D]
+        # The decoders' memory; detached, their losses train only them (the generator still learns from L_DC).
+        memory = states if self.decoders_train_backbone else states.detach()
+        tokens = self._step2(memory, positions, seq_lens) if self.use_step2 else None  # [B, R, Q, D]
         flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
         stage_labels = self._stage_labels(interaction, seq_len)  # [B, N, S]
         stage_labels = stage_labels.gather(1, positions.unsqueeze(-1).expand(-1, -1, stage_labels.shape[-1]))
@@ -425,7 +433,10 @@ class OneRanker(HSTU):
         if self.use_step2:
             weights = self._task_weights(stage_labels.flatten(0, 1), position_values)  # [BR, T]
             # One sampled-softmax per task token, all sharing the negatives; a shared token ([BR, 1]) serves all tasks.
-            nll = self._softmax_loss(lambda items: self._task_scores(flat_tokens, items), flat_targets)  # [BR, T or 1]
+            detach = not self.decoders_train_backbone
+            nll = self._softmax_loss(
+                lambda items: self._task_scores(flat_tokens, items.detach() if detach else items), flat_targets
+            )  # [BR, T or 1]
             losses["task"] = (weights * nll).sum() / (len(self.tasks) * batch * ranked)
 
         if self.use_ranker:
@@ -433,7 +444,7 @@ class OneRanker(HSTU):
             retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [BR, n_items]
             candidates = self._candidates(retrieval, flat_targets)  # [BR, N]
             stage_logits, log_value = self._rank(
-                states, positions, seq_lens, tokens, candidates.view(batch, ranked, -1)
+                memory, positions, seq_lens, tokens, candidates.view(batch, ranked, -1)
             )
             stage_logits, log_value = stage_logits.flatten(0, 1), log_value.flatten(0, 1)  # [BR, N, S], [BR, N]
             is_target = candidates == flat_targets.unsqueeze(1)  # [BR, N]
