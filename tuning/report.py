@@ -91,12 +91,13 @@ Plot = tuple[str, str, str, dict[str, Any]]
 
 
 def _save(study: optuna.Study, folder: Path, stem: str, function: str, kwargs: dict[str, Any]) -> list[str]:
-    """Draw one plot as ``<stem>.html`` (plotly, plotly.js once beside it) and ``<stem>.png`` (matplotlib), each
+    """Draw one plot as ``<stem>.html`` (plotly) and ``<stem>.png`` (matplotlib), each
     when its library is installed; returns the files written."""
     files = []
     if importlib.util.find_spec("plotly") is not None:
         figure = getattr(optuna.visualization, function)(study, **kwargs)
-        figure.write_html(folder / f"{stem}.html", include_plotlyjs="directory")
+        # plotly.js from its CDN: a 4.6 MB copy beside every committed report would bloat the repository
+        figure.write_html(folder / f"{stem}.html", include_plotlyjs="cdn")
         files.append(f"{stem}.html")
     if importlib.util.find_spec("matplotlib") is not None:
         import matplotlib
