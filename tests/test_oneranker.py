@@ -149,7 +149,7 @@ def test_dc_gradient_reaches_generator_not_ranker(build):
 
 
 def test_decoders_without_backbone_gradients(build):
-    # decoders_train_backbone: False: the task and ranking losses train only the decoders; DC still reaches the generator.
+    # decoders_train_backbone: False: task and ranking losses train only the decoders; DC still trains the generator.
     model, train, _ = build(decoders_train_backbone=False)
     with torch.no_grad():
         model.rank_gate.fill_(0.5)  # at 0 the DC loss is exactly 0
