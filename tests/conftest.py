@@ -66,22 +66,26 @@ def tiny_config(tiny_data_path) -> dict:
 
 
 @pytest.fixture
-def scoring_paths():
-    """``scoring_paths(model, batch)``: [(loss, gradients)] of one batch through each path of
-    ``HSTU._sampled_logits`` (gathered samples, then the whole catalogue), with the same negatives."""
+def assert_scoring_paths_agree():
+    """``assert_scoring_paths_agree(model, batch)``: one batch through each path of ``HSTU._sampled_logits``
+    (gathered samples, then the whole catalogue) with the same negatives gives the same loss and gradients."""
 
-    def run_both(model, batch):
+    def loss_and_gradients(model, batch, whole_catalogue: bool):
+        model._scores_whole_catalogue = lambda num_sampled: whole_catalogue
+        model.zero_grad()
+        torch.manual_seed(0)
+        loss = model.calculate_loss(batch)
+        loss = sum(loss) if isinstance(loss, tuple) else loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    def check(model, batch):
         model.eval()  # no dropout: the scoring path is the only difference
-        results = []
-        for whole_catalogue in (False, True):
-            model._scores_whole_catalogue = lambda num_sampled, answer=whole_catalogue: answer
-            model.zero_grad()
-            torch.manual_seed(0)
-            loss = model.calculate_loss(batch)
-            loss = sum(loss) if isinstance(loss, tuple) else loss
-            loss.backward()
-            gradients = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-            results.append((loss.detach(), gradients))
-        return results
+        reference_loss, reference_grads = loss_and_gradients(model, batch, whole_catalogue=False)
+        fast_loss, fast_grads = loss_and_gradients(model, batch, whole_catalogue=True)
+        torch.testing.assert_close(fast_loss, reference_loss)
+        assert fast_grads.keys() == reference_grads.keys()
+        for name, grad in reference_grads.items():
+            torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
-    return run_both
+    return check

@@ -337,9 +337,9 @@ class OneRanker(HSTU):
         return self.rank_gate * score + retrieval.detach() if self.ranker_residual else score
 
     def _item_table_for_decoders(self, item_ids: Tensor) -> Tensor:
-        """Item embeddings read by the decoders: detached in training without ``decoders_train_backbone``."""
+        """Item embeddings read by the decoders: detached without ``decoders_train_backbone``."""
         embeddings = self.item_embedding(item_ids)
-        return embeddings if self.decoders_train_backbone or not self.training else embeddings.detach()
+        return embeddings if self.decoders_train_backbone else embeddings.detach()
 
     # -- training ---------------------------------------------------------------------------------------------
 
