@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
 import math
@@ -87,28 +88,38 @@ def row_key(label: str, model: str, settings: dict[str, Any]) -> str:
 
 
 class ResultTable:
-    """Rows of one benchmark in a CSV file, appended (and flushed) as each row finishes."""
+    """Rows of one benchmark in a CSV file, appended (and flushed) as each row finishes.
+
+    Several benchmark processes may share one file (e.g. a slow baseline on one core, the models on the other):
+    each append re-reads the file under an exclusive lock, so no process overwrites rows another one wrote.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self.rows: list[dict[str, Any]] = []
-        if path.is_file():
-            with path.open(newline="") as file:
-                self.rows = list(csv.DictReader(file))
+        self.rows: list[dict[str, Any]] = self._read()
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="") as file:
+            return list(csv.DictReader(file))
 
     def has(self, key: str) -> bool:
+        self.rows = self._read()  # another process may have finished it meanwhile
         return any(row["key"] == key for row in self.rows)
 
     def append(self, row: dict[str, Any]) -> None:
-        self.rows.append({key: value for key, value in row.items()})
-        fields = list(dict.fromkeys(field for existing in self.rows for field in existing))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(self.path)
+        with self.path.with_suffix(".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            self.rows = [*self._read(), dict(row)]
+            fields = list(dict.fromkeys(field for existing in self.rows for field in existing))
+            tmp = self.path.with_suffix(".tmp")
+            with tmp.open("w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(self.rows)
+            tmp.replace(self.path)
 
 
 def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float]:

@@ -8,8 +8,9 @@
 Every model gets the same width, depth, heads and history length, on the same data, each in its own process (so
 peak memory is its own). Training is timed over whole epochs (or the first ``--max-batches`` batches), without
 validation; throughput counts users and trained target positions per second (SASRec trains one row per prefix,
-HSTU one row per user with a loss at every position). Latency is ``full_sort_predict`` per batch of
-``--eval-batch`` test users. Writes a markdown table with the command and the machine.
+HSTU one row per user, or per window of the history length, with a loss at every position). Latency is
+``full_sort_predict`` per batch of ``--eval-batch`` test users. Writes a markdown table with the command and the
+machine.
 """
 
 from __future__ import annotations

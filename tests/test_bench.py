@@ -71,3 +71,16 @@ def test_row_commands_survive_the_shell():
     words = shlex.split(run_command("HSTU", "ml-100k", settings))
     assert words == ["run_recbole", "--model=HSTU", "--dataset=ml-100k", "--metrics=['Hit', 'NDCG']",
                      "--topk=[1, 5]", "--valid_metric=NDCG@10", '--note=say "hi" $HOME']  # fmt: skip
+
+
+def test_result_tables_sharing_a_file_keep_each_others_rows(tmp_path):
+    from common import ResultTable
+
+    path = tmp_path / "shared.csv"
+    first, second = ResultTable(path), ResultTable(path)  # two benchmark processes, both started on an empty file
+    first.append({"key": "a", "test_ndcg@10": 0.1})
+    second.append({"key": "b", "test_ndcg@10": 0.2, "test_gmv@10": 0.3})  # a new column, too
+    rows = list(csv.DictReader(path.open()))
+    assert [row["key"] for row in rows] == ["a", "b"]
+    assert rows[0]["test_gmv@10"] == "" and rows[1]["test_gmv@10"] == "0.3"
+    assert second.has("a")  # the second process now knows the first one's row

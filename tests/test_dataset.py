@@ -73,7 +73,7 @@ def test_bad_cascade_config_is_reported(tiny_config, overrides, message):
 
 def test_whole_sequence_one_train_row_per_user_same_eval_rows(tiny_config):
     default = create_dataset(_config(tiny_config)).build()
-    whole = create_dataset(_config(tiny_config, whole_sequence=True)).build()
+    whole = create_dataset(_config(tiny_config, whole_sequence=True, whole_sequence_windows=False)).build()
 
     train_users = whole[0].inter_feat["user_id"].numpy()
     assert len(train_users) == len(np.unique(train_users)) == 60
@@ -87,6 +87,39 @@ def test_whole_sequence_one_train_row_per_user_same_eval_rows(tiny_config):
     last_rows = [int(np.flatnonzero(default_train["user_id"].numpy() == user)[-1]) for user in train_users]
     for field in ("item_id", "item_id_list", "item_length", "conversion_list"):
         assert torch.equal(whole[0].inter_feat[field], default_train[field][last_rows]), field
+
+
+def _predicted_events(train_feat) -> list[tuple[int, int, float]]:
+    """(user, item, time) of each event a whole-sequence row trains on: its history after the first, then its target."""
+    events = []
+    for user, items, times, length, target, target_time in zip(
+        train_feat["user_id"].tolist(),
+        train_feat["item_id_list"].tolist(),
+        train_feat["timestamp_list"].tolist(),
+        train_feat["item_length"].tolist(),
+        train_feat["item_id"].tolist(),
+        train_feat["timestamp"].tolist(),
+        strict=True,
+    ):
+        events += [(user, item, time) for item, time in zip(items[1:length], times[1:length], strict=True)]
+        events.append((user, target, target_time))
+    return events
+
+
+def test_whole_sequence_windows_predict_every_training_event_once(tiny_config):
+    max_len = 5  # shorter than every ml-tiny history: several windows per user
+    default = create_dataset(_config(tiny_config, MAX_ITEM_LIST_LENGTH=max_len)).build()
+    whole = create_dataset(_config(tiny_config, MAX_ITEM_LIST_LENGTH=max_len, whole_sequence=True)).build()
+    default_train, windows = default[0].inter_feat, whole[0].inter_feat
+    for whole_split, default_split in zip(whole[1:], default[1:], strict=True):
+        whole_split.sort(by="user_id")
+        default_split.sort(by="user_id")
+        _assert_same_rows(whole_split, default_split)
+
+    assert len(windows) > len(np.unique(windows["user_id"].numpy()))  # more than one row per user
+    # The default mode's targets are all training events but each user's first; windows predict each one once.
+    targets = zip(*(default_train[field].tolist() for field in ("user_id", "item_id", "timestamp")), strict=True)
+    assert sorted(_predicted_events(windows)) == sorted(targets)
 
 
 def test_whole_sequence_needs_leave_one_out(tiny_config):

@@ -13,6 +13,9 @@ Three additions to ``recbole.data.dataset.SequentialDataset``, all driven by con
 - **Whole sequences** (``whole_sequence: True``). A generative model trains on all positions of one sequence, so
   only the last prefixes of each user are kept: the longest training prefix plus the valid/test rows. RecBole's
   leave-one-out split then yields one training row per user, and the very same valid/test rows as the default mode.
+  A training history longer than ``MAX_ITEM_LIST_LENGTH`` (L) also keeps the prefixes ending L, 2L, ... targets
+  earlier (``whole_sequence_windows: True``): consecutive windows of the history, so every training interaction
+  but a user's first is predicted exactly once, as in the one-row-per-prefix mode, instead of only the last L.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class SequentialDataset(RecBoleSequentialDataset):
         self.cascade_fields = list(config["cascade_fields"] or [])
         self.value_field = config["value_field"]
         self.whole_sequence = bool(config["whole_sequence"])
+        self.whole_sequence_windows = bool(config["whole_sequence_windows"])
         if self.whole_sequence:
             self._rows_kept_per_user = self._whole_sequence_rows(config["eval_args"]["split"])
         super().__init__(config)
@@ -125,11 +129,11 @@ class SequentialDataset(RecBoleSequentialDataset):
         is_first[1:] = user_ids[1:] != user_ids[:-1]
         user_start = np.maximum.accumulate(np.where(is_first, np.arange(n_rows), 0))  # [n_rows]
 
+        max_len = self.max_item_list_len
         target_index = np.flatnonzero(~is_first)
         if self.whole_sequence:
-            target_index = target_index[self._last_rows_per_user(user_ids[target_index])]
+            target_index = target_index[self._whole_sequence_rows_mask(user_ids[target_index], max_len)]
 
-        max_len = self.max_item_list_len
         history_start = np.maximum(user_start[target_index], target_index - max_len)  # [R]
         history_length = target_index - history_start  # [R], in 1..L
         offsets = np.arange(max_len)
@@ -148,10 +152,17 @@ class SequentialDataset(RecBoleSequentialDataset):
         new_data.update(Interaction(new_dict))
         self.inter_feat = new_data
 
-    def _last_rows_per_user(self, row_users: np.ndarray) -> np.ndarray:
-        """Mask of the rows to keep in whole-sequence mode: each user's last ``_rows_kept_per_user`` rows."""
-        # Rank of each row from the end of its user's block (rows are sorted by user, then time).
+    def _whole_sequence_rows_mask(self, row_users: np.ndarray, window: int) -> np.ndarray:
+        """Mask of the prefix rows kept in whole-sequence mode: each user's held-out rows and longest training
+        prefix, plus, with ``whole_sequence_windows``, the training prefixes ``window``, ``2 * window``, ... rows
+        before it (each row trains on the ``window`` targets that end it, so together they cover every target)."""
+        # Rank of each row from the end of its user's block (rows are sorted by user, then time): 0 = the last.
         is_last = np.ones(len(row_users), dtype=bool)
         is_last[:-1] = row_users[:-1] != row_users[1:]
         block_end = np.minimum.accumulate(np.where(is_last, np.arange(len(row_users)), len(row_users))[::-1])[::-1]
-        return block_end - np.arange(len(row_users)) < self._rows_kept_per_user
+        rank = block_end - np.arange(len(row_users))
+        keep = rank < self._rows_kept_per_user
+        if self.whole_sequence_windows:
+            rows_before_longest_prefix = rank - (self._rows_kept_per_user - 1)
+            keep |= (rows_before_longest_prefix > 0) & (rows_before_longest_prefix % window == 0)
+        return keep

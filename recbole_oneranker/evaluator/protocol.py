@@ -28,7 +28,7 @@ def describe_protocol(config, dataset) -> str:
     if config["candidate_negatives"]:
         parts.append(f"candidate set: target + {config['candidate_negatives']} uniform negatives")
     if config["whole_sequence"]:
-        parts.append("whole-sequence training")
+        parts.append("whole-sequence training" + ("" if config["whole_sequence_windows"] else " (last window only)"))
     if config["value_field"]:
         note = f": {config['value_note']}" if config["value_note"] else ""
         parts.append(f"value = {config['value_field']}{note}")

@@ -34,7 +34,8 @@ class HSTU(SequentialRecommender):
     (:class:`~recbole_oneranker.model.layers.HSTUStack`) applies pointwise SiLU attention with a relative
     position + log-bucketed time bias; outputs and item embeddings are L2-normalised and compared by dot product.
 
-    Training uses the whole-sequence mode (``whole_sequence: True``): one row per user, a loss at every position,
+    Training uses the whole-sequence mode (``whole_sequence: True``): one row per user (per window of
+    ``MAX_ITEM_LIST_LENGTH`` for longer histories, ``whole_sequence_windows``), a loss at every position,
     sampled softmax with uniform negatives (a negative equal to the positive is masked) or full softmax.
 
     NOTE (differences from the reference code):
