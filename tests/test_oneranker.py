@@ -124,6 +124,23 @@ def test_fake_items_are_kmeans_centroids_after_refresh(build):
     assert torch.equal(frozen.fake_centroids, before)
 
 
+def test_dual_channel_scores_match_the_two_channels_written_out(build):
+    model, _, _ = build()
+    n_tasks = len(model.tasks)
+    tokens = torch.randn(5, n_tasks + model.n_fake_items, model.hidden_size)  # [P, T + F, D]
+    items = model.item_vectors()  # [C, D], normalised
+    task_vectors, fake_outputs = tokens[:, :n_tasks], tokens[:, n_tasks:]
+    task_channel = torch.nn.functional.normalize(task_vectors, dim=-1) @ items.t()  # [P, T, C]
+    preference = torch.softmax(task_vectors @ fake_outputs.transpose(1, 2) / model.hidden_size**0.5, dim=-1)
+    centroid_similarity = torch.nn.functional.cosine_similarity(items[:, None], model.fake_centroids[None], dim=-1)
+    expected = (task_channel + preference @ centroid_similarity.t()) / model.temperature  # [P, T, C]
+    torch.testing.assert_close(model._task_scores(tokens, items), expected, rtol=1e-4, atol=1e-4)
+    # Per-position items ([P, C', D]) score as the same items in the catalogue.
+    ids = torch.randint(1, model.n_items, (5, 7))
+    per_position = model._task_scores(tokens, items[ids])  # [P, T, 7]
+    torch.testing.assert_close(per_position, expected.gather(2, ids.unsqueeze(1).expand(-1, n_tasks, -1)))
+
+
 @pytest.mark.parametrize("bucket_size", [0, 4])
 def test_hstu_encodes_each_row_once(build, bucket_size):
     model, train, _ = build(length_bucket_size=bucket_size)

@@ -265,18 +265,29 @@ class OneRanker(HSTU):
             ``[P, T, C]``: (task channel ``<n(h_t), e>`` + centroid channel ``<softmax_f <h_t, g_f>, cos(e, C_f)>``)
             / temperature, where ``g_f`` are the fake tokens' outputs and ``C_f`` the centroids.
         """
+        return self._scores(self._task_queries(tokens), items)
+
+    def _task_queries(self, tokens: Tensor) -> Tensor:
+        """``[P, T, D]`` one query per task token that scores an item as both channels of :meth:`_task_scores`.
+
+        For a normalised item ``e``, ``cos(e, C_f) = <e, n(C_f)>``, so the centroid channel is
+        ``<sum_f pref_tf n(C_f), e>``: adding that mixture of centroid directions to the task vector gives both
+        channels in one product with the items, instead of a second catalogue-sized product and a sum.
+        """
         n_tasks = tokens.shape[1] - self.n_fake_items
         task_vectors = tokens[:, :n_tasks]  # [P, T, D]
-        per_position = items.dim() == 3
-        score = torch.einsum("ptd,pcd->ptc" if per_position else "ptd,cd->ptc", self.user_vectors(task_vectors), items)
+        queries = self.user_vectors(task_vectors)
         if self.n_fake_items:
             preference = torch.softmax(
                 torch.einsum("ptd,pfd->ptf", task_vectors, tokens[:, n_tasks:]) / math.sqrt(self.hidden_size), dim=-1
             )  # [P, T, F]
-            centroid_similarity = items @ F.normalize(self.fake_centroids, dim=-1).t()  # [P, C, F] or [C, F]
-            equation = "ptf,pcf->ptc" if per_position else "ptf,cf->ptc"
-            score = score + torch.einsum(equation, preference, centroid_similarity)
-        return score / self.temperature
+            queries = queries + preference @ F.normalize(self.fake_centroids, dim=-1)  # [P, T, D]
+        return queries / self.temperature  # scale the queries, not the (catalogue-sized) scores
+
+    @staticmethod
+    def _scores(queries: Tensor, items: Tensor) -> Tensor:
+        """``[P, T, C]`` dot products of ``queries`` (``[P, T, D]``) with ``items`` (``[P, C, D]`` or ``[C, D]``)."""
+        return queries @ items.transpose(-1, -2) if items.dim() == 3 else queries @ items.t()
 
     # -- retrieval score, candidates and step 3 ---------------------------------------------------------------
 
@@ -287,7 +298,8 @@ class OneRanker(HSTU):
             # With the ranker, its weight is a gate learned from 0 (through the DC loss and the candidates);
             # without it ("step 2 only"), step 2 retrieves at full weight.
             weight = self.task_gate if self.use_ranker else 1.0
-            logits = logits + weight * self._task_scores(tokens, items)[:, -1]
+            last_task = self._task_queries(tokens)[:, -1:]  # [P, 1, D]
+            logits = logits + weight * self._scores(last_task, items).squeeze(1)
         return logits
 
     def _candidates(self, retrieval: Tensor, targets: Tensor | None) -> Tensor:
