@@ -476,11 +476,10 @@ class OneRanker(HSTU):
             if self.value_head is not None:
                 rank_loss = rank_loss + (log_value[is_target] - torch.log(position_values.clamp(min=1e-6))).pow(2)
             losses["rank"] = rank_loss.mean()
-            # DC: the generator's distribution over the candidates follows the ranker's (detached teacher). The teacher
-            # is the ranker's own score, never the residual order: that one holds the generator's logits, so the
-            # target would move with the student and DC would push the generator along the ranker's scores at
-            # every step without end (it diverged on ml-100k: L_DC 0.04 -> 14.6 in five epochs).
-            teacher = F.softmax(ranker_scores.detach() / self.dc_temperature, dim=1)
+            # DC: the generator's distribution over the candidates follows the ranker's served order (detached
+            # teacher). With ranker_residual that order holds the generator's own logits, so DC asks the generator
+            # to absorb the gated ranker score: nothing while the gate is 0, more as the ranker earns its weight.
+            teacher = F.softmax(scores.detach() / self.dc_temperature, dim=1)
             student = F.log_softmax(candidate_retrieval / self.dc_temperature, dim=1)
             dc = (teacher * (torch.log(teacher.clamp(min=1e-12)) - student)).sum(1)
             losses["dc"] = dc.mean()
