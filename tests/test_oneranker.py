@@ -164,6 +164,25 @@ def test_dc_gradient_reaches_generator_not_ranker(build):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
 
 
+def test_ranker_learns_only_from_sets_that_retrieved_their_target(build):
+    model, train, _ = build()
+    batch = next(iter(train))
+
+    def rank_loss(retrieved: bool | None):
+        model.rank_forced_targets = retrieved is None
+        model._target_retrieved = lambda retrieval, targets: torch.full_like(targets, bool(retrieved), dtype=torch.bool)
+        torch.manual_seed(0)
+        return model._decoder_losses(batch, model.encode(batch))["rank"]
+
+    assert rank_loss(retrieved=False) == 0  # no set found its target: nothing to learn from
+    torch.testing.assert_close(rank_loss(retrieved=True), rank_loss(retrieved=None))  # all found = all sets
+    # The real test on ranks: the target is retrieved iff fewer than num_candidates items (not padding) beat it.
+    del model._target_retrieved
+    retrieval = torch.tensor([[9.0, 1.0, 5.0, 3.0, 4.0, 2.0, 0.5, 0.2]])  # item 0 = padding, ignored
+    retrieved = [bool(model._target_retrieved(retrieval, torch.tensor([item]))) for item in range(1, 8)]
+    assert model.num_candidates == 6 and retrieved == [True, True, True, True, True, True, False]
+
+
 def test_decoders_without_backbone_gradients(build):
     # decoders_train_backbone: False: task and ranking losses train only the decoders; DC still trains the generator.
     model, train, _ = build(decoders_train_backbone=False)

@@ -75,6 +75,7 @@ class OneRanker(HSTU):
         self.use_ranker = config["use_ranker"]
         self.inject_step2_kv = config["inject_step2_kv"] and self.use_step2
         self.ranker_residual = config["ranker_residual"]
+        self.rank_forced_targets = config["rank_forced_targets"]
         self.task_decoupling = config["task_decoupling"]
         self.heterogeneous_mask = config["heterogeneous_mask"]
         self.decoders_train_backbone = config["decoders_train_backbone"]
@@ -352,6 +353,25 @@ class OneRanker(HSTU):
         generator's order rather than an order from scratch; otherwise the ranker's score alone."""
         return self.rank_gate * ranker_scores + retrieval.detach() if self.ranker_residual else ranker_scores
 
+    def _mean_over_ranked_sets(self, rank_loss: Tensor, retrieval: Tensor, targets: Tensor) -> Tensor:
+        """Mean of ``rank_loss`` (``[P]``) over the candidate sets the ranker learns from: without
+        ``rank_forced_targets``, only those whose target retrieval put in the top ``num_candidates`` itself.
+
+        Why: a target forced into a set it was not retrieved for is that set's outlier, the one item unlike the
+        user's state that picked the others; a ranker trained on such sets learns to promote the least similar
+        candidate, and at inference, where no target is forced in, that only demotes the right ones.
+        """
+        if self.rank_forced_targets:
+            return rank_loss.mean()
+        retrieved = self._target_retrieved(retrieval, targets).float()  # [P]
+        return (rank_loss * retrieved).sum() / retrieved.sum().clamp(min=1.0)
+
+    def _target_retrieved(self, retrieval: Tensor, targets: Tensor) -> Tensor:
+        """``[P]`` whether each target is among the top ``num_candidates`` of ``retrieval`` (``[P, n_items]``)."""
+        retrieval = retrieval.detach()
+        above = retrieval[:, 1:] > retrieval.gather(1, targets.unsqueeze(1))  # item 0 (padding) is never a candidate
+        return above.sum(1) < self.num_candidates
+
     def _item_table_for_decoders(self, item_ids: Tensor) -> Tensor:
         """Item embeddings read by the decoders: detached without ``decoders_train_backbone``."""
         embeddings = self.item_embedding(item_ids)
@@ -475,7 +495,7 @@ class OneRanker(HSTU):
             rank_loss = bce + pair_weight * bpr
             if self.value_head is not None:
                 rank_loss = rank_loss + (log_value[is_target] - torch.log(position_values.clamp(min=1e-6))).pow(2)
-            losses["rank"] = rank_loss.mean()
+            losses["rank"] = self._mean_over_ranked_sets(rank_loss, retrieval, flat_targets)
             # DC: the generator's distribution over the candidates follows the ranker's served order (detached
             # teacher). With ranker_residual that order holds the generator's own logits, so DC asks the generator
             # to absorb the gated ranker score: nothing while the gate is 0, more as the ranker earns its weight.
