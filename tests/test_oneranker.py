@@ -168,19 +168,29 @@ def test_ranker_learns_only_from_sets_that_retrieved_their_target(build):
     model, train, _ = build()
     batch = next(iter(train))
 
+    training_candidates = model._training_candidates
+
     def rank_loss(retrieved: bool | None):
         model.rank_forced_targets = retrieved is None
-        model._target_retrieved = lambda retrieval, targets: torch.full_like(targets, bool(retrieved), dtype=torch.bool)
+
+        def found_or_not(retrieval, targets):
+            candidates, _ = training_candidates(retrieval, targets)
+            return candidates, torch.full_like(targets, bool(retrieved), dtype=torch.bool)
+
+        model._training_candidates = found_or_not
         torch.manual_seed(0)
         return model._decoder_losses(batch, model.encode(batch))["rank"]
 
     assert rank_loss(retrieved=False) == 0  # no set found its target: nothing to learn from
     torch.testing.assert_close(rank_loss(retrieved=True), rank_loss(retrieved=None))  # all found = all sets
-    # The real test on ranks: the target is retrieved iff fewer than num_candidates items (not padding) beat it.
-    del model._target_retrieved
-    retrieval = torch.tensor([[9.0, 1.0, 5.0, 3.0, 4.0, 2.0, 0.5, 0.2]])  # item 0 = padding, ignored
-    retrieved = [bool(model._target_retrieved(retrieval, torch.tensor([item]))) for item in range(1, 8)]
-    assert model.num_candidates == 6 and retrieved == [True, True, True, True, True, True, False]
+    # The real flags: a target is retrieved iff it is among the top num_candidates items (padding excluded);
+    # either way it ends up in the set.
+    del model._training_candidates
+    retrieval = torch.tensor([[9.0, 1.0, 5.0, 3.0, 4.0, 2.0, 0.5, 0.2]]).expand(7, -1)  # item 0 = padding
+    targets = torch.arange(1, 8)
+    candidates, retrieved = model._training_candidates(retrieval, targets)
+    assert model.num_candidates == 6 and retrieved.tolist() == [True, True, True, True, True, True, False]
+    assert (candidates == targets.unsqueeze(1)).any(dim=1).all()
 
 
 def test_decoders_without_backbone_gradients(build):
@@ -269,7 +279,7 @@ def test_full_sort_puts_ranked_candidates_first(build):
         scores = model.full_sort_predict(batch)
         _, _, _, users, tokens = model._last_position(batch)
         retrieval = model._retrieval_logits(users, tokens.flatten(0, 1), model.item_vectors())
-        candidates = model._candidates(retrieval, None)
+        candidates = model._candidates(retrieval)
         pointwise = []
         for column in candidates.t():
             batch["item_id"] = column

@@ -288,7 +288,7 @@ class OneRanker(HSTU):
     @staticmethod
     def _scores(queries: Tensor, items: Tensor) -> Tensor:
         """``[P, T, C]`` dot products of ``queries`` (``[P, T, D]``) with ``items`` (``[P, C, D]`` or ``[C, D]``)."""
-        return queries @ items.transpose(-1, -2) if items.dim() == 3 else queries @ items.t()
+        return queries @ items.transpose(-1, -2)
 
     # -- retrieval score, candidates and step 3 ---------------------------------------------------------------
 
@@ -303,17 +303,22 @@ class OneRanker(HSTU):
             logits = logits + weight * self._scores(last_task, items).squeeze(1)
         return logits
 
-    def _candidates(self, retrieval: Tensor, targets: Tensor | None) -> Tensor:
-        """``[P, N]`` top retrieved items (padding excluded); in training the target replaces the last one unless
-        it is already there (candidates carry no position, so where it sits tells the ranker nothing)."""
+    def _candidates(self, retrieval: Tensor) -> Tensor:
+        """``[P, N]`` top retrieved items (padding excluded)."""
         retrieval = retrieval.detach().clone()
         retrieval[:, 0] = float("-inf")
-        candidates = retrieval.topk(self.num_candidates, dim=1).indices
-        if targets is None:
-            return candidates
-        has_target = (candidates == targets.unsqueeze(1)).any(dim=1)
-        candidates[~has_target, -1] = targets[~has_target]
-        return candidates
+        return retrieval.topk(self.num_candidates, dim=1).indices
+
+    def _training_candidates(self, retrieval: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The top retrieved items with each target forced in, ``[P, N]``, and whether retrieval found it, ``[P]``.
+
+        A missed target replaces the last candidate (candidates carry no position, so where it sits tells the
+        ranker nothing).
+        """
+        candidates = self._candidates(retrieval)
+        retrieved = (candidates == targets.unsqueeze(1)).any(dim=1)
+        candidates[~retrieved, -1] = targets[~retrieved]
+        return candidates, retrieved
 
     def _rank(self, states: Tensor, positions: Tensor, seq_lens: Tensor, tokens: Tensor | None, candidates: Tensor):
         """Step 3 on ``candidates`` (``[B, R, N]`` item ids) at ``positions`` (``[B, R]``).
@@ -353,9 +358,9 @@ class OneRanker(HSTU):
         generator's order rather than an order from scratch; otherwise the ranker's score alone."""
         return self.rank_gate * ranker_scores + retrieval.detach() if self.ranker_residual else ranker_scores
 
-    def _mean_over_ranked_sets(self, rank_loss: Tensor, retrieval: Tensor, targets: Tensor) -> Tensor:
+    def _mean_over_ranked_sets(self, rank_loss: Tensor, retrieved: Tensor) -> Tensor:
         """Mean of ``rank_loss`` (``[P]``) over the candidate sets the ranker learns from: without
-        ``rank_forced_targets``, only those whose target retrieval put in the top ``num_candidates`` itself.
+        ``rank_forced_targets``, only those whose target retrieval found itself (``retrieved``, ``[P]``).
 
         Why: a target forced into a set it was not retrieved for is that set's outlier, the one item unlike the
         user's state that picked the others; a ranker trained on such sets learns to promote the least similar
@@ -363,14 +368,8 @@ class OneRanker(HSTU):
         """
         if self.rank_forced_targets:
             return rank_loss.mean()
-        retrieved = self._target_retrieved(retrieval, targets).float()  # [P]
-        return (rank_loss * retrieved).sum() / retrieved.sum().clamp(min=1.0)
-
-    def _target_retrieved(self, retrieval: Tensor, targets: Tensor) -> Tensor:
-        """``[P]`` whether each target is among the top ``num_candidates`` of ``retrieval`` (``[P, n_items]``)."""
-        retrieval = retrieval.detach()
-        above = retrieval[:, 1:] > retrieval.gather(1, targets.unsqueeze(1))  # item 0 (padding) is never a candidate
-        return above.sum(1) < self.num_candidates
+        weights = retrieved.float()
+        return (rank_loss * weights).sum() / weights.sum().clamp(min=1.0)
 
     def _item_table_for_decoders(self, item_ids: Tensor) -> Tensor:
         """Item embeddings read by the decoders: detached without ``decoders_train_backbone``."""
@@ -478,7 +477,7 @@ class OneRanker(HSTU):
         if self.use_ranker:
             users = self._generation_users(flat_states)
             retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [BR, n_items]
-            candidates = self._candidates(retrieval, flat_targets)  # [BR, N]
+            candidates, retrieved = self._training_candidates(retrieval, flat_targets)  # [BR, N], [BR]
             stage_logits, log_value = self._rank(
                 memory, positions, seq_lens, tokens, candidates.view(batch, ranked, -1)
             )
@@ -495,7 +494,7 @@ class OneRanker(HSTU):
             rank_loss = bce + pair_weight * bpr
             if self.value_head is not None:
                 rank_loss = rank_loss + (log_value[is_target] - torch.log(position_values.clamp(min=1e-6))).pow(2)
-            losses["rank"] = self._mean_over_ranked_sets(rank_loss, retrieval, flat_targets)
+            losses["rank"] = self._mean_over_ranked_sets(rank_loss, retrieved)
             # DC: the generator's distribution over the candidates follows the ranker's served order (detached
             # teacher). With ranker_residual that order holds the generator's own logits, so DC asks the generator
             # to absorb the gated ranker score: nothing while the gate is 0, more as the ranker earns its weight.
@@ -532,7 +531,7 @@ class OneRanker(HSTU):
         retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [B, n_items]
         if not self.use_ranker:
             return retrieval
-        candidates = self._candidates(retrieval, None)  # [B, N]
+        candidates = self._candidates(retrieval)  # [B, N]
         stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, candidates.unsqueeze(1))
         ranker_scores = self._ranker_scores(stage_logits, log_value).squeeze(1)  # [B, N]
         rank_scores = self._rank_scores(ranker_scores, retrieval.gather(1, candidates))
