@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import yaml
 from scipy import stats
 
+from recbole_oneranker.config import dataset_configs_dir, properties_dir
 from recbole_oneranker.data.converters import convert_dataset
 from recbole_oneranker.data.paths import raw_dataset_dir
 
@@ -76,15 +78,44 @@ def run_command(model: str, dataset: str, settings: dict[str, Any]) -> str:
     return "run_recbole " + " ".join(_shell_word(arg) for arg in args)
 
 
-def config_hash(label: str, model: str, settings: dict[str, Any]) -> str:
-    """Identity of a row's configuration, seed aside: rows of an edited bench config no longer match it."""
+def package_defaults(model: str, dataset: str) -> dict[str, Any]:
+    """The package's defaults a row runs on: ``properties/overall.yaml``, ``properties/model/<model>.yaml`` and
+    ``dataset_configs/<dataset>.yaml`` (RecBole's own defaults are frozen at 1.2.1)."""
+    files = {
+        "overall": properties_dir() / "overall.yaml",
+        "model": properties_dir() / "model" / f"{model}.yaml",
+        "dataset": dataset_configs_dir() / f"{dataset}.yaml",
+    }
+    return {name: yaml.safe_load(path.read_text()) if path.is_file() else None for name, path in files.items()}
+
+
+def config_hash(label: str, model: str, dataset: str, settings: dict[str, Any]) -> str:
+    """Identity of a row's configuration, seed aside: the bench settings and the package defaults under them, so
+    rows made before a bench config or a default changed no longer match."""
     unseeded = {key: value for key, value in settings.items() if key != "seed"}
-    return hashlib.sha1(json.dumps([label, model, unseeded], sort_keys=True).encode()).hexdigest()[:12]
+    identity = [label, model, unseeded, package_defaults(model, dataset)]
+    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def row_key(label: str, model: str, settings: dict[str, Any]) -> str:
-    """Identity of a result row: a re-run with the same label, model and settings (seed included) is skipped."""
-    return f"{label}-seed{settings.get('seed')}-{config_hash(label, model, settings)}"
+def row_key(label: str, model: str, dataset: str, settings: dict[str, Any]) -> str:
+    """Identity of a result row: a re-run with the same label, model, defaults and settings (seed included) is
+    skipped."""
+    return f"{label}-seed{settings.get('seed')}-{config_hash(label, model, dataset, settings)}"
+
+
+def code_version() -> str:
+    """The repository's commit (``-dirty`` with uncommitted changes), recorded with each row; 'unknown' outside git."""
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return described.stdout.strip()
 
 
 class ResultTable:

@@ -17,6 +17,7 @@ Model choices use validation only; test numbers are read once, for the best chec
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 import time
@@ -32,6 +33,7 @@ from common import (  # noqa: E402
     REPO,
     ResultTable,
     bootstrap_ci,
+    code_version,
     config_hash,
     ensure_dataset,
     load_bench_config,
@@ -68,13 +70,15 @@ class ValidationRecorder:
 def run_row(label: str, model: str, dataset: str, settings: dict[str, Any], ranks_dir: Path) -> dict[str, Any]:
     recorder = ValidationRecorder()
     result = run(model, dataset, config_dict=settings, callback_fn=recorder)
-    ranks_file = ranks_dir / f"{row_key(label, model, settings)}.npy"
+    key = row_key(label, model, dataset, settings)
+    file_name = re.sub(r"[^\w.=-]+", "_", key)  # labels may hold '/' or spaces
+    ranks_file = ranks_dir / f"{file_name}.npy"
     ranks_file.parent.mkdir(parents=True, exist_ok=True)
     np.save(ranks_file, result["test_ranks"].astype(np.int32))
     best_score, best_epoch, time_to_best = recorder.best if recorder.best else (float("nan"), -1, float("nan"))
     row = {
-        "key": row_key(label, model, settings),
-        "config_hash": config_hash(label, model, settings),
+        "key": key,
+        "config_hash": config_hash(label, model, dataset, settings),
         "label": label,
         "model": model,
         "seed": settings["seed"],
@@ -84,6 +88,7 @@ def run_row(label: str, model: str, dataset: str, settings: dict[str, Any], rank
         "wall_time_s": round(result["wall_time_s"], 1),
         "protocol": result["protocol"],
         "command": run_command(model, dataset, settings),
+        "commit": code_version(),
         "ranks_file": str(ranks_file.relative_to(REPO)) if ranks_file.is_relative_to(REPO) else str(ranks_file),
     }
     row.update({f"valid_{name}": float(value) for name, value in (result["best_valid_result"] or {}).items()})
@@ -146,11 +151,19 @@ def write_report(rows: list[dict[str, Any]], dataset: str, command: str, out: Pa
             f"| {label} | {len(label_rows)} | " + " | ".join(cells) + f" | [{low:.4f}, {high:.4f}] | {epochs:.0f} | "
             f"{to_best:.0f} | {wall:.0f} |"
         )
-    lines += ["", "## Runs", "", "| row | seed | valid NDCG@10 | test NDCG@10 | command |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "Commit: the code a run was made with ('-dirty': with uncommitted changes; '-': not recorded, older rows).",
+        "",
+        "| row | seed | valid NDCG@10 | test NDCG@10 | commit | command |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
         lines.append(
             f"| {row['label']} | {row['seed']} | {float(row['valid_ndcg@10']):.4f} | "
-            f"{float(row['test_ndcg@10']):.4f} | `{row['command']}` |"
+            f"{float(row['test_ndcg@10']):.4f} | {row.get('commit') or '-'} | `{row['command']}` |"
         )
     out.write_text("\n".join(lines) + "\n")
 
@@ -193,10 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     jobs = [(label, FIRST_SEED + i) for label in labels for i in range(args.seeds)]
-    hashes = {label: config_hash(label, *row_settings(bench_config, label, extra)) for label in bench_config["rows"]}
+    hashes = {
+        label: config_hash(label, model, dataset, settings)
+        for label in bench_config["rows"]
+        for model, settings in [row_settings(bench_config, label, extra)]
+    }
     for done, (label, seed) in enumerate(jobs, start=1):
         model, settings = row_settings(bench_config, label, {**extra, "seed": seed})
-        key = row_key(label, model, settings)
+        key = row_key(label, model, dataset, settings)
         if table.has(key):
             print(f"[{done}/{len(jobs)}] {label} seed {seed}: done before, skipped", flush=True)
             continue
@@ -209,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         write_report(current_rows(table, hashes), results_name, command, args.results / f"{results_name}.md")
+    rows = current_rows(table, hashes)
+    if rows:  # also when every row was done before: a re-run rewrites the report from the CSV
+        write_report(rows, results_name, command, args.results / f"{results_name}.md")
     return 0
 
 

@@ -136,6 +136,7 @@ class Config(RecBoleConfig):
         except (ValueError, TypeError, KeyError, NotImplementedError, FileNotFoundError, yaml.YAMLError) as error:
             # RecBole validates while it builds the config; its messages are good but its types are generic.
             raise ConfigError(f"invalid configuration: {error}") from error
+        self._check_flags()
         self._check_valid_metric()
         self._check_dataset_files()
 
@@ -185,6 +186,14 @@ class Config(RecBoleConfig):
         if not final_config.get("run_id"):
             final_config["run_id"] = compat.unique_run_id(self.model, self.dataset)
         return final_config
+
+    def _check_flags(self) -> None:
+        """A key whose default is True/False takes only True/False: RecBole keeps ``--use_step2=maybe`` as the
+        string 'maybe', which is truthy, so a typo would silently switch the flag on."""
+        for key, default in self.internal_config_dict.items():
+            value = self.final_config_dict.get(key)
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise ConfigError(f"'{key}' must be True or False, got {value!r}")
 
     def _check_valid_metric(self) -> None:
         """RecBole only finds out after the first training epoch that ``valid_metric`` is not computed."""

@@ -84,3 +84,27 @@ def test_result_tables_sharing_a_file_keep_each_others_rows(tmp_path):
     assert [row["key"] for row in rows] == ["a", "b"]
     assert rows[0]["test_gmv@10"] == "" and rows[1]["test_gmv@10"] == "0.3"
     assert second.has("a")  # the second process now knows the first one's row
+
+
+def test_a_changed_package_default_makes_rows_stale(tmp_path, monkeypatch):
+    import common
+
+    settings = {"MAX_ITEM_LIST_LENGTH": 50, "seed": 2020}
+    before = common.row_key("HSTU", "HSTU", "ml-100k", settings)
+    assert common.row_key("HSTU", "HSTU", "ml-100k", {**settings, "seed": 2021}) != before  # seeds differ
+    assert common.config_hash("HSTU", "HSTU", "ml-100k", {**settings, "seed": 2021}) in before  # configs do not
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    defaults = yaml.safe_load((common.properties_dir() / "model" / "HSTU.yaml").read_text())
+    (model_dir / "HSTU.yaml").write_text(yaml.safe_dump({**defaults, "dropout_prob": 0.5}))
+    (tmp_path / "overall.yaml").write_text((common.properties_dir() / "overall.yaml").read_text())
+    monkeypatch.setattr(common, "properties_dir", lambda: tmp_path)
+    assert common.row_key("HSTU", "HSTU", "ml-100k", settings) != before
+
+
+def test_rows_record_the_code_version():
+    from common import code_version
+
+    version = code_version()
+    assert version == "unknown" or len(version.removesuffix("-dirty")) >= 7

@@ -51,6 +51,8 @@ def test_sys_argv_is_not_read(monkeypatch):
         ({"dataset": "no-such-data"}, "dataset 'no-such-data' not found"),
         ({"config_dict": {"valid_metric": "MRR@20"}}, "valid_metric 'MRR@20' is not computed"),
         ({"config_dict": {"metrics": ["NoMetric"]}}, "There is no metric named 'NoMetric'"),
+        ({"cmd_args": ["--show_progress=maybe"]}, "'show_progress' must be True or False, got 'maybe'"),
+        ({"cmd_args": ["--whole_sequence=1"]}, "'whole_sequence' must be True or False, got 1"),
     ],
 )  # fmt: skip
 def test_bad_configuration_is_one_clear_error(kwargs, message):
