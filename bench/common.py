@@ -79,22 +79,25 @@ def run_command(model: str, dataset: str, settings: dict[str, Any]) -> str:
 
 
 def package_defaults(model: str, dataset: str) -> dict[str, Any]:
-    """The package's defaults a row runs on: ``properties/overall.yaml``, ``properties/model/<model>.yaml`` and
-    ``dataset_configs/<dataset>.yaml`` (RecBole's own defaults are frozen at 1.2.1)."""
-    files = {
-        "overall": properties_dir() / "overall.yaml",
-        "model": properties_dir() / "model" / f"{model}.yaml",
-        "dataset": dataset_configs_dir() / f"{dataset}.yaml",
-    }
-    return {name: yaml.safe_load(path.read_text()) if path.is_file() else None for name, path in files.items()}
+    """The package's defaults a row runs on, merged as ``Config`` layers them: ``properties/overall.yaml``, then
+    ``properties/model/<model>.yaml``, then ``dataset_configs/<dataset>.yaml`` (RecBole's own are frozen at 1.2.1)."""
+    files = [
+        properties_dir() / "overall.yaml",
+        properties_dir() / "model" / f"{model}.yaml",
+        dataset_configs_dir() / f"{dataset}.yaml",
+    ]
+    merged: dict[str, Any] = {}
+    for path in files:
+        if path.is_file():
+            merged.update(yaml.safe_load(path.read_text()) or {})
+    return merged
 
 
 def config_hash(label: str, model: str, dataset: str, settings: dict[str, Any]) -> str:
-    """Identity of a row's configuration, seed aside: the bench settings and the package defaults under them, so
-    rows made before a bench config or a default changed no longer match."""
-    unseeded = {key: value for key, value in settings.items() if key != "seed"}
-    identity = [label, model, unseeded, package_defaults(model, dataset)]
-    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    """Identity of a row's configuration, seed aside: its settings over the package defaults, so rows made before
+    a bench config or a default they run on changed no longer match (a default a row overrides does not count)."""
+    effective = {**package_defaults(model, dataset), **{k: v for k, v in settings.items() if k != "seed"}}
+    return hashlib.sha1(json.dumps([label, model, effective], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def row_key(label: str, model: str, dataset: str, settings: dict[str, Any]) -> str:

@@ -108,3 +108,13 @@ def test_rows_record_the_code_version():
 
     version = code_version()
     assert version == "unknown" or len(version.removesuffix("-dirty")) >= 7
+
+
+def test_a_default_a_row_overrides_does_not_make_it_stale(monkeypatch):
+    import common
+
+    settings = {"dropout_prob": 0.3, "seed": 2020}
+    before = common.row_key("HSTU", "HSTU", "ml-100k", settings)
+    defaults = common.package_defaults("HSTU", "ml-100k")
+    monkeypatch.setattr(common, "package_defaults", lambda model, dataset: {**defaults, "dropout_prob": 0.5})
+    assert common.row_key("HSTU", "HSTU", "ml-100k", settings) == before
