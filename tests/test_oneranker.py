@@ -214,6 +214,17 @@ def test_decoders_without_backbone_gradients(build):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
 
 
+def test_decoders_with_backbone_gradients(build):
+    # decoders_train_backbone: True (the paper's joint training): task and ranking losses reach the backbone too.
+    model, train, _ = build(decoders_train_backbone=True)
+    batch = next(iter(train))
+    torch.manual_seed(0)
+    losses = model._decoder_losses(batch, model.encode(batch))
+    (losses["task"] + losses["rank"]).backward()
+    for name in ("item_embedding.weight", "stack.blocks.0.uvqk", "level_embedding.weight"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+
+
 def test_gradients_reach_every_parameter(build):
     model, train, _ = build(n_gen_heads=2)
     _loss(model, next(iter(train))).backward()
