@@ -31,7 +31,8 @@ CONVERTIBLE = {
 
 
 def load_bench_config(dataset: str, path: Path | None = None) -> dict[str, Any]:
-    """``bench/configs/<dataset>.yaml``: ``common`` settings and named ``rows`` (each a model plus overrides)."""
+    """``bench/configs/<dataset>.yaml``: ``common`` settings, named ``rows`` (each a model plus overrides) and an
+    optional ``baseline`` row the others are compared with, user by user."""
     path = path or CONFIG_DIR / f"{dataset}.yaml"
     if not path.is_file():
         available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
@@ -40,6 +41,8 @@ def load_bench_config(dataset: str, path: Path | None = None) -> dict[str, Any]:
     for label, row in config["rows"].items():
         if "model" not in row:
             raise SystemExit(f"error: row '{label}' of {path} names no model")
+    if config.get("baseline") and config["baseline"] not in config["rows"]:
+        raise SystemExit(f"error: baseline '{config['baseline']}' of {path} is not one of its rows")
     return config
 
 
@@ -171,6 +174,19 @@ def bootstrap_ci(per_user: np.ndarray, n_resamples: int = 1000, seed: int = 0) -
     means = per_user[rng.integers(0, len(per_user), (n_resamples, len(per_user)))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
+
+
+def per_user_mean(users: list[np.ndarray], values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's value averaged over runs whose test users come in different orders: ``(user ids, means)``."""
+    ids, inverse = np.unique(np.concatenate(users), return_inverse=True)
+    sums = np.bincount(inverse, weights=np.concatenate(values), minlength=len(ids))
+    return ids, sums / np.bincount(inverse, minlength=len(ids))
+
+
+def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Per-user differences ``a - b`` over the users both have (each a ``(user ids, values)`` pair)."""
+    _, in_a, in_b = np.intersect1d(a[0], b[0], assume_unique=True, return_indices=True)
+    return a[1][in_a] - b[1][in_b]
 
 
 def ndcg_from_ranks(ranks: np.ndarray, k: int) -> np.ndarray:

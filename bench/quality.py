@@ -39,6 +39,8 @@ from common import (  # noqa: E402
     load_bench_config,
     mean_ci,
     ndcg_from_ranks,
+    paired_difference,
+    per_user_mean,
     row_key,
     row_settings,
     run_command,
@@ -75,6 +77,8 @@ def run_row(label: str, model: str, dataset: str, settings: dict[str, Any], rank
     ranks_file = ranks_dir / f"{file_name}.npy"
     ranks_file.parent.mkdir(parents=True, exist_ok=True)
     np.save(ranks_file, result["test_ranks"].astype(np.int32))
+    users_file = ranks_file.with_suffix(".users.npy")  # test users in the ranks' order, to pair rows user by user
+    np.save(users_file, result["test_users"].astype(np.int64))
     best_score, best_epoch, time_to_best = recorder.best if recorder.best else (float("nan"), -1, float("nan"))
     row = {
         "key": key,
@@ -89,12 +93,35 @@ def run_row(label: str, model: str, dataset: str, settings: dict[str, Any], rank
         "protocol": result["protocol"],
         "command": run_command(model, dataset, settings),
         "commit": code_version(),
-        "ranks_file": str(ranks_file.relative_to(REPO)) if ranks_file.is_relative_to(REPO) else str(ranks_file),
+        "ranks_file": _relative(ranks_file),
+        "users_file": _relative(users_file),
     }
     row.update({f"valid_{name}": float(value) for name, value in (result["best_valid_result"] or {}).items()})
     row.update({f"test_{name}": float(value) for name, value in result["test_result"].items()})
     row.update({f"candidate_{name}": float(value) for name, value in (result["candidate_result"] or {}).items()})
     return row
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _per_user_ndcg(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(user ids, NDCG@10)`` of each test user averaged over the rows' seeds; None if a row kept no user ids."""
+    if not all(row.get("users_file") for row in rows):
+        return None
+    users = [np.load(REPO / row["users_file"]) for row in rows]
+    return per_user_mean(users, [ndcg_from_ranks(np.load(REPO / row["ranks_file"]), 10) for row in rows])
+
+
+def _paired_cell(rows: list[dict[str, Any]], baseline: tuple[np.ndarray, np.ndarray] | None) -> str:
+    """Mean per-user NDCG@10 difference to the baseline row and its 95% paired bootstrap interval."""
+    own = _per_user_ndcg(rows)
+    if own is None or baseline is None:
+        return "-"
+    difference = paired_difference(own, baseline)
+    low, high = bootstrap_ci(difference)
+    return f"{difference.mean():+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
 def current_rows(table: ResultTable, hashes: dict[str, str]) -> list[dict[str, Any]]:
@@ -107,11 +134,15 @@ def _title(metric: str) -> str:
     return metric.upper().replace("HIT", "HR")
 
 
-def write_report(rows: list[dict[str, Any]], dataset: str, command: str, out: Path) -> None:
-    """``results/<dataset>.md`` from the CSV rows: one line per row label, then one per run."""
+def write_report(
+    rows: list[dict[str, Any]], dataset: str, command: str, out: Path, baseline: str | None = None
+) -> None:
+    """``results/<dataset>.md`` from the CSV rows: one line per row label, then one per run. With a ``baseline``
+    label, each row also gets its paired per-user NDCG@10 difference to that row."""
     by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_label[row["label"]].append(row)
+    baseline_ndcg = _per_user_ndcg(by_label[baseline]) if baseline in by_label else None
     protocols = sorted({row["protocol"] for row in rows})
     metrics = [m for m in HEADLINE if f"test_{m}" in rows[0]]
     candidate_metrics = [m for m in CANDIDATE_HEADLINE if f"candidate_{m}" in rows[0]]
@@ -120,7 +151,13 @@ def write_report(rows: list[dict[str, Any]], dataset: str, command: str, out: Pa
         "",
         f"Produced by `{command}` (resumable; rows accumulate across runs). Early stopping on validation NDCG@10;",
         "each row's best checkpoint is tested once. Per-user bootstrap: 95% interval of NDCG@10 over test users, on",
-        "each user's NDCG@10 averaged over seeds (1000 resamples).",
+        "each user's NDCG@10 averaged over seeds (1000 resamples)."
+        + (
+            f" Δ vs {baseline}: mean per-user difference of that NDCG@10 to the {baseline} row, over the users both"
+            " rows tested, with its 95% paired bootstrap interval ('-': a row saved no user ids)."
+            if baseline
+            else ""
+        ),
         "",
         "Protocol: " + "; ".join(protocols).replace(", value = ", "; value = "),
         "",
@@ -134,8 +171,10 @@ def write_report(rows: list[dict[str, Any]], dataset: str, command: str, out: Pa
         "| row | seeds | "
         + " | ".join(_title(m) for m in metrics)
         + "".join(f" | cand. {_title(m)}" for m in candidate_metrics)
-        + " | NDCG@10 bootstrap | epochs to best | time to best (s) | wall (s) |",
-        "|---" * (len(metrics) + len(candidate_metrics) + 6) + "|",
+        + " | NDCG@10 bootstrap"
+        + (f" | Δ NDCG@10 vs {baseline}" if baseline else "")
+        + " | epochs to best | time to best (s) | wall (s) |",
+        "|---" * (len(metrics) + len(candidate_metrics) + 6 + bool(baseline)) + "|",
     ]
     for label, label_rows in by_label.items():
         cells = []
@@ -147,9 +186,10 @@ def write_report(rows: list[dict[str, Any]], dataset: str, command: str, out: Pa
         epochs = np.mean([int(r["best_epoch"]) + 1 for r in label_rows])
         to_best = np.mean([float(r["time_to_best_s"]) for r in label_rows])
         wall = np.mean([float(r["wall_time_s"]) for r in label_rows])
+        paired = f" | {_paired_cell(label_rows, baseline_ndcg)}" if baseline else ""
         lines.append(
-            f"| {label} | {len(label_rows)} | " + " | ".join(cells) + f" | [{low:.4f}, {high:.4f}] | {epochs:.0f} | "
-            f"{to_best:.0f} | {wall:.0f} |"
+            f"| {label} | {len(label_rows)} | " + " | ".join(cells) + f" | [{low:.4f}, {high:.4f}]{paired} | "
+            f"{epochs:.0f} | {to_best:.0f} | {wall:.0f} |"
         )
     lines += [
         "",
@@ -211,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         for label in bench_config["rows"]
         for model, settings in [row_settings(bench_config, label, extra)]
     }
+    out, baseline = args.results / f"{results_name}.md", bench_config.get("baseline")
     for done, (label, seed) in enumerate(jobs, start=1):
         model, settings = row_settings(bench_config, label, {**extra, "seed": seed})
         key = row_key(label, model, dataset, settings)
@@ -225,10 +266,10 @@ def main(argv: list[str] | None = None) -> int:
             f"(best epoch {row['best_epoch']}, {row['wall_time_s']:.0f} s)",
             flush=True,
         )
-        write_report(current_rows(table, hashes), results_name, command, args.results / f"{results_name}.md")
+        write_report(current_rows(table, hashes), results_name, command, out, baseline)
     rows = current_rows(table, hashes)
     if rows:  # also when every row was done before: a re-run rewrites the report from the CSV
-        write_report(rows, results_name, command, args.results / f"{results_name}.md")
+        write_report(rows, results_name, command, out, baseline)
     return 0
 
 

@@ -87,8 +87,8 @@ def run(
     Returns:
         dict with ``model``, ``dataset``, ``run_id``, ``best_valid_score``, ``valid_score_bigger``,
         ``best_valid_result``, ``test_result``, ``test_ranks`` (per test user, the 1-based rank of the target within
-        the top ``max(topk)``, 0 beyond), ``candidate_result`` (:func:`evaluate_candidate_set`, or None),
-        ``protocol``, ``saved_model_file``, ``log_file``, ``wall_time_s``.
+        the top ``max(topk)``, 0 beyond), ``test_users`` (their user ids, in the same order), ``candidate_result``
+        (:func:`evaluate_candidate_set`, or None), ``protocol``, ``saved_model_file``, ``log_file``, ``wall_time_s``.
     """
     start = time.perf_counter()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
@@ -114,6 +114,7 @@ def run(
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show_progress)
     test_struct = trainer.eval_collector.last_struct
     test_ranks = target_ranks(test_struct) if test_result and "rec.topk" in test_struct else None
+    test_users = trainer.eval_collector.last_users if test_ranks is not None else None
 
     candidate_result = None
     if config["candidate_negatives"] and test_result:
@@ -134,6 +135,7 @@ def run(
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "test_ranks": test_ranks,
+        "test_users": test_users,
         "candidate_result": candidate_result,
         "protocol": protocol,
         "saved_model_file": trainer.saved_model_file if saved else None,

@@ -6,6 +6,7 @@ import csv
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +30,7 @@ TINY_ROWS = {
     "rows": {
         "HSTU-tiny": {"model": "HSTU", "hidden_size": 16, "attention_dim": 8, "linear_hidden_dim": 8, "n_heads": 2},
     },
+    "baseline": "HSTU-tiny",
 }
 
 
@@ -44,6 +46,9 @@ def test_quality_rows_resume_and_report(tmp_path, tiny_data_path):
     assert rows[0]["command"].startswith("run_recbole --model=HSTU --dataset=ml-tiny")
     report = (tmp_path / "results" / "tiny.md").read_text()
     assert "| HSTU-tiny | 2 |" in report and "whole-sequence training" in report
+    assert "Δ NDCG@10 vs HSTU-tiny" in report and "| +0.0000 [+0.0000, +0.0000] |" in report  # itself, paired
+    users = np.load(REPO / rows[0]["users_file"])  # each test user once, in the order of the saved ranks
+    assert len(users) == len(np.load(REPO / rows[0]["ranks_file"])) == len(set(users.tolist()))
 
     assert quality.main(argv) == 0  # everything done: nothing is trained again
     assert len(list(csv.DictReader(csv_file.open()))) == 2
@@ -118,3 +123,15 @@ def test_a_default_a_row_overrides_does_not_make_it_stale(monkeypatch):
     defaults = common.package_defaults("HSTU", "ml-100k")
     monkeypatch.setattr(common, "package_defaults", lambda model, dataset: {**defaults, "dropout_prob": 0.5})
     assert common.row_key("HSTU", "HSTU", "ml-100k", settings) == before
+
+
+def test_paired_difference_matches_users_across_orders():
+    from common import paired_difference, per_user_mean
+
+    # Two seeds of row A (users in different orders) and row B, which tested user 4 that A did not.
+    a = per_user_mean(
+        [np.array([1, 2, 3]), np.array([3, 1, 2])], [np.array([0.2, 0.4, 0.0]), np.array([1.0, 0.0, 0.4])]
+    )
+    b = (np.array([4, 3, 2, 1]), np.array([9.0, 0.5, 0.1, 0.1]))
+    np.testing.assert_allclose(a[1], [0.1, 0.4, 0.5])  # users 1, 2, 3
+    np.testing.assert_allclose(paired_difference(a, b), [0.0, 0.3, 0.0])
