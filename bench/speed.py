@@ -1,16 +1,18 @@
-"""Speed benchmark: training throughput, epoch time, peak memory and full-ranking latency, side by side.
+"""Speed benchmark: training throughput, epoch time, training FLOPs, peak memory and full-ranking latency.
 
     python bench/speed.py                                   # HSTU vs SASRec on ml-100k, d=50, 2 layers, L=50
     python bench/speed.py --models HSTU OneRanker SASRec    # OneRanker's cost next to its backbone's
     python bench/speed.py --models HSTU SASRec --hidden-size 64 --max-len 200 --epochs 2
     python bench/speed.py --max-batches 3 --out /tmp/speed.md      # a smoke run
+    python bench/speed.py --models HSTU OneRanker --baseline HSTU --flops-only --out results/flops.md  # no timing
 
 Every model gets the same width, depth, heads and history length, on the same data, each in its own process (so
 peak memory is its own). Training is timed over whole epochs (or the first ``--max-batches`` batches), without
 validation; throughput counts users and trained target positions per second (SASRec trains one row per prefix,
 HSTU one row per user, or per window of the history length, with a loss at every position). Latency is
-``full_sort_predict`` per batch of ``--eval-batch`` test users. Writes a markdown table with the command and the
-machine.
+``full_sort_predict`` per batch of ``--eval-batch`` test users. Training FLOPs (forward + backward, counted by
+``torch.utils.flop_counter`` over a few batches) measure cost independently of the machine and of its load;
+``--flops-only`` counts them alone. Writes a markdown table with the command and the machine.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, ensure_dataset  # noqa: E402
@@ -61,6 +64,17 @@ def equal_size_settings(model: str, args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def training_flops(model: torch.nn.Module, batches: list, device: str) -> float:
+    """Floating-point operations of forward + backward over ``batches`` (matrix products and attention, counted by
+    ``torch.utils.flop_counter``): a cost measure that, unlike time, does not depend on the machine or its load."""
+    with FlopCounterMode(display=False) as counter:
+        for batch in batches:
+            loss = model.calculate_loss(batch.to(device))
+            (sum(loss) if isinstance(loss, tuple) else loss).backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
 def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train and time one model in this process; returns the measurements."""
     from recbole.data import data_preparation
@@ -71,6 +85,16 @@ def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
     trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
 
     train_feat = train_data._dataset.inter_feat
+    counted = list(itertools.islice(train_data, args.flop_batches))
+    result: dict[str, Any] = {
+        "model": model_name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_rows": len(train_feat),
+        "epoch_gflops": training_flops(model, counted, config["device"]) * len(train_data) / len(counted) / 1e9,
+    }
+    if args.flops_only:
+        return result
+
     users = len(np.unique(train_feat[config["USER_ID_FIELD"]].numpy()))
     # Target positions per epoch: one per row, or every history position + the target in whole-sequence mode.
     positions = int(train_feat[config["ITEM_LIST_LENGTH_FIELD"]].sum()) if config["whole_sequence"] else len(train_feat)
@@ -98,18 +122,13 @@ def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
         if torch.cuda.is_available()
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
-    return {
-        "model": model_name,
-        "train_rows": len(train_feat),
-        "users": users,
-        "positions": positions,
+    return result | {
         "epoch_time_s": epoch_time,
         "users_per_s": users / epoch_time,
         "positions_per_s": positions / epoch_time,
         "peak_memory_mb": peak_mb,
         "latency_ms_median": float(np.median(latencies)),
         "latency_ms_p90": float(np.percentile(latencies, 90)),
-        "parameters": sum(p.numel() for p in model.parameters()),
     }
 
 
@@ -122,27 +141,45 @@ def machine() -> str:
 
 def write_report(results: list[dict[str, Any]], args: argparse.Namespace, command: str) -> None:
     base = next((r for r in results if r["model"] == args.baseline), results[0])
-    lines = [
-        f"# Speed: {', '.join(r['model'] for r in results)} on {args.dataset}",
-        "",
-        f"Produced by `{command}` on {machine()}.",
-        f"Equal sizes: hidden {args.hidden_size}, {args.layers} layers, {args.heads} head(s), history length "
-        f"{args.max_len}; latency over batches of {args.eval_batch} test users. Epoch time is the median of "
-        f"{args.epochs} epoch(s)"
-        + (f", extrapolated from {args.max_batches} batches" if args.max_batches else "")
-        + ". Positions = trained next-item targets per epoch.",
-        "",
-        f"| model | params | train rows | epoch (s) | speed-up vs {base['model']} | users/s | positions/s | "
-        "peak memory (MB) | full-sort latency median / p90 (ms) |",
-        "|---|---|---|---|---|---|---|---|---|",
+    columns = [  # (header, cell); the timed ones are left out with --flops-only
+        ("model", lambda r: r["model"]),
+        ("params", lambda r: f"{r['parameters']:,}"),
+        ("train rows", lambda r: f"{r['train_rows']:,}"),
+        ("training GFLOPs / epoch", lambda r: f"{r['epoch_gflops']:,.1f}"),
+        (f"GFLOPs vs {base['model']}", lambda r: f"{r['epoch_gflops'] / base['epoch_gflops']:.2f}x"),
     ]
-    for r in results:
-        lines.append(
-            f"| {r['model']} | {r['parameters']:,} | {r['train_rows']:,} | {r['epoch_time_s']:.2f} | "
-            f"{base['epoch_time_s'] / r['epoch_time_s']:.1f}x | {r['users_per_s']:,.0f} | "
-            f"{r['positions_per_s']:,.0f} | "
-            f"{r['peak_memory_mb']:,.0f} | {r['latency_ms_median']:.1f} / {r['latency_ms_p90']:.1f} |"
-        )
+    if not args.flops_only:
+        columns += [
+            ("epoch (s)", lambda r: f"{r['epoch_time_s']:.2f}"),
+            (f"speed-up vs {base['model']}", lambda r: f"{base['epoch_time_s'] / r['epoch_time_s']:.1f}x"),
+            ("users/s", lambda r: f"{r['users_per_s']:,.0f}"),
+            ("positions/s", lambda r: f"{r['positions_per_s']:,.0f}"),
+            ("peak memory (MB)", lambda r: f"{r['peak_memory_mb']:,.0f}"),
+            (
+                "full-sort latency median / p90 (ms)",
+                lambda r: f"{r['latency_ms_median']:.1f} / {r['latency_ms_p90']:.1f}",
+            ),
+        ]
+    timing = (
+        f" Latency over batches of {args.eval_batch} test users. Epoch time is the median of {args.epochs} epoch(s)"
+        + (f", extrapolated from {args.max_batches} batches" if args.max_batches else "")
+        + ". Positions = trained next-item targets per epoch."
+    )
+    lines = [
+        f"# {'Training cost' if args.flops_only else 'Speed'}: {', '.join(r['model'] for r in results)} on "
+        f"{args.dataset}",
+        "",
+        f"Produced by `{command}`" + ("." if args.flops_only else f" on {machine()}."),
+        f"Equal sizes: hidden {args.hidden_size}, {args.layers} layers, {args.heads} head(s), history length "
+        f"{args.max_len}." + ("" if args.flops_only else timing),
+        f"Training GFLOPs: forward + backward matrix products and attention over the first {args.flop_batches} "
+        "batches (torch.utils.flop_counter), scaled to the epoch: a cost that does not depend on the machine or its "
+        "load.",
+        "",
+        "| " + " | ".join(header for header, _ in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in results]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -160,6 +197,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs per model (median reported)")
     parser.add_argument("--max-batches", type=int, default=0, help="time only this many batches (smoke runs)")
     parser.add_argument("--eval-batch", type=int, default=256, help="test users per full_sort_predict call")
+    parser.add_argument("--flop-batches", type=int, default=4, help="training batches whose FLOPs are counted")
+    parser.add_argument("--flops-only", action="store_true", help="count training FLOPs only: no timing, any load")
     parser.add_argument("--data-path", type=Path, default=Path("dataset"))
     parser.add_argument("--out", type=Path, default=REPO / "results" / "speed.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
@@ -183,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             print(worker.stdout[-2000:], worker.stderr[-4000:], file=sys.stderr)
             return 1
         results.append(json.loads(result_lines[-1][len("RESULT ") :]))
-        print(f"  {model}: epoch {results[-1]['epoch_time_s']:.2f} s", flush=True)
+        timed = f", epoch {results[-1]['epoch_time_s']:.2f} s" if "epoch_time_s" in results[-1] else ""
+        print(f"  {model}: {results[-1]['epoch_gflops']:,.1f} training GFLOPs per epoch{timed}", flush=True)
     write_report(results, args, "python bench/speed.py " + " ".join(shlex.quote(a) for a in raw_args))
     return 0
 
