@@ -5,6 +5,7 @@
     python bench/speed.py --models HSTU SASRec --hidden-size 64 --max-len 200 --epochs 2
     python bench/speed.py --max-batches 3 --out /tmp/speed.md      # a smoke run
     python bench/speed.py --models HSTU OneRanker --baseline HSTU --flops-only --out results/flops.md  # no timing
+    python bench/speed.py --models OneRanker --flops-only --set use_step2=False --out /tmp/flops.md  # a variant
 
 Every model gets the same width, depth, heads and history length, on the same data, each in its own process (so
 peak memory is its own). Training is timed over whole epochs (or the first ``--max-batches`` batches), without
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,6 +63,8 @@ def equal_size_settings(model: str, args: argparse.Namespace) -> dict[str, Any]:
         settings.update(attention_dim=args.hidden_size // args.heads, linear_hidden_dim=args.hidden_size // args.heads)
     if args.dataset != "ml-100k":
         settings["data_path"] = str(ensure_dataset(args.dataset, args.data_path))
+    # --set KEY=VALUE: extra config for every model (a key a model does not read leaves it unchanged)
+    settings.update((key, yaml.safe_load(value)) for key, value in (item.split("=", 1) for item in args.set))
     return settings
 
 
@@ -200,6 +204,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--flop-batches", type=int, default=4, help="training batches whose FLOPs are counted")
     parser.add_argument("--flops-only", action="store_true", help="count training FLOPs only: no timing, any load")
     parser.add_argument("--data-path", type=Path, default=Path("dataset"))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config for every model")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "speed.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     return parser.parse_args(argv)
