@@ -69,7 +69,9 @@ class ValidationRecorder:
             self.best = (score, epoch, time.perf_counter() - self.start)
 
 
-def run_row(label: str, model: str, dataset: str, settings: dict[str, Any], ranks_dir: Path) -> dict[str, Any]:
+def run_row(
+    label: str, model: str, dataset: str, settings: dict[str, Any], ranks_dir: Path, commit: str
+) -> dict[str, Any]:
     recorder = ValidationRecorder()
     result = run(model, dataset, config_dict=settings, callback_fn=recorder)
     key = row_key(label, model, dataset, settings)
@@ -92,7 +94,7 @@ def run_row(label: str, model: str, dataset: str, settings: dict[str, Any], rank
         "wall_time_s": round(result["wall_time_s"], 1),
         "protocol": result["protocol"],
         "command": run_command(model, dataset, settings),
-        "commit": code_version(),
+        "commit": commit,
         "ranks_file": _relative(ranks_file),
         "users_file": _relative(users_file),
     }
@@ -252,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         for model, settings in [row_settings(bench_config, label, extra)]
     }
     out, baseline = args.results / f"{results_name}.md", bench_config.get("baseline")
+    commit = code_version()  # the code this process imported, whatever changes on disk while it runs
     for done, (label, seed) in enumerate(jobs, start=1):
         model, settings = row_settings(bench_config, label, {**extra, "seed": seed})
         key = row_key(label, model, dataset, settings)
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{done}/{len(jobs)}] {label} seed {seed}: done before, skipped", flush=True)
             continue
         print(f"[{done}/{len(jobs)}] {label} seed {seed}: training {model} on {dataset} ...", flush=True)
-        row = run_row(label, model, dataset, settings, args.results / "ranks" / results_name)
+        row = run_row(label, model, dataset, settings, args.results / "ranks" / results_name, commit)
         table.append(row)
         print(
             f"[{done}/{len(jobs)}] {label} seed {seed}: test ndcg@10 {row['test_ndcg@10']:.4f} "
