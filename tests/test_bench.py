@@ -89,3 +89,73 @@ def test_training_flops_grow_with_the_decoders():
         model = get_model("OneRanker")(model_config, train_data._dataset)
         flops[use_step2] = speed.training_flops(model, [batch], "cpu")
     assert 0 < flops[False] < flops[True]
+
+
+def test_row_commands_survive_the_shell():
+    import shlex
+
+    from common import run_command
+
+    settings = {"metrics": ["Hit", "NDCG"], "topk": [1, 5], "valid_metric": "NDCG@10", "note": 'say "hi" $HOME'}
+    words = shlex.split(run_command("HSTU", "ml-100k", settings))
+    assert words == ["run_recbole", "--model=HSTU", "--dataset=ml-100k", "--metrics=['Hit', 'NDCG']",
+                     "--topk=[1, 5]", "--valid_metric=NDCG@10", '--note=say "hi" $HOME']  # fmt: skip
+
+
+def test_result_tables_sharing_a_file_keep_each_others_rows(tmp_path):
+    from common import ResultTable
+
+    path = tmp_path / "shared.csv"
+    first, second = ResultTable(path), ResultTable(path)  # two benchmark processes, both started on an empty file
+    first.append({"key": "a", "test_ndcg@10": 0.1})
+    second.append({"key": "b", "test_ndcg@10": 0.2, "test_gmv@10": 0.3})  # a new column, too
+    rows = list(csv.DictReader(path.open()))
+    assert [row["key"] for row in rows] == ["a", "b"]
+    assert rows[0]["test_gmv@10"] == "" and rows[1]["test_gmv@10"] == "0.3"
+    assert second.has("a")  # the second process now knows the first one's row
+
+
+def test_a_changed_package_default_makes_rows_stale(tmp_path, monkeypatch):
+    import common
+
+    settings = {"MAX_ITEM_LIST_LENGTH": 50, "seed": 2020}
+    before = common.row_key("HSTU", "HSTU", "ml-100k", settings)
+    assert common.row_key("HSTU", "HSTU", "ml-100k", {**settings, "seed": 2021}) != before  # seeds differ
+    assert common.config_hash("HSTU", "HSTU", "ml-100k", {**settings, "seed": 2021}) in before  # configs do not
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    defaults = yaml.safe_load((common.properties_dir() / "model" / "HSTU.yaml").read_text())
+    (model_dir / "HSTU.yaml").write_text(yaml.safe_dump({**defaults, "dropout_prob": 0.5}))
+    (tmp_path / "overall.yaml").write_text((common.properties_dir() / "overall.yaml").read_text())
+    monkeypatch.setattr(common, "properties_dir", lambda: tmp_path)
+    assert common.row_key("HSTU", "HSTU", "ml-100k", settings) != before
+
+
+def test_rows_record_the_code_version():
+    from common import code_version
+
+    version = code_version()
+    assert version == "unknown" or len(version.removesuffix("-dirty")) >= 7
+
+
+def test_a_default_a_row_overrides_does_not_make_it_stale(monkeypatch):
+    import common
+
+    settings = {"dropout_prob": 0.3, "seed": 2020}
+    before = common.row_key("HSTU", "HSTU", "ml-100k", settings)
+    defaults = common.package_defaults("HSTU", "ml-100k")
+    monkeypatch.setattr(common, "package_defaults", lambda model, dataset: {**defaults, "dropout_prob": 0.5})
+    assert common.row_key("HSTU", "HSTU", "ml-100k", settings) == before
+
+
+def test_paired_difference_matches_users_across_orders():
+    from common import paired_difference, per_user_mean
+
+    # Two seeds of row A (users in different orders) and row B, which tested user 4 that A did not.
+    a = per_user_mean(
+        [np.array([1, 2, 3]), np.array([3, 1, 2])], [np.array([0.2, 0.4, 0.0]), np.array([1.0, 0.0, 0.4])]
+    )
+    b = (np.array([4, 3, 2, 1]), np.array([9.0, 0.5, 0.1, 0.1]))
+    np.testing.assert_allclose(a[1], [0.1, 0.4, 0.5])  # users 1, 2, 3
+    np.testing.assert_allclose(paired_difference(a, b), [0.0, 0.3, 0.0])
