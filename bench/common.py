@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 from scipy import stats
 
-from recbole_oneranker.config import dataset_configs_dir, properties_dir
+from recbole_oneranker.config import package_layers
 from recbole_oneranker.data.converters import convert_dataset
 from recbole_oneranker.data.paths import raw_dataset_dir
 
@@ -82,15 +82,10 @@ def run_command(model: str, dataset: str, settings: dict[str, Any]) -> str:
 
 
 def package_defaults(model: str, dataset: str) -> dict[str, Any]:
-    """The package's defaults a row runs on, merged as ``Config`` layers them: ``properties/overall.yaml``, then
-    ``properties/model/<model>.yaml``, then ``dataset_configs/<dataset>.yaml`` (RecBole's own are frozen at 1.2.1)."""
-    files = [
-        properties_dir() / "overall.yaml",
-        properties_dir() / "model" / f"{model}.yaml",
-        dataset_configs_dir() / f"{dataset}.yaml",
-    ]
+    """The package's defaults a row runs on, merged as ``Config`` layers them (:func:`package_layers`; RecBole's
+    own defaults are frozen at 1.2.1)."""
     merged: dict[str, Any] = {}
-    for path in files:
+    for path in package_layers(model, dataset):
         if path.is_file():
             merged.update(yaml.safe_load(path.read_text()) or {})
     return merged

@@ -69,6 +69,16 @@ def dataset_configs_dir() -> Path:
     return _resource_dir("dataset_configs")
 
 
+def package_layers(model: str, dataset: str) -> tuple[Path, Path, Path]:
+    """This package's default files for a run, lowest priority first: ``properties/overall.yaml``,
+    ``properties/model/<model>.yaml`` and ``dataset_configs/<dataset>.yaml`` (the last two need not exist)."""
+    return (
+        properties_dir() / "overall.yaml",
+        properties_dir() / "model" / f"{model}.yaml",
+        dataset_configs_dir() / f"{dataset}.yaml",
+    )
+
+
 def _yaml_keys(files: Iterable[Path]) -> set[str]:
     keys: set[str] = set()
     for file in files:
@@ -170,11 +180,10 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        self._update_internal_config_dict(properties_dir() / "overall.yaml")
-        model_file = properties_dir() / "model" / f"{model}.yaml"
+        overall_file, model_file, dataset_file = package_layers(model, dataset)
+        self._update_internal_config_dict(overall_file)
         if model_file.is_file():
             self._update_internal_config_dict(model_file)
-        dataset_file = dataset_configs_dir() / f"{dataset}.yaml"
         if dataset_file.is_file():
             dataset_keys = self._update_internal_config_dict(dataset_file) or {}
             self.parameters["Dataset"] += [key for key in dataset_keys if key not in self.parameters["Dataset"]]

@@ -118,6 +118,8 @@ def test_result_tables_sharing_a_file_keep_each_others_rows(tmp_path):
 def test_a_changed_package_default_makes_rows_stale(tmp_path, monkeypatch):
     import common
 
+    from recbole_oneranker import config
+
     settings = {"MAX_ITEM_LIST_LENGTH": 50, "seed": 2020}
     before = common.row_key("HSTU", "HSTU", "ml-100k", settings)
     assert common.row_key("HSTU", "HSTU", "ml-100k", {**settings, "seed": 2021}) != before  # seeds differ
@@ -125,10 +127,10 @@ def test_a_changed_package_default_makes_rows_stale(tmp_path, monkeypatch):
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    defaults = yaml.safe_load((common.properties_dir() / "model" / "HSTU.yaml").read_text())
+    defaults = yaml.safe_load((config.properties_dir() / "model" / "HSTU.yaml").read_text())
     (model_dir / "HSTU.yaml").write_text(yaml.safe_dump({**defaults, "dropout_prob": 0.5}))
-    (tmp_path / "overall.yaml").write_text((common.properties_dir() / "overall.yaml").read_text())
-    monkeypatch.setattr(common, "properties_dir", lambda: tmp_path)
+    (tmp_path / "overall.yaml").write_text((config.properties_dir() / "overall.yaml").read_text())
+    monkeypatch.setattr(config, "properties_dir", lambda: tmp_path)
     assert common.row_key("HSTU", "HSTU", "ml-100k", settings) != before
 
 
