@@ -91,10 +91,20 @@ def package_defaults(model: str, dataset: str) -> dict[str, Any]:
     return merged
 
 
+# Keys that decide how a run is kept, not what it computes: left out of a row's identity, so adding one to the
+# defaults does not make every row stale. (run_id and log_dir are of the kind too, but stay in: they were part of
+# every identity made so far.)
+RESULT_NEUTRAL_KEYS = frozenset({"resume_training"})
+
+
 def config_hash(label: str, model: str, dataset: str, settings: dict[str, Any]) -> str:
     """Identity of a row's configuration, seed aside: its settings over the package defaults, so rows made before
     a bench config or a default they run on changed no longer match (a default a row overrides does not count)."""
-    effective = {**package_defaults(model, dataset), **{k: v for k, v in settings.items() if k != "seed"}}
+    effective = {
+        key: value
+        for key, value in {**package_defaults(model, dataset), **settings}.items()
+        if key != "seed" and key not in RESULT_NEUTRAL_KEYS
+    }
     return hashlib.sha1(json.dumps([label, model, effective], sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -68,14 +68,24 @@ class ValidationRecorder:
         if better:
             self.best = (score, epoch, time.perf_counter() - self.start)
 
+    # Kept in the trainer's snapshot, so a resumed row counts the earlier processes' epochs and seconds.
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "best": self.best, "elapsed_s": time.perf_counter() - self.start}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epochs, self.best = state["epochs"], tuple(state["best"]) if state["best"] else None
+        self.start = time.perf_counter() - state["elapsed_s"]
+
 
 def run_row(
     label: str, model: str, dataset: str, settings: dict[str, Any], ranks_dir: Path, commit: str
 ) -> dict[str, Any]:
-    recorder = ValidationRecorder()
-    result = run(model, dataset, config_dict=settings, callback_fn=recorder)
     key = row_key(label, model, dataset, settings)
     file_name = re.sub(r"[^\w.=-]+", "_", key)  # labels may hold '/' or spaces
+    recorder = ValidationRecorder()
+    # A row killed part-way (a long row outlives a session) continues from its last validation when re-run.
+    resumable = {"run_id": f"bench-{ranks_dir.name}-{file_name}", "resume_training": True}
+    result = run(model, dataset, config_dict={**settings, **resumable}, callback_fn=recorder)
     ranks_file = ranks_dir / f"{file_name}.npy"
     ranks_file.parent.mkdir(parents=True, exist_ok=True)
     np.save(ranks_file, result["test_ranks"].astype(np.int32))

@@ -66,8 +66,10 @@ def check_pandas() -> None:
         )
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A config value as something ``torch.load(weights_only=True)`` accepts (containers, str, numbers)."""
+    if isinstance(value, np.generic):  # before float: np.float64 is a float subclass that the loader rejects
+        return plain_value(value.item())
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -75,11 +77,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.name
     if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): plain_value(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if isinstance(value, np.generic):
-        return _plain(value.item())
+        return [plain_value(item) for item in value]
     return str(value)
 
 
@@ -99,7 +99,7 @@ def checkpoint_state(
     """
     other_parameter = model.other_parameter()
     return {
-        "config": _plain(dict(config.final_config_dict)),
+        "config": plain_value(dict(config.final_config_dict)),
         "epoch": int(epoch),
         "cur_step": int(cur_step),
         "best_valid_score": float(best_valid_score),
@@ -111,7 +111,7 @@ def checkpoint_state(
 
 def _plain_tensors(mapping: dict[str, Any]) -> dict[str, Any]:
     """Non-parameter model state: tensors stay tensors, everything else becomes plain values."""
-    return {key: value if torch.is_tensor(value) else _plain(value) for key, value in mapping.items()}
+    return {key: value if torch.is_tensor(value) else plain_value(value) for key, value in mapping.items()}
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str) -> dict[str, Any]:

@@ -193,6 +193,10 @@ class Config(RecBoleConfig):
         if final_config.get("MODEL_TYPE") == ModelType.SEQUENTIAL:
             compat.default_negatives_for_ce(final_config, self.external_config_dict)
         if not final_config.get("run_id"):
+            if final_config.get("resume_training"):
+                raise ConfigError(
+                    "resume_training needs a fixed run_id (the snapshot is <checkpoint_dir>/<run_id>-resume.pth)"
+                )
             final_config["run_id"] = compat.unique_run_id(self.model, self.dataset)
         return final_config
 

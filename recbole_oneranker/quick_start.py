@@ -88,7 +88,8 @@ def run(
         dict with ``model``, ``dataset``, ``run_id``, ``best_valid_score``, ``valid_score_bigger``,
         ``best_valid_result``, ``test_result``, ``test_ranks`` (per test user, the 1-based rank of the target within
         the top ``max(topk)``, 0 beyond), ``test_users`` (their user ids, in the same order), ``candidate_result``
-        (:func:`evaluate_candidate_set`, or None), ``protocol``, ``saved_model_file``, ``log_file``, ``wall_time_s``.
+        (:func:`evaluate_candidate_set`, or None), ``protocol``, ``saved_model_file``, ``log_file``, ``wall_time_s``
+        (with ``resume_training``, also the training seconds of the earlier processes of this ``run_id``).
     """
     start = time.perf_counter()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
@@ -126,6 +127,7 @@ def run(
     logger.info(set_color("protocol", "yellow") + f": {protocol}")
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
+    trainer.discard_snapshot()  # the results are complete: a re-run with this run_id trains afresh
     return {
         "model": config["model"],
         "dataset": config["dataset"],
@@ -140,7 +142,7 @@ def run(
         "protocol": protocol,
         "saved_model_file": trainer.saved_model_file if saved else None,
         "log_file": log_file,
-        "wall_time_s": time.perf_counter() - start,
+        "wall_time_s": time.perf_counter() - start + trainer.elapsed_before_s,
     }
 
 

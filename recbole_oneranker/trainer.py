@@ -7,6 +7,9 @@ with :class:`RunSafetyMixin` mixed in), so all rows of a comparison share checkp
 from __future__ import annotations
 
 import os
+import random
+import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +29,9 @@ class RunSafetyMixin:
     - the evaluation collector also gathers target values, for GMV@K;
     - ``adam_betas`` sets the betas of Adam / AdamW (RecBole always uses torch's defaults);
     - a model may define ``on_train_epoch_start(epoch)``, called before each training epoch (e.g. OneRanker
-      refreshes its Fake Item Tokens there).
+      refreshes its Fake Item Tokens there);
+    - ``resume_training: True`` snapshots the whole training state after every validation and continues from the
+      snapshot in a later process (see :meth:`fit`).
     """
 
     def __init__(self, config, model):
@@ -40,6 +45,11 @@ class RunSafetyMixin:
                 "history of general models from full-ranking scores"
             )
         self.eval_collector = ValueCollector(config)
+        self.resume_file = (
+            os.path.join(self.checkpoint_dir, f"{run_id}-resume.pth") if config["resume_training"] else None
+        )
+        self.elapsed_before_s = 0.0  # training seconds of earlier processes, when resumed from a snapshot
+        self._clock_start = time.perf_counter()
 
     def _build_optimizer(self, **kwargs):
         optimizer = super()._build_optimizer(**kwargs)
@@ -54,6 +64,74 @@ class RunSafetyMixin:
         if hook is not None:
             hook(epoch_idx)
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+
+    def fit(self, train_data, valid_data=None, *args, **kwargs):
+        """RecBole's ``fit``; with ``resume_training``, continued from this run's snapshot when it has one.
+
+        The snapshot (``<checkpoint_dir>/<run_id>-resume.pth``) is written after every validation and holds what
+        the next epoch depends on: weights, optimizer, early-stopping state, best validation result, the random
+        generators (torch, numpy, python, the training loader's shuffle) and the state of ``callback_fn`` when it
+        has ``state_dict`` / ``load_state_dict``. A run killed at any point and started again with the same
+        ``run_id`` therefore trains the epochs it had not validated and ends as the uninterrupted run would; the
+        best checkpoint (``<run_id>.pth``) is the earlier process's. :meth:`discard_snapshot` removes the file once
+        the caller has tested.
+        """
+        if self.resume_file is None:  # special trainers' fit take other arguments: pass them through untouched
+            return super().fit(train_data, valid_data, *args, **kwargs)
+        callback_fn = kwargs.pop("callback_fn", None)
+        finished = os.path.exists(self.resume_file) and self._restore_snapshot(train_data, callback_fn)
+        if finished:
+            self.logger.info(f"Training had finished before ({self.resume_file}): only testing")
+            return self.best_valid_score, self.best_valid_result
+
+        def after_validation(epoch_idx: int, valid_score: float) -> None:
+            if callback_fn is not None:
+                callback_fn(epoch_idx, valid_score)
+            self._save_snapshot(epoch_idx, train_data, callback_fn)
+
+        return super().fit(train_data, valid_data, *args, callback_fn=after_validation, **kwargs)
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds this run has trained: since this trainer was built, plus earlier processes' when resumed."""
+        return self.elapsed_before_s + time.perf_counter() - self._clock_start
+
+    def _save_snapshot(self, epoch_idx: int, train_data, callback_fn) -> None:
+        state = compat.checkpoint_state(
+            config=self.config,
+            epoch=epoch_idx,
+            cur_step=self.cur_step,
+            best_valid_score=self.best_valid_score,
+            model=self.model,
+            optimizer=self.optimizer,
+        )
+        state.update(
+            best_valid_result={name: float(value) for name, value in (self.best_valid_result or {}).items()},
+            # RecBole stops once the early-stopping counter passes stopping_step
+            finished=self.cur_step > self.stopping_step or epoch_idx + 1 >= self.epochs,
+            elapsed_s=self.elapsed_s,
+            random_states=_random_states(train_data),
+            callback_state=compat.plain_value(callback_fn.state_dict()) if hasattr(callback_fn, "state_dict") else None,
+        )
+        partial = self.resume_file + ".partial"  # a kill while writing leaves the previous snapshot intact
+        torch.save(state, partial)
+        os.replace(partial, self.resume_file)
+
+    def _restore_snapshot(self, train_data, callback_fn) -> bool:
+        """Load the snapshot into this trainer; returns whether its training had already finished."""
+        snapshot = self.resume_checkpoint(self.resume_file)
+        self.saved_model_file = self.resume_file.removesuffix("-resume.pth") + ".pth"  # the best, not the snapshot
+        self.best_valid_result = snapshot["best_valid_result"]
+        self.elapsed_before_s = float(snapshot["elapsed_s"])
+        _set_random_states(snapshot["random_states"], train_data)
+        if snapshot["callback_state"] is not None and hasattr(callback_fn, "load_state_dict"):
+            callback_fn.load_state_dict(snapshot["callback_state"])
+        return bool(snapshot["finished"])
+
+    def discard_snapshot(self) -> None:
+        """Remove this run's snapshot (``resume_training``): call once the run's results are safe."""
+        if self.resume_file is not None and os.path.exists(self.resume_file):
+            os.remove(self.resume_file)
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
@@ -91,6 +169,7 @@ class RunSafetyMixin:
         self.best_valid_score = checkpoint["best_valid_score"]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+        return checkpoint
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
@@ -108,6 +187,31 @@ class RunSafetyMixin:
             # the user has seen before is masked too: this protocol does not reward repeat consumption.
             scores.scatter_(1, history, -np.inf)
         return interaction, scores, positive_u, positive_i
+
+
+def _random_states(train_data) -> dict[str, Any]:
+    """Every random generator training draws from, as tensors and plain values (loadable with weights_only)."""
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gauss),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    if getattr(train_data, "generator", None) is not None:  # RecBole's loaders shuffle with their own generator
+        states["loader"] = train_data.generator.get_state()
+    return states
+
+
+def _set_random_states(states: dict[str, Any], train_data) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, cached_gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
+    random.setstate(states["python"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "loader" in states:
+        train_data.generator.set_state(states["loader"])
 
 
 class Trainer(RunSafetyMixin, RecBoleTrainer):

@@ -151,6 +151,18 @@ def test_a_default_a_row_overrides_does_not_make_it_stale(monkeypatch):
     assert common.row_key("HSTU", "HSTU", "ml-100k", settings) == before
 
 
+def test_a_default_that_cannot_change_results_does_not_make_rows_stale(monkeypatch):
+    import common
+
+    settings = {"seed": 2020}
+    defaults = common.package_defaults("HSTU", "ml-100k")
+    before = common.row_key("HSTU", "HSTU", "ml-100k", settings)
+    for neutral in common.RESULT_NEUTRAL_KEYS:  # e.g. resume_training: how a run is kept, not what it computes
+        flipped = {**defaults, neutral: not defaults.get(neutral)}
+        monkeypatch.setattr(common, "package_defaults", lambda model, dataset, d=flipped: d)
+        assert common.row_key("HSTU", "HSTU", "ml-100k", settings) == before
+
+
 def test_paired_difference_matches_users_across_orders():
     from common import paired_difference, per_user_mean
 

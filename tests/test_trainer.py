@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import pytest
 import torch
 from recbole.data import data_preparation
 
-from recbole_oneranker.config import Config
+from recbole_oneranker.config import Config, ConfigError
 from recbole_oneranker.data import create_dataset
+from recbole_oneranker.trainer import Trainer
 from recbole_oneranker.utils import get_model, get_trainer
 
 
@@ -88,3 +92,71 @@ def test_candidate_set_protocol(tiny_config):
     assert "candidate set: target + 29 uniform negatives" in result["protocol"]
     # The run's own metrics are untouched by the extra evaluation.
     assert set(result["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10", "gmv@5", "gmv@10"}
+
+
+class _Interrupted(Exception):
+    """Stands for the process being killed."""
+
+
+class _ScoreLog:
+    """A stateful ``callback_fn``: the validation scores so far; raises :class:`_Interrupted` at ``stop_at``."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.scores: list[float] = []
+        self.stop_at = stop_at
+        self.calls = 0  # in this process only
+
+    def __call__(self, epoch: int, score: float) -> None:
+        self.calls += 1
+        if epoch == self.stop_at:
+            raise _Interrupted
+        self.scores.append(score)
+
+    def state_dict(self) -> dict:
+        return {"scores": list(self.scores)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scores = list(state["scores"])
+
+
+def _resumable_run(tiny_config, run_id: str, callback):
+    from recbole_oneranker.quick_start import run
+
+    # HSTU draws from the torch generator (dropout, negatives) and the loader shuffles: a resume must restore both.
+    settings = {**tiny_config, "epochs": 4, "stopping_step": 10, "run_id": run_id, "resume_training": True}
+    return run("HSTU", "ml-tiny", config_dict=settings, callback_fn=callback)
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_config):
+    whole_log = _ScoreLog()
+    whole = _resumable_run(tiny_config, "whole", whole_log)
+
+    with pytest.raises(_Interrupted):  # killed after epoch 1's validation, before its snapshot
+        _resumable_run(tiny_config, "cut", _ScoreLog(stop_at=2))
+    assert os.path.exists(os.path.join("saved", "cut-resume.pth"))
+    resumed_log = _ScoreLog()
+    resumed = _resumable_run(tiny_config, "cut", resumed_log)
+
+    assert resumed_log.scores == whole_log.scores and len(whole_log.scores) == 4
+    assert resumed["best_valid_result"] == whole["best_valid_result"]
+    assert resumed["test_result"] == whole["test_result"]
+    assert np.array_equal(resumed["test_ranks"], whole["test_ranks"])
+    assert not os.path.exists(os.path.join("saved", "cut-resume.pth"))  # discarded once tested
+
+
+def test_run_killed_after_training_only_tests_when_resumed(tiny_config, monkeypatch):
+    whole_log = _ScoreLog()
+    whole = _resumable_run(tiny_config, "whole", whole_log)
+    with monkeypatch.context() as patch:  # killed between training and testing: the snapshot stays
+        patch.setattr(Trainer, "discard_snapshot", lambda self: None)
+        _resumable_run(tiny_config, "cut", _ScoreLog())
+    resumed_log = _ScoreLog()
+    resumed = _resumable_run(tiny_config, "cut", resumed_log)
+    assert resumed_log.calls == 0 and resumed_log.scores == whole_log.scores  # no training, the state came back
+    assert resumed["best_valid_result"] == whole["best_valid_result"]
+    assert resumed["test_result"] == whole["test_result"]
+
+
+def test_resume_training_needs_a_fixed_run_id(tiny_config):
+    with pytest.raises(ConfigError, match="fixed run_id"):
+        Config("HSTU", "ml-tiny", config_dict={**tiny_config, "resume_training": True})
