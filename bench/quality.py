@@ -126,9 +126,8 @@ def _per_user_ndcg(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] 
     return per_user_mean(users, [ndcg_from_ranks(np.load(REPO / row["ranks_file"]), 10) for row in rows])
 
 
-def _paired_cell(rows: list[dict[str, Any]], baseline: tuple[np.ndarray, np.ndarray] | None) -> str:
+def _paired_cell(own: tuple[np.ndarray, np.ndarray] | None, baseline: tuple[np.ndarray, np.ndarray] | None) -> str:
     """Mean per-user NDCG@10 difference to the baseline row and its 95% paired bootstrap interval."""
-    own = _per_user_ndcg(rows)
     if own is None or baseline is None:
         return "-"
     difference = paired_difference(own, baseline)
@@ -161,7 +160,8 @@ def write_report(
     lines = [
         f"# {dataset}: test metrics (mean ± 95% t-interval over seeds)",
         "",
-        f"Produced by `{command}` (resumable; rows accumulate across runs). Early stopping on validation NDCG@10;",
+        f"Last written by `{command}`; rows accumulate across runs, each run's own command is under Runs.",
+        "Early stopping on validation NDCG@10;",
         "each row's best checkpoint is tested once. Per-user bootstrap: 95% interval of NDCG@10 over test users, on",
         "each user's NDCG@10 averaged over seeds (1000 resamples)."
         + (
@@ -193,14 +193,14 @@ def write_report(
         for column in [f"test_{m}" for m in metrics] + [f"candidate_{m}" for m in candidate_metrics]:
             mean, half = mean_ci([float(r[column]) for r in label_rows])
             cells.append(f"{mean:.4f} ± {half:.4f}")
-        per_user = np.mean([ndcg_from_ranks(np.load(REPO / r["ranks_file"]), 10) for r in label_rows], axis=0)
-        low, high = bootstrap_ci(per_user)
+        per_user = _per_user_ndcg(label_rows)
+        spread = "[{:.4f}, {:.4f}]".format(*bootstrap_ci(per_user[1])) if per_user is not None else "-"
         epochs = np.mean([int(r["best_epoch"]) + 1 for r in label_rows])
         to_best = np.mean([float(r["time_to_best_s"]) for r in label_rows])
         wall = np.mean([float(r["wall_time_s"]) for r in label_rows])
-        paired = f" | {_paired_cell(label_rows, baseline_ndcg)}" if baseline else ""
+        paired = f" | {_paired_cell(per_user, baseline_ndcg)}" if baseline else ""
         lines.append(
-            f"| {label} | {len(label_rows)} | " + " | ".join(cells) + f" | [{low:.4f}, {high:.4f}]{paired} | "
+            f"| {label} | {len(label_rows)} | " + " | ".join(cells) + f" | {spread}{paired} | "
             f"{epochs:.0f} | {to_best:.0f} | {wall:.0f} |"
         )
     lines += [
