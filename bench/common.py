@@ -95,6 +95,10 @@ def package_defaults(model: str, dataset: str) -> dict[str, Any]:
 # defaults does not make every row stale. (run_id and log_dir are of the kind too, but stay in: they were part of
 # every identity made so far.)
 RESULT_NEUTRAL_KEYS = frozenset({"resume_training"})
+# Keys added to the defaults after rows were made, each with the value that does what the code did before it
+# existed: a row run with that value is the row it was, so the key stays out of its identity; any other value
+# (a row's setting, or a later default) enters it.
+UNCHANGED_BEHAVIOUR: dict[str, Any] = {"ranker_interaction": False}
 
 
 def config_hash(label: str, model: str, dataset: str, settings: dict[str, Any]) -> str:
@@ -103,7 +107,7 @@ def config_hash(label: str, model: str, dataset: str, settings: dict[str, Any]) 
     effective = {
         key: value
         for key, value in {**package_defaults(model, dataset), **settings}.items()
-        if key != "seed" and key not in RESULT_NEUTRAL_KEYS
+        if key != "seed" and key not in RESULT_NEUTRAL_KEYS and UNCHANGED_BEHAVIOUR.get(key, ...) != value
     }
     return hashlib.sha1(json.dumps([label, model, effective], sort_keys=True).encode()).hexdigest()[:12]
 

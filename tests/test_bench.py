@@ -163,6 +163,20 @@ def test_a_default_that_cannot_change_results_does_not_make_rows_stale(monkeypat
         assert common.row_key("HSTU", "HSTU", "ml-100k", settings) == before
 
 
+def test_a_key_added_with_the_old_behaviour_keeps_rows_until_its_value_changes(monkeypatch):
+    import common
+
+    settings = {"seed": 2020}
+    defaults = common.package_defaults("OneRanker", "ml-100k")
+    before = common.row_key("OneRanker", "OneRanker", "ml-100k", settings)  # made before the key existed
+    monkeypatch.setitem(common.UNCHANGED_BEHAVIOUR, "new_switch", False)
+    monkeypatch.setattr(common, "package_defaults", lambda model, dataset: {**defaults, "new_switch": False})
+    assert common.row_key("OneRanker", "OneRanker", "ml-100k", settings) == before
+    assert common.row_key("OneRanker", "OneRanker", "ml-100k", {**settings, "new_switch": True}) != before
+    monkeypatch.setattr(common, "package_defaults", lambda model, dataset: {**defaults, "new_switch": True})
+    assert common.row_key("OneRanker", "OneRanker", "ml-100k", settings) != before  # a later default that differs
+
+
 def test_paired_difference_matches_users_across_orders():
     from common import paired_difference, per_user_mean
 
