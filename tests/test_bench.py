@@ -187,3 +187,23 @@ def test_paired_difference_matches_users_across_orders():
     b = (np.array([4, 3, 2, 1]), np.array([9.0, 0.5, 0.1, 0.1]))
     np.testing.assert_allclose(a[1], [0.1, 0.4, 0.5])  # users 1, 2, 3
     np.testing.assert_allclose(paired_difference(a, b), [0.0, 0.3, 0.0])
+
+
+def test_reported_ml100k_rows_carry_the_command_of_their_settings():
+    # A row re-keyed after a default changed must also name the setting it ran with, or its command reruns another
+    # model (checked on the committed ml-100k tables, whose data needs no conversion).
+    from common import config_hash, run_command
+
+    for bench_config in (
+        None,
+        REPO / "bench/configs/ml-100k-ablation.yaml",
+        REPO / "bench/configs/ml-100k-design.yaml",
+    ):
+        config = quality.load_bench_config("ml-100k", bench_config)
+        table = REPO / "results" / f"{bench_config.stem if bench_config else 'ml-100k'}.csv"
+        for row in csv.DictReader(table.open(newline="")):
+            if row["label"] not in config["rows"]:
+                continue
+            model, settings = quality.row_settings(config, row["label"], {"seed": int(row["seed"])})
+            if config_hash(row["label"], model, "ml-100k", settings) == row["config_hash"]:  # a reported row
+                assert row["command"] == run_command(model, "ml-100k", settings), (table.name, row["label"])

@@ -76,7 +76,6 @@ class OneRanker(HSTU):
         self.inject_step2_kv = config["inject_step2_kv"] and self.use_step2
         self.ranker_residual = config["ranker_residual"]
         self.rank_forced_targets = config["rank_forced_targets"]
-        self.ranker_interaction = config["ranker_interaction"]
         self.task_decoupling = config["task_decoupling"]
         self.heterogeneous_mask = config["heterogeneous_mask"]
         self.decoders_train_backbone = config["decoders_train_backbone"]
@@ -116,11 +115,10 @@ class OneRanker(HSTU):
             # candidates start in the generator's order and the ranker earns its say through the pairwise loss.
             self.rank_gate = nn.Parameter(torch.zeros(()))
             self.ranker = QueryDecoder(QueryDecoderConfig(**decoder, num_layers=config["rank_decoder_layers"]))
-            head_in = 2 * d if self.ranker_interaction else d
             self.task_heads = nn.ModuleList(
-                nn.Sequential(nn.Linear(head_in, d), nn.GELU(), nn.Linear(d, 1)) for _ in self._ranked_stages()
+                nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1)) for _ in self._ranked_stages()
             )
-            self.value_head = nn.Linear(head_in, 1) if self.value_field else None
+            self.value_head = nn.Linear(d, 1) if self.value_field else None
 
         # parameters initialization (HSTU initialised the backbone) and first Fake Item Tokens
         for embedding in (self.level_embedding, *self.user_token_embeddings.values()):
@@ -340,8 +338,6 @@ class OneRanker(HSTU):
         visible = self._visible(states, positions, seq_lens)
         out = self.ranker(queries, states, visible, self._rank_mask(num).to(states.device), private)
         candidate_out = out[:, :, 1:]  # [B, R, N, D]
-        if self.ranker_interaction:
-            candidate_out = torch.cat([candidate_out, self._affinity(states, positions, candidates)], dim=-1)
         stage_logits = torch.cat([head(candidate_out) for head in self.task_heads], dim=-1)  # [B, R, N, S]
         log_value = (
             torch.log(F.softplus(self.value_head(candidate_out)).squeeze(-1) + 1e-6)
@@ -349,12 +345,6 @@ class OneRanker(HSTU):
             else torch.zeros_like(stage_logits[..., 0])
         )
         return stage_logits, log_value
-
-    def _affinity(self, states: Tensor, positions: Tensor, candidates: Tensor) -> Tensor:
-        """``[B, R, N, D]``: the user state at each position times each candidate, both normalised, scaled by D."""
-        users = states.gather(1, positions.unsqueeze(-1).expand(-1, -1, states.shape[-1]))  # [B, R, D]
-        items = F.normalize(self._item_table_for_decoders(candidates), dim=-1)  # [B, R, N, D]
-        return self.user_vectors(users).unsqueeze(2) * items * self.hidden_size
 
     @staticmethod
     def _ranker_scores(stage_logits: Tensor, log_value: Tensor) -> Tensor:
