@@ -96,15 +96,18 @@ class RunSafetyMixin:
         """Seconds this run has trained: since this trainer was built, plus earlier processes' when resumed."""
         return self.elapsed_before_s + time.perf_counter() - self._clock_start
 
-    def _save_snapshot(self, epoch_idx: int, train_data, callback_fn) -> None:
-        state = compat.checkpoint_state(
+    def _checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        return compat.checkpoint_state(
             config=self.config,
-            epoch=epoch_idx,
+            epoch=epoch,
             cur_step=self.cur_step,
             best_valid_score=self.best_valid_score,
             model=self.model,
             optimizer=self.optimizer,
         )
+
+    def _save_snapshot(self, epoch_idx: int, train_data, callback_fn) -> None:
+        state = self._checkpoint_state(epoch_idx)
         state.update(
             best_valid_result={name: float(value) for name, value in (self.best_valid_result or {}).items()},
             # RecBole stops once the early-stopping counter passes stopping_step
@@ -137,15 +140,7 @@ class RunSafetyMixin:
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
-        state = compat.checkpoint_state(
-            config=self.config,
-            epoch=epoch,
-            cur_step=self.cur_step,
-            best_valid_score=self.best_valid_score,
-            model=self.model,
-            optimizer=self.optimizer,
-        )
-        torch.save(state, saved_model_file)
+        torch.save(self._checkpoint_state(epoch), saved_model_file)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
