@@ -63,6 +63,41 @@ def test_length_buckets_do_not_change_the_loss(hstu_setup):
     torch.testing.assert_close(losses[2], losses[0])
 
 
+def test_seen_before_by_hand(hstu_setup):
+    model, _, _ = hstu_setup()
+    seen = model._seen_before(torch.tensor([[5, 6, 7], [8, 0, 0]]))
+    assert seen.tolist() == [[[5, 0, 0], [5, 6, 0], [5, 6, 7]], [[8, 0, 0], [8, 0, 0], [8, 0, 0]]]
+
+
+def test_history_negatives_add_only_the_earlier_items_not_the_target(hstu_setup):
+    model, _, _ = hstu_setup(history_negatives=True)
+    users = torch.nn.functional.normalize(torch.randn(2, model.hidden_size), dim=-1)
+    scorer = model._dot_scorer(users)
+    targets = torch.tensor([3, 4])
+    seen = torch.tensor([[5, 6, 0], [4, 0, 0]])  # row 1 has seen its own target before: a repeat, never a negative
+
+    def loss(seen_items):
+        torch.manual_seed(0)  # the same uniform negatives
+        return model._softmax_loss(scorer, targets, seen_items)
+
+    without, with_seen = loss(None), loss(seen)
+    assert with_seen[0] > without[0]  # items 5 and 6 joined row 0's denominator
+    torch.testing.assert_close(with_seen[1], without[1])  # the target and padding were masked out
+    model.history_negatives = False
+    torch.testing.assert_close(loss(seen), without)  # the switch is off: seen is ignored
+
+
+def test_history_negatives_raise_the_training_loss(hstu_setup):
+    model, train, _ = hstu_setup(history_negatives=True)
+    model.eval()  # no dropout: only the negatives differ
+    batch = next(iter(train))
+    torch.manual_seed(0)
+    with_seen = model.calculate_loss(batch)
+    model.history_negatives = False
+    torch.manual_seed(0)
+    assert with_seen > model.calculate_loss(batch)
+
+
 def test_full_sort_agrees_with_predict(hstu_setup):
     model, _, test = hstu_setup()
     model.eval()

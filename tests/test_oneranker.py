@@ -225,6 +225,18 @@ def test_decoders_with_backbone_gradients(build):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
 
 
+def test_history_negatives_reach_the_generation_loss(build):
+    model, train, _ = build(history_negatives=True)
+    model.eval()  # no dropout: only the negatives differ
+    batch = next(iter(train))
+    torch.manual_seed(0)
+    _, with_seen = model._encode_with_generation_loss(batch)
+    model.history_negatives = False
+    torch.manual_seed(0)
+    _, without = model._encode_with_generation_loss(batch)
+    assert with_seen > without
+
+
 def test_gradients_reach_every_parameter(build):
     model, train, _ = build(n_gen_heads=2)
     _loss(model, next(iter(train))).backward()

@@ -58,6 +58,7 @@ class HSTU(SequentialRecommender):
         self.dropout_prob = config["dropout_prob"]
         self.loss_type = config["loss_type"]
         self.num_negatives = config["num_negatives"]
+        self.history_negatives = config["history_negatives"]
         self.temperature = config["temperature"]
         self.length_bucket_size = config["length_bucket_size"]
         self.use_time = config["relative_bias"] == "time_and_position"
@@ -205,17 +206,24 @@ class HSTU(SequentialRecommender):
             targets = self._next_items(bucket, states.shape[1])  # [b, n]
             valid = targets > 0
             scorer = self._dot_scorer(self.user_vectors(states[valid]))
-            total_loss = total_loss + self._softmax_loss(scorer, targets[valid]).sum()
+            seen = (
+                self._seen_before(bucket[self.ITEM_SEQ][:, : states.shape[1]])[valid]
+                if self.history_negatives
+                else None
+            )
+            total_loss = total_loss + self._softmax_loss(scorer, targets[valid], seen).sum()
             total_positions += int(valid.sum())
         return total_loss / max(total_positions, 1)
 
-    def _softmax_loss(self, scorer: Callable[[Tensor], Tensor], targets: Tensor) -> Tensor:
+    def _softmax_loss(self, scorer: Callable[[Tensor], Tensor], targets: Tensor, seen: Tensor | None = None) -> Tensor:
         """Cross-entropy of each position's target, over all items or over uniformly sampled negatives.
 
         Args:
             scorer: maps normalised item vectors, ``[n_items, D]`` (all items) or ``[P, C, D]`` (per position), to
                 logits ``[P, ..., n_items]`` or ``[P, ..., C]`` (extra dims share the negatives, e.g. tasks).
             targets: ``[P]`` item ids.
+            seen: ``[P, L]`` items each position has already seen (0 = none), added to its sampled negatives with
+                ``history_negatives`` (full softmax has every item as a negative already).
 
         Returns:
             ``[P, ...]`` negative log-likelihoods.
@@ -226,11 +234,21 @@ class HSTU(SequentialRecommender):
             index = targets.view(-1, *[1] * (logits.dim() - 1)).expand(*logits.shape[:-1], 1)
             return -F.log_softmax(logits, dim=-1).gather(-1, index).squeeze(-1)
         negatives = torch.randint(1, self.n_items, (len(targets), self.num_negatives), device=targets.device)
-        sampled = torch.cat([targets.unsqueeze(1), negatives], dim=1)  # [P, 1 + K]
-        logits = self._sampled_logits(scorer, sampled)  # [P, ..., 1 + K]
-        collision = F.pad(negatives == targets.unsqueeze(1), (1, 0))  # [P, 1 + K]: a negative equal to the target
-        logits = logits.masked_fill(collision.view(len(targets), *[1] * (logits.dim() - 2), -1), float("-inf"))
+        if self.history_negatives and seen is not None:
+            negatives = torch.cat([negatives, seen], dim=1)  # [P, K + L]
+        sampled = torch.cat([targets.unsqueeze(1), negatives], dim=1)  # [P, 1 + K (+ L)]
+        logits = self._sampled_logits(scorer, sampled)  # [P, ..., 1 + K (+ L)]
+        # A negative equal to the target (or a padding slot of seen) is no negative.
+        excluded = F.pad((negatives == targets.unsqueeze(1)) | (negatives == 0), (1, 0))  # [P, 1 + K (+ L)]
+        logits = logits.masked_fill(excluded.view(len(targets), *[1] * (logits.dim() - 2), -1), float("-inf"))
         return -F.log_softmax(logits, dim=-1)[..., 0]
+
+    @staticmethod
+    def _seen_before(history: Tensor) -> Tensor:
+        """``[B, N, N]``: for each position t, the history items at positions <= t (what the user has seen when the
+        item after t is predicted); 0 elsewhere. ``history``: ``[B, N]`` item ids, 0-padded."""
+        positions = torch.arange(history.shape[1], device=history.device)
+        return history.unsqueeze(1) * (positions.unsqueeze(0) <= positions.unsqueeze(1))
 
     def _sampled_logits(self, scorer: Callable[[Tensor], Tensor], sampled: Tensor) -> Tensor:
         """Logits ``[P, ..., S]`` of the ``sampled`` item ids (``[P, S]``) of each position.

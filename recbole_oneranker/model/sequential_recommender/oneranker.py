@@ -438,7 +438,12 @@ class OneRanker(HSTU):
             targets = self._next_items(bucket, states.shape[1])  # [b, n]
             valid = targets > 0
             users = self._generation_users(states[valid])  # [P, H, D]
-            nll = self._softmax_loss(lambda items, u=users: self._generation_logits(u, items), targets[valid])
+            seen = (
+                self._seen_before(bucket[self.ITEM_SEQ][:, : states.shape[1]])[valid]
+                if self.history_negatives
+                else None
+            )
+            nll = self._softmax_loss(lambda items, u=users: self._generation_logits(u, items), targets[valid], seen)
             total = total + nll.sum()
             count += int(valid.sum())
             bucket_states.append(states)
