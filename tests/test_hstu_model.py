@@ -7,7 +7,7 @@ import torch
 from recbole.data import data_preparation
 from recbole.data.interaction import Interaction
 
-from recbole_oneranker.config import Config
+from recbole_oneranker.config import Config, ConfigError
 from recbole_oneranker.data import create_dataset
 from recbole_oneranker.model.sequential_recommender import HSTU
 from recbole_oneranker.quick_start import run
@@ -98,8 +98,34 @@ def test_history_negatives_raise_the_training_loss(hstu_setup):
     assert with_seen > model.calculate_loss(batch)
 
 
-def test_full_sort_agrees_with_predict(hstu_setup):
-    model, _, test = hstu_setup()
+@pytest.mark.parametrize("loss_type", ["sampled_softmax", "full_softmax"])
+def test_repeat_bias_is_learned_and_shifts_exactly_the_seen_items(hstu_setup, loss_type):
+    model, train, test = hstu_setup(repeat_bias=True, history_negatives=True, loss_type=loss_type)
+    model.calculate_loss(next(iter(train))).backward()
+    assert model.repeat_shift.grad.abs() > 0  # seen items among the candidates teach it
+    batch = next(iter(test))[0]
+    model.eval()
+    with torch.no_grad():
+        model.repeat_shift.fill_(0.0)
+        plain = model.full_sort_predict(batch)
+        model.repeat_shift.fill_(-0.5)
+        shifted = model.full_sort_predict(batch)
+    seen = torch.zeros_like(plain, dtype=torch.bool).scatter_(1, batch["item_id_list"], True)
+    seen[:, 0] = False
+    torch.testing.assert_close(shifted[seen], plain[seen] - 0.5)
+    torch.testing.assert_close(shifted[~seen], plain[~seen])
+
+
+def test_repeat_bias_with_sampled_softmax_needs_history_negatives(hstu_setup):
+    with pytest.raises(ConfigError, match="history_negatives"):
+        hstu_setup(repeat_bias=True)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"repeat_bias": True, "history_negatives": True}])
+def test_full_sort_agrees_with_predict(hstu_setup, overrides):
+    model, _, test = hstu_setup(**overrides)
+    if model.repeat_shift is not None:
+        torch.nn.init.constant_(model.repeat_shift, -0.3)
     model.eval()
     batch = next(iter(test))[0]
     with torch.no_grad():

@@ -294,6 +294,11 @@ def test_user_tokens_are_read_before_the_history(build):
         build(user_token_fields=["rating"])
 
 
+def test_repeat_bias_is_refused_until_retrieval_applies_it(build):
+    with pytest.raises(ConfigError, match="repeat_bias is an HSTU option"):
+        build(repeat_bias=True, history_negatives=True)
+
+
 def test_full_sort_puts_ranked_candidates_first(build):
     model, _, test = build()
     model.eval()

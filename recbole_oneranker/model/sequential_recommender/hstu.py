@@ -67,6 +67,11 @@ class HSTU(SequentialRecommender):
         self.TIME = config["TIME_FIELD"]
         if self.loss_type not in _LOSS_TYPES:
             raise ConfigError(f"Make sure 'loss_type' in {list(_LOSS_TYPES)}, got {self.loss_type!r}")
+        if config["repeat_bias"] and self.loss_type == "sampled_softmax" and not self.history_negatives:
+            raise ConfigError(
+                "repeat_bias learns from the seen items among the softmax's candidates: with sampled_softmax set "
+                "history_negatives: True (or use full_softmax)"
+            )
 
         # define layers and loss
         self.hstu_config = HSTUConfig(
@@ -88,6 +93,9 @@ class HSTU(SequentialRecommender):
         )
         self.input_dropout = nn.Dropout(self.dropout_prob)
         self.stack = HSTUStack(self.hstu_config)
+        # A learned shift of the cosine of every item the user has already interacted with (repeat_bias): negative
+        # where users rarely repeat, positive where they often do; from 0, the reference model's scores.
+        self.repeat_shift = nn.Parameter(torch.zeros(())) if config["repeat_bias"] else None
 
         # parameters initialization (as the reference: truncated normal items, 1/sqrt(D) positions)
         nn.init.trunc_normal_(self.item_embedding.weight, std=0.02)
@@ -208,7 +216,7 @@ class HSTU(SequentialRecommender):
             scorer = self._dot_scorer(self.user_vectors(states[valid]))
             seen = (
                 self._seen_before(bucket[self.ITEM_SEQ][:, : states.shape[1]])[valid]
-                if self.history_negatives
+                if self.history_negatives or self.repeat_shift is not None
                 else None
             )
             total_loss = total_loss + self._softmax_loss(scorer, targets[valid], seen).sum()
@@ -230,6 +238,8 @@ class HSTU(SequentialRecommender):
         """
         if self.loss_type == "full_softmax":
             logits = scorer(self.item_vectors())  # [P, ..., n_items]
+            if self.repeat_shift is not None and seen is not None:
+                logits = logits + self._repeat_logits(_catalogue_membership(seen, self.n_items), logits.dim())
             logits[..., 0] = float("-inf")  # the padding item is never a candidate
             index = targets.view(-1, *[1] * (logits.dim() - 1)).expand(*logits.shape[:-1], 1)
             return -F.log_softmax(logits, dim=-1).gather(-1, index).squeeze(-1)
@@ -238,10 +248,19 @@ class HSTU(SequentialRecommender):
             negatives = torch.cat([negatives, seen], dim=1)  # [P, K + L]
         sampled = torch.cat([targets.unsqueeze(1), negatives], dim=1)  # [P, 1 + K (+ L)]
         logits = self._sampled_logits(scorer, sampled)  # [P, ..., 1 + K (+ L)]
+        if self.repeat_shift is not None and seen is not None:
+            is_seen = (sampled.unsqueeze(-1) == seen.unsqueeze(1)).any(-1)  # [P, 1 + K + L]
+            logits = logits + self._repeat_logits(is_seen, logits.dim())
         # A negative equal to the target (or a padding slot of seen) is no negative.
         excluded = F.pad((negatives == targets.unsqueeze(1)) | (negatives == 0), (1, 0))  # [P, 1 + K (+ L)]
         logits = logits.masked_fill(excluded.view(len(targets), *[1] * (logits.dim() - 2), -1), float("-inf"))
         return -F.log_softmax(logits, dim=-1)[..., 0]
+
+    def _repeat_logits(self, is_seen: Tensor, logits_dim: int) -> Tensor:
+        """``is_seen`` (``[P, C]`` bool) as logits to add (``[P, 1.., C]``): the repeat shift over the temperature,
+        in the units of the cosine scores."""
+        shift = is_seen.float() * (self.repeat_shift / self.temperature)
+        return shift.view(len(is_seen), *[1] * (logits_dim - 2), is_seen.shape[-1])
 
     @staticmethod
     def _seen_before(history: Tensor) -> Tensor:
@@ -281,7 +300,21 @@ class HSTU(SequentialRecommender):
 
     def predict(self, interaction):
         user = self.encode_last(interaction)  # [B, D]
-        return (user * self.item_vectors(interaction[self.ITEM_ID])).sum(-1)  # [B]
+        scores = (user * self.item_vectors(interaction[self.ITEM_ID])).sum(-1)  # [B]
+        if self.repeat_shift is None:
+            return scores
+        seen = (interaction[self.ITEM_SEQ] == interaction[self.ITEM_ID].unsqueeze(1)).any(1)
+        return scores + self.repeat_shift * seen
 
     def full_sort_predict(self, interaction):
-        return self.encode_last(interaction) @ self.item_vectors().t()  # [B, n_items]
+        scores = self.encode_last(interaction) @ self.item_vectors().t()  # [B, n_items]
+        if self.repeat_shift is None:
+            return scores
+        return scores + self.repeat_shift * _catalogue_membership(interaction[self.ITEM_SEQ], self.n_items)
+
+
+def _catalogue_membership(items: Tensor, n_items: int) -> Tensor:
+    """``[P, n_items]`` bool: which catalogue items each row of ``items`` (``[P, L]``, 0-padded) holds."""
+    member = torch.zeros(len(items), n_items, dtype=torch.bool, device=items.device).scatter_(1, items, True)
+    member[:, 0] = False
+    return member

@@ -80,6 +80,8 @@ class OneRanker(HSTU):
         self.heterogeneous_mask = config["heterogeneous_mask"]
         self.decoders_train_backbone = config["decoders_train_backbone"]
         self.user_token_fields = self._check_user_token_fields(config, dataset)
+        if config["repeat_bias"]:
+            raise ConfigError("repeat_bias is an HSTU option: OneRanker's retrieval and candidate sets do not apply it")
         if self.gamma and not self.use_ranker:
             raise ConfigError("gamma (the DC loss) needs the ranker as its teacher: set use_ranker: True or gamma: 0")
         if self.use_ranker and self.num_candidates < 2:
