@@ -80,7 +80,8 @@ class ValidationRecorder:
 def run_row(
     label: str, model: str, dataset: str, settings: dict[str, Any], ranks_dir: Path, commit: str
 ) -> dict[str, Any]:
-    key = row_key(label, model, dataset, settings)
+    # The identity of the defaults the run starts with: they may change on disk while it trains.
+    key, identity = row_key(label, model, dataset, settings), config_hash(label, model, dataset, settings)
     file_name = re.sub(r"[^\w.=-]+", "_", key)  # labels may hold '/' or spaces
     recorder = ValidationRecorder()
     # A row killed part-way (a long row outlives a session) continues from its last validation when re-run.
@@ -94,7 +95,7 @@ def run_row(
     best_score, best_epoch, time_to_best = recorder.best if recorder.best else (float("nan"), -1, float("nan"))
     row = {
         "key": key,
-        "config_hash": config_hash(label, model, dataset, settings),
+        "config_hash": identity,
         "label": label,
         "model": model,
         "seed": settings["seed"],
