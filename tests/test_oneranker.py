@@ -294,20 +294,32 @@ def test_user_tokens_are_read_before_the_history(build):
         build(user_token_fields=["rating"])
 
 
-def test_repeat_bias_is_refused_until_retrieval_applies_it(build):
-    with pytest.raises(ConfigError, match="repeat_bias is an HSTU option"):
-        build(repeat_bias=True, history_negatives=True)
+def test_repeat_bias_is_learned_and_keeps_seen_items_out_of_the_candidates(build):
+    model, train, test = build(repeat_bias=True, history_negatives=True)
+    sum(model.calculate_loss(next(iter(train)))).backward()
+    assert model.repeat_shift.grad.abs() > 0
+    model.eval()
+    batch = next(iter(test))[0]
+    seen = torch.zeros(len(batch), model.n_items, dtype=torch.bool).scatter_(1, batch["item_id_list"], True)
+    seen[:, 0] = False
+    with torch.no_grad():
+        model.repeat_shift.fill_(-3.0)  # below any cosine: seen items sink to the bottom of retrieval
+        top = model.full_sort_predict(batch).topk(model.num_candidates, dim=1).indices
+    assert not seen.gather(1, top).any()
 
 
-def test_full_sort_puts_ranked_candidates_first(build):
-    model, _, test = build()
+@pytest.mark.parametrize("overrides", [{}, {"repeat_bias": True, "history_negatives": True}])
+def test_full_sort_puts_ranked_candidates_first(build, overrides):
+    model, _, test = build(**overrides)
     model.eval()
     batch = next(iter(test))[0]
     with torch.no_grad():
+        if model.repeat_shift is not None:
+            model.repeat_shift.fill_(-0.2)
         scores = model.full_sort_predict(batch)
         _, _, _, users, tokens = model._last_position(batch)
         retrieval = model._retrieval_logits(users, tokens.flatten(0, 1), model.item_vectors())
-        candidates = model._candidates(retrieval)
+        candidates = model._candidates(model._shift_seen(retrieval, batch["item_id_list"], in_logits=True))
         pointwise = []
         for column in candidates.t():
             batch["item_id"] = column

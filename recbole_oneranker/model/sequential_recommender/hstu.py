@@ -308,9 +308,15 @@ class HSTU(SequentialRecommender):
 
     def full_sort_predict(self, interaction):
         scores = self.encode_last(interaction) @ self.item_vectors().t()  # [B, n_items]
+        return self._shift_seen(scores, interaction[self.ITEM_SEQ])
+
+    def _shift_seen(self, scores: Tensor, seen: Tensor, in_logits: bool = False) -> Tensor:
+        """``scores`` (``[P, n_items]``) with the repeat shift added to each row's ``seen`` items (``[P, L]``,
+        0-padded); unchanged without ``repeat_bias``. ``in_logits``: scores over the temperature, not cosines."""
         if self.repeat_shift is None:
             return scores
-        return scores + self.repeat_shift * _catalogue_membership(interaction[self.ITEM_SEQ], self.n_items)
+        shift = self.repeat_shift / self.temperature if in_logits else self.repeat_shift
+        return scores + shift * _catalogue_membership(seen, self.n_items)
 
 
 def _catalogue_membership(items: Tensor, n_items: int) -> Tensor:

@@ -80,8 +80,6 @@ class OneRanker(HSTU):
         self.heterogeneous_mask = config["heterogeneous_mask"]
         self.decoders_train_backbone = config["decoders_train_backbone"]
         self.user_token_fields = self._check_user_token_fields(config, dataset)
-        if config["repeat_bias"]:
-            raise ConfigError("repeat_bias is an HSTU option: OneRanker's retrieval and candidate sets do not apply it")
         if self.gamma and not self.use_ranker:
             raise ConfigError("gamma (the DC loss) needs the ranker as its teacher: set use_ranker: True or gamma: 0")
         if self.use_ranker and self.num_candidates < 2:
@@ -442,7 +440,7 @@ class OneRanker(HSTU):
             users = self._generation_users(states[valid])  # [P, H, D]
             seen = (
                 self._seen_before(bucket[self.ITEM_SEQ][:, : states.shape[1]])[valid]
-                if self.history_negatives
+                if self.history_negatives or self.repeat_shift is not None
                 else None
             )
             nll = self._softmax_loss(lambda items, u=users: self._generation_logits(u, items), targets[valid], seen)
@@ -484,6 +482,10 @@ class OneRanker(HSTU):
         if self.use_ranker:
             users = self._generation_users(flat_states)
             retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [BR, n_items]
+            if self.repeat_shift is not None:  # the items each position has seen, [BR, N]
+                seen = self._seen_before(interaction[self.ITEM_SEQ][:, :seq_len])
+                seen = seen[torch.arange(batch, device=seen.device).unsqueeze(1), positions].flatten(0, 1)
+                retrieval = self._shift_seen(retrieval, seen, in_logits=True)
             candidates, retrieved = self._training_candidates(retrieval, flat_targets)  # [BR, N], [BR]
             stage_logits, log_value = self._rank(
                 memory, positions, seq_lens, tokens, candidates.view(batch, ranked, -1)
@@ -526,6 +528,9 @@ class OneRanker(HSTU):
         items = interaction[self.ITEM_ID]
         flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
         retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors(items).unsqueeze(1)).squeeze(1)
+        if self.repeat_shift is not None:
+            seen = (interaction[self.ITEM_SEQ] == items.unsqueeze(1)).any(1)
+            retrieval = retrieval + seen * (self.repeat_shift / self.temperature)
         if not self.use_ranker:
             return retrieval
         # Candidates never see each other, so an item's ranker score does not depend on the rest of the set.
@@ -536,6 +541,7 @@ class OneRanker(HSTU):
         states, seq_lens, positions, users, tokens = self._last_position(interaction)
         flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
         retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [B, n_items]
+        retrieval = self._shift_seen(retrieval, interaction[self.ITEM_SEQ], in_logits=True)
         if not self.use_ranker:
             return retrieval
         candidates = self._candidates(retrieval)  # [B, N]
