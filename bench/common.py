@@ -101,14 +101,19 @@ RESULT_NEUTRAL_KEYS = frozenset({"resume_training"})
 UNCHANGED_BEHAVIOUR: dict[str, Any] = {"history_negatives": False, "repeat_bias": False}
 
 
+def _in_identity(key: str, value: Any) -> bool:
+    """Whether a setting is part of a row's identity: not the seed (rows of one config differ by it), not a
+    result-neutral key, not a key at the value that keeps the behaviour from before it existed."""
+    if key == "seed" or key in RESULT_NEUTRAL_KEYS:
+        return False
+    return not (key in UNCHANGED_BEHAVIOUR and UNCHANGED_BEHAVIOUR[key] == value)
+
+
 def config_hash(label: str, model: str, dataset: str, settings: dict[str, Any]) -> str:
     """Identity of a row's configuration, seed aside: its settings over the package defaults, so rows made before
     a bench config or a default they run on changed no longer match (a default a row overrides does not count)."""
-    effective = {
-        key: value
-        for key, value in {**package_defaults(model, dataset), **settings}.items()
-        if key != "seed" and key not in RESULT_NEUTRAL_KEYS and UNCHANGED_BEHAVIOUR.get(key, ...) != value
-    }
+    merged = {**package_defaults(model, dataset), **settings}
+    effective = {key: value for key, value in merged.items() if _in_identity(key, value)}
     return hashlib.sha1(json.dumps([label, model, effective], sort_keys=True).encode()).hexdigest()[:12]
 
 

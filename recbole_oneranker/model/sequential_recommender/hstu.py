@@ -214,12 +214,7 @@ class HSTU(SequentialRecommender):
             targets = self._next_items(bucket, states.shape[1])  # [b, n]
             valid = targets > 0
             scorer = self._dot_scorer(self.user_vectors(states[valid]))
-            seen = (
-                self._seen_before(bucket[self.ITEM_SEQ][:, : states.shape[1]])[valid]
-                if self.history_negatives or self.repeat_shift is not None
-                else None
-            )
-            total_loss = total_loss + self._softmax_loss(scorer, targets[valid], seen).sum()
+            total_loss = total_loss + self._softmax_loss(scorer, targets[valid], self._seen_at(bucket, valid)).sum()
             total_positions += int(valid.sum())
         return total_loss / max(total_positions, 1)
 
@@ -237,9 +232,7 @@ class HSTU(SequentialRecommender):
             ``[P, ...]`` negative log-likelihoods.
         """
         if self.loss_type == "full_softmax":
-            logits = scorer(self.item_vectors())  # [P, ..., n_items]
-            if self.repeat_shift is not None and seen is not None:
-                logits = logits + self._repeat_logits(_catalogue_membership(seen, self.n_items), logits.dim())
+            logits = self._shift_seen(scorer(self.item_vectors()), seen, in_logits=True)  # [P, ..., n_items]
             logits[..., 0] = float("-inf")  # the padding item is never a candidate
             index = targets.view(-1, *[1] * (logits.dim() - 1)).expand(*logits.shape[:-1], 1)
             return -F.log_softmax(logits, dim=-1).gather(-1, index).squeeze(-1)
@@ -247,20 +240,18 @@ class HSTU(SequentialRecommender):
         if self.history_negatives and seen is not None:
             negatives = torch.cat([negatives, seen], dim=1)  # [P, K + L]
         sampled = torch.cat([targets.unsqueeze(1), negatives], dim=1)  # [P, 1 + K (+ L)]
-        logits = self._sampled_logits(scorer, sampled)  # [P, ..., 1 + K (+ L)]
-        if self.repeat_shift is not None and seen is not None:
-            is_seen = (sampled.unsqueeze(-1) == seen.unsqueeze(1)).any(-1)  # [P, 1 + K + L]
-            logits = logits + self._repeat_logits(is_seen, logits.dim())
+        logits = self._shift_seen(self._sampled_logits(scorer, sampled), seen, sampled, in_logits=True)
         # A negative equal to the target (or a padding slot of seen) is no negative.
         excluded = F.pad((negatives == targets.unsqueeze(1)) | (negatives == 0), (1, 0))  # [P, 1 + K (+ L)]
         logits = logits.masked_fill(excluded.view(len(targets), *[1] * (logits.dim() - 2), -1), float("-inf"))
         return -F.log_softmax(logits, dim=-1)[..., 0]
 
-    def _repeat_logits(self, is_seen: Tensor, logits_dim: int) -> Tensor:
-        """``is_seen`` (``[P, C]`` bool) as logits to add (``[P, 1.., C]``): the repeat shift over the temperature,
-        in the units of the cosine scores."""
-        shift = is_seen.float() * (self.repeat_shift / self.temperature)
-        return shift.view(len(is_seen), *[1] * (logits_dim - 2), is_seen.shape[-1])
+    def _seen_at(self, bucket, valid: Tensor) -> Tensor | None:
+        """``[P, N]`` the items seen at each ``valid`` position (``[b, n]``) of ``bucket``, as ``_softmax_loss``
+        takes them; None when neither ``history_negatives`` nor ``repeat_bias`` needs them."""
+        if not self.history_negatives and self.repeat_shift is None:
+            return None
+        return self._seen_before(bucket[self.ITEM_SEQ][:, : valid.shape[1]])[valid]
 
     @staticmethod
     def _seen_before(history: Tensor) -> Tensor:
@@ -301,22 +292,31 @@ class HSTU(SequentialRecommender):
     def predict(self, interaction):
         user = self.encode_last(interaction)  # [B, D]
         scores = (user * self.item_vectors(interaction[self.ITEM_ID])).sum(-1)  # [B]
-        if self.repeat_shift is None:
-            return scores
-        seen = (interaction[self.ITEM_SEQ] == interaction[self.ITEM_ID].unsqueeze(1)).any(1)
-        return scores + self.repeat_shift * seen
+        return self._shift_seen(scores, interaction[self.ITEM_SEQ], interaction[self.ITEM_ID])
 
     def full_sort_predict(self, interaction):
         scores = self.encode_last(interaction) @ self.item_vectors().t()  # [B, n_items]
         return self._shift_seen(scores, interaction[self.ITEM_SEQ])
 
-    def _shift_seen(self, scores: Tensor, seen: Tensor, in_logits: bool = False) -> Tensor:
-        """``scores`` (``[P, n_items]``) with the repeat shift added to each row's ``seen`` items (``[P, L]``,
-        0-padded); unchanged without ``repeat_bias``. ``in_logits``: scores over the temperature, not cosines."""
-        if self.repeat_shift is None:
+    def _shift_seen(
+        self, scores: Tensor, seen: Tensor | None, items: Tensor | None = None, in_logits: bool = False
+    ) -> Tensor:
+        """``scores`` with the repeat shift added where the item is among the row's ``seen`` items (``[P, L]``,
+        0-padded); unchanged without ``repeat_bias`` or without ``seen``.
+
+        ``scores``: ``[P, ..., n_items]`` over the whole catalogue (``items`` None), or ``[P, ..., S]`` / ``[P]``
+        of ``items`` (``[P, S]`` / ``[P]``); dimensions between the first and the items' share the shift (e.g.
+        tasks). ``in_logits``: the scores are over the temperature (training), not cosines (ranking).
+        """
+        if self.repeat_shift is None or seen is None:
             return scores
+        if items is None:
+            is_seen = _catalogue_membership(seen, self.n_items)  # [P, n_items]
+        else:
+            is_seen = (items.unsqueeze(-1) == seen.view(len(seen), *[1] * (items.dim() - 1), -1)).any(-1)
+        is_seen = is_seen.view(len(is_seen), *[1] * (scores.dim() - is_seen.dim()), *is_seen.shape[1:])
         shift = self.repeat_shift / self.temperature if in_logits else self.repeat_shift
-        return scores + shift * _catalogue_membership(seen, self.n_items)
+        return scores + shift * is_seen
 
 
 def _catalogue_membership(items: Tensor, n_items: int) -> Tensor:

@@ -438,12 +438,9 @@ class OneRanker(HSTU):
             targets = self._next_items(bucket, states.shape[1])  # [b, n]
             valid = targets > 0
             users = self._generation_users(states[valid])  # [P, H, D]
-            seen = (
-                self._seen_before(bucket[self.ITEM_SEQ][:, : states.shape[1]])[valid]
-                if self.history_negatives or self.repeat_shift is not None
-                else None
+            nll = self._softmax_loss(
+                lambda items, u=users: self._generation_logits(u, items), targets[valid], self._seen_at(bucket, valid)
             )
-            nll = self._softmax_loss(lambda items, u=users: self._generation_logits(u, items), targets[valid], seen)
             total = total + nll.sum()
             count += int(valid.sum())
             bucket_states.append(states)
@@ -528,9 +525,7 @@ class OneRanker(HSTU):
         items = interaction[self.ITEM_ID]
         flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
         retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors(items).unsqueeze(1)).squeeze(1)
-        if self.repeat_shift is not None:
-            seen = (interaction[self.ITEM_SEQ] == items.unsqueeze(1)).any(1)
-            retrieval = retrieval + seen * (self.repeat_shift / self.temperature)
+        retrieval = self._shift_seen(retrieval, interaction[self.ITEM_SEQ], items, in_logits=True)
         if not self.use_ranker:
             return retrieval
         # Candidates never see each other, so an item's ranker score does not depend on the rest of the set.
