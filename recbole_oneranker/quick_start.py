@@ -25,7 +25,8 @@ from recbole.evaluator import Evaluator
 from recbole.utils import init_seed, set_color
 from recbole.utils.logger import RemoveColorFilter, log_colors_config
 
-from recbole_oneranker.config import Config
+from recbole_oneranker import compat
+from recbole_oneranker.config import RUNTIME_KEYS, Config, known_keys
 from recbole_oneranker.data import create_dataset
 from recbole_oneranker.evaluator import ValueCollector, target_ranks
 from recbole_oneranker.evaluator.protocol import describe_protocol
@@ -169,6 +170,46 @@ def evaluate_candidate_set(config: Config, trainer, dataset, splits, negatives: 
         return dict(trainer.evaluate(loader, load_best_model=False))
     finally:
         trainer.config, trainer.evaluator, trainer.eval_collector = own
+
+
+# Keys of a saved config that belong to the run or the machine, not to the model and its data: a reloaded checkpoint
+# takes them from where it is loaded (RecBole derives RUNTIME_KEYS itself).
+_RUN_KEYS = frozenset(
+    {"data_path", "run_id", "resume_training", "checkpoint_dir", "log_dir", "state", "show_progress", "gpu_id",
+     "use_gpu", "worker"}
+)  # fmt: skip
+
+
+def load_data_and_model(
+    model_file: str | os.PathLike[str], data_path: str | None = None, config_dict: dict[str, Any] | None = None
+):
+    """Rebuild the config, data splits and trained model of a checkpoint this package's trainer saved.
+
+    RecBole's own ``load_data_and_model`` unpickles a ``Config`` object; this package's checkpoints hold the
+    config as plain values (``compat.checkpoint_state``), from which the same config is built again.
+
+    Args:
+        model_file: a checkpoint (``saved/<run_id>.pth``).
+        data_path: the folder holding ``<dataset>/``; the one the checkpoint was trained from when None.
+        config_dict: overrides of the saved settings (e.g. ``eval_batch_size``).
+
+    Returns:
+        ``(config, model, train_data, valid_data, test_data)``, the model in eval mode on ``config["device"]``.
+    """
+    checkpoint = compat.load_checkpoint(model_file, "cpu")
+    saved = checkpoint["config"]
+    settings = {key: value for key, value in saved.items() if key in known_keys() - RUNTIME_KEYS - _RUN_KEYS}
+    if (settings.get("train_neg_sample_args") or {}).get("distribution") == "none":
+        settings["train_neg_sample_args"] = None  # RecBole's processed form of None, which it does not read back
+    settings["data_path"] = data_path or os.path.dirname(os.path.normpath(saved["data_path"]))
+    settings.update({"show_progress": False, "state": "ERROR", **(config_dict or {})})
+    config = Config(saved["model"], saved["dataset"], config_dict=settings)
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
+    model = get_model(config["model"])(config, train_data._dataset)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model.to(config["device"]).eval(), train_data, valid_data, test_data
 
 
 def objective_function(

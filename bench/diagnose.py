@@ -1,0 +1,308 @@
+"""Diagnostics of a trained checkpoint: where its top-10 comes from, and what OneRanker's ranker adds.
+
+    python bench/diagnose.py seen --checkpoint saved/RUN.pth [--split test] [--k 10]
+    python bench/diagnose.py ranker --checkpoint saved/RUN.pth [--refit-epochs 8] [--lr 3e-3]
+
+``seen``: the share of the model's top-K slots that are items already in the user's history, and NDCG@K of
+the same scores with seen items kept (RecBole's protocol) and masked (HSTU's), on the valid or test split.
+
+``ranker`` (OneRanker): does the ranking decoder order the retrieved candidate sets better than retrieval does?
+  1. *As trained*: on the valid users whose target is among the top ``num_candidates`` retrieved items, the
+     target's rank within that set by retrieval, by the ranker's own score and by the served order.
+  2. *Refit*: candidate sets at the training positions of the training rows (the checkpoint's backbone and step-2
+     tokens frozen), users split by id (one in ``--heldout-every`` held out). Three scorers are fitted to the
+     sets of the other users with a listwise softmax loss and measured on the held-out users' sets after every
+     pass: the ranker from its trained weights (own score), the ranker as a residual of weight 1 on the
+     retrieval logit, and a bilinear map of the generator's own inputs (item embedding x sequence state). If
+     even the last cannot beat retrieval's order on held-out sets, the sets hold no order the ranker could learn
+     from these features.
+
+Both print a markdown report (``--out FILE`` also writes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recbole_oneranker.quick_start import load_data_and_model
+
+
+def _ndcg_at(ranks: Tensor, k: int) -> Tensor:
+    """NDCG@k of 1-based ``ranks`` (one relevant item per row)."""
+    return torch.where(ranks <= k, 1.0 / torch.log2(ranks.float() + 1.0), torch.zeros_like(ranks, dtype=torch.float))
+
+
+def _target_ranks(scores: Tensor, is_target: Tensor) -> Tensor:
+    """1-based rank of the (one) target of each row of ``scores`` (ties counted in the target's favour)."""
+    target = scores.masked_fill(~is_target, 0.0).sum(1, keepdim=True)  # not a product: -inf * 0 is nan
+    return (scores > target).sum(1) + 1
+
+
+# -- seen items ---------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def seen_report(model, loader: Iterable, k: int = 10) -> dict[str, float]:
+    """Share of top-``k`` slots that hold history items, and NDCG@k with them kept and masked."""
+    shares, kept, masked = [], [], []
+    for batch in loader:
+        interaction = batch[0].to(model.device)
+        scores = model.full_sort_predict(interaction).view(len(interaction), -1)
+        scores[:, 0] = -math.inf  # padding
+        history = interaction[model.ITEM_SEQ]  # [B, L], 0-padded
+        target = interaction[model.ITEM_ID]
+        in_history = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, history, True)
+        in_history[:, 0] = False
+        shares.append(in_history.gather(1, scores.topk(k, dim=1).indices).float().mean(1))
+        is_target = F.one_hot(target, scores.shape[1]).bool()
+        kept.append(_ndcg_at(_target_ranks(scores, is_target), k))
+        # HSTU's protocol masks every history item, a repeated target too (its NDCG is then 0)
+        masked_scores = scores.masked_fill(in_history, -math.inf)
+        masked_ranks = torch.where(in_history.gather(1, target[:, None]).squeeze(1), scores.shape[1],
+                                   _target_ranks(masked_scores, is_target))  # fmt: skip
+        masked.append(_ndcg_at(masked_ranks, k))
+    return {
+        "users": float(sum(len(s) for s in shares)),
+        f"top-{k} slots holding a history item": float(torch.cat(shares).mean()),
+        f"NDCG@{k}, seen items kept": float(torch.cat(kept).mean()),
+        f"NDCG@{k}, seen items masked": float(torch.cat(masked).mean()),
+    }
+
+
+# -- ranker: as trained -------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def ranker_as_trained(model, loader: Iterable) -> dict[str, dict[str, float]]:
+    """Target rank within the retrieved set of valid users, by retrieval, the ranker alone and the served order."""
+    ranks: dict[str, list[Tensor]] = {"retrieval": [], "ranker alone": [], "served (ranker over retrieval)": []}
+    found = total = 0
+    for batch in loader:
+        interaction = batch[0].to(model.device)
+        states, seq_lens, positions, users, tokens = model._last_position(interaction)
+        flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
+        retrieval = model._retrieval_logits(users, flat_tokens, model.item_vectors())
+        retrieval = model._shift_seen(retrieval, interaction[model.ITEM_SEQ], in_logits=True)
+        candidates = model._candidates(retrieval)  # [B, N]
+        is_target = candidates == interaction[model.ITEM_ID].unsqueeze(1)
+        keep = is_target.any(1)
+        found, total = found + int(keep.sum()), total + len(keep)
+        stage_logits, log_value = model._rank(states, positions, seq_lens, tokens, candidates.unsqueeze(1))
+        own = model._ranker_scores(stage_logits, log_value).squeeze(1)
+        candidate_retrieval = retrieval.gather(1, candidates)
+        served = model._rank_scores(own, candidate_retrieval)
+        for name, scores in zip(ranks, (candidate_retrieval, own, served), strict=True):
+            ranks[name].append(_target_ranks(scores, is_target)[keep])
+    summary = {name: _rank_summary(torch.cat(r)) for name, r in ranks.items()}
+    summary["sets"] = {"with the target": float(found), "users": float(total)}
+    return summary
+
+
+def _rank_summary(ranks: Tensor) -> dict[str, float]:
+    ranks = ranks.float()
+    return {"mean rank": float(ranks.mean()), "HR@1": float((ranks == 1).float().mean()),
+            "NDCG": float((1.0 / torch.log2(ranks + 1.0)).mean())}  # fmt: skip
+
+
+# -- ranker: refit on frozen features -----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def candidate_sets(model, loader: Iterable, passes: int, heldout_every: int) -> list[dict[str, Tensor]]:
+    """The training-time candidate sets of ``passes`` passes over ``loader``, with everything step 3 reads.
+
+    Each set is at one of the row's ``decoder_positions`` (drawn as in training) and holds the top retrieved
+    items, the target forced in; ``retrieved`` says whether retrieval found it, ``heldout`` whether the user is
+    held out (``user_id % heldout_every == 0``).
+    """
+    sets = []
+    for _ in range(passes):
+        for interaction in loader:
+            interaction = interaction.to(model.device)
+            states, _ = model._encode_with_generation_loss(interaction)
+            seq_lens = interaction[model.ITEM_SEQ_LEN]
+            positions = model._decoder_positions(seq_lens)  # [B, R]
+            batch, ranked = positions.shape
+            rows = torch.arange(batch, device=states.device).unsqueeze(1)
+            targets = model._next_items(interaction, states.shape[1]).gather(1, positions).flatten()  # [BR]
+            flat_states = states[rows, positions].flatten(0, 1)  # [BR, D]
+            tokens = model._step2(states, positions, seq_lens) if model.use_step2 else None
+            flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
+            retrieval = model._retrieval_logits(model._generation_users(flat_states), flat_tokens, model.item_vectors())
+            if model.repeat_shift is not None:
+                seen = model._seen_before(interaction[model.ITEM_SEQ][:, : states.shape[1]])[rows, positions]
+                retrieval = model._shift_seen(retrieval, seen.flatten(0, 1), in_logits=True)
+            candidates, retrieved = model._training_candidates(retrieval, targets)
+            sets.append({
+                "states": states, "positions": positions, "seq_lens": seq_lens, "tokens": tokens,
+                "candidates": candidates.view(batch, ranked, -1), "flat_states": flat_states,
+                "is_target": candidates == targets.unsqueeze(1), "retrieved": retrieved,
+                "retrieval": retrieval.gather(1, candidates),
+                "heldout": (interaction[model.USER_ID] % heldout_every == 0).repeat_interleave(ranked),
+            })  # fmt: skip
+    return sets
+
+
+class GeneratorBilinear(nn.Module):
+    """``<W e_c, s_p> / sqrt(D)``: a candidate's embedding against the sequence state, the generator's own inputs."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.weight = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, candidate_embeddings: Tensor, states: Tensor) -> Tensor:  # [P, N, D], [P, D] -> [P, N]
+        return torch.einsum("pnd,pd->pn", self.weight(candidate_embeddings), states) / math.sqrt(states.shape[-1])
+
+
+def _ranker_score(model, s: dict[str, Tensor]) -> Tensor:
+    """``[BR, N]`` the ranker's own score of each candidate of a cached set."""
+    stage_logits, log_value = model._rank(s["states"], s["positions"], s["seq_lens"], s["tokens"], s["candidates"])
+    return model._ranker_scores(stage_logits, log_value).flatten(0, 1)
+
+
+def _scorers(model) -> dict[str, tuple[Callable[[dict[str, Tensor]], Tensor], list[nn.Parameter]]]:
+    """Each refit scorer: (the final score of a set's candidates, the parameters it fits)."""
+    ranker_params = [p for name, p in model.named_parameters() if name.split(".")[0] in
+                     ("ranker", "task_heads", "value_head", "rank_token")]  # fmt: skip
+    bilinear = GeneratorBilinear(model.hidden_size).to(model.device)
+    return {
+        "ranker alone": (lambda s: _ranker_score(model, s), ranker_params),
+        "ranker as residual (weight 1)": (lambda s: s["retrieval"] + _ranker_score(model, s), ranker_params),
+        "bilinear on the generator's inputs": (
+            lambda s: bilinear(model.item_embedding(s["candidates"].flatten(0, 1)), s["flat_states"]),
+            list(bilinear.parameters()),
+        ),
+    }
+
+
+def refit(model, sets: list[dict[str, Tensor]], epochs: int, lr: float, log=print) -> dict[str, list[dict]]:
+    """Fit each scorer to the training users' sets (listwise softmax over a set, only sets retrieval found the
+    target for, as the ranker trains) and measure it on the held-out users' sets before and after every pass."""
+    initial = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    curves: dict[str, list[dict]] = {"retrieval": [_measure(lambda s: s["retrieval"], sets)]}
+    for name, (score, params) in _scorers(model).items():
+        model.load_state_dict(initial)  # every scorer starts from the checkpoint
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=lr)
+        curve = [_measure(score, sets, model)]
+        for epoch in range(epochs):
+            model.train()
+            for s in sets:
+                train = s["retrieved"] & ~s["heldout"]
+                loss = -(F.log_softmax(score(s), dim=1) * s["is_target"]).sum(1)[train].mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            curve.append(_measure(score, sets, model))
+            log(f"  {name}, pass {epoch + 1}/{epochs}: held-out mean rank {curve[-1]['mean rank']:.2f}")
+        curves[name] = curve
+    model.load_state_dict(initial)
+    return curves
+
+
+@torch.no_grad()
+def _measure(score, sets: list[dict[str, Tensor]], model=None) -> dict[str, float]:
+    if model is not None:
+        model.eval()
+    ranks = [_target_ranks(score(s), s["is_target"])[s["retrieved"] & s["heldout"]] for s in sets]
+    return _rank_summary(torch.cat(ranks))
+
+
+# -- reports ------------------------------------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _command(argv: list[str]) -> str:
+    return "`python bench/diagnose.py " + " ".join(argv) + "`"
+
+
+def seen_markdown(config, split: str, k: int, result: dict[str, float], argv: list[str]) -> str:
+    rows = [[name, f"{value:.0f}" if name == "users" else f"{value:.4f}"] for name, value in result.items()]
+    return (f"# Seen items in the top-{k}: {config['model']} on {config['dataset']} ({split} split)\n\n"
+            f"{_command(argv)}\n\n{_table(['measure', 'value'], rows)}\n")  # fmt: skip
+
+
+def ranker_markdown(model, as_trained: dict, curves: dict[str, list[dict]], args, argv: list[str]) -> str:
+    sets = as_trained.pop("sets")
+    gates = {name: float(getattr(model, name)) for name in ("rank_gate", "task_gate") if hasattr(model, name)}
+    trained_rows = [[name, f"{r['mean rank']:.2f}", f"{r['HR@1']:.3f}", f"{r['NDCG']:.3f}"]
+                    for name, r in as_trained.items()]  # fmt: skip
+    chance = (model.num_candidates + 1) / 2
+    best = {name: min(curve, key=lambda r: r["mean rank"]) for name, curve in curves.items()}
+    refit_rows = [[name, f"{curve[0]['mean rank']:.2f}", f"{best[name]['mean rank']:.2f}",
+                   f"{curve[-1]['mean rank']:.2f}", f"{best[name]['NDCG']:.3f}"]
+                  for name, curve in curves.items()]  # fmt: skip
+    return "\n".join([
+        f"# What OneRanker's ranker adds over retrieval: {args.checkpoint}",
+        "", _command(argv), "",
+        f"Gates of the checkpoint: {', '.join(f'{k} = {v:.4f}' for k, v in gates.items())}. "
+        f"Chance: mean rank {chance:.1f} in a set of {model.num_candidates}.",
+        "", f"## As trained: valid users whose target retrieval put in its top {model.num_candidates} "
+        f"({sets['with the target']:.0f} of {sets['users']:.0f})", "",
+        _table(["order", "mean rank", "HR@1", "NDCG"], trained_rows), "",
+        f"## Refit on frozen features: held-out users' training-position sets (user id % {args.heldout_every} == 0)",
+        "", f"{args.passes} pass(es) of the training rows give the sets; each scorer is fitted for {args.refit_epochs} "
+        f"epochs (AdamW, lr {args.lr}) on the other users' sets. Best and last: over those epochs.", "",
+        _table(["scorer", "before", "best", "last", "NDCG at best"], refit_rows), "",
+    ])  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="report", required=True)
+    seen = sub.add_parser("seen", help="share of history items in the top-K, NDCG@K kept vs masked")
+    ranker = sub.add_parser("ranker", help="what OneRanker's ranking decoder adds over retrieval")
+    for p in (seen, ranker):
+        p.add_argument("--checkpoint", required=True, help="a checkpoint saved by this package (saved/<run_id>.pth)")
+        p.add_argument("--data-path", help="folder holding <dataset>/ (default: the one it was trained from)")
+        p.add_argument("--out", type=Path, help="also write the report to this file")
+    seen.add_argument("--split", choices=("valid", "test"), default="test")
+    seen.add_argument("--k", type=int, default=10, help="cut-off of the top-K and of NDCG@K")
+    ranker.add_argument("--refit-epochs", type=int, default=8, help="passes over the cached sets per scorer")
+    ranker.add_argument("--lr", type=float, default=3e-3)
+    ranker.add_argument("--passes", type=int, default=3, help="passes over the training rows that build the sets")
+    ranker.add_argument("--heldout-every", type=int, default=5, help="hold out users with user_id %% N == 0")
+    ranker.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not Path(args.checkpoint).is_file():
+        parser.error(f"no checkpoint at {args.checkpoint}")
+
+    config, model, train_data, valid_data, test_data = load_data_and_model(args.checkpoint, args.data_path)
+    if args.report == "seen":
+        loader = valid_data if args.split == "valid" else test_data
+        report = seen_markdown(config, args.split, args.k, seen_report(model, loader, args.k), argv)
+    else:
+        if not getattr(model, "use_ranker", False):
+            parser.error(f"{args.checkpoint} is a {config['model']} without a ranker")
+        print("as trained: valid split", flush=True)
+        as_trained = ranker_as_trained(model, valid_data)
+        torch.manual_seed(args.seed)
+        sets = candidate_sets(model, train_data, args.passes, args.heldout_every)
+        print(f"refit: {sum(len(s['retrieved']) for s in sets)} candidate sets", flush=True)
+        curves = refit(model, sets, args.refit_epochs, args.lr, log=lambda line: print(line, flush=True))
+        report = ranker_markdown(model, as_trained, curves, args, argv)
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

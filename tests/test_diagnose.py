@@ -1,0 +1,88 @@
+"""bench/diagnose.py on a tiny trained OneRanker: the reloaded model scores as trained, the reports are sound."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_oneranker import ONERANKER_TINY
+
+from recbole_oneranker.quick_start import load_data_and_model, run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import diagnose  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_path, tmp_path_factory):
+    """A OneRanker trained 2 epochs on ml-tiny, its checkpoint in a folder of its own."""
+    folder = tmp_path_factory.mktemp("diagnose")
+    settings = {
+        **ONERANKER_TINY, "epochs": 2, "train_batch_size": 256, "eval_batch_size": 256, "n_layers": 1,
+        "MAX_ITEM_LIST_LENGTH": 20, "show_progress": False, "state": "ERROR", "metrics": ["Hit", "NDCG"],
+        "topk": [10, 100], "valid_metric": "NDCG@10", "data_path": str(tiny_data_path), "load_col": None,
+        "cascade_fields": ["click", "conversion"], "value_field": "rating", "repeat_bias": True,
+        "history_negatives": True, "checkpoint_dir": str(folder / "saved"), "log_dir": str(folder / "log"),
+    }  # fmt: skip
+    return run("OneRanker", "ml-tiny", config_dict=settings)
+
+
+def test_a_reloaded_checkpoint_scores_as_trained(trained):
+    config, model, *_ = load_data_and_model(trained["saved_model_file"])
+    assert config["repeat_bias"] and config["n_fake_items"] == ONERANKER_TINY["n_fake_items"]
+    assert not model.training
+    assert model.repeat_shift.item() != 0.0  # the trained value, not a fresh model's
+
+
+def test_seen_report_matches_the_evaluator(trained, tmp_path):
+    out = tmp_path / "seen.md"
+    argv = ["seen", "--checkpoint", trained["saved_model_file"], "--k", "100", "--out", str(out)]
+    assert diagnose.main(argv) == 0
+    cells = [line.strip("|").split("|") for line in out.read_text().splitlines() if line.startswith("| ")]
+    values = {name.strip(): float(value) for name, value in cells[1:]}  # below the header
+    # The same checkpoint, the same test split: RecBole's evaluator gave this NDCG@100 with seen items kept
+    assert trained["test_result"]["ndcg@100"] > 0.0  # else the comparison proves nothing
+    assert values["NDCG@100, seen items kept"] == pytest.approx(trained["test_result"]["ndcg@100"], abs=1e-4)
+    assert 0.0 <= values["top-100 slots holding a history item"] <= 1.0
+
+
+def test_target_ranks_survive_masked_scores():
+    scores = torch.tensor([[-float("inf"), 0.5, 0.2, 0.9], [-float("inf"), -float("inf"), 0.3, 0.1]])
+    is_target = torch.tensor([[False, False, True, False], [False, True, False, False]])
+    assert diagnose._target_ranks(scores, is_target).tolist() == [3, 3]  # a masked target: behind every finite score
+
+
+def test_ranker_report_refits_without_touching_the_model(trained, tmp_path, monkeypatch):
+    config, model, train_data, valid_data, _ = load_data_and_model(trained["saved_model_file"])
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    as_trained = diagnose.ranker_as_trained(model, valid_data)
+    assert set(as_trained) == {"retrieval", "ranker alone", "served (ranker over retrieval)", "sets"}
+    torch.manual_seed(0)
+    sets = diagnose.candidate_sets(model, train_data, passes=1, heldout_every=3)
+    assert all(s["is_target"].sum(1).eq(1).all() for s in sets)  # the target is in every set, once
+    curves = diagnose.refit(model, sets, epochs=2, lr=1e-2, log=lambda line: None)
+    assert set(curves) == {"retrieval", "ranker alone", "ranker as residual (weight 1)",
+                           "bilinear on the generator's inputs"}  # fmt: skip
+    assert all(len(curve) == 3 for name, curve in curves.items() if name != "retrieval")
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, before[name], msg=name)
+
+    out = tmp_path / "ranker.md"
+    argv = ["ranker", "--checkpoint", trained["saved_model_file"], "--refit-epochs", "1", "--passes", "1"]
+    assert diagnose.main([*argv, "--out", str(out)]) == 0
+    report = out.read_text()
+    assert "## As trained" in report and "| bilinear on the generator's inputs |" in report
+
+
+def test_ranker_report_refuses_a_model_without_ranker(trained, tmp_path, tiny_data_path):
+    hstu = run("HSTU", "ml-tiny", config_dict={
+        "epochs": 1, "hidden_size": 16, "attention_dim": 8, "linear_hidden_dim": 8, "n_layers": 1,
+        "MAX_ITEM_LIST_LENGTH": 20, "show_progress": False, "state": "ERROR", "data_path": str(tiny_data_path),
+        "load_col": None, "checkpoint_dir": str(tmp_path / "saved"), "log_dir": str(tmp_path / "log"),
+    })  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        diagnose.main(["ranker", "--checkpoint", hstu["saved_model_file"]])
+    assert exit_info.value.code == 2
