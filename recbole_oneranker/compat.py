@@ -25,10 +25,16 @@ logger call, and :func:`apply` runs the import-time ones once when ``recbole_one
    hides FutureWarnings raised from ``recbole.*`` modules only; our own code's warnings still show.
 7. ray 2.6.3 imports ``pkg_resources`` (setuptools < 82) and is only needed by ``recbole.quick_start``.
    -> this package never imports ``recbole.quick_start``: the run path does not import ray at all.
+8. ``Config._convert_config_dict`` turns the strings of ``--key=value`` arguments and of ``config_dict`` into
+   values with ``eval`` inside a method whose locals are ``key``, ``param``, ``value`` and ``config_dict``: so
+   ``--value_field=value`` becomes the previous key's value, ``--x=key`` the key's name (silently), and any
+   expression runs. -> :func:`convert_config_strings` reads Python literals only (``ast.literal_eval``: numbers,
+   lists, dicts, None, True/False in any case); every other string stays the string it is.
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 import uuid
@@ -127,6 +133,21 @@ def default_negatives_for_ce(final_config: dict[str, Any], external_config: dict
     """
     if final_config.get("loss_type") == "CE" and "train_neg_sample_args" not in external_config:
         final_config["train_neg_sample_args"] = None
+
+
+def convert_config_strings(config: dict[str, Any]) -> dict[str, Any]:
+    """Fix 8: each string value of ``config`` that is a Python literal becomes that value, in place; returns it."""
+    for key, text in config.items():
+        if not isinstance(text, str):
+            continue
+        if text.lower() in ("true", "false"):  # RecBole also takes true/false in any case
+            config[key] = text.lower() == "true"
+            continue
+        try:
+            config[key] = ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            pass  # not a literal: a string such as 'value', 'inf' or '[0,inf)'
+    return config
 
 
 def unique_run_id(model: str, dataset: str) -> str:

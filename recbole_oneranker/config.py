@@ -161,6 +161,9 @@ class Config(RecBoleConfig):
             cmd_config[name] = value
         return self._convert_config_dict(cmd_config)
 
+    def _convert_config_dict(self, config_dict: dict[str, Any]) -> dict[str, Any]:
+        return compat.convert_config_strings(config_dict)
+
     def _merge_external_config_dict(self) -> None:
         check_keys(self.file_config_dict, "the config files")
         check_keys(self.variable_config_dict, "config_dict")

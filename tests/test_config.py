@@ -32,6 +32,18 @@ def test_layers_priority_dataset_config_then_user():
     assert overridden["value_field"] is None and overridden["mask_seen_items"] is True
 
 
+def test_argument_strings_become_literals_and_nothing_else():
+    # RecBole eval()s these strings among its own locals: 'value' became the previous key's value, 'key' the key
+    args = ["--epochs=3", "--learning_rate=1e-3", "--topk=[5, 10]", "--value_field=value", "--TIME_FIELD=key",
+            "--show_progress=false", "--eval_args={'order': 'TO'}", "--user_inter_num_interval=[5,inf)"]  # fmt: skip
+    config = Config("SASRec", "ml-100k", cmd_args=args)
+    assert (config["epochs"], config["learning_rate"], config["topk"]) == (3, 1e-3, [5, 10])
+    assert (config["value_field"], config["TIME_FIELD"], config["show_progress"]) == ("value", "key", False)
+    assert config["eval_args"]["order"] == "TO" and config["user_inter_num_interval"] == "[5,inf)"
+    same = Config("SASRec", "ml-100k", config_dict={"value_field": "value", "epochs": "3", "seed": "__import__('os')"})
+    assert (same["value_field"], same["epochs"], same["seed"]) == ("value", 3, "__import__('os')")
+
+
 def test_embedded_dataset_is_the_default():
     config = Config("SASRec")
     assert config["dataset"] == "ml-100k" and config["data_path"].endswith("dataset_example/ml-100k")
