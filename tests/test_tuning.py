@@ -109,6 +109,7 @@ def test_killed_study_resumes_and_retries_the_killed_trial(out, killed_study):
     assert trials[1].user_attrs["owner"]["pid"] == killed_study["killed_pid"]
     retry = [t for t in trials if t.user_attrs.get("retry_of") == 1]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == trials[1].params
+    assert retry[0].user_attrs["run_id"] == trials[1].user_attrs["run_id"]  # it continues the killed run's snapshot
     # the study ends with exactly 3 complete trials, nothing left running
     assert [t.state for t in trials].count(TrialState.COMPLETE) == 3
     assert len(trials) == 4 and not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
@@ -185,14 +186,25 @@ def test_task_order_is_a_categorical_over_the_dataset_task_orders(tiny_data_path
         assert set(search.load_space(model, search.SPACES_DIR)) <= search.known_keys()
 
 
-def test_pruning_callback_reports_and_prunes():
+def test_pruning_reporter_reports_and_prunes():
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
     trial = study.ask()
-    callback = search.pruning_callback(trial)
+    callback = search.PruningReporter(trial)
     callback(0, 0.7)  # above the threshold: training goes on
     with pytest.raises(optuna.TrialPruned):
         callback(1, 0.2)
     assert study.trials[0].intermediate_values == {0: 0.7, 1: 0.2}
+
+
+def test_a_retry_continuing_a_run_reports_its_earlier_epochs_first():
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    interrupted = search.PruningReporter(study.ask())
+    interrupted(0, 0.3)
+    interrupted(1, 0.4)
+    retry = search.PruningReporter(study.ask())
+    retry.load_state_dict(interrupted.state_dict())  # what the resume snapshot carries
+    retry(2, 0.5)
+    assert study.trials[1].intermediate_values == {0: 0.3, 1: 0.4, 2: 0.5}
 
 
 @pytest.mark.parametrize("name", ["median", "hyperband"])

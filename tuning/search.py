@@ -16,6 +16,8 @@ for many machines, or a journal file path on a shared file system. ``--n-trials`
 (complete + pruned) trials: a re-run of the same command runs only the missing ones. A trial whose process died
 (kill, crash) is marked FAIL and its parameters are queued again: on start-up and before each trial for dead
 processes of this host (the journal storage has no heartbeat), and through Optuna's heartbeat for RDB storages.
+Every trial trains with ``resume_training`` under a run id its retry inherits, so the retry continues the cut run
+from its last validation rather than from scratch.
 
 At the end the report is written to ``<out>/<study>/report.md`` (see ``tuning/report.py``).
 
@@ -58,6 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from common import ensure_dataset, run_command  # noqa: E402
 
+from recbole_oneranker import compat  # noqa: E402
 from recbole_oneranker.config import EMBEDDED_DATASET, Config, ConfigError, check_keys, known_keys  # noqa: E402
 from recbole_oneranker.model.sequential_recommender.oneranker import IMPLICIT_TASK, VALUE_TASK  # noqa: E402
 from recbole_oneranker.quick_start import run  # noqa: E402
@@ -411,7 +414,10 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> bool:
     retries = int(trial.user_attrs.get("retries", 0))
     if retries >= MAX_RETRIES:
         return False
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries + 1})
+    user_attrs = {"retry_of": trial.number, "retries": retries + 1}
+    if "run_id" in trial.user_attrs:  # the retry continues the run from its last validation (resume_training)
+        user_attrs["run_id"] = trial.user_attrs["run_id"]
+    study.enqueue_trial(trial.params, user_attrs=user_attrs)
     return True
 
 
@@ -503,19 +509,29 @@ class Objective:
         params = {name: suggest(trial, name, distribution) for name, distribution in self.distributions.items()}
         settings = {**self.settings, **params_to_config(params, self.space)}
         trial.set_user_attr("command", run_command(self.model, self.dataset, settings))
+        # A retry of an interrupted trial inherits its run id, so its run continues from the last validation
+        run_id = trial.user_attrs.get("run_id") or compat.unique_run_id(self.model, self.dataset)
+        trial.set_user_attr("run_id", run_id)
         _test_hook(trial.number)
+        checkpoint_dir = self.study_dir / "checkpoints"
         config = {
             **settings,
-            "checkpoint_dir": str(self.study_dir / "checkpoints"),
+            "checkpoint_dir": str(checkpoint_dir),
             "log_dir": str(self.study_dir / "logs"),
+            "run_id": run_id,
+            "resume_training": True,
         }
         single = len(self.objectives) == 1
         quiet = contextlib.nullcontext() if self.verbose else contextlib.redirect_stderr(_quiet_stream())
-        with quiet:
-            result = run(
-                self.model, self.dataset, config_dict=config, callback_fn=pruning_callback(trial) if single else None
-            )
-        for key in ("run_id", "protocol", "saved_model_file"):
+        try:
+            with quiet:
+                result = run(
+                    self.model, self.dataset, config_dict=config, callback_fn=PruningReporter(trial) if single else None
+                )
+        except optuna.TrialPruned:
+            (checkpoint_dir / f"{run_id}-resume.pth").unlink(missing_ok=True)  # a pruned run is never continued
+            raise
+        for key in ("protocol", "saved_model_file"):
             trial.set_user_attr(key, result[key])
         trial.set_user_attr("wall_time_s", round(float(result["wall_time_s"]), 1))
         for key in ("best_valid_result", "test_result", "candidate_result"):
@@ -524,15 +540,32 @@ class Objective:
         return values[0] if single else values
 
 
-def pruning_callback(trial: Trial):
-    """``callback_fn`` of :func:`run`: report each validation score, stop the run when the pruner says so."""
+class PruningReporter:
+    """``callback_fn`` of :func:`run`: report each validation score to the trial, stop the run when the pruner says so.
 
-    def report(epoch: int, valid_score: float) -> None:
-        trial.report(float(valid_score), epoch)
-        if trial.should_prune():
+    Its state, the scores reported so far, travels in the run's resume snapshot: a retry that continues an
+    interrupted run first reports the earlier epochs to its own trial, so the pruner judges the whole curve.
+    """
+
+    def __init__(self, trial: Trial) -> None:
+        self.trial = trial
+        self.reported: list[tuple[int, float]] = []
+
+    def __call__(self, epoch: int, valid_score: float) -> None:
+        self._report(epoch, float(valid_score))
+        if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-    return report
+    def _report(self, epoch: int, score: float) -> None:
+        self.trial.report(score, epoch)
+        self.reported.append((epoch, score))
+
+    def state_dict(self) -> dict[str, list[list[float]]]:
+        return {"reported": [[epoch, score] for epoch, score in self.reported]}
+
+    def load_state_dict(self, state: dict[str, list[list[float]]]) -> None:
+        for epoch, score in state["reported"]:
+            self._report(int(epoch), float(score))
 
 
 class QuietFailures(logging.Filter):
