@@ -3,8 +3,9 @@
     python bench/diagnose.py seen --checkpoint saved/RUN.pth [--split test] [--k 10]
     python bench/diagnose.py ranker --checkpoint saved/RUN.pth [--refit-epochs 8] [--lr 3e-3]
 
-``seen``: the share of the model's top-K slots that are items already in the user's history, and NDCG@K of
-the same scores with seen items kept (RecBole's protocol) and masked (HSTU's), on the valid or test split.
+``seen``: the share of the model's top-K slots that are items already in the user's history (the model's input
+window), the share of targets that are, and NDCG@K of the same scores with seen items kept (RecBole's protocol)
+and masked (HSTU's), on the valid or test split.
 
 ``ranker`` (OneRanker): does the ranking decoder order the retrieved candidate sets better than retrieval does?
   1. *As trained*: on the valid users whose target is among the top ``num_candidates`` retrieved items, the
@@ -52,7 +53,7 @@ def _target_ranks(scores: Tensor, is_target: Tensor) -> Tensor:
 @torch.no_grad()
 def seen_report(model, loader: Iterable, k: int = 10) -> dict[str, float]:
     """Share of top-``k`` slots that hold history items, and NDCG@k with them kept and masked."""
-    shares, kept, masked = [], [], []
+    shares, repeats, kept, masked = [], [], [], []
     for batch in loader:
         interaction = batch[0].to(model.device)
         scores = model.full_sort_predict(interaction).view(len(interaction), -1)
@@ -62,6 +63,7 @@ def seen_report(model, loader: Iterable, k: int = 10) -> dict[str, float]:
         in_history = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, history, True)
         in_history[:, 0] = False
         shares.append(in_history.gather(1, scores.topk(k, dim=1).indices).float().mean(1))
+        repeats.append(in_history.gather(1, target[:, None]).squeeze(1).float())
         is_target = F.one_hot(target, scores.shape[1]).bool()
         kept.append(_ndcg_at(_target_ranks(scores, is_target), k))
         # HSTU's protocol masks every history item, a repeated target too (its NDCG is then 0)
@@ -71,6 +73,7 @@ def seen_report(model, loader: Iterable, k: int = 10) -> dict[str, float]:
         masked.append(_ndcg_at(masked_ranks, k))
     return {
         "users": float(sum(len(s) for s in shares)),
+        "targets already in the history": float(torch.cat(repeats).mean()),
         f"top-{k} slots holding a history item": float(torch.cat(shares).mean()),
         f"NDCG@{k}, seen items kept": float(torch.cat(kept).mean()),
         f"NDCG@{k}, seen items masked": float(torch.cat(masked).mean()),
