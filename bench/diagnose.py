@@ -25,20 +25,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recbole_oneranker.quick_start import load_data_and_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ndcg_from_ranks  # noqa: E402
 
-
-def _ndcg_at(ranks: Tensor, k: int) -> Tensor:
-    """NDCG@k of 1-based ``ranks`` (one relevant item per row)."""
-    return torch.where(ranks <= k, 1.0 / torch.log2(ranks.float() + 1.0), torch.zeros_like(ranks, dtype=torch.float))
+from recbole_oneranker.quick_start import load_data_and_model  # noqa: E402
 
 
 def _target_ranks(scores: Tensor, is_target: Tensor) -> Tensor:
@@ -65,18 +65,18 @@ def seen_report(model, loader: Iterable, k: int = 10) -> dict[str, float]:
         shares.append(in_history.gather(1, scores.topk(k, dim=1).indices).float().mean(1))
         repeats.append(in_history.gather(1, target[:, None]).squeeze(1).float())
         is_target = F.one_hot(target, scores.shape[1]).bool()
-        kept.append(_ndcg_at(_target_ranks(scores, is_target), k))
+        kept.append(ndcg_from_ranks(_target_ranks(scores, is_target).cpu().numpy(), k))
         # HSTU's protocol masks every history item, a repeated target too (its NDCG is then 0)
         masked_scores = scores.masked_fill(in_history, -math.inf)
         masked_ranks = torch.where(in_history.gather(1, target[:, None]).squeeze(1), scores.shape[1],
                                    _target_ranks(masked_scores, is_target))  # fmt: skip
-        masked.append(_ndcg_at(masked_ranks, k))
+        masked.append(ndcg_from_ranks(masked_ranks.cpu().numpy(), k))
     return {
         "users": float(sum(len(s) for s in shares)),
         "targets already in the history": float(torch.cat(repeats).mean()),
         f"top-{k} slots holding a history item": float(torch.cat(shares).mean()),
-        f"NDCG@{k}, seen items kept": float(torch.cat(kept).mean()),
-        f"NDCG@{k}, seen items masked": float(torch.cat(masked).mean()),
+        f"NDCG@{k}, seen items kept": float(np.concatenate(kept).mean()),
+        f"NDCG@{k}, seen items masked": float(np.concatenate(masked).mean()),
     }
 
 
@@ -90,16 +90,10 @@ def ranker_as_trained(model, loader: Iterable) -> dict[str, dict[str, float]]:
     found = total = 0
     for batch in loader:
         interaction = batch[0].to(model.device)
-        states, seq_lens, positions, users, tokens = model._last_position(interaction)
-        flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
-        retrieval = model._retrieval_logits(users, flat_tokens, model.item_vectors())
-        retrieval = model._shift_seen(retrieval, interaction[model.ITEM_SEQ], in_logits=True)
-        candidates = model._candidates(retrieval)  # [B, N]
+        retrieval, candidates, own = model._serve(interaction)  # what full_sort_predict orders
         is_target = candidates == interaction[model.ITEM_ID].unsqueeze(1)
         keep = is_target.any(1)
         found, total = found + int(keep.sum()), total + len(keep)
-        stage_logits, log_value = model._rank(states, positions, seq_lens, tokens, candidates.unsqueeze(1))
-        own = model._ranker_scores(stage_logits, log_value).squeeze(1)
         candidate_retrieval = retrieval.gather(1, candidates)
         served = model._rank_scores(own, candidate_retrieval)
         for name, scores in zip(ranks, (candidate_retrieval, own, served), strict=True):
@@ -139,11 +133,9 @@ def candidate_sets(model, loader: Iterable, passes: int, heldout_every: int) -> 
             flat_states = states[rows, positions].flatten(0, 1)  # [BR, D]
             tokens = model._step2(states, positions, seq_lens) if model.use_step2 else None
             flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
-            retrieval = model._retrieval_logits(model._generation_users(flat_states), flat_tokens, model.item_vectors())
-            if model.repeat_shift is not None:
-                seen = model._seen_before(interaction[model.ITEM_SEQ][:, : states.shape[1]])[rows, positions]
-                retrieval = model._shift_seen(retrieval, seen.flatten(0, 1), in_logits=True)
-            candidates, retrieved = model._training_candidates(retrieval, targets)
+            retrieval, candidates, retrieved = model._training_retrieval(
+                interaction, flat_states, flat_tokens, positions, targets
+            )  # as the ranker's training builds them
             sets.append({
                 "states": states, "positions": positions, "seq_lens": seq_lens, "tokens": tokens,
                 "candidates": candidates.view(batch, ranked, -1), "flat_states": flat_states,
@@ -231,7 +223,7 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> str:
 
 
 def _command(argv: list[str]) -> str:
-    return "`python bench/diagnose.py " + " ".join(argv) + "`"
+    return f"`python bench/diagnose.py {shlex.join(argv)}`"
 
 
 def seen_markdown(config, split: str, k: int, result: dict[str, float], argv: list[str]) -> str:

@@ -477,13 +477,9 @@ class OneRanker(HSTU):
             losses["task"] = (weights * nll).sum() / (len(self.tasks) * batch * ranked)
 
         if self.use_ranker:
-            users = self._generation_users(flat_states)
-            retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [BR, n_items]
-            if self.repeat_shift is not None:  # the items each position has seen, [BR, N]
-                seen = self._seen_before(interaction[self.ITEM_SEQ][:, :seq_len])
-                seen = seen[torch.arange(batch, device=seen.device).unsqueeze(1), positions].flatten(0, 1)
-                retrieval = self._shift_seen(retrieval, seen, in_logits=True)
-            candidates, retrieved = self._training_candidates(retrieval, flat_targets)  # [BR, N], [BR]
+            retrieval, candidates, retrieved = self._training_retrieval(
+                interaction, flat_states, flat_tokens, positions, flat_targets
+            )
             stage_logits, log_value = self._rank(
                 memory, positions, seq_lens, tokens, candidates.view(batch, ranked, -1)
             )
@@ -510,6 +506,23 @@ class OneRanker(HSTU):
             losses["dc"] = dc.mean()
         return losses
 
+    def _training_retrieval(
+        self, interaction, flat_states: Tensor, flat_tokens: Tensor | None, positions: Tensor, flat_targets: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The ranker's training sets at ``positions`` (``[B, R]``; states ``[BR, D]``, targets ``[BR]``).
+
+        Returns:
+            ``retrieval`` ``[BR, n_items]`` logits (with the repeat shift of each position's seen items), the
+            ``candidates`` ``[BR, N]`` with the target forced in, and whether retrieval found it, ``[BR]``.
+        """
+        users = self._generation_users(flat_states)
+        retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [BR, n_items]
+        if self.repeat_shift is not None:  # the items each position has seen, [BR, N]
+            seen = self._seen_before(interaction[self.ITEM_SEQ][:, : int(interaction[self.ITEM_SEQ_LEN].max())])
+            rows = torch.arange(len(positions), device=seen.device).unsqueeze(1)
+            retrieval = self._shift_seen(retrieval, seen[rows, positions].flatten(0, 1), in_logits=True)
+        return retrieval, *self._training_candidates(retrieval, flat_targets)
+
     # -- inference --------------------------------------------------------------------------------------------
 
     def _last_position(self, interaction):
@@ -519,6 +532,24 @@ class OneRanker(HSTU):
         users = self._generation_users(self.gather_indexes(states, seq_lens - 1))  # [B, H, D]
         tokens = self._step2(states, positions, seq_lens) if self.use_step2 else None  # [B, 1, Q, D]
         return states, seq_lens, positions, users, tokens
+
+    def _serve(self, interaction) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Retrieval and ranking at each row's last position.
+
+        Returns:
+            ``retrieval`` ``[B, n_items]`` logits (with the repeat shift of the seen items); with the ranker, the
+            top ``num_candidates`` retrieved items ``[B, N]`` and the ranker's own scores of them ``[B, N]``
+            (None and None without it).
+        """
+        states, seq_lens, positions, users, tokens = self._last_position(interaction)
+        flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
+        retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [B, n_items]
+        retrieval = self._shift_seen(retrieval, interaction[self.ITEM_SEQ], in_logits=True)
+        if not self.use_ranker:
+            return retrieval, None, None
+        candidates = self._candidates(retrieval)  # [B, N]
+        stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, candidates.unsqueeze(1))
+        return retrieval, candidates, self._ranker_scores(stage_logits, log_value).squeeze(1)
 
     def predict(self, interaction):
         states, seq_lens, positions, users, tokens = self._last_position(interaction)
@@ -533,15 +564,9 @@ class OneRanker(HSTU):
         return self._rank_scores(self._ranker_scores(stage_logits, log_value), retrieval.view(-1, 1, 1)).view(-1)
 
     def full_sort_predict(self, interaction):
-        states, seq_lens, positions, users, tokens = self._last_position(interaction)
-        flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
-        retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [B, n_items]
-        retrieval = self._shift_seen(retrieval, interaction[self.ITEM_SEQ], in_logits=True)
-        if not self.use_ranker:
+        retrieval, candidates, ranker_scores = self._serve(interaction)
+        if candidates is None:
             return retrieval
-        candidates = self._candidates(retrieval)  # [B, N]
-        stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, candidates.unsqueeze(1))
-        ranker_scores = self._ranker_scores(stage_logits, log_value).squeeze(1)  # [B, N]
         rank_scores = self._rank_scores(ranker_scores, retrieval.gather(1, candidates))
         # The ranker orders the candidates, all of them above every other item (kept in retrieval order).
         lift = retrieval.max(dim=1, keepdim=True).values - rank_scores.min(dim=1, keepdim=True).values + 1.0
