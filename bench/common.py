@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import math
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -124,7 +125,13 @@ def row_key(label: str, model: str, dataset: str, settings: dict[str, Any]) -> s
 
 
 def code_version() -> str:
-    """The repository's commit (``-dirty`` with uncommitted changes), recorded with each row; 'unknown' outside git."""
+    """The repository's commit (``-dirty`` with uncommitted changes), recorded with each row.
+
+    Outside git (e.g. a copy of the working tree sent to another machine), ``RECBOLE_ONERANKER_COMMIT`` names it;
+    without that, 'unknown'.
+    """
+    if "RECBOLE_ONERANKER_COMMIT" in os.environ:
+        return os.environ["RECBOLE_ONERANKER_COMMIT"]
     try:
         described = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=12"],

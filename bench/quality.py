@@ -106,6 +106,7 @@ def run_row(
         "protocol": result["protocol"],
         "command": run_command(model, dataset, settings),
         "commit": commit,
+        "device": result["device"],
         "ranks_file": _relative(ranks_file),
         "users_file": _relative(users_file),
     }
@@ -208,15 +209,17 @@ def write_report(
         "",
         "## Runs",
         "",
-        "Commit: the code a run was made with ('-dirty': with uncommitted changes; '-': not recorded, older rows).",
+        "Commit: the code a run was made with ('-dirty': with uncommitted changes; '-': not recorded, older rows). "
+        "Device: what it trained on, which wall times depend on ('-': not recorded; those rows ran on CPU).",
         "",
-        "| row | seed | valid NDCG@10 | test NDCG@10 | commit | command |",
-        "|---|---|---|---|---|---|",
+        "| row | seed | valid NDCG@10 | test NDCG@10 | commit | device | command |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['label']} | {row['seed']} | {float(row['valid_ndcg@10']):.4f} | "
-            f"{float(row['test_ndcg@10']):.4f} | {row.get('commit') or '-'} | `{row['command']}` |"
+            f"{float(row['test_ndcg@10']):.4f} | {row.get('commit') or '-'} | {row.get('device') or '-'} | "
+            f"`{row['command']}` |"
         )
     out.write_text("\n".join(lines) + "\n")
 
@@ -228,6 +231,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--models", nargs="+", help="row labels to run (default: every row of the bench config)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per row: 2020, 2021, ...")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=FIRST_SEED,
+        help=f"the first of those seeds (default {FIRST_SEED}); --first-seed 2021 --seeds 1 runs seed 2021 alone, "
+        "so a row's seeds can run in parallel processes",
+    )
     parser.add_argument("--epochs", type=int, help="cap the epochs (smoke runs); recorded in the row's settings")
     parser.add_argument("--bench-config", type=Path, help="another bench config file")
     parser.add_argument(
@@ -258,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/quality.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
-    jobs = [(label, FIRST_SEED + i) for label in labels for i in range(args.seeds)]
+    jobs = [(label, args.first_seed + i) for label in labels for i in range(args.seeds)]
     hashes = {
         label: config_hash(label, model, dataset, settings)
         for label in bench_config["rows"]

@@ -531,7 +531,7 @@ class Objective:
         except optuna.TrialPruned:
             (checkpoint_dir / f"{run_id}-resume.pth").unlink(missing_ok=True)  # a pruned run is never continued
             raise
-        for key in ("protocol", "saved_model_file"):
+        for key in ("protocol", "saved_model_file", "device"):
             trial.set_user_attr(key, result[key])
         trial.set_user_attr("wall_time_s", round(float(result["wall_time_s"]), 1))
         for key in ("best_valid_result", "test_result", "candidate_result"):
