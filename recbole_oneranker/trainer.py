@@ -199,14 +199,15 @@ def _random_states(train_data) -> dict[str, Any]:
 
 
 def _set_random_states(states: dict[str, Any], train_data) -> None:
-    torch.set_rng_state(states["torch"])
+    # The snapshot was loaded onto the run's device, but generator states are CPU byte tensors whatever the device.
+    torch.set_rng_state(states["torch"].cpu())
     kind, keys, position, has_gauss, cached_gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), position, has_gauss, cached_gauss))
     random.setstate(states["python"])
     if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
     if "loader" in states:
-        train_data.generator.set_state(states["loader"])
+        train_data.generator.set_state(states["loader"].cpu())
 
 
 class Trainer(RunSafetyMixin, RecBoleTrainer):

@@ -128,6 +128,7 @@ def _resumable_run(tiny_config, run_id: str, callback):
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_config):
+    # On a GPU machine the snapshot loads onto the GPU: this also checks that the generators' states come back.
     whole_log = _ScoreLog()
     whole = _resumable_run(tiny_config, "whole", whole_log)
 
