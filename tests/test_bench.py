@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +53,13 @@ def test_quality_rows_resume_and_report(tmp_path, tiny_data_path):
 
     assert quality.main(argv) == 0  # everything done: nothing is trained again
     assert len(list(csv.DictReader(csv_file.open()))) == 2
+    assert quality.main([*argv, "--first-seed", "2022", "--seeds", "1"]) == 0  # one more seed, alone
+    rows = list(csv.DictReader(csv_file.open()))
+    assert [row["seed"] for row in rows] == ["2020", "2021", "2022"]
+    device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    assert {row["device"] for row in rows} == {device} and f"| {device} |" in (
+        tmp_path / "results" / "tiny.md"
+    ).read_text()
 
 
 def test_quality_rejects_unknown_rows(tmp_path):
@@ -134,11 +142,13 @@ def test_a_changed_package_default_makes_rows_stale(tmp_path, monkeypatch):
     assert common.row_key("HSTU", "HSTU", "ml-100k", settings) != before
 
 
-def test_rows_record_the_code_version():
+def test_rows_record_the_code_version(monkeypatch):
     from common import code_version
 
     version = code_version()
     assert version == "unknown" or len(version.removesuffix("-dirty")) >= 7
+    monkeypatch.setenv("RECBOLE_ONERANKER_COMMIT", "e7ba9c89b5fb")  # a copy of the tree, outside git
+    assert code_version() == "e7ba9c89b5fb"
 
 
 def test_a_default_a_row_overrides_does_not_make_it_stale(monkeypatch):

@@ -18,7 +18,7 @@ from recbole_oneranker.utils import get_model, get_trainer
 def _setup(tiny_config, **overrides):
     config = Config("SASRec", "ml-tiny", config_dict={**tiny_config, **overrides})
     train, valid, test = data_preparation(config, create_dataset(config))
-    model = get_model("SASRec")(config, train._dataset)
+    model = get_model("SASRec")(config, train._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], "SASRec")(config, model)
     return config, trainer, train, valid, test
 
