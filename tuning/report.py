@@ -171,18 +171,20 @@ def plot_lines(plots: list[tuple[str, list[str] | str]]) -> list[str]:
 
 
 def trial_table(trials: list[FrozenTrial], objectives: list[str]) -> list[str]:
-    """Markdown rows: validation objective(s), the same metrics on test (and on the candidate set), params."""
+    """Markdown rows: validation objective(s), the same metrics on test (and on the candidate set), the trial's
+    time (of its last process, when resumed) and device, params."""
     candidates = any(trial.user_attrs.get("candidate_result") for trial in trials)
     header = ["trial", *(f"valid {name}" for name in objectives), *(f"test {name}" for name in objectives)]
     header += [f"cand. test {name}" for name in objectives] if candidates else []
-    header += ["time (s)", "parameters"]
+    header += ["time (s)", "device", "parameters"]
     rows = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for trial in trials:
         test, candidate = trial.user_attrs.get("test_result"), trial.user_attrs.get("candidate_result")
         cells = [str(trial.number), *(f"{value:.4f}" for value in trial.values or [])]
         cells += [_metric(test, name) for name in objectives]
         cells += [_metric(candidate, name) for name in objectives] if candidates else []
-        cells += [f"{trial.duration.total_seconds():.0f}" if trial.duration else "-", _params(trial)]
+        duration = f"{trial.duration.total_seconds():.0f}" if trial.duration else "-"
+        cells += [duration, trial.user_attrs.get("device", "-"), _params(trial)]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
