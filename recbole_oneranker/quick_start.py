@@ -17,7 +17,6 @@ from logging import getLogger
 from typing import Any
 
 import colorlog
-import torch
 from colorama import init as init_colorama
 from recbole.data import data_preparation
 from recbole.data.dataloader import NegSampleEvalDataLoader
@@ -92,7 +91,8 @@ def run(
         the top ``max(topk)``, 0 beyond), ``test_users`` (their user ids, in the same order), ``candidate_result``
         (:func:`evaluate_candidate_set`, or None), ``protocol``, ``saved_model_file``, ``log_file``, ``wall_time_s``
         (with ``resume_training``, also the training seconds of the earlier processes of this ``run_id``) and
-        ``device`` (:func:`describe_device`).
+        ``device`` (what it trained on, e.g. ``'cuda: NVIDIA H100 80GB HBM3, then cpu'`` for a run
+        resumed on another machine; see :func:`~recbole_oneranker.trainer.describe_device`).
     """
     start = time.perf_counter()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
@@ -146,7 +146,7 @@ def run(
         "saved_model_file": trainer.saved_model_file if saved else None,
         "log_file": log_file,
         "wall_time_s": time.perf_counter() - start + trainer.elapsed_before_s,
-        "device": describe_device(config["device"]),
+        "device": ", then ".join(trainer.devices),
     }
 
 
@@ -223,9 +223,3 @@ def objective_function(
 ) -> dict[str, Any]:
     """RecBole's ``objective_function`` contract (model and dataset come from the config), for tuning."""
     return run(config_file_list=config_file_list, config_dict=config_dict, saved=saved, callback_fn=callback_fn)
-
-
-def describe_device(device: torch.device | str) -> str:
-    """What a run trained on, recorded beside its wall time: ``'cpu'`` or e.g. ``'cuda: NVIDIA H100 80GB HBM3'``."""
-    device = torch.device(device)
-    return f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type

@@ -49,6 +49,7 @@ class RunSafetyMixin:
             os.path.join(self.checkpoint_dir, f"{run_id}-resume.pth") if config["resume_training"] else None
         )
         self.elapsed_before_s = 0.0  # training seconds of earlier processes, when resumed from a snapshot
+        self.devices = [describe_device(self.device)]  # what the run's processes ran on, in order of first use
         self._clock_start = time.perf_counter()
 
     def _build_optimizer(self, **kwargs):
@@ -113,6 +114,7 @@ class RunSafetyMixin:
             # RecBole stops once the early-stopping counter passes stopping_step
             finished=self.cur_step > self.stopping_step or epoch_idx + 1 >= self.epochs,
             elapsed_s=self.elapsed_s,
+            devices=self.devices,
             random_states=_random_states(train_data),
             callback_state=compat.plain_value(callback_fn.state_dict()) if hasattr(callback_fn, "state_dict") else None,
         )
@@ -126,6 +128,7 @@ class RunSafetyMixin:
         self.saved_model_file = self.resume_file.removesuffix("-resume.pth") + ".pth"  # the best, not the snapshot
         self.best_valid_result = snapshot["best_valid_result"]
         self.elapsed_before_s = float(snapshot["elapsed_s"])
+        self.devices = list(dict.fromkeys([*snapshot.get("devices", []), *self.devices]))  # older snapshots: none
         _set_random_states(snapshot["random_states"], train_data)
         if snapshot["callback_state"] is not None and hasattr(callback_fn, "load_state_dict"):
             callback_fn.load_state_dict(snapshot["callback_state"])
@@ -182,6 +185,12 @@ class RunSafetyMixin:
             # the user has seen before is masked too: this protocol does not reward repeat consumption.
             scores.scatter_(1, history, -np.inf)
         return interaction, scores, positive_u, positive_i
+
+
+def describe_device(device: torch.device | str) -> str:
+    """What a run trains on, recorded beside its wall time: ``'cpu'`` or e.g. ``'cuda: NVIDIA H100 80GB HBM3'``."""
+    device = torch.device(device)
+    return f"cuda: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
 
 
 def _random_states(train_data) -> dict[str, Any]:

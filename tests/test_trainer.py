@@ -134,10 +134,14 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_config):
 
     with pytest.raises(_Interrupted):  # killed after epoch 1's validation, before its snapshot
         _resumable_run(tiny_config, "cut", _ScoreLog(stop_at=2))
-    assert os.path.exists(os.path.join("saved", "cut-resume.pth"))
+    snapshot_file = os.path.join("saved", "cut-resume.pth")
+    snapshot = torch.load(snapshot_file, weights_only=True)
+    snapshot["devices"] = ["cuda: another machine's GPU"]  # as if the first process had run elsewhere
+    torch.save(snapshot, snapshot_file)
     resumed_log = _ScoreLog()
     resumed = _resumable_run(tiny_config, "cut", resumed_log)
 
+    assert resumed["device"] == f"cuda: another machine's GPU, then {whole['device']}"
     assert resumed_log.scores == whole_log.scores and len(whole_log.scores) == 4
     assert resumed["best_valid_result"] == whole["best_valid_result"]
     assert resumed["test_result"] == whole["test_result"]
