@@ -54,6 +54,14 @@ def tiny_data_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def run_device() -> str:
+    """How runs on this machine describe their device (RecBole trains on the GPU whenever torch sees one)."""
+    from recbole_oneranker.trainer import describe_device
+
+    return describe_device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture
 def tiny_config(tiny_data_path) -> dict:
     """A config dict for the ml-tiny slice: cascade [click, conversion], value = rating."""
     return {

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +34,7 @@ TINY_ROWS = {
 }
 
 
-def test_quality_rows_resume_and_report(tmp_path, tiny_data_path):
+def test_quality_rows_resume_and_report(tmp_path, tiny_data_path, run_device):
     bench_config = tmp_path / "tiny.yaml"
     bench_config.write_text(yaml.safe_dump(TINY_ROWS))
     argv = ["--dataset", "ml-tiny", "--bench-config", str(bench_config), "--seeds", "2", "--epochs", "1",
@@ -56,10 +55,8 @@ def test_quality_rows_resume_and_report(tmp_path, tiny_data_path):
     assert quality.main([*argv, "--first-seed", "2022", "--seeds", "1"]) == 0  # one more seed, alone
     rows = list(csv.DictReader(csv_file.open()))
     assert [row["seed"] for row in rows] == ["2020", "2021", "2022"]
-    device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    assert {row["device"] for row in rows} == {device} and f"| {device} |" in (
-        tmp_path / "results" / "tiny.md"
-    ).read_text()
+    report = (tmp_path / "results" / "tiny.md").read_text()
+    assert {row["device"] for row in rows} == {run_device} and f"| {run_device} |" in report
 
 
 def test_quality_rejects_unknown_rows(tmp_path):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -135,7 +134,7 @@ def test_two_processes_share_one_study(out, parallel_study):
     assert len(owners) == 2  # both processes ran trials
 
 
-def test_report_and_compare(out, killed_study, parallel_study, capsys):
+def test_report_and_compare(out, killed_study, parallel_study, capsys, run_device):
     assert report.main(["--study", "killed", "--out", str(out)]) == 0
     text = (out / "killed" / "report.md").read_text()
     assert "# Optuna study killed: HSTU on ml-tiny" in text
@@ -143,8 +142,7 @@ def test_report_and_compare(out, killed_study, parallel_study, capsys):
     assert "python tuning/search.py --model HSTU --dataset ml-tiny" in text
     assert "```bash\nrun_recbole --model=HSTU --dataset=ml-tiny" in text
     assert "| trial | valid ndcg@10 | test ndcg@10 |" in text
-    device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    assert f"| {device} |" in text  # each trial's device, beside its time
+    assert f"| {run_device} |" in text  # each trial's device, beside its time
     for stem in ("optimization_history", "param_importances"):
         for plot in (f"{stem}.html", f"{stem}.png"):  # plotly and matplotlib
             assert (out / "killed" / plot).is_file() and f"]({plot})" in text

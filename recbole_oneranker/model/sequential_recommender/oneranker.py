@@ -517,8 +517,8 @@ class OneRanker(HSTU):
         """
         users = self._generation_users(flat_states)
         retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [BR, n_items]
-        if self.repeat_shift is not None:  # the items each position has seen, [BR, N]
-            seen = self._seen_before(interaction[self.ITEM_SEQ][:, : int(interaction[self.ITEM_SEQ_LEN].max())])
+        if self.repeat_shift is not None:  # the items each position has seen, [BR, max_len] 0-padded
+            seen = self._seen_before(interaction[self.ITEM_SEQ])  # causal, so untruncated padding changes nothing
             rows = torch.arange(len(positions), device=seen.device).unsqueeze(1)
             retrieval = self._shift_seen(retrieval, seen[rows, positions].flatten(0, 1), in_logits=True)
         return retrieval, *self._training_candidates(retrieval, flat_targets)
