@@ -63,6 +63,22 @@ def test_length_buckets_do_not_change_the_loss(hstu_setup):
     torch.testing.assert_close(losses[2], losses[0])
 
 
+def test_length_buckets_do_not_change_the_states_or_the_scores(hstu_setup):
+    model, _, test = hstu_setup(repeat_bias=True, loss_type="full_softmax")
+    model.eval()
+    batch = next(iter(test))[0]
+    assert len(set(batch["item_length"].tolist())) > 1  # lengths vary, so buckets differ in padding
+    with torch.no_grad():
+        states = model.encode(batch)  # the reference: one pass, every row padded to the batch's longest
+        scores = []
+        for bucket_size in (0, 3, 16):
+            model.length_bucket_size = bucket_size
+            torch.testing.assert_close(model.encode_by_length(batch), states)
+            scores.append((model.full_sort_predict(batch), model.predict(batch)))
+    for bucketed in scores[1:]:
+        torch.testing.assert_close(bucketed, scores[0])
+
+
 def test_seen_before_by_hand(hstu_setup):
     model, _, _ = hstu_setup()
     seen = model._seen_before(torch.tensor([[5, 6, 7], [8, 0, 0]]))
@@ -114,6 +130,20 @@ def test_repeat_bias_is_learned_and_shifts_exactly_the_seen_items(hstu_setup, lo
     seen[:, 0] = False
     torch.testing.assert_close(shifted[seen], plain[seen] - 0.5)
     torch.testing.assert_close(shifted[~seen], plain[~seen])
+
+
+def test_repeat_shift_by_hand_counts_a_repeated_item_once(hstu_setup):
+    model, _, _ = hstu_setup(repeat_bias=True, loss_type="full_softmax")
+    torch.nn.init.constant_(model.repeat_shift, -1.0)
+    seen = torch.tensor([[3, 3, 0], [5, 1, 0]])  # row 0 saw item 3 twice; 0 is padding
+    scores = torch.zeros(2, 2, 6, requires_grad=True)  # [P, tasks, n_items]: the tasks share the shift
+    shifted = model._shift_seen(scores, seen)
+    expected = torch.zeros(2, 6)
+    expected[0, 3] = expected[1, 5] = expected[1, 1] = -1.0
+    torch.testing.assert_close(shifted, expected.unsqueeze(1).expand(2, 2, 6))
+    shifted.sum().backward()
+    assert model.repeat_shift.grad.item() == 6.0  # 3 distinct (row, item) pairs x 2 tasks, the repeat not twice
+    torch.testing.assert_close(scores.grad, torch.ones_like(scores))
 
 
 def test_repeat_bias_with_sampled_softmax_needs_history_negatives(hstu_setup):

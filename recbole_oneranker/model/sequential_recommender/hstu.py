@@ -170,9 +170,25 @@ class HSTU(SequentialRecommender):
             interaction[self.ITEM_SEQ][:, :seq_len], item_seq_len, self._request_timestamps(interaction, seq_len)
         )
 
+    def encode_by_length(self, interaction) -> Tensor:
+        """``[B, N, D]``: :meth:`encode`'s states, computed by length bucket so that short histories are not padded
+        to the batch's longest (padding never changes a real position's state). Evaluation batches are thousands
+        of users; on Beauty, whose histories fill 9 of 50 slots on average, this cuts the encoding several-fold."""
+        buckets = self._length_buckets(interaction[self.ITEM_SEQ_LEN])
+        return self._in_row_order([self.encode(interaction[rows]) for rows in buckets], buckets)
+
+    @staticmethod
+    def _in_row_order(bucket_states: list[Tensor], buckets: list[Tensor]) -> Tensor:
+        """``[B, N, D]``: the states of each bucket (rows ``buckets[i]``, ``[b_i, n_i, D]``), padded to the longest
+        ``n_i`` and put back in the batch's row order."""
+        longest = max(states.shape[1] for states in bucket_states)
+        states = torch.cat([F.pad(states, (0, 0, 0, longest - states.shape[1])) for states in bucket_states])
+        return states[torch.argsort(torch.cat(buckets))]
+
     def encode_last(self, interaction) -> Tensor:
         """``[B, D]``: the L2-normalised state after each row's last history item."""
-        return self.user_vectors(self.gather_indexes(self.encode(interaction), interaction[self.ITEM_SEQ_LEN] - 1))
+        states = self.encode_by_length(interaction)
+        return self.user_vectors(self.gather_indexes(states, interaction[self.ITEM_SEQ_LEN] - 1))
 
     def item_vectors(self, item_ids: Tensor | None = None) -> Tensor:
         """L2-normalised item embeddings: ``[n_items, D]``, or ``[*item_ids.shape, D]``.
@@ -310,17 +326,22 @@ class HSTU(SequentialRecommender):
         """
         if self.repeat_shift is None or seen is None:
             return scores
-        if items is None:
-            is_seen = _catalogue_membership(seen, self.n_items)  # [P, n_items]
-        else:
-            is_seen = (items.unsqueeze(-1) == seen.view(len(seen), *[1] * (items.dim() - 1), -1)).any(-1)
-        is_seen = is_seen.view(len(is_seen), *[1] * (scores.dim() - is_seen.dim()), *is_seen.shape[1:])
         shift = self.repeat_shift / self.temperature if in_logits else self.repeat_shift
+        if items is None:
+            # Write the few seen entries, not a [P, n_items] mask over the catalogue: ranking a Beauty batch (12k
+            # items) spent a quarter of its time on the mask's arithmetic.
+            rows, seen_items = _distinct_items(seen)  # [K], [K]
+            by_item = scores.movedim(-1, 1)  # [P, n_items, ...]
+            return by_item.index_put((rows, seen_items), by_item[rows, seen_items] + shift).movedim(1, -1)
+        is_seen = (items.unsqueeze(-1) == seen.view(len(seen), *[1] * (items.dim() - 1), -1)).any(-1)
+        is_seen = is_seen.view(len(is_seen), *[1] * (scores.dim() - is_seen.dim()), *is_seen.shape[1:])
         return scores + shift * is_seen
 
 
-def _catalogue_membership(items: Tensor, n_items: int) -> Tensor:
-    """``[P, n_items]`` bool: which catalogue items each row of ``items`` (``[P, L]``, 0-padded) holds."""
-    member = torch.zeros(len(items), n_items, dtype=torch.bool, device=items.device).scatter_(1, items, True)
-    member[:, 0] = False
-    return member
+def _distinct_items(items: Tensor) -> tuple[Tensor, Tensor]:
+    """``(rows, items)``, ``[K]`` each: every distinct non-padding item of each row of ``items`` (``[P, L]``,
+    0-padded), once, so that writing at these pairs never writes (or back-propagates through) an entry twice."""
+    ordered = items.sort(dim=1).values
+    distinct = F.pad(ordered[:, 1:] != ordered[:, :-1], (1, 0), value=True) & (ordered > 0)
+    rows = torch.arange(len(items), device=items.device).unsqueeze(1).expand_as(ordered)
+    return rows[distinct], ordered[distinct]

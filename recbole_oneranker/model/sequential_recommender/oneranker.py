@@ -444,9 +444,7 @@ class OneRanker(HSTU):
             total = total + nll.sum()
             count += int(valid.sum())
             bucket_states.append(states)
-        longest = max(states.shape[1] for states in bucket_states)
-        states = torch.cat([F.pad(states, (0, 0, 0, longest - states.shape[1])) for states in bucket_states])
-        return states[torch.argsort(torch.cat(buckets))], total / max(count, 1)
+        return self._in_row_order(bucket_states, buckets), total / max(count, 1)
 
     def _decoder_losses(self, interaction, states: Tensor) -> dict[str, Tensor]:
         """Step-2 task loss, step-3 ranking loss and the DC loss, at ``decoder_positions`` positions per row."""
@@ -526,7 +524,7 @@ class OneRanker(HSTU):
     # -- inference --------------------------------------------------------------------------------------------
 
     def _last_position(self, interaction):
-        states = self.encode(interaction)
+        states = self.encode_by_length(interaction)
         seq_lens = interaction[self.ITEM_SEQ_LEN]
         positions = (seq_lens - 1).unsqueeze(1)  # [B, 1]
         users = self._generation_users(self.gather_indexes(states, seq_lens - 1))  # [B, H, D]
