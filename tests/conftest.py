@@ -97,3 +97,24 @@ def assert_scoring_paths_agree():
             torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
     return check
+
+
+@pytest.fixture
+def assert_length_buckets_change_nothing():
+    """``assert_length_buckets_change_nothing(model, batch)``: an evaluation ``batch`` whose lengths vary, encoded by
+    length bucket, gives the states of one pass padded to its longest, and scores that no bucket size changes."""
+
+    def check(model, batch):
+        model.eval()
+        assert len(set(batch["item_length"].tolist())) > 1  # lengths vary, so buckets differ in padding
+        with torch.no_grad():
+            states = model.encode(batch)  # the reference: one pass, every row padded to the batch's longest
+            scores = []
+            for bucket_size in (0, 3, 16):
+                model.length_bucket_size = bucket_size
+                torch.testing.assert_close(model.encode_by_length(batch), states)
+                scores.append((model.full_sort_predict(batch), model.predict(batch)))
+        for bucketed in scores[1:]:
+            torch.testing.assert_close(bucketed, scores[0])
+
+    return check
