@@ -2,6 +2,7 @@
 
     python bench/diagnose.py seen --checkpoint saved/RUN.pth [--split test] [--k 10]
     python bench/diagnose.py ranker --checkpoint saved/RUN.pth [--refit-epochs 8] [--lr 3e-3]
+    python bench/diagnose.py gates --checkpoint saved/RUN.pth
 
 ``seen``: the share of the model's top-K slots that are items already in the user's history (the model's input
 window), the share of targets that are, and NDCG@K of the same scores with seen items kept (RecBole's protocol)
@@ -18,7 +19,13 @@ and masked (HSTU's), on the valid or test split.
      even the last cannot beat retrieval's order on held-out sets, the sets hold no order the ranker could learn
      from these features.
 
-Both print a markdown report (``--out FILE`` also writes it).
+``gates`` (OneRanker): what each learned gate contributes to the served order. ``task_gate`` weighs step 2's last
+task token in the retrieval score, ``rank_gate`` the ranker's correction of the candidates' order; both start at 0
+and only some losses train them (``task_gate``: the DC loss alone). The checkpoint is evaluated by RecBole's
+evaluator on the valid and test splits as trained, with each gate set to 0, and with every gate at 0 (the
+metrics at the validation metric's cut-off).
+
+Each prints a markdown report (``--out FILE`` also writes it).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ndcg_from_ranks  # noqa: E402
 
 from recbole_oneranker.quick_start import load_data_and_model  # noqa: E402
+from recbole_oneranker.utils import get_trainer  # noqa: E402
 
 
 def _target_ranks(scores: Tensor, is_target: Tensor) -> Tensor:
@@ -78,6 +86,33 @@ def seen_report(model, loader: Iterable, k: int = 10) -> dict[str, float]:
         f"NDCG@{k}, seen items kept": float(np.concatenate(kept).mean()),
         f"NDCG@{k}, seen items masked": float(np.concatenate(masked).mean()),
     }
+
+
+# -- gates ---------------------------------------------------------------------------------------------------------
+
+GATES = ("task_gate", "rank_gate")
+
+
+@torch.no_grad()
+def gates_report(model, evaluate: Callable[[Iterable], dict[str, float]], loaders: dict[str, Iterable]) -> dict:
+    """Metrics of each split (``evaluate(loader)``) with the gates as trained, each gate at 0, and all at 0.
+
+    Returns ``{"gates": {name: trained value}, "rows": {label: {split: metrics}}}``; the gates are restored after.
+    """
+    trained = {name: getattr(model, name).detach().clone() for name in GATES if hasattr(model, name)}
+    variants = {"as trained": ()} | {f"{name} = 0": (name,) for name in trained}
+    if len(trained) > 1:
+        variants["every gate = 0"] = tuple(trained)
+    rows = {}
+    try:
+        for label, zeroed in variants.items():
+            for name, value in trained.items():
+                getattr(model, name).copy_(torch.zeros_like(value) if name in zeroed else value)
+            rows[label] = {split: evaluate(loader) for split, loader in loaders.items()}
+    finally:
+        for name, value in trained.items():
+            getattr(model, name).copy_(value)
+    return {"gates": {name: float(value) for name, value in trained.items()}, "rows": rows}
 
 
 # -- ranker: as trained -------------------------------------------------------------------------------------------
@@ -257,13 +292,27 @@ def ranker_markdown(model, as_trained: dict, curves: dict[str, list[dict]], args
     ])  # fmt: skip
 
 
+def gates_markdown(config, result: dict, argv: list[str]) -> str:
+    rows = result["rows"]
+    cutoff = "@" + str(config["valid_metric"]).split("@")[-1]  # the validation metric's K: one column per metric
+    metrics = [name for name in next(iter(next(iter(rows.values())).values())) if name.endswith(cutoff)]
+    header = ["gates"] + [f"{split} {metric}" for split in next(iter(rows.values())) for metric in metrics]
+    cells = [[label] + [f"{values[metric]:.4f}" for values in splits.values() for metric in metrics]
+             for label, splits in rows.items()]  # fmt: skip
+    gates = ", ".join(f"{name} = {value:.4f}" for name, value in result["gates"].items())
+    return (f"# What each gate adds: {config['model']} on {config['dataset']}\n\n{_command(argv)}\n\n"
+            f"Gates of the checkpoint: {gates}. Each row sets the named gate(s) to 0, the others as trained.\n\n"
+            f"{_table(header, cells)}\n")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="report", required=True)
     seen = sub.add_parser("seen", help="share of history items in the top-K, NDCG@K kept vs masked")
     ranker = sub.add_parser("ranker", help="what OneRanker's ranking decoder adds over retrieval")
-    for p in (seen, ranker):
+    gates = sub.add_parser("gates", help="OneRanker's metrics with each learned gate as trained and at 0")
+    for p in (seen, ranker, gates):
         p.add_argument("--checkpoint", required=True, help="a checkpoint saved by this package (saved/<run_id>.pth)")
         p.add_argument("--data-path", help="folder holding <dataset>/ (default: the one it was trained from)")
         p.add_argument("--out", type=Path, help="also write the report to this file")
@@ -282,6 +331,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.report == "seen":
         loader = valid_data if args.split == "valid" else test_data
         report = seen_markdown(config, args.split, args.k, seen_report(model, loader, args.k), argv)
+    elif args.report == "gates":
+        if not any(hasattr(model, name) for name in GATES):
+            parser.error(f"{args.checkpoint} is a {config['model']} without gates ({', '.join(GATES)})")
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+        result = gates_report(
+            model,
+            lambda loader: dict(trainer.evaluate(loader, load_best_model=False, show_progress=False)),
+            {"valid": valid_data, "test": test_data},
+        )
+        report = gates_markdown(config, result, argv)
     else:
         if not getattr(model, "use_ranker", False):
             parser.error(f"{args.checkpoint} is a {config['model']} without a ranker")

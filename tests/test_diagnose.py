@@ -86,3 +86,33 @@ def test_ranker_report_refuses_a_model_without_ranker(trained, tmp_path, tiny_da
     with pytest.raises(SystemExit) as exit_info:
         diagnose.main(["ranker", "--checkpoint", hstu["saved_model_file"]])
     assert exit_info.value.code == 2
+
+
+def test_gates_report_zeroes_each_gate_then_restores_it(trained):
+    _, model, *_ = load_data_and_model(trained["saved_model_file"])
+    trained_gates = {name: getattr(model, name).item() for name in diagnose.GATES}
+    assert all(trained_gates.values())  # a gate still at its initial 0 would make the rows below indistinguishable
+
+    def evaluate(loader):  # records the gates each row is evaluated with
+        return {name: getattr(model, name).item() for name in diagnose.GATES}
+
+    result = diagnose.gates_report(model, evaluate, {"valid": None})
+    assert result["gates"] == pytest.approx(trained_gates)
+    seen = {label: splits["valid"] for label, splits in result["rows"].items()}
+    assert seen == {
+        "as trained": pytest.approx(trained_gates),
+        "task_gate = 0": pytest.approx({**trained_gates, "task_gate": 0.0}),
+        "rank_gate = 0": pytest.approx({**trained_gates, "rank_gate": 0.0}),
+        "every gate = 0": {"task_gate": 0.0, "rank_gate": 0.0},
+    }
+    assert {name: getattr(model, name).item() for name in diagnose.GATES} == pytest.approx(trained_gates)
+
+
+def test_gates_report_as_trained_matches_the_run(trained, tmp_path):
+    out = tmp_path / "gates.md"
+    assert diagnose.main(["gates", "--checkpoint", trained["saved_model_file"], "--out", str(out)]) == 0
+    rows = [line.strip("|").split("|") for line in out.read_text().splitlines() if line.startswith("| ")]
+    header, table = [cell.strip() for cell in rows[0]], {row[0].strip(): row[1:] for row in rows[1:]}
+    assert list(table) == ["as trained", "task_gate = 0", "rank_gate = 0", "every gate = 0"]
+    as_trained = dict(zip(header[1:], (float(cell) for cell in table["as trained"]), strict=True))
+    assert as_trained["test ndcg@10"] == pytest.approx(trained["test_result"]["ndcg@10"], abs=1e-4)
