@@ -2,7 +2,7 @@
 
     python bench/diagnose.py seen --checkpoint saved/RUN.pth [--split test] [--k 10]
     python bench/diagnose.py ranker --checkpoint saved/RUN.pth [--refit-epochs 8] [--lr 3e-3]
-    python bench/diagnose.py gates --checkpoint saved/RUN.pth
+    python bench/diagnose.py gates --checkpoint saved/RUN.pth [--sweep task_gate=0.25,0.5,1]
 
 ``seen``: the share of the model's top-K slots that are items already in the user's history (the model's input
 window), the share of targets that are, and NDCG@K of the same scores with seen items kept (RecBole's protocol)
@@ -22,8 +22,8 @@ and masked (HSTU's), on the valid or test split.
 ``gates`` (OneRanker): what each learned gate contributes to the served order. ``task_gate`` weighs step 2's last
 task token in the retrieval score, ``rank_gate`` the ranker's correction of the candidates' order; both start at 0
 and only some losses train them (``task_gate``: the DC loss alone). The checkpoint is evaluated by RecBole's
-evaluator on the valid and test splits as trained, with each gate set to 0, and with every gate at 0 (the
-metrics at the validation metric's cut-off).
+evaluator on the valid and test splits as trained, with each gate set to 0, with every gate at 0, and with each
+``--sweep`` value (the metrics at the validation metric's cut-off).
 
 Each prints a markdown report (``--out FILE`` also writes it).
 """
@@ -94,20 +94,30 @@ GATES = ("task_gate", "rank_gate")
 
 
 @torch.no_grad()
-def gates_report(model, evaluate: Callable[[Iterable], dict[str, float]], loaders: dict[str, Iterable]) -> dict:
-    """Metrics of each split (``evaluate(loader)``) with the gates as trained, each gate at 0, and all at 0.
+def gates_report(
+    model,
+    evaluate: Callable[[Iterable], dict[str, float]],
+    loaders: dict[str, Iterable],
+    sweep: dict[str, list[float]] | None = None,
+) -> dict:
+    """Metrics of each split (``evaluate(loader)``) with the gates as trained, each gate at 0, all at 0, and each
+    gate of ``sweep`` at each of its values (the others as trained).
 
     Returns ``{"gates": {name: trained value}, "rows": {label: {split: metrics}}}``; the gates are restored after.
     """
     trained = {name: getattr(model, name).detach().clone() for name in GATES if hasattr(model, name)}
-    variants = {"as trained": ()} | {f"{name} = 0": (name,) for name in trained}
+    variants: dict[str, dict[str, float]] = {"as trained": {}} | {f"{name} = 0": {name: 0.0} for name in trained}
     if len(trained) > 1:
-        variants["every gate = 0"] = tuple(trained)
+        variants["every gate = 0"] = dict.fromkeys(trained, 0.0)
+    for name, values in (sweep or {}).items():
+        if name not in trained:
+            raise ValueError(f"no gate '{name}' in this model (it has: {', '.join(trained) or 'none'})")
+        variants |= {f"{name} = {value:g}": {name: value} for value in values}
     rows = {}
     try:
-        for label, zeroed in variants.items():
+        for label, settings in variants.items():
             for name, value in trained.items():
-                getattr(model, name).copy_(torch.zeros_like(value) if name in zeroed else value)
+                getattr(model, name).copy_(torch.full_like(value, settings[name]) if name in settings else value)
             rows[label] = {split: evaluate(loader) for split, loader in loaders.items()}
     finally:
         for name, value in trained.items():
@@ -305,6 +315,14 @@ def gates_markdown(config, result: dict, argv: list[str]) -> str:
             f"{_table(header, cells)}\n")  # fmt: skip
 
 
+def _gate_values(text: str) -> tuple[str, list[float]]:
+    name, _, values = text.partition("=")
+    try:
+        return name, [float(value) for value in values.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GATE=V1,V2,... (e.g. task_gate=0.25,0.5), got '{text}'") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -318,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", type=Path, help="also write the report to this file")
     seen.add_argument("--split", choices=("valid", "test"), default="test")
     seen.add_argument("--k", type=int, default=10, help="cut-off of the top-K and of NDCG@K")
+    gates.add_argument("--sweep", nargs="+", default=[], type=_gate_values, metavar="GATE=V1,V2,...",
+                       help="also evaluate GATE at each value, e.g. task_gate=0.25,0.5,1")  # fmt: skip
     ranker.add_argument("--refit-epochs", type=int, default=8, help="passes over the cached sets per scorer")
     ranker.add_argument("--lr", type=float, default=3e-3)
     ranker.add_argument("--passes", type=int, default=3, help="passes over the training rows that build the sets")
@@ -334,11 +354,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.report == "gates":
         if not any(hasattr(model, name) for name in GATES):
             parser.error(f"{args.checkpoint} is a {config['model']} without gates ({', '.join(GATES)})")
+        for name, _ in args.sweep:
+            if name not in GATES or not hasattr(model, name):
+                parser.error(f"--sweep: no gate '{name}' in this model (gates: {', '.join(GATES)})")
         trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
         result = gates_report(
             model,
             lambda loader: dict(trainer.evaluate(loader, load_best_model=False, show_progress=False)),
             {"valid": valid_data, "test": test_data},
+            sweep=dict(args.sweep),
         )
         report = gates_markdown(config, result, argv)
     else:

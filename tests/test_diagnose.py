@@ -96,7 +96,7 @@ def test_gates_report_zeroes_each_gate_then_restores_it(trained):
     def evaluate(loader):  # records the gates each row is evaluated with
         return {name: getattr(model, name).item() for name in diagnose.GATES}
 
-    result = diagnose.gates_report(model, evaluate, {"valid": None})
+    result = diagnose.gates_report(model, evaluate, {"valid": None}, sweep={"task_gate": [0.5, 2.0]})
     assert result["gates"] == pytest.approx(trained_gates)
     seen = {label: splits["valid"] for label, splits in result["rows"].items()}
     assert seen == {
@@ -104,6 +104,8 @@ def test_gates_report_zeroes_each_gate_then_restores_it(trained):
         "task_gate = 0": pytest.approx({**trained_gates, "task_gate": 0.0}),
         "rank_gate = 0": pytest.approx({**trained_gates, "rank_gate": 0.0}),
         "every gate = 0": {"task_gate": 0.0, "rank_gate": 0.0},
+        "task_gate = 0.5": pytest.approx({**trained_gates, "task_gate": 0.5}),
+        "task_gate = 2": pytest.approx({**trained_gates, "task_gate": 2.0}),
     }
     assert {name: getattr(model, name).item() for name in diagnose.GATES} == pytest.approx(trained_gates)
 
@@ -116,3 +118,10 @@ def test_gates_report_as_trained_matches_the_run(trained, tmp_path):
     assert list(table) == ["as trained", "task_gate = 0", "rank_gate = 0", "every gate = 0"]
     as_trained = dict(zip(header[1:], (float(cell) for cell in table["as trained"]), strict=True))
     assert as_trained["test ndcg@10"] == pytest.approx(trained["test_result"]["ndcg@10"], abs=1e-4)
+
+
+@pytest.mark.parametrize("sweep", ["no_gate=1", "task_gate=a,b"])
+def test_gates_report_refuses_a_bad_sweep(trained, sweep):
+    with pytest.raises(SystemExit) as exit_info:
+        diagnose.main(["gates", "--checkpoint", trained["saved_model_file"], "--sweep", sweep])
+    assert exit_info.value.code == 2
