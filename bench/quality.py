@@ -4,6 +4,7 @@
     python bench/quality.py --dataset beauty --models HSTU SASRec --seeds 3          # converts Beauty on first use
     python bench/quality.py --dataset ml-100k --models HSTU --seeds 1 --epochs 1     # a smoke run
     python bench/quality.py --bench-config bench/configs/ml-100k-ablation.yaml       # -> results/ml-100k-ablation.md
+    python bench/quality.py --dataset beauty --paired OneRanker HSTU                 # two finished rows, user by user
 
 Rows are the named entries of ``bench/configs/<dataset>.yaml`` (a model plus its settings; ``common`` applies to
 all). Run it from the repository root: commands and data paths are relative to it. Every finished (row, seed) is
@@ -12,6 +13,9 @@ per-user test ranks go to ``results/ranks/<dataset>/``; a re-run skips finished 
 resumes where it stopped. ``results/<dataset>.md`` is rewritten after each row: mean and 95% t-interval over
 seeds, a per-user bootstrap interval, epochs and wall time to the best validation.
 Model choices use validation only; test numbers are read once, for the best checkpoint.
+``--paired A B`` trains nothing: it prints the mean per-user test NDCG@10 difference of row A to row B (each
+averaged over its finished seeds) with its 95% paired bootstrap interval, as the report's Δ column does against
+the bench config's baseline.
 """
 
 from __future__ import annotations
@@ -137,6 +141,21 @@ def _paired_cell(own: tuple[np.ndarray, np.ndarray] | None, baseline: tuple[np.n
     return f"{difference.mean():+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
+def print_paired(rows: list[dict[str, Any]], label: str, other: str) -> int:
+    """Print ``label``'s per-user NDCG@10 difference to ``other`` (``--paired``); 2 if either has no finished run."""
+    by_label = {name: [row for row in rows if row["label"] == name] for name in (label, other)}
+    missing = [name for name, runs in by_label.items() if not runs]
+    if missing:
+        print(
+            f"error: no finished run of {missing} in this table (with the bench config as it is now)", file=sys.stderr
+        )
+        return 2
+    seeds = {name: sorted(int(row["seed"]) for row in runs) for name, runs in by_label.items()}
+    cell = _paired_cell(_per_user_ndcg(by_label[label]), _per_user_ndcg(by_label[other]))
+    print(f"{label} (seeds {seeds[label]}) - {other} (seeds {seeds[other]}): test NDCG@10 per user {cell}")
+    return 0
+
+
 def current_rows(table: ResultTable, hashes: dict[str, str]) -> list[dict[str, Any]]:
     """The rows made with the bench config as it is now (``hashes``: label -> config hash); stale rows stay in
     the CSV but leave the report."""
@@ -245,6 +264,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--results", type=Path, default=REPO / "results", help="output folder (default: results/)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config for every row")
+    parser.add_argument(
+        "--paired", nargs=2, metavar=("A", "B"), help="print row A's per-user NDCG@10 difference to row B; no training"
+    )
     return parser.parse_args(argv)
 
 
@@ -253,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_config = load_bench_config(args.dataset, args.bench_config)
     dataset = bench_config.get("dataset", args.dataset)  # a named bench config (e.g. ablations) names its dataset
     results_name = args.bench_config.stem if args.bench_config else dataset
-    labels = args.models or list(bench_config["rows"])
+    labels = args.paired or args.models or list(bench_config["rows"])
     unknown = [label for label in labels if label not in bench_config["rows"]]
     if unknown:
         print(f"error: unknown rows {unknown}; rows of this config: {list(bench_config['rows'])}", file=sys.stderr)
@@ -274,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         for label in bench_config["rows"]
         for model, settings in [row_settings(bench_config, label, extra)]
     }
+    if args.paired:
+        return print_paired(current_rows(table, hashes), *args.paired)
     out, baseline = args.results / f"{results_name}.md", bench_config.get("baseline")
     commit = code_version()  # the code this process imported, whatever changes on disk while it runs
     for done, (label, seed) in enumerate(jobs, start=1):

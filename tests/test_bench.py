@@ -34,7 +34,7 @@ TINY_ROWS = {
 }
 
 
-def test_quality_rows_resume_and_report(tmp_path, tiny_data_path, run_device):
+def test_quality_rows_resume_and_report(tmp_path, tiny_data_path, run_device, capsys):
     bench_config = tmp_path / "tiny.yaml"
     bench_config.write_text(yaml.safe_dump(TINY_ROWS))
     argv = ["--dataset", "ml-tiny", "--bench-config", str(bench_config), "--seeds", "2", "--epochs", "1",
@@ -57,6 +57,13 @@ def test_quality_rows_resume_and_report(tmp_path, tiny_data_path, run_device):
     assert [row["seed"] for row in rows] == ["2020", "2021", "2022"]
     report = (tmp_path / "results" / "tiny.md").read_text()
     assert {row["device"] for row in rows} == {run_device} and f"| {run_device} |" in report
+
+    capsys.readouterr()
+    assert quality.main([*argv, "--paired", "HSTU-tiny", "HSTU-tiny"]) == 0  # trains nothing, reads the ranks
+    printed = capsys.readouterr().out
+    assert "(seeds [2020, 2021, 2022])" in printed and "+0.0000 [+0.0000, +0.0000]" in printed  # a row against itself
+    assert len(list(csv.DictReader(csv_file.open()))) == 3
+    assert quality.main([*argv, "--paired", "HSTU-tiny", "NoSuchRow"]) == 2
 
 
 def test_quality_rejects_unknown_rows(tmp_path):
