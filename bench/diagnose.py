@@ -3,6 +3,7 @@
     python bench/diagnose.py seen --checkpoint saved/RUN.pth [--split test] [--k 10]
     python bench/diagnose.py ranker --checkpoint saved/RUN.pth [--refit-epochs 8] [--lr 3e-3]
     python bench/diagnose.py gates --checkpoint saved/RUN.pth [--sweep task_gate=0.25,0.5,1]
+    python bench/diagnose.py alignment --checkpoint saved/FULL.pth saved/NO_DC.pth [--split valid]
 
 ``seen``: the share of the model's top-K slots that are items already in the user's history (the model's input
 window), the share of targets that are, and NDCG@K of the same scores with seen items kept (RecBole's protocol)
@@ -25,6 +26,13 @@ and only some losses train them (``task_gate``: the DC loss alone). The checkpoi
 evaluator on the valid and test splits as trained, with each gate set to 0, with every gate at 0, and with each
 ``--sweep`` value (the metrics at the validation metric's cut-off).
 
+``alignment`` (OneRanker, the paper's Figure 3): how far the ranker's order of each served candidate set is from the
+generator's (retrieval's) order of the same set, for one or several checkpoints side by side (e.g. with and without
+the DC loss). Per candidate ``|rank by retrieval - rank by the ranker|`` (mean, median and interquartile range over
+every candidate of every user), and per set the top-K overlap of the two orders (the share of retrieval's top K that
+is also the ranker's top K). Two ranker orders: its own score, and the served one (with ``ranker_residual``, the
+gated score added to the retrieval logit, which is also the DC loss's teacher).
+
 Each prints a markdown report (``--out FILE`` also writes it).
 """
 
@@ -34,7 +42,7 @@ import argparse
 import math
 import shlex
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +267,60 @@ def _measure(score, sets: list[dict[str, Tensor]], model=None) -> dict[str, floa
     return _rank_summary(torch.cat(ranks))
 
 
+# -- alignment of the generator's and the ranker's orders (the paper's Figure 3) ----------------------------------
+
+
+PAPER_CUTOFFS = (1, 3, 5, 10, 15)  # the HR@K cut-offs of the paper's candidate-set protocol
+
+
+def _ranks_within(scores: Tensor) -> Tensor:
+    """``[B, N]``: the 1-based rank of each candidate within its row by ``scores``, highest first."""
+    return scores.argsort(dim=1, descending=True, stable=True).argsort(dim=1) + 1
+
+
+def order_alignment(generator: Tensor, ranker: Tensor, cutoffs: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Two orders of the same candidate sets (``[B, N]`` scores each) compared.
+
+    Returns:
+        ``[B * N]`` each candidate's rank gap ``|rank by generator - rank by ranker|``, and ``[B, len(cutoffs)]``
+        each set's top-K overlap ``|top-K by generator & top-K by ranker| / K``.
+    """
+    by_generator, by_ranker = _ranks_within(generator), _ranks_within(ranker)
+    overlap = [((by_generator <= k) & (by_ranker <= k)).sum(1) / k for k in cutoffs]
+    return (by_generator - by_ranker).abs().flatten(), torch.stack(overlap, 1)
+
+
+@torch.no_grad()
+def alignment_report(model, loader: Iterable, cutoffs: Sequence[int]) -> dict[str, dict[str, float]]:
+    """Rank gaps and top-K overlaps between retrieval's order of each served set and the ranker's (its own score,
+    and the served order), summed up over every user of ``loader``."""
+    orders: dict[str, tuple[list[Tensor], list[Tensor]]] = {"ranker alone": ([], []), "served": ([], [])}
+    for batch in loader:
+        interaction = batch[0].to(model.device)
+        retrieval, candidates, own = model._serve(interaction)
+        generator = retrieval.gather(1, candidates)  # [B, N]
+        for (gaps, overlaps), ranker in zip(orders.values(), (own, model._rank_scores(own, generator)), strict=True):
+            gap, overlap = order_alignment(generator, ranker, cutoffs)
+            gaps.append(gap)
+            overlaps.append(overlap)
+    return {name: _alignment_summary(torch.cat(gaps).float(), torch.cat(overlaps), cutoffs)
+            for name, (gaps, overlaps) in orders.items()}  # fmt: skip
+
+
+def chance_alignment(num_candidates: int, cutoffs: Sequence[int]) -> dict[str, float]:
+    """What :func:`alignment_report` gives for two independent uniformly random orders of ``num_candidates`` items:
+    the rank gap over every pair of ranks, and top-K overlaps of ``K / num_candidates``."""
+    ranks = torch.arange(1, num_candidates + 1)
+    gaps = (ranks[:, None] - ranks[None, :]).abs().flatten().float()
+    return _alignment_summary(gaps, torch.tensor([[k / num_candidates for k in cutoffs]]), cutoffs)
+
+
+def _alignment_summary(gaps: Tensor, overlaps: Tensor, cutoffs: Sequence[int]) -> dict[str, float]:
+    first, median, third = torch.quantile(gaps, torch.tensor([0.25, 0.5, 0.75], device=gaps.device)).tolist()
+    summary = {"mean |rank gap|": float(gaps.mean()), "median": median, "IQR": third - first}
+    return summary | {f"top-{k} overlap": float(value) for k, value in zip(cutoffs, overlaps.mean(0), strict=True)}
+
+
 # -- reports ------------------------------------------------------------------------------------------------------
 
 
@@ -316,6 +378,19 @@ def gates_markdown(config, result: dict, argv: list[str]) -> str:
             f"{_table(header, cells)}\n")  # fmt: skip
 
 
+def alignment_markdown(runs: list[tuple[str, dict, dict]], split: str, argv: list[str]) -> str:
+    """``runs``: (checkpoint, its settings shown, :func:`alignment_report`) for each checkpoint (the last: chance)."""
+    metrics = list(next(iter(runs[0][2].values())))
+    rows = [[checkpoint, ", ".join(f"{k} = {v:.4g}" for k, v in settings.items()), order]
+            + [f"{value:.3f}" for value in result.values()]
+            for checkpoint, settings, report in runs for order, result in report.items()]  # fmt: skip
+    return (f"# How far the ranker's order is from the generator's ({split} split)\n\n{_command(argv)}\n\n"
+            "Rank gap: |rank by retrieval - rank by the ranker| of each candidate in its served set (mean, median, "
+            "interquartile range); top-K overlap: the share of retrieval's top K that is also the ranker's. "
+            "'served': the order step 3 serves (the DC loss's teacher).\n\n"
+            f"{_table(['checkpoint', 'settings', 'ranker order', *metrics], rows)}\n")  # fmt: skip
+
+
 def _gate_values(text: str) -> tuple[str, list[float]]:
     name, _, values = text.partition("=")
     try:
@@ -331,11 +406,16 @@ def main(argv: list[str] | None = None) -> int:
     seen = sub.add_parser("seen", help="share of history items in the top-K, NDCG@K kept vs masked")
     ranker = sub.add_parser("ranker", help="what OneRanker's ranking decoder adds over retrieval")
     gates = sub.add_parser("gates", help="OneRanker's metrics with each learned gate as trained and at 0")
-    for p in (seen, ranker, gates):
-        p.add_argument("--checkpoint", required=True, help="a checkpoint saved by this package (saved/<run_id>.pth)")
+    alignment = sub.add_parser("alignment", help="OneRanker: the ranker's order against the generator's (Figure 3)")
+    for p in (seen, ranker, gates, alignment):
+        p.add_argument("--checkpoint", required=True, nargs="+" if p is alignment else None,
+                       help="a checkpoint saved by this package (saved/<run_id>.pth)")  # fmt: skip
         p.add_argument("--data-path", help="folder holding <dataset>/ (default: the one it was trained from)")
         p.add_argument("--out", type=Path, help="also write the report to this file")
     seen.add_argument("--split", choices=("valid", "test"), default="test")
+    alignment.add_argument("--split", choices=("valid", "test"), default="valid")
+    alignment.add_argument("--cutoffs", type=int, nargs="+", help="K of the top-K overlaps, at most num_candidates "
+                           "(default: the paper's 1 3 5 10 15 up to num_candidates)")  # fmt: skip
     seen.add_argument("--k", type=int, default=10, help="cut-off of the top-K and of NDCG@K")
     gates.add_argument("--sweep", nargs="+", default=[], type=_gate_values, metavar="GATE=V1,V2,...",
                        help="also evaluate GATE at each value, e.g. task_gate=0.25,0.5,1")  # fmt: skip
@@ -345,8 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     ranker.add_argument("--heldout-every", type=int, default=5, help="hold out users with user_id %% N == 0")
     ranker.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        parser.error(f"no checkpoint at {args.checkpoint}")
+    for checkpoint in args.checkpoint if args.report == "alignment" else [args.checkpoint]:
+        if not Path(checkpoint).is_file():
+            parser.error(f"no checkpoint at {checkpoint}")
+    if args.report == "alignment":
+        return _write(alignment_main(parser, args, argv), args.out)
 
     config, model, train_data, valid_data, test_data = load_data_and_model(args.checkpoint, args.data_path)
     if args.report == "seen":
@@ -376,10 +459,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refit: {sum(len(s['retrieved']) for s in sets)} candidate sets", flush=True)
         curves = refit(model, sets, args.refit_epochs, args.lr, log=lambda line: print(line, flush=True))
         report = ranker_markdown(model, as_trained, curves, args, argv)
+    return _write(report, args.out)
+
+
+def alignment_main(parser: argparse.ArgumentParser, args, argv: list[str]) -> str:
+    runs, num_candidates = [], None
+    for checkpoint in args.checkpoint:
+        config, model, _, valid_data, test_data = load_data_and_model(checkpoint, args.data_path)
+        if not getattr(model, "use_ranker", False):
+            parser.error(f"{checkpoint} is a {config['model']} without a ranker")
+        if num_candidates not in (None, model.num_candidates):
+            parser.error(
+                f"{checkpoint} has num_candidates {model.num_candidates}, the first checkpoint {num_candidates}"
+            )
+        num_candidates = model.num_candidates
+        cutoffs = args.cutoffs or [k for k in PAPER_CUTOFFS if k <= num_candidates]
+        if not all(1 <= k <= num_candidates for k in cutoffs):
+            parser.error(f"--cutoffs must be in [1, {num_candidates}] (num_candidates of {checkpoint})")
+        print(f"alignment: {checkpoint}", flush=True)
+        settings = {"gamma": config["gamma"]} | {
+            name: float(getattr(model, name)) for name in GATES if hasattr(model, name)
+        }
+        runs.append(
+            (checkpoint, settings, alignment_report(model, valid_data if args.split == "valid" else test_data, cutoffs))
+        )
+    runs.append(("-", {}, {"independent orders (chance)": chance_alignment(num_candidates, cutoffs)}))
+    return alignment_markdown(runs, args.split, argv)
+
+
+def _write(report: str, out: Path | None) -> int:
     print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
     return 0
 
 

@@ -125,3 +125,40 @@ def test_gates_report_refuses_a_bad_sweep(trained, sweep):
     with pytest.raises(SystemExit) as exit_info:
         diagnose.main(["gates", "--checkpoint", trained["saved_model_file"], "--sweep", sweep])
     assert exit_info.value.code == 2
+
+
+def test_order_alignment_of_reversed_and_equal_orders():
+    generator, cutoffs = torch.tensor([[3.0, 2.0, 1.0]]), (1, 2, 3)
+    gaps, overlaps = diagnose.order_alignment(generator, torch.tensor([[1.0, 2.0, 3.0]]), cutoffs)
+    assert gaps.tolist() == [2, 0, 2] and overlaps.tolist() == [[0.0, 0.5, 1.0]]
+    gaps, overlaps = diagnose.order_alignment(generator, 10 * generator, cutoffs)  # same order, other scale
+    assert gaps.tolist() == [0, 0, 0] and overlaps.tolist() == [[1.0, 1.0, 1.0]]
+
+
+def test_chance_alignment_is_the_expected_gap_of_independent_orders():
+    chance = diagnose.chance_alignment(30, [1, 15])
+    assert chance["mean |rank gap|"] == pytest.approx((30**2 - 1) / (3 * 30))  # E|X - Y|, X, Y uniform on 1..30
+    assert chance["top-1 overlap"] == pytest.approx(1 / 30) and chance["top-15 overlap"] == pytest.approx(0.5)
+
+
+def test_alignment_report_on_the_served_sets(trained):
+    _, model, _, valid_data, _ = load_data_and_model(trained["saved_model_file"])
+    n = model.num_candidates
+    report = diagnose.alignment_report(model, valid_data, [1, n])
+    assert report["ranker alone"][f"top-{n} overlap"] == pytest.approx(1.0)  # both orders hold the whole set
+    assert report["ranker alone"]["mean |rank gap|"] > 0.0  # the trained ranker has an order of its own
+    with torch.no_grad():
+        model.rank_gate.zero_()  # the served order is then retrieval's own
+    report = diagnose.alignment_report(model, valid_data, [1, n])
+    assert report["served"]["mean |rank gap|"] == 0.0 and report["served"]["top-1 overlap"] == 1.0
+
+
+def test_alignment_report_compares_checkpoints_side_by_side(trained, tmp_path):
+    out, checkpoint = tmp_path / "alignment.md", trained["saved_model_file"]
+    assert diagnose.main(["alignment", "--checkpoint", checkpoint, checkpoint, "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith(f"| {checkpoint} |")]
+    assert len(rows) == 4  # per checkpoint: the ranker alone and the served order
+    assert "| - |  | independent orders (chance) |" in out.read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        diagnose.main(["alignment", "--checkpoint", checkpoint, "--cutoffs", "1", "1000"])
+    assert exit_info.value.code == 2
