@@ -42,8 +42,9 @@ import argparse
 import math
 import shlex
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -55,6 +56,9 @@ from common import ndcg_from_ranks  # noqa: E402
 
 from recbole_oneranker.quick_start import load_data_and_model  # noqa: E402
 from recbole_oneranker.utils import get_trainer  # noqa: E402
+
+if TYPE_CHECKING:
+    from recbole.data.interaction import Interaction
 
 
 def _target_ranks(scores: Tensor, is_target: Tensor) -> Tensor:
@@ -141,19 +145,25 @@ def ranker_as_trained(model, loader: Iterable) -> dict[str, dict[str, float]]:
     """Target rank within the retrieved set of valid users, by retrieval, the ranker alone and the served order."""
     ranks: dict[str, list[Tensor]] = {"retrieval": [], "ranker alone": [], "served (ranker over retrieval)": []}
     found = total = 0
-    for batch in loader:
-        interaction = batch[0].to(model.device)
-        retrieval, candidates, own = model._serve(interaction)  # what full_sort_predict orders
+    for interaction, candidates, orders in _served_sets(model, loader):
         is_target = candidates == interaction[model.ITEM_ID].unsqueeze(1)
         keep = is_target.any(1)
         found, total = found + int(keep.sum()), total + len(keep)
-        candidate_retrieval = retrieval.gather(1, candidates)
-        served = model._rank_scores(own, candidate_retrieval)
-        for name, scores in zip(ranks, (candidate_retrieval, own, served), strict=True):
+        for name, scores in zip(ranks, orders, strict=True):
             ranks[name].append(_target_ranks(scores, is_target)[keep])
     summary = {name: _rank_summary(torch.cat(r)) for name, r in ranks.items()}
     summary["sets"] = {"with the target": float(found), "users": float(total)}
     return summary
+
+
+def _served_sets(model, loader: Iterable) -> Iterator[tuple[Interaction, Tensor, tuple[Tensor, Tensor, Tensor]]]:
+    """Per batch of ``loader``: the interaction, the candidates ``full_sort_predict`` serves (``[B, N]``) and their
+    scores by retrieval, by the ranker alone and in the served order (``[B, N]`` each)."""
+    for batch in loader:
+        interaction = batch[0].to(model.device)
+        retrieval, candidates, own = model._serve(interaction)
+        candidate_retrieval = retrieval.gather(1, candidates)
+        yield interaction, candidates, (candidate_retrieval, own, model._rank_scores(own, candidate_retrieval))
 
 
 def _rank_summary(ranks: Tensor) -> dict[str, float]:
@@ -293,13 +303,10 @@ def order_alignment(generator: Tensor, ranker: Tensor, cutoffs: Sequence[int]) -
 @torch.no_grad()
 def alignment_report(model, loader: Iterable, cutoffs: Sequence[int]) -> dict[str, dict[str, float]]:
     """Rank gaps and top-K overlaps between retrieval's order of each served set and the ranker's (its own score,
-    and the served order), summed up over every user of ``loader``."""
+    and the served order), summarised over every user of ``loader``."""
     orders: dict[str, tuple[list[Tensor], list[Tensor]]] = {"ranker alone": ([], []), "served": ([], [])}
-    for batch in loader:
-        interaction = batch[0].to(model.device)
-        retrieval, candidates, own = model._serve(interaction)
-        generator = retrieval.gather(1, candidates)  # [B, N]
-        for (gaps, overlaps), ranker in zip(orders.values(), (own, model._rank_scores(own, generator)), strict=True):
+    for _, _, (generator, *rankers) in _served_sets(model, loader):
+        for (gaps, overlaps), ranker in zip(orders.values(), rankers, strict=True):
             gap, overlap = order_alignment(generator, ranker, cutoffs)
             gaps.append(gap)
             overlaps.append(overlap)
@@ -468,14 +475,15 @@ def alignment_main(parser: argparse.ArgumentParser, args, argv: list[str]) -> st
         config, model, _, valid_data, test_data = load_data_and_model(checkpoint, args.data_path)
         if not getattr(model, "use_ranker", False):
             parser.error(f"{checkpoint} is a {config['model']} without a ranker")
-        if num_candidates not in (None, model.num_candidates):
+        if num_candidates is None:  # the first checkpoint sets the candidate-set size of the table
+            num_candidates = model.num_candidates
+            cutoffs = args.cutoffs or [k for k in PAPER_CUTOFFS if k <= num_candidates]
+            if not all(1 <= k <= num_candidates for k in cutoffs):
+                parser.error(f"--cutoffs must be in [1, {num_candidates}] (num_candidates of {checkpoint})")
+        elif model.num_candidates != num_candidates:
             parser.error(
                 f"{checkpoint} has num_candidates {model.num_candidates}, the first checkpoint {num_candidates}"
             )
-        num_candidates = model.num_candidates
-        cutoffs = args.cutoffs or [k for k in PAPER_CUTOFFS if k <= num_candidates]
-        if not all(1 <= k <= num_candidates for k in cutoffs):
-            parser.error(f"--cutoffs must be in [1, {num_candidates}] (num_candidates of {checkpoint})")
         print(f"alignment: {checkpoint}", flush=True)
         settings = {"gamma": config["gamma"]} | {
             name: float(getattr(model, name)) for name in GATES if hasattr(model, name)
