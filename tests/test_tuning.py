@@ -89,6 +89,16 @@ def killed_study(out, tiny_data_path) -> dict:
 
 
 @pytest.fixture(scope="module")
+def terminated_study(out, tiny_data_path) -> dict:
+    """A 3-trial study stopped by SIGTERM (what `kill` sends) during trial 1."""
+    log = out / "terminated.log"
+    process = start(search_args(tiny_data_path, out, "terminated", 3, "--seed", "0"), log, sleep_at="1:120")
+    wait_for_second_trial(process, out, "terminated", log)
+    process.send_signal(signal.SIGTERM)
+    return {"status": process.wait(timeout=DEADLINE_S), "log": log.read_text()}
+
+
+@pytest.fixture(scope="module")
 def parallel_study(out, tiny_data_path) -> list[str]:
     """The same command in two processes at once; whoever runs trial 0 sleeps 3 s so that both get trials."""
     args = search_args(tiny_data_path, out, "parallel", 3)
@@ -121,6 +131,36 @@ def test_killed_study_resumes_and_retries_the_killed_trial(out, killed_study):
         assert trial.user_attrs["command"].startswith("run_recbole --model=HSTU --dataset=ml-tiny")
         assert Path(trial.user_attrs["saved_model_file"]).parent == out / "killed" / "checkpoints"
         assert trial.values[0] == trial.user_attrs["best_valid_result"]["ndcg@10"]
+
+
+def test_sigterm_fails_and_queues_the_running_trial_quietly(out, terminated_study):
+    assert terminated_study["status"] == search.INTERRUPTED
+    assert "trial 1: interrupted; marked FAIL and queued again" in terminated_study["log"]
+    assert "Traceback" not in terminated_study["log"]  # Optuna's warning of the interrupted trial is filtered out
+    trials = load(out, "terminated").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert trials[2].user_attrs["retry_of"] == 1 and trials[2].user_attrs["run_id"] == trials[1].user_attrs["run_id"]
+
+
+def cut_attempt(study: optuna.Study, new_epochs: int) -> optuna.trial.FrozenTrial:
+    """Run the next trial (a queued retry first) for ``new_epochs`` validations past its snapshot's, then fail it."""
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    start_epoch = int(trial.user_attrs.get("epochs_at_start", 0))
+    for epoch in range(start_epoch + new_epochs):  # a retry re-reports its snapshot's epochs first
+        trial.report(0.1, epoch)
+    study.tell(trial, state=TrialState.FAIL)
+    return study.trials[trial.number]
+
+
+def test_a_cut_trial_is_retried_while_it_advances_and_given_up_after_three_stalled_attempts():
+    study = optuna.create_study(direction="maximize")
+    for _ in range(5):  # cut five times (ends of sessions), each time after two new epochs: always queued again
+        assert search.requeue(study, cut_attempt(study, new_epochs=2))
+    assert study.trials[-1].user_attrs == {"retry_of": 4, "stalled_attempts": 0, "epochs_at_start": 10}
+    assert search.requeue(study, cut_attempt(study, new_epochs=0))
+    assert search.requeue(study, cut_attempt(study, new_epochs=0))
+    assert not search.requeue(study, cut_attempt(study, new_epochs=0))  # a third attempt in a row without progress
+    assert not any(t.state == TrialState.WAITING for t in study.trials)
 
 
 def test_two_processes_share_one_study(out, parallel_study):

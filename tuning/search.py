@@ -78,7 +78,10 @@ PRUNERS = ("median", "hyperband", "none")
 DEFAULT_PRUNER_WARMUP = 10
 TASK_PERMUTATIONS = "task_permutations"  # `choices:` value of a space file: every order of the dataset's tasks
 ORDER_SEPARATOR = ">"
-MAX_RETRIES = 3  # a trial whose process dies is queued again at most this many times
+# A cut trial is queued again until this many attempts in a row ended without a new validation: a trial that keeps
+# killing its process stops there, one cut by the end of a session or a `kill` continues for as long as it advances.
+MAX_STALLED_ATTEMPTS = 3
+RDB_MAX_RETRIES = 3  # RDB storages: Optuna's heartbeat retries a stale trial this many times in all, blind to progress
 MAX_CONSECUTIVE_FAILURES = 3  # then the search stops: a broken setup, not an unlucky trial
 HEARTBEAT_INTERVAL_S = 60  # RDB storages only
 GRACE_PERIOD_S = 180
@@ -295,7 +298,7 @@ def open_storage(url: str | None, default_journal: Path, heartbeat: bool = True)
                     kwargs = {
                         "heartbeat_interval": HEARTBEAT_INTERVAL_S,
                         "grace_period": GRACE_PERIOD_S,
-                        "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+                        "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=RDB_MAX_RETRIES),
                     }
                 return RDBStorage(url, **kwargs)
         except ImportError as error:
@@ -410,15 +413,22 @@ def is_orphan(trial: FrozenTrial) -> bool:
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Queue ``trial``'s parameters again (at most :data:`MAX_RETRIES` times along a chain of retries)."""
-    retries = int(trial.user_attrs.get("retries", 0))
-    if retries >= MAX_RETRIES:
+    """Queue a cut ``trial``'s parameters again, unless :data:`MAX_STALLED_ATTEMPTS` attempts in a row, this one
+    included, reported no new validation score (a retry first re-reports the epochs its snapshot carries)."""
+    epochs = len(trial.intermediate_values)
+    advanced = epochs > int(trial.user_attrs.get("epochs_at_start", 0))
+    stalled = 0 if advanced else int(trial.user_attrs.get("stalled_attempts", 0)) + 1
+    if stalled >= MAX_STALLED_ATTEMPTS:
         return False
-    user_attrs = {"retry_of": trial.number, "retries": retries + 1}
+    user_attrs = {"retry_of": trial.number, "stalled_attempts": stalled, "epochs_at_start": epochs}
     if "run_id" in trial.user_attrs:  # the retry continues the run from its last validation (resume_training)
         user_attrs["run_id"] = trial.user_attrs["run_id"]
     study.enqueue_trial(trial.params, user_attrs=user_attrs)
     return True
+
+
+def requeue_note(requeued: bool) -> str:
+    return " and queued again" if requeued else f"; not queued again: {MAX_STALLED_ATTEMPTS} attempts without progress"
 
 
 def recover_orphans(study: optuna.Study, storage: BaseStorage) -> list[int]:
@@ -440,7 +450,7 @@ def recover_orphans(study: optuna.Study, storage: BaseStorage) -> list[int]:
         except UpdateFinishedTrialError:
             continue
         requeued = requeue(study, trial)
-        print(f"trial {trial.number}: its process died; marked FAIL" + (" and queued again" if requeued else ""))
+        print(f"trial {trial.number}: its process died; marked FAIL{requeue_note(requeued)}")
         recovered.append(trial.number)
     return recovered
 
@@ -577,6 +587,14 @@ class QuietFailures(logging.Filter):
         return not any(text in message for text in ("StudyFull(", "KeyboardInterrupt(", "failed with value None."))
 
 
+def quiet_optuna_failures() -> None:
+    """Filter Optuna's output through :class:`QuietFailures`. On its handlers, not its "optuna" logger: a logger's
+    filters never see the records its children (``optuna.study._optimize``, which warns of failures) pass up."""
+    for handler in optuna.logging.get_logger("optuna").handlers:
+        if not any(isinstance(existing, QuietFailures) for existing in handler.filters):
+            handler.addFilter(QuietFailures())
+
+
 # -- progress ----------------------------------------------------------------------------------------------------
 
 
@@ -663,8 +681,8 @@ def requeue_interrupted(study: optuna.Study, storage: BaseStorage, trial: Trial 
         storage.get_study_id_from_name(study.study_name), trial.number
     )
     frozen = storage.get_trial(trial_id)
-    if frozen.state == TrialState.FAIL and requeue(study, frozen):
-        print(f"trial {trial.number}: interrupted; marked FAIL and queued again")
+    if frozen.state == TrialState.FAIL:
+        print(f"trial {trial.number}: interrupted; marked FAIL{requeue_note(requeue(study, frozen))}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -714,7 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     record_command(study, command)
     offset = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(args.sampler, None if args.seed is None else args.seed + offset, multi)
-    optuna.logging.get_logger("optuna").addFilter(QuietFailures())
+    quiet_optuna_failures()
 
     directions = ", ".join(f"{objective} ({direction(objective)})" for objective in objectives)
     print(f"study {study_name}: {args.model} on {args.dataset}, validation {directions}")
