@@ -125,24 +125,25 @@ def row_key(label: str, model: str, dataset: str, settings: dict[str, Any]) -> s
 
 
 def code_version() -> str:
-    """The repository's commit (``-dirty`` with uncommitted changes), recorded with each row.
+    """The repository's commit, ``-dirty`` when tracked files outside results/ have uncommitted changes.
 
-    Outside git (e.g. a copy of the working tree sent to another machine), ``RECBOLE_ONERANKER_COMMIT`` names it;
-    without that, 'unknown'.
+    Results (tables, tuning journals) change on disk while benchmarks run; they are not code, so they do not make a
+    row's code dirty. Outside git (e.g. a copy of the working tree sent to another machine),
+    ``RECBOLE_ONERANKER_COMMIT`` names it; without that, 'unknown'.
     """
     if "RECBOLE_ONERANKER_COMMIT" in os.environ:
         return os.environ["RECBOLE_ONERANKER_COMMIT"]
     try:
-        described = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        commit = _git("rev-parse", "--short=12", "HEAD")
+        code_changes = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return described.stdout.strip()
+    return commit + ("-dirty" if code_changes else "")
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
 
 
 class ResultTable:

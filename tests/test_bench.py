@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import subprocess
 import sys
 from pathlib import Path
 
@@ -146,13 +147,29 @@ def test_a_changed_package_default_makes_rows_stale(tmp_path, monkeypatch):
     assert common.row_key("HSTU", "HSTU", "ml-100k", settings) != before
 
 
-def test_rows_record_the_code_version(monkeypatch):
-    from common import code_version
+def test_rows_record_the_code_version_and_results_do_not_make_it_dirty(monkeypatch, tmp_path):
+    import common
 
-    version = code_version()
-    assert version == "unknown" or len(version.removesuffix("-dirty")) >= 7
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    for path in ("bench/quality.py", "results/ml-100k.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("first\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    commit = common.code_version()
+    assert len(commit) == 12 and not commit.endswith("-dirty")
+
+    (tmp_path / "results" / "ml-100k.md").write_text("a row more\n")  # a benchmark writing its table
+    assert common.code_version() == commit
+    (tmp_path / "bench" / "quality.py").write_text("changed\n")
+    assert common.code_version() == f"{commit}-dirty"
+
     monkeypatch.setenv("RECBOLE_ONERANKER_COMMIT", "e7ba9c89b5fb")  # a copy of the tree, outside git
-    assert code_version() == "e7ba9c89b5fb"
+    assert common.code_version() == "e7ba9c89b5fb"
 
 
 def test_a_default_a_row_overrides_does_not_make_it_stale(monkeypatch):
