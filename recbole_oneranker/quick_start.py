@@ -179,7 +179,7 @@ def evaluate_candidate_set(config: Config, trainer, dataset, splits, negatives: 
 # takes them from where it is loaded (RecBole derives RUNTIME_KEYS itself).
 _RUN_KEYS = frozenset(
     {"data_path", "run_id", "resume_training", "checkpoint_dir", "log_dir", "state", "show_progress", "gpu_id",
-     "use_gpu", "worker"}
+     "use_gpu", "worker", "compile_model"}
 )  # fmt: skip
 
 

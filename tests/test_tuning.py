@@ -263,3 +263,13 @@ def test_pruners_wait_for_the_warmup_epochs(name):
     if name == "median":  # (hyperband's first rung depends on the trial's bracket)
         late_starter.report(0.0, 20)
         assert late_starter.should_prune()
+
+
+def test_a_study_continues_under_other_machine_settings_but_not_other_trial_settings():
+    study = optuna.create_study()
+    search.check_same_study(study, {"model": "HSTU", "settings": {"epochs": 1, "data_path": "/here"}})
+    # Another machine's data path, or a compiled forward: the same trials, run another way.
+    search.check_same_study(study, {"model": "HSTU", "settings": {"epochs": 1, "data_path": "/there",
+                                                                  "compile_model": True}})  # fmt: skip
+    with pytest.raises(search.UsageError, match=r"settings \{'epochs': 1\}.* \{'epochs': 2\}"):
+        search.check_same_study(study, {"model": "HSTU", "settings": {"epochs": 2, "data_path": "/here"}})

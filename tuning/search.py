@@ -345,8 +345,14 @@ def default_study_name(model: str, dataset: str, objectives: list[str]) -> str:
     return "-".join([model, dataset, *(objective.replace("@", "") for objective in objectives)])
 
 
+# Fixed settings that say how one machine runs a trial, not what the trial is: workers elsewhere may set them
+# otherwise and still join the study (each trial's command records them).
+MACHINE_SETTINGS = frozenset({"data_path", "compile_model"})
+
+
 def check_same_study(study: optuna.Study, identity: dict[str, Any]) -> None:
-    """A re-run must continue the same experiment: model, dataset, objectives and fixed settings (data path aside)."""
+    """A re-run must continue the same experiment: model, dataset, objectives and fixed settings (machine ones
+    aside, :data:`MACHINE_SETTINGS`)."""
     stored = study.user_attrs
     if not stored:
         for key, value in identity.items():
@@ -358,9 +364,9 @@ def check_same_study(study: optuna.Study, identity: dict[str, Any]) -> None:
             if old != new:
                 print(f"warning: the search space changed since study '{study.study_name}' began", file=sys.stderr)
             continue
-        if key == "settings":  # the data path may differ between machines
-            old = {k: v for k, v in (old or {}).items() if k != "data_path"}
-            new = {k: v for k, v in value.items() if k != "data_path"}
+        if key == "settings":  # how a machine runs the trials may differ between machines
+            old = {k: v for k, v in (old or {}).items() if k not in MACHINE_SETTINGS}
+            new = {k: v for k, v in value.items() if k not in MACHINE_SETTINGS}
             changed = sorted(set(old) ^ set(new) | {k for k in set(old) & set(new) if old[k] != new[k]})
             old, new = {k: old.get(k) for k in changed}, {k: new.get(k) for k in changed}
         if old != new:
