@@ -30,6 +30,13 @@ logger call, and :func:`apply` runs the import-time ones once when ``recbole_one
    ``--value_field=value`` becomes the previous key's value, ``--x=key`` the key's name (silently), and any
    expression runs. -> :func:`convert_config_strings` reads Python literals only (``ast.literal_eval``: numbers,
    lists, dicts, None, True/False in any case); every other string stays the string it is.
+9. With ``compile_model: True``, torch 2.13's Inductor rewrites the attention of RecBole's ``MultiHeadAttention``
+   (``softmax(q k^T / s + mask) v`` without dropout: pattern 5 of ``torch/_inductor/fx_passes/fuse_attention.py``)
+   into a fused call that, with one head, returns ``[B, L, L, D]`` elements where ``[B, L, D]`` are expected:
+   compiling fails ("shape [B, L, D] is invalid for input of size B*L*L*D") at the first evaluation, or the first
+   training batch without dropout. -> :func:`inductor_options` turns Inductor's pattern rewrites off for a model
+   with a one-head ``MultiHeadAttention`` (SASRec with ``n_heads: 1``, the SASRec paper's setting); other models
+   compile with all of them.
 """
 
 from __future__ import annotations
@@ -159,6 +166,14 @@ def unique_run_id(model: str, dataset: str) -> str:
 def silence_recbole_future_warnings() -> None:
     """Fix 6: hide the FutureWarnings that RecBole 1.2.1's own code raises on every run."""
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+
+
+def inductor_options(model: torch.nn.Module) -> dict[str, Any]:
+    """Fix 9: the Inductor options under which ``model`` compiles correctly."""
+    from recbole.model.layers import MultiHeadAttention
+
+    one_head = any(isinstance(m, MultiHeadAttention) and m.num_attention_heads == 1 for m in model.modules())
+    return {"pattern_matcher": False} if one_head else {}
 
 
 def apply() -> None:
