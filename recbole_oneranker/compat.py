@@ -31,12 +31,11 @@ logger call, and :func:`apply` runs the import-time ones once when ``recbole_one
    expression runs. -> :func:`convert_config_strings` reads Python literals only (``ast.literal_eval``: numbers,
    lists, dicts, None, True/False in any case); every other string stays the string it is.
 9. With ``compile_model: True``, torch 2.13's Inductor rewrites the attention of RecBole's ``MultiHeadAttention``
-   (``softmax(q k^T / s + mask) v`` without dropout: pattern 5 of ``torch/_inductor/fx_passes/fuse_attention.py``)
-   into a fused call that, with one head, returns ``[B, L, L, D]`` elements where ``[B, L, D]`` are expected:
-   compiling fails ("shape [B, L, D] is invalid for input of size B*L*L*D") at the first evaluation, or the first
-   training batch without dropout. -> :func:`inductor_options` turns Inductor's pattern rewrites off for a model
-   with a one-head ``MultiHeadAttention`` (SASRec with ``n_heads: 1``, the SASRec paper's setting); other models
-   compile with all of them.
+   (``softmax(q k^T / s + mask) v``, patterns 5 and 6 of ``torch/_inductor/fx_passes/fuse_attention.py``) into a
+   fused call that, with one head, returns ``[B, L, L, D]`` elements where ``[B, L, D]`` are expected: compiling
+   fails ("shape [B, L, D] is invalid for input of size B*L*L*D") at the first batch, in training as in
+   evaluation. -> :func:`inductor_options` turns Inductor's pattern rewrites off for a model with a one-head
+   ``MultiHeadAttention`` (SASRec with ``n_heads: 1``, the SASRec paper's setting); other models compile with all.
 """
 
 from __future__ import annotations
