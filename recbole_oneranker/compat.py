@@ -36,6 +36,8 @@ logger call, and :func:`apply` runs the import-time ones once when ``recbole_one
    fails ("shape [B, L, D] is invalid for input of size B*L*L*D") at the first batch, in training as in
    evaluation. -> :func:`inductor_options` turns Inductor's pattern rewrites off for a model with a one-head
    ``MultiHeadAttention`` (SASRec with ``n_heads: 1``, the SASRec paper's setting); other models compile with all.
+   Compiling still pays without them: a training step of RecBole's 2-layer, one-head encoder on 2048 x 50 x 64
+   took 5.7 s against 8.9 s eager on one CPU core.
 """
 
 from __future__ import annotations
