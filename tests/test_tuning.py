@@ -4,6 +4,7 @@ errors, reports. Trials train the real HSTU (1 epoch, width 16) through ``recbol
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -125,6 +126,8 @@ def test_killed_study_resumes_and_retries_the_killed_trial(out, killed_study):
     assert len(trials) == 4 and not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
     assert "trial 1: its process died; marked FAIL and queued again" in killed_study["rerun"]
     assert "== study killed: 3 finished of 3 (COMPLETE 3, FAIL 1)" in killed_study["rerun"]
+    retry_line = next(line for line in killed_study["rerun"].splitlines() if line.endswith("(retry of 1)"))
+    assert re.search(r"\(\d+ s, \d+ s with its earlier attempts\)", retry_line), retry_line
     # each complete trial carries its test metrics and the command that reproduces it; files sit under the study
     for trial in (t for t in trials if t.state == TrialState.COMPLETE):
         assert {"ndcg@10", "gmv@10"} <= set(trial.user_attrs["test_result"])

@@ -619,7 +619,10 @@ def trial_line(trial: FrozenTrial, objectives: list[str]) -> str:
     else:
         values = trial.user_attrs.get("error", "-")
     retry = f"  (retry of {trial.user_attrs['retry_of']})" if "retry_of" in trial.user_attrs else ""
-    return f"trial {trial.number}  {trial.state.name}  {values}  ({seconds:.0f} s)  {params}{retry}"
+    elapsed = f"{seconds:.0f} s"
+    if retry and "wall_time_s" in trial.user_attrs:  # a retry continues its run: say what the run took in all
+        elapsed += f", {trial.user_attrs['wall_time_s']:.0f} s with its earlier attempts"
+    return f"trial {trial.number}  {trial.state.name}  {values}  ({elapsed})  {params}{retry}"
 
 
 def summary(study: optuna.Study, objectives: list[str], n_trials: int, report_file: Path | None) -> str:
