@@ -208,9 +208,10 @@ def compile_forward(model: torch.nn.Module) -> None:
     batches of another shape or mode (the last, smaller batch; evaluation); a model whose batches change shape
     often (bucketed whole-sequence batches) gains less. Dropout draws its masks from Inductor's own generator, so
     a compiled run differs from an eager one of the same seed as two seeds do, and is itself reproducible.
-    A model with one-head RecBole attention compiles without Inductor's pattern rewrites (``compat`` fix 9).
+    Models compile without Inductor's pattern rewrites, which get RecBole's one-head and LightSANs attention
+    wrong (``compat`` fix 9).
     """
-    model.forward = torch.compile(model.forward, options=compat.inductor_options(model))
+    model.forward = torch.compile(model.forward, options=compat.inductor_options())
 
 
 def _random_states(train_data) -> dict[str, Any]:

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 from recbole.data import data_preparation
+from recbole.model.layers import LightMultiHeadAttention
 
 from recbole_oneranker.config import Config, ConfigError
 from recbole_oneranker.data import create_dataset
-from recbole_oneranker.trainer import Trainer
+from recbole_oneranker.trainer import Trainer, compile_forward
 from recbole_oneranker.utils import get_model, get_trainer
 
 
@@ -167,7 +168,7 @@ def test_resume_training_needs_a_fixed_run_id(tiny_config):
         Config("HSTU", "ml-tiny", config_dict={**tiny_config, "resume_training": True})
 
 
-@pytest.mark.parametrize("n_heads", [2, 1])  # one head needs compat fix 9, two compile with every rewrite
+@pytest.mark.parametrize("n_heads", [2, 1])  # one head needs compat fix 9
 def test_compiled_model_computes_what_the_eager_one_does_and_saves_its_keys(tiny_config, n_heads):
     # Without dropout the two paths draw nothing at random, so scores, loss and gradients must agree.
     exact = {"hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0, "n_heads": n_heads}
@@ -192,3 +193,23 @@ def test_compiled_model_computes_what_the_eager_one_does_and_saves_its_keys(tiny
     compiled._save_checkpoint(0, verbose=False)
     checkpoint = torch.load(compiled.saved_model_file, weights_only=True)
     assert checkpoint["state_dict"].keys() == eager.model.state_dict().keys()
+
+
+class _LightSANsAttention(torch.nn.Module):
+    """LightSANs' attention layer, whose softmax runs over the second-to-last axis (compat fix 9)."""
+
+    def __init__(self, seq_len: int = 20, hidden_size: int = 16):
+        super().__init__()
+        self.attention = LightMultiHeadAttention(1, 4, hidden_size, seq_len, 0.0, 0.0, 1e-12)
+        self.positions = torch.nn.Parameter(torch.randn(seq_len, hidden_size))
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
+        return self.attention(items, self.positions)
+
+
+def test_compiled_forward_keeps_the_softmax_axis_of_lightsans_attention():
+    torch.manual_seed(0)
+    layer, items = _LightSANsAttention(), 3 * torch.randn(8, 20, 16)
+    eager = layer(items)
+    compile_forward(layer)
+    torch.testing.assert_close(layer(items), eager, atol=1e-5, rtol=1e-5)
