@@ -197,6 +197,13 @@ def test_report_and_compare(out, killed_study, parallel_study, capsys, run_devic
     assert "| killed | HSTU | ml-tiny | 3 |" in table and "| parallel | HSTU | ml-tiny | 3 |" in table
 
 
+def test_report_gives_a_retry_the_time_of_its_whole_run():
+    distributions = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    attrs = {"retry_of": 46, "wall_time_s": 4064.2, "device": "cpu"}  # 132 s of its own, the rest before
+    retry = optuna.trial.create_trial(value=0.07, params={"x": 0.5}, distributions=distributions, user_attrs=attrs)
+    assert "| 4064 | cpu |" in report.trial_table([retry], ["ndcg@10"])[2]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

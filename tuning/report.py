@@ -171,8 +171,8 @@ def plot_lines(plots: list[tuple[str, list[str] | str]]) -> list[str]:
 
 
 def trial_table(trials: list[FrozenTrial], objectives: list[str]) -> list[str]:
-    """Markdown rows: validation objective(s), the same metrics on test (and on the candidate set), the trial's
-    time (of its last process, when resumed) and device, params."""
+    """Markdown rows: validation objective(s), the same metrics on test (and on the candidate set), the time of the
+    trial's run (over all its attempts, when a retry resumed it) and its device, params."""
     candidates = any(trial.user_attrs.get("candidate_result") for trial in trials)
     header = ["trial", *(f"valid {name}" for name in objectives), *(f"test {name}" for name in objectives)]
     header += [f"cand. test {name}" for name in objectives] if candidates else []
@@ -183,10 +183,16 @@ def trial_table(trials: list[FrozenTrial], objectives: list[str]) -> list[str]:
         cells = [str(trial.number), *(f"{value:.4f}" for value in trial.values or [])]
         cells += [_metric(test, name) for name in objectives]
         cells += [_metric(candidate, name) for name in objectives] if candidates else []
-        duration = f"{trial.duration.total_seconds():.0f}" if trial.duration else "-"
-        cells += [duration, trial.user_attrs.get("device", "-"), _params(trial)]
+        cells += [_run_seconds(trial), trial.user_attrs.get("device", "-"), _params(trial)]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
+
+
+def _run_seconds(trial: FrozenTrial) -> str:
+    """The run's wall time, which a retry carries over from its earlier attempts; else the trial's own duration."""
+    if "wall_time_s" in trial.user_attrs:
+        return f"{trial.user_attrs['wall_time_s']:.0f}"
+    return f"{trial.duration.total_seconds():.0f}" if trial.duration else "-"
 
 
 def write_report(study: optuna.Study, folder: Path) -> Path:
