@@ -197,6 +197,36 @@ def test_report_and_compare(out, killed_study, parallel_study, capsys, run_devic
     assert "| killed | HSTU | ml-tiny | 3 |" in table and "| parallel | HSTU | ml-tiny | 3 |" in table
 
 
+def test_two_objectives_keep_a_pareto_front_and_plot_it(out, tiny_data_path, capsys):
+    args = search_args(tiny_data_path, out, "pareto", 3, "--objectives", "ndcg@10", "gmv@10", "--seed", "0")
+    assert search.main(args) == 0
+    summary = capsys.readouterr().out
+    study = load(out, "pareto")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    assert isinstance(search.make_sampler(None, 0, multi=True), optuna.samplers.NSGAIISampler)  # what searched
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3
+    for trial in complete:  # both metrics of the epoch chosen on validation, the first objective deciding
+        assert trial.values == [trial.user_attrs["best_valid_result"][name] for name in ("ndcg@10", "gmv@10")]
+    front = sorted(trial.number for trial in study.best_trials)
+    assert front and all(not _dominated(study.trials[n], complete) for n in front)
+    assert f"Pareto front ({len(front)} trials):" in summary
+    text = (out / "pareto" / "report.md").read_text()
+    assert "## Pareto front (best trade-offs)" in text
+    for number in front:
+        assert f"Trial {number}: valid ndcg@10 " in text and study.trials[number].user_attrs["command"] in text
+    assert (out / "pareto" / "pareto_front.png").read_bytes().startswith(b"\x89PNG")
+    assert "](pareto_front.html)" in text
+
+
+def _dominated(trial: optuna.trial.FrozenTrial, others: list[optuna.trial.FrozenTrial]) -> bool:
+    """Whether another trial is at least as good on every objective and better on one."""
+    return any(
+        other.values != trial.values and all(o >= t for o, t in zip(other.values, trial.values, strict=True))
+        for other in others
+    )
+
+
 def test_report_gives_a_retry_the_time_of_its_whole_run():
     distributions = {"x": optuna.distributions.FloatDistribution(0, 1)}
     attrs = {"retry_of": 46, "wall_time_s": 4064.2, "device": "cpu"}  # 132 s of its own, the rest before
