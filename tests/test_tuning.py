@@ -203,7 +203,7 @@ def test_two_objectives_keep_a_pareto_front_and_plot_it(out, tiny_data_path, cap
     summary = capsys.readouterr().out
     study = load(out, "pareto")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
-    assert isinstance(search.make_sampler(None, 0, multi=True), optuna.samplers.NSGAIISampler)  # what searched
+    assert isinstance(search.make_sampler(None, 0, multi=True), optuna.samplers.NSGAIISampler)  # the default for two
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 3
     for trial in complete:  # both metrics of the epoch chosen on validation, the first objective deciding
