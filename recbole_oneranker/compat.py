@@ -40,11 +40,11 @@ logger call, and :func:`apply` runs the import-time ones once when ``recbole_one
    scores of at most 0.44 on a tiny slice of ml-100k, enough to reorder 1.7% of the top-10 slots).
    -> :func:`inductor_options` turns Inductor's pattern rewrites off for every model. Then 17 of RecBole's
    sequential models (SASRec and BERT4Rec with 1 and 2 heads, LightSANs, FEARec, CORE, GCSAN, SRGNN, Caser,
-   NextItNet, SHAN, HGN, RepeatNet, SINE, NPE, GRU4Rec, NARM, STAMP) score as eager to 3e-6. The rewrites buy nothing
-   measurable here: one training step on one CPU core, rewrites on / off, took 1.44 / 1.35 s for RecBole's SASRec
-   (2 heads, batch 512), 0.60 / 0.56 s for OneRanker and 0.25 / 0.24 s for HSTU (ml-100k defaults), and the
-   compiled step stays faster than the eager one (1.80 s for that SASRec batch; 5.7 s against 8.9 s for a
-   one-head, 2-layer encoder on 2048 x 50 x 64).
+   NextItNet, SHAN, HGN, RepeatNet, SINE, NPE, GRU4Rec, NARM, STAMP) score as eager to 3e-6. The rewrites buy
+   nothing measurable here: one training step on one CPU core, rewrites on / off, took 1.44 / 1.35 s for
+   RecBole's SASRec (2 heads, batch 512), 0.60 / 0.56 s for OneRanker and 0.25 / 0.24 s for HSTU (ml-100k
+   defaults), and the compiled step stays faster than the eager one (1.80 s for that SASRec batch; 5.7 s against
+   8.9 s for a one-head, 2-layer encoder on 2048 x 50 x 64).
 """
 
 from __future__ import annotations

@@ -195,21 +195,11 @@ def test_compiled_model_computes_what_the_eager_one_does_and_saves_its_keys(tiny
     assert checkpoint["state_dict"].keys() == eager.model.state_dict().keys()
 
 
-class _LightSANsAttention(torch.nn.Module):
-    """LightSANs' attention layer, whose softmax runs over the second-to-last axis (compat fix 9)."""
-
-    def __init__(self, seq_len: int = 20, hidden_size: int = 16):
-        super().__init__()
-        self.attention = LightMultiHeadAttention(1, 4, hidden_size, seq_len, 0.0, 0.0, 1e-12)
-        self.positions = torch.nn.Parameter(torch.randn(seq_len, hidden_size))
-
-    def forward(self, items: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
-        return self.attention(items, self.positions)
-
-
 def test_compiled_forward_keeps_the_softmax_axis_of_lightsans_attention():
+    # LightSANs' attention takes its softmax over the second-to-last axis (compat fix 9).
     torch.manual_seed(0)
-    layer, items = _LightSANsAttention(), 3 * torch.randn(8, 20, 16)
-    eager = layer(items)
+    layer = LightMultiHeadAttention(1, 4, 16, 20, 0.0, 0.0, 1e-12)  # heads, interests, width, length, dropouts, eps
+    items, positions = 3 * torch.randn(8, 20, 16), torch.randn(20, 16)  # [B, L, D], [L, D]
+    eager = layer(items, positions)
     compile_forward(layer)
-    torch.testing.assert_close(layer(items), eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer(items, positions), eager, atol=1e-5, rtol=1e-5)
