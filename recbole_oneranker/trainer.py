@@ -210,7 +210,14 @@ def compile_forward(model: torch.nn.Module) -> None:
     a compiled run differs from an eager one of the same seed as two seeds do, and is itself reproducible.
     Models compile without Inductor's pattern rewrites, which get RecBole's one-head and LightSANs attention
     wrong (``compat`` fix 9).
+
+    Compiling a model first clears the process's compile caches. Dynamo keeps compiled code per function, not per
+    model, and guards it on the model's structure and constants (layer count, dropout rates); a study worker that
+    trains trial after trial in one process would pile up every earlier trial's entries until Dynamo's recompile
+    limit (8) and then run the rest of its trials eagerly, silently losing the speed-up. A process trains one model
+    at a time, so nothing of use is dropped; an earlier model called again simply compiles again.
     """
+    torch.compiler.reset()
     model.forward = torch.compile(model.forward, options=compat.inductor_options())
 
 

@@ -203,3 +203,16 @@ def test_compiled_forward_keeps_the_softmax_axis_of_lightsans_attention():
     eager = layer(items, positions)
     compile_forward(layer)
     torch.testing.assert_close(layer(items, positions), eager, atol=1e-5, rtol=1e-5)
+
+
+def test_compiling_a_new_model_frees_the_compile_cache_of_the_last_one():
+    # A study worker compiles one model per trial, each with other constants: without a fresh cache the trials
+    # would exhaust Dynamo's recompile limit (here 1, as if 8 trials had run) and fall back to eager.
+    torch.manual_seed(0)
+    inputs = torch.randn(4, 8)
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        for dropout in (0.1, 0.2):  # a guarded constant that differs between the two "trials"
+            model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Dropout(dropout)).eval()
+            eager = model(inputs)
+            compile_forward(model)
+            torch.testing.assert_close(model(inputs), eager)
