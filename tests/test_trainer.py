@@ -206,8 +206,9 @@ def test_compiled_forward_keeps_the_softmax_axis_of_lightsans_attention():
 
 
 def test_compiling_a_new_model_frees_the_compile_cache_of_the_last_one():
-    # A study worker compiles one model per trial, each with other constants: without a fresh cache the trials
-    # would exhaust Dynamo's recompile limit (here 1, as if 8 trials had run) and fall back to eager.
+    # A study worker compiles one model per trial, each with other constants: without a fresh cache its trials
+    # exhaust Dynamo's recompile limit (8, by the 4th trial) and fall back to eager. Lowered to 1 here, the second
+    # "trial" would already exceed it.
     torch.manual_seed(0)
     inputs = torch.randn(4, 8)
     with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
