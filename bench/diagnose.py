@@ -486,7 +486,7 @@ def alignment_main(parser: argparse.ArgumentParser, args, argv: list[str]) -> st
             )
         print(f"alignment: {checkpoint}", flush=True)
         settings = {"gamma": config["gamma"]} | {
-            name: float(getattr(model, name)) for name in GATES if hasattr(model, name)
+            name: getattr(model, name).item() for name in GATES if hasattr(model, name)
         }
         runs.append(
             (checkpoint, settings, alignment_report(model, valid_data if args.split == "valid" else test_data, cutoffs))
