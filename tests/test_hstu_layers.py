@@ -405,6 +405,28 @@ def test_gradients_reach_every_parameter(mode: str) -> None:
             assert torch.all(param.grad[N:] == 0), name
 
 
+def test_bias_gradients_are_the_same_on_every_run_with_several_threads() -> None:
+    # From B N^2 >= 2^15 indices, a plain table[index] backward adds into the table atomically from several CPU
+    # threads: the gradient changed from run to run, and whole OneRanker runs on ml-100k with it. Time gaps of 0-3
+    # fall in buckets 0-3, so the threads' additions collide on a few entries and any change of their order shows.
+    torch.manual_seed(0)
+    bias = RelativeBucketedTimeAndPositionBias(max_seq_len=200, num_buckets=128)
+    timestamps = torch.randint(0, 4, (32, 200)).sort(dim=1).values  # [B, N]
+    upstream = torch.randn(32, 200, 200)  # [B, N, N]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gradients = []
+        for _ in range(20):
+            bias.zero_grad()
+            (bias(timestamps, 200) * upstream).sum().backward()
+            gradients.append((bias.ts_w.grad.clone(), bias.pos_w.grad.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    for ts_grad, pos_grad in gradients[1:]:
+        assert torch.equal(ts_grad, gradients[0][0]) and torch.equal(pos_grad, gradients[0][1])
+
+
 def test_block_default_mask_is_causal() -> None:
     block = _stack("position").blocks[0]
     x = torch.randn(B, N, D)
