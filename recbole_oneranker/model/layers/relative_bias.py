@@ -75,12 +75,15 @@ class RelativeAttentionBias(nn.Module, abc.ABC):
 def _lookup(table: Tensor, index: Tensor) -> Tensor:
     """``table[index]`` for a 1-D ``table``, with a gradient that is the same on every run.
 
-    The backward of ``table[index]`` (``index_put_`` with accumulation) adds into the table atomically from several
-    CPU threads once ``index`` has 32,768 elements or more (a ``[B, N, N]`` bucket tensor from ``B N^2 >= 2^15``),
-    so the float sums, and from them a whole training run, change from run to run. ``index_select`` sums with
-    ``index_add_``, which is deterministic, and is faster too (27 against 41 ms forward and backward for
-    ``[512, 50, 50]`` indices on 2 threads).
+    On a CPU, the backward of ``table[index]`` (``index_put_`` with accumulation) adds into the table atomically
+    from several threads once ``index`` has 32,768 elements or more (a ``[B, N, N]`` bucket tensor from
+    ``B N^2 >= 2^15``), so the float sums, and from them a whole training run, change from run to run.
+    ``index_select`` sums with ``index_add_``, which is deterministic there, and is faster too (27 against 41 ms
+    forward and backward for ``[512, 50, 50]`` indices on 2 threads). On CUDA it is the other way round:
+    ``index_add_`` adds atomically, while ``index_put_`` sorts the indices before summing, so indexing stays.
     """
+    if table.device.type != "cpu":
+        return table[index]
     return table.index_select(0, index.reshape(-1)).view(index.shape)
 
 
