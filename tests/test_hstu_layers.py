@@ -21,6 +21,7 @@ from recbole_oneranker.model.layers import (
     bucketize_time_deltas,
     causal_padding_mask,
     load_official_hstu_weights,
+    lookup,
 )
 
 B, N, D, HEADS, DV, DQK = 2, 8, 16, 2, 8, 8
@@ -425,6 +426,28 @@ def test_bias_gradients_are_the_same_on_every_run_with_several_threads() -> None
         torch.set_num_threads(threads)
     for ts_grad, pos_grad in gradients[1:]:
         assert torch.equal(ts_grad, gradients[0][0]) and torch.equal(pos_grad, gradients[0][1])
+
+
+def test_lookup_of_table_rows_gives_the_same_gradient_on_every_run_with_several_threads() -> None:
+    # The sampled negatives of HSTU's training, [positions, negatives] rows of the item table: a popular few rows
+    # take most additions, so a change in the threads' order of adding shows.
+    torch.manual_seed(0)
+    table = torch.randn(50, 16, requires_grad=True)  # [T, D]
+    index = torch.randint(0, 50, (64, 1024))  # [P, S]
+    upstream = torch.randn(64, 1024, 16)  # [P, S, D]
+    torch.testing.assert_close(lookup(table, index), table[index], rtol=0, atol=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gradients = []
+        for _ in range(20):
+            table.grad = None
+            (lookup(table, index) * upstream).sum().backward()
+            gradients.append(table.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    for gradient in gradients[1:]:
+        assert torch.equal(gradient, gradients[0])
 
 
 def test_block_default_mask_is_causal() -> None:

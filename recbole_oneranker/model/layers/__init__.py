@@ -13,6 +13,7 @@ from .hstu import (
     causal_padding_mask,
     load_official_hstu_weights,
 )
+from .lookup import lookup
 from .relative_bias import (
     DEFAULT_BUCKET_DIVISOR,
     RelativeAttentionBias,
@@ -38,4 +39,5 @@ __all__ = [
     "bucketize_time_deltas",
     "causal_padding_mask",
     "load_official_hstu_weights",
+    "lookup",
 ]

@@ -21,6 +21,8 @@ import abc
 import torch
 from torch import Tensor, nn
 
+from .lookup import lookup
+
 __all__ = [
     "DEFAULT_BUCKET_DIVISOR",
     "RelativeAttentionBias",
@@ -72,28 +74,13 @@ class RelativeAttentionBias(nn.Module, abc.ABC):
         raise NotImplementedError
 
 
-def _lookup(table: Tensor, index: Tensor) -> Tensor:
-    """``table[index]`` for a 1-D ``table``, with a gradient that is the same on every run.
-
-    On a CPU, the backward of ``table[index]`` (``index_put_`` with accumulation) adds into the table atomically
-    from several threads once ``index`` has 32,768 elements or more (a ``[B, N, N]`` bucket tensor from
-    ``B N^2 >= 2^15``), so the float sums, and from them a whole training run, change from run to run.
-    ``index_select`` sums with ``index_add_``, which is deterministic there, and is faster too (27 against 41 ms
-    forward and backward for ``[512, 50, 50]`` indices on 2 threads). On CUDA it is the other way round:
-    ``index_add_`` adds atomically, while ``index_put_`` sorts the indices before summing, so indexing stays.
-    """
-    if table.device.type != "cpu":
-        return table[index]
-    return table.index_select(0, index.reshape(-1)).view(index.shape)
-
-
 def _relative_position_bias(weights: Tensor, max_seq_len: int, seq_len: int) -> Tensor:
     """``(1, N, N)`` bias with ``[0, i, j] = weights[j - i + max_seq_len - 1]``."""
     if seq_len < 1 or seq_len > max_seq_len:
         raise ValueError(f"seq_len must be in [1, max_seq_len={max_seq_len}], got {seq_len}")
     positions = torch.arange(seq_len, device=weights.device)
     index = positions.unsqueeze(0) - positions.unsqueeze(1) + (max_seq_len - 1)  # [N, N], [i, j] -> j - i + L - 1
-    return _lookup(weights, index).unsqueeze(0)
+    return lookup(weights, index).unsqueeze(0)
 
 
 class RelativePositionBias(RelativeAttentionBias):
@@ -173,7 +160,7 @@ class RelativeBucketedTimeAndPositionBias(RelativeAttentionBias):
         extended = torch.cat([timestamps, timestamps[:, -1:]], dim=1)
         deltas = extended[:, 1:].unsqueeze(2) - extended[:, :-1].unsqueeze(1)  # [B, N, N], [b, i, j] = t[i+1] - t[j]
         buckets = bucketize_time_deltas(deltas, self._num_buckets, self._bucket_divisor)
-        time_bias = _lookup(self.ts_w, buckets)  # [B, N, N]
+        time_bias = lookup(self.ts_w, buckets)  # [B, N, N]
         return position_bias + time_bias
 
     def extra_repr(self) -> str:

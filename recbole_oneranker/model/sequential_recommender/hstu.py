@@ -21,7 +21,7 @@ from recbole.utils import InputType
 from torch import Tensor, nn
 
 from recbole_oneranker.config import ConfigError
-from recbole_oneranker.model.layers import HSTUConfig, HSTUStack
+from recbole_oneranker.model.layers import HSTUConfig, HSTUStack, lookup
 
 _LOSS_TYPES = ("sampled_softmax", "full_softmax")
 
@@ -194,10 +194,11 @@ class HSTU(SequentialRecommender):
         """L2-normalised item embeddings: ``[n_items, D]``, or ``[*item_ids.shape, D]``.
 
         The table is normalised first and then indexed: the same vectors as normalising the looked-up rows, at the
-        cost of the table instead of the (much larger) positions x negatives lookup.
+        cost of the table instead of the (much larger) positions x negatives lookup, whose gradient
+        :func:`~recbole_oneranker.model.layers.lookup` keeps the same on every run.
         """
         table = F.normalize(self.item_embedding.weight, dim=-1)
-        return table if item_ids is None else table[item_ids]
+        return table if item_ids is None else lookup(table, item_ids)
 
     # -- training ---------------------------------------------------------------------------------------------
 
