@@ -185,23 +185,28 @@ def _golden_stack(golden_config: dict, mode: str, arrays: dict[str, np.ndarray])
     return stack.eval()
 
 
-def test_golden_with_timestamps(golden) -> None:
+# The GPU takes other kernels (and CUDA's indexing path of the relative bias): parity must hold there too.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_golden_with_timestamps(golden, device) -> None:
     arrays, config = golden
-    stack = _golden_stack(config, "time_and_position", arrays)
+    stack = _golden_stack(config, "time_and_position", arrays).to(device)
+    inputs = (torch.from_numpy(arrays[key]).to(device) for key in ("x", "lengths", "timestamps"))
     with torch.no_grad():
-        y = stack(
-            torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["lengths"]), torch.from_numpy(arrays["timestamps"])
-        )
-    np.testing.assert_allclose(y.numpy(), arrays["y_with_timestamps"], rtol=0, atol=1e-5)
+        y = stack(*inputs)
+    np.testing.assert_allclose(y.cpu().numpy(), arrays["y_with_timestamps"], rtol=0, atol=1e-5)
 
 
-def test_golden_without_timestamps_is_relative_bias_none(golden) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_golden_without_timestamps_is_relative_bias_none(golden, device) -> None:
     """The official code adds no bias at all without timestamps: that is ``relative_bias="none"``."""
     arrays, config = golden
-    stack = _golden_stack(config, "none", arrays)
+    stack = _golden_stack(config, "none", arrays).to(device)
     with torch.no_grad():
-        y = stack(torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["lengths"]))
-    np.testing.assert_allclose(y.numpy(), arrays["y_without_timestamps"], rtol=0, atol=1e-5)
+        y = stack(torch.from_numpy(arrays["x"]).to(device), torch.from_numpy(arrays["lengths"]).to(device))
+    np.testing.assert_allclose(y.cpu().numpy(), arrays["y_without_timestamps"], rtol=0, atol=1e-5)
 
 
 def test_golden_layer0_relative_bias(golden) -> None:
