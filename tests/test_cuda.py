@@ -75,11 +75,12 @@ def test_relative_bias_gradients_on_cuda_are_the_same_on_every_run() -> None:
 
 def _model_on(model_class, device: str, tiny_config: dict):
     """``(model, one full-ranking test batch)`` on ``device``, with weights drawn from seed 0 on the CPU."""
-    config = Config(model_class.__name__, "ml-tiny", config_dict={**tiny_config, **SMALL, "use_gpu": device == "cuda"})
+    config = Config(model_class.__name__, "ml-tiny", config_dict={**tiny_config, **SMALL})
+    config["device"] = torch.device(device)  # RecBole picks the GPU whenever there is one; the model reads this
     _, _, test = data_preparation(config, create_dataset(config))
     torch.manual_seed(0)
-    model = model_class(config, test._dataset).to(config["device"]).eval()
-    return model, next(iter(test))[0].to(config["device"])
+    model = model_class(config, test._dataset).to(device).eval()
+    return model, next(iter(test))[0].to(device)
 
 
 @pytest.mark.parametrize("model_class", [HSTU, OneRanker])
@@ -87,6 +88,7 @@ def test_models_score_on_cuda_as_on_the_cpu(model_class, tiny_config) -> None:
     cpu_model, cpu_batch = _model_on(model_class, "cpu", tiny_config)
     gpu_model, gpu_batch = _model_on(model_class, "cuda", tiny_config)
     assert gpu_model.device.type == "cuda" and next(gpu_model.parameters()).is_cuda
+    assert cpu_model.device.type == "cpu" and not next(cpu_model.parameters()).is_cuda
     with torch.no_grad():  # both built on the CPU from seed 0, OneRanker's centroids included, then moved
         cpu_scores = cpu_model.full_sort_predict(cpu_batch)
         gpu_scores = gpu_model.full_sort_predict(gpu_batch)

@@ -73,12 +73,12 @@ def test_mask_seen_items_removes_exactly_the_history(tiny_config):
 
     interaction, kept = _first_batch_scores(kept_trainer, test)
     _, masked = _first_batch_scores(masked_trainer, test)
-    history = interaction["item_id_list"]
+    history = interaction["item_id_list"].to(kept.device)  # scores are on the trainer's device, the batch is not
     seen = torch.zeros_like(kept, dtype=torch.bool).scatter_(1, history, True)
     seen[:, 0] = True  # padding item, -inf in both
     assert torch.isinf(masked[seen]).all() and (masked[seen] < 0).all()
     assert torch.equal(masked[~seen], kept[~seen])
-    assert np.isfinite(kept[:, 1:].numpy()).all()
+    assert np.isfinite(kept[:, 1:].cpu().numpy()).all()
 
 
 def test_candidate_set_protocol(tiny_config):
@@ -184,7 +184,7 @@ def test_compiled_model_computes_what_the_eager_one_does_and_saves_its_keys(tiny
     for trainer in (eager, compiled):
         trainer.model.train()
         trainer.model.zero_grad()
-        trainer.model.calculate_loss(batch).backward()
+        trainer.model.calculate_loss(batch.to(trainer.device)).backward()
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= graphs_before + 2  # inference and training
     compiled_parameters = dict(compiled.model.named_parameters())
     for name, eager_parameter in eager.model.named_parameters():
