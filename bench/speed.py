@@ -13,7 +13,9 @@ validation; throughput counts users and trained target positions per second (SAS
 HSTU one row per user, or per window of the history length, with a loss at every position). Latency is
 ``full_sort_predict`` per batch of ``--eval-batch`` test users. Training FLOPs (forward + backward, counted by
 ``torch.utils.flop_counter`` over a few batches) measure cost independently of the machine and of its load;
-``--flops-only`` counts them alone. Writes a markdown table with the command and the machine.
+so do the operators dispatched per training batch and per ``full_sort_predict`` batch, what a GPU pays for when
+batches are too small to fill it (each operator is at least one kernel launch). ``--flops-only`` counts these alone,
+without timing. Writes a markdown table with the command and the machine.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,15 +71,39 @@ def equal_size_settings(model: str, args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def training_flops(model: torch.nn.Module, batches: list, device: str) -> float:
-    """Floating-point operations of forward + backward over ``batches`` (matrix products and attention, counted by
-    ``torch.utils.flop_counter``): a cost measure that, unlike time, does not depend on the machine or its load."""
-    with FlopCounterMode(display=False) as counter:
+class OperatorCounter(TorchDispatchMode):
+    """Counts the aten operators that run inside it, views (which compute nothing) left out.
+
+    On a GPU each operator is at least one kernel launch, and with small batches the launches, not the FLOPs, set
+    the time; like FLOPs, the count does not depend on the machine or its load.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def training_cost(model: torch.nn.Module, batches: list, device: str) -> tuple[float, float]:
+    """``(FLOPs, operators per batch)`` of forward + backward over ``batches``: FLOPs of the matrix products and
+    attention (``torch.utils.flop_counter``), operators as :class:`OperatorCounter` counts them."""
+    with FlopCounterMode(display=False) as flops, OperatorCounter() as operators:
         for batch in batches:
             loss = model.calculate_loss(batch.to(device))
             (sum(loss) if isinstance(loss, tuple) else loss).backward()
     model.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
+    return float(flops.get_total_flops()), operators.count / len(batches)
+
+
+def ranking_operators(model: torch.nn.Module, interaction) -> int:
+    """Operators of one ``full_sort_predict`` call on ``interaction``."""
+    model.eval()
+    with torch.no_grad(), OperatorCounter() as operators:
+        model.full_sort_predict(interaction)
+    return operators.count
 
 
 def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -90,12 +117,16 @@ def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     train_feat = train_data._dataset.inter_feat
     counted = list(itertools.islice(train_data, args.flop_batches))
+    flops, operators_per_batch = training_cost(model, counted, config["device"])
     result: dict[str, Any] = {
         "model": model_name,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_rows": len(train_feat),
-        "epoch_gflops": training_flops(model, counted, config["device"]) * len(train_data) / len(counted) / 1e9,
+        "epoch_gflops": flops * len(train_data) / len(counted) / 1e9,
+        "train_operators": operators_per_batch,
+        "ranking_operators": ranking_operators(model, next(iter(test_data))[0].to(config["device"])),
     }
+    model.train()
     if args.flops_only:
         return result
 
@@ -151,6 +182,8 @@ def write_report(results: list[dict[str, Any]], args: argparse.Namespace, comman
         ("train rows", lambda r: f"{r['train_rows']:,}"),
         ("training GFLOPs / epoch", lambda r: f"{r['epoch_gflops']:,.1f}"),
         (f"GFLOPs vs {base['model']}", lambda r: f"{r['epoch_gflops'] / base['epoch_gflops']:.2f}x"),
+        ("operators / training batch", lambda r: f"{r['train_operators']:,.0f}"),
+        ("operators / full-sort batch", lambda r: f"{r['ranking_operators']:,}"),
     ]
     if not args.flops_only:
         columns += [
@@ -178,7 +211,9 @@ def write_report(results: list[dict[str, Any]], args: argparse.Namespace, comman
         f"{args.max_len}." + ("" if args.flops_only else timing),
         f"Training GFLOPs: forward + backward matrix products and attention over the first {args.flop_batches} "
         "batches (torch.utils.flop_counter), scaled to the epoch: a cost that does not depend on the machine or its "
-        "load.",
+        "load. Operators: aten operators dispatched (views left out) per training batch (forward + backward, over "
+        f"the same batches) and per full_sort_predict of {args.eval_batch} test users; each is at least one kernel "
+        "launch on a GPU.",
         "",
         "| " + " | ".join(header for header, _ in columns) + " |",
         "|" + "---|" * len(columns),

@@ -82,6 +82,28 @@ def test_speed_smoke(tmp_path):
     assert speed.main([*argv, "--flops-only", "--flop-batches", "1"]) == 0
     table = out.read_text()
     assert "training GFLOPs / epoch" in table and "epoch (s)" not in table
+    assert "operators / full-sort batch" in table
+
+
+def test_length_buckets_multiply_the_operators_of_ranking():
+    # Each bucket runs the whole stack again: on a GPU, where small batches pay per kernel launch, that is the cost.
+    from recbole.data import data_preparation
+
+    from recbole_oneranker.config import Config
+    from recbole_oneranker.data import create_dataset
+    from recbole_oneranker.utils import get_model
+
+    settings = {"hidden_size": 16, "attention_dim": 16, "linear_hidden_dim": 16, "MAX_ITEM_LIST_LENGTH": 10,
+                "eval_batch_size": 64, "state": "ERROR"}  # fmt: skip
+    config = Config("HSTU", "ml-100k", config_dict=settings)
+    _, _, test_data = data_preparation(config, create_dataset(config))
+    batch = next(iter(test_data))[0]
+    operators = {}
+    for bucket_size in (0, 16):
+        bucketed = Config("HSTU", "ml-100k", config_dict={**settings, "length_bucket_size": bucket_size})
+        model = get_model("HSTU")(bucketed, test_data._dataset)
+        operators[bucket_size] = speed.ranking_operators(model, batch)
+    assert 0 < operators[0] and 3 * operators[0] < operators[16]  # 4 buckets of 16: about 4x the stack's operators
 
 
 def test_training_flops_grow_with_the_decoders():
@@ -100,7 +122,7 @@ def test_training_flops_grow_with_the_decoders():
     for use_step2 in (False, True):
         model_config = Config("OneRanker", "ml-100k", config_dict={**settings, "use_step2": use_step2})
         model = get_model("OneRanker")(model_config, train_data._dataset)
-        flops[use_step2] = speed.training_flops(model, [batch], "cpu")
+        flops[use_step2], _ = speed.training_cost(model, [batch], "cpu")
     assert 0 < flops[False] < flops[True]
 
 
