@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from recbole.data import data_preparation
+from test_oneranker import ONERANKER_TINY  # small sizes; HSTU reads the backbone's keys of it
 
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset
@@ -17,17 +18,6 @@ from recbole_oneranker.model.layers.relative_bias import RelativeBucketedTimeAnd
 from recbole_oneranker.model.sequential_recommender import HSTU, OneRanker
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: these tests check the GPU path")
-
-SMALL = {
-    "hidden_size": 16,
-    "attention_dim": 8,
-    "linear_hidden_dim": 8,
-    "n_heads": 2,
-    "num_negatives": 16,
-    "n_fake_items": 4,
-    "num_candidates": 6,
-    "decoder_positions": 3,
-}
 
 
 def _gradients_of_repeated_backward(
@@ -75,7 +65,7 @@ def test_relative_bias_gradients_on_cuda_are_the_same_on_every_run() -> None:
 
 def _model_on(model_class, device: str, tiny_config: dict):
     """``(model, one full-ranking test batch)`` on ``device``, with weights drawn from seed 0 on the CPU."""
-    config = Config(model_class.__name__, "ml-tiny", config_dict={**tiny_config, **SMALL})
+    config = Config(model_class.__name__, "ml-tiny", config_dict={**tiny_config, **ONERANKER_TINY})
     config["device"] = torch.device(device)  # RecBole picks the GPU whenever there is one; the model reads this
     _, _, test = data_preparation(config, create_dataset(config))
     torch.manual_seed(0)
