@@ -14,7 +14,7 @@ HSTU one row per user, or per window of the history length, with a loss at every
 ``full_sort_predict`` per batch of ``--eval-batch`` test users. Training FLOPs (forward + backward, counted by
 ``torch.utils.flop_counter`` over a few batches) measure cost independently of the machine and of its load;
 so do the operators dispatched per training batch and per ``full_sort_predict`` batch, what a GPU pays for when
-batches are too small to fill it (each operator is at least one kernel launch). ``--flops-only`` counts these alone,
+batches are too small to fill it (most operators are one kernel launch each). ``--flops-only`` counts these alone,
 without timing. Writes a markdown table with the command and the machine.
 """
 
@@ -74,7 +74,7 @@ def equal_size_settings(model: str, args: argparse.Namespace) -> dict[str, Any]:
 class OperatorCounter(TorchDispatchMode):
     """Counts the aten operators that run inside it, views (which compute nothing) left out.
 
-    On a GPU each operator is at least one kernel launch, and with small batches the launches, not the FLOPs, set
+    On a GPU most operators are one kernel launch each, and with small batches the launches, not the FLOPs, set
     the time; like FLOPs, the count does not depend on the machine or its load.
     """
 
@@ -212,8 +212,8 @@ def write_report(results: list[dict[str, Any]], args: argparse.Namespace, comman
         f"Training GFLOPs: forward + backward matrix products and attention over the first {args.flop_batches} "
         "batches (torch.utils.flop_counter), scaled to the epoch: a cost that does not depend on the machine or its "
         "load. Operators: aten operators dispatched (views left out) per training batch (forward + backward, over "
-        f"the same batches) and per full_sort_predict of {args.eval_batch} test users; each is at least one kernel "
-        "launch on a GPU.",
+        f"the same batches) and per full_sort_predict of {args.eval_batch} test users; on a GPU most are one kernel "
+        "launch each.",
         "",
         "| " + " | ".join(header for header, _ in columns) + " |",
         "|" + "---|" * len(columns),
