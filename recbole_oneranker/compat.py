@@ -45,6 +45,11 @@ logger call, and :func:`apply` runs the import-time ones once when ``recbole_one
    RecBole's SASRec (2 heads, batch 512), 0.60 / 0.56 s for OneRanker and 0.25 / 0.24 s for HSTU (ml-100k
    defaults), and the compiled step stays faster than the eager one (1.80 s for that SASRec batch; 5.7 s against
    8.9 s for a one-head, 2-layer encoder on 2048 x 50 x 64).
+10. ``use_gpu`` ("Whether or not to use GPU" in RecBole's ``overall.yaml``) is not read when the device is chosen:
+   ``Config._init_device`` takes the GPU whenever torch sees one and ``gpu_id`` is not empty, so ``use_gpu: False``
+   trained on the GPU anyway (seen on an H100). ``gpu_id: ''`` does keep a run on the CPU, but by setting
+   ``CUDA_VISIBLE_DEVICES`` for the whole process. -> :func:`honour_use_gpu` puts a ``use_gpu: False`` run on the
+   CPU and leaves the GPUs visible to the rest of the process.
 """
 
 from __future__ import annotations
@@ -179,6 +184,12 @@ def silence_recbole_future_warnings() -> None:
 def inductor_options() -> dict[str, Any]:
     """Fix 9: the Inductor options under which every model compiles correctly."""
     return {"pattern_matcher": False}
+
+
+def honour_use_gpu(final_config: dict[str, Any]) -> None:
+    """Fix 10: a single-process run with ``use_gpu: False`` gets the CPU as its device, in place."""
+    if not final_config["use_gpu"] and final_config["single_spec"]:
+        final_config["device"] = torch.device("cpu")
 
 
 def apply() -> None:

@@ -191,6 +191,10 @@ class Config(RecBoleConfig):
             dataset_keys = self._update_internal_config_dict(dataset_file) or {}
             self.parameters["Dataset"] += [key for key in dataset_keys if key not in self.parameters["Dataset"]]
 
+    def _init_device(self) -> None:
+        super()._init_device()
+        compat.honour_use_gpu(self.final_config_dict)
+
     def _get_final_config_dict(self) -> dict[str, Any]:
         final_config = super()._get_final_config_dict()
         if final_config.get("MODEL_TYPE") == ModelType.SEQUENTIAL:

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from recbole_oneranker import compat
 from recbole_oneranker.config import Config, ConfigError, known_keys
@@ -120,3 +121,11 @@ def test_recbole_future_warnings_hidden_ours_kept():
         warnings.warn_explicit("chained fillna", FutureWarning, "dataset.py", 1, module="recbole.data.dataset.dataset")
         warnings.warn_explicit("ours", FutureWarning, "config.py", 1, module="recbole_oneranker.config")
     assert [str(w.message) for w in caught] == ["ours"]
+
+
+@pytest.mark.parametrize("use_gpu", [True, False])
+def test_use_gpu_false_keeps_the_run_on_the_cpu(monkeypatch, use_gpu):
+    # RecBole 1.2.1 chose the GPU whenever torch saw one, whatever use_gpu said (compat fix 10).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine; no GPU is touched
+    config = Config("SASRec", config_dict={"use_gpu": use_gpu})
+    assert config["device"] == torch.device("cuda" if use_gpu else "cpu")

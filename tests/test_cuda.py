@@ -83,3 +83,10 @@ def test_models_score_on_cuda_as_on_the_cpu(model_class, tiny_config) -> None:
         cpu_scores = cpu_model.full_sort_predict(cpu_batch)
         gpu_scores = gpu_model.full_sort_predict(gpu_batch)
     torch.testing.assert_close(gpu_scores.cpu(), cpu_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_use_gpu_false_keeps_a_run_on_the_cpu_and_the_gpu_visible(tiny_config) -> None:
+    config = Config("HSTU", "ml-tiny", config_dict={**tiny_config, **ONERANKER_TINY, "use_gpu": False})
+    assert config["device"] == torch.device("cpu")
+    assert torch.cuda.is_available()  # compat fix 10 does not hide the GPU from the rest of the process
+    assert Config("HSTU", "ml-tiny", config_dict={**tiny_config, **ONERANKER_TINY})["device"].type == "cuda"
