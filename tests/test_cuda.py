@@ -65,8 +65,8 @@ def test_relative_bias_gradients_on_cuda_are_the_same_on_every_run() -> None:
 
 def _model_on(model_class, device: str, tiny_config: dict):
     """``(model, one full-ranking test batch)`` on ``device``, with weights drawn from seed 0 on the CPU."""
-    config = Config(model_class.__name__, "ml-tiny", config_dict={**tiny_config, **ONERANKER_TINY})
-    config["device"] = torch.device(device)  # RecBole picks the GPU whenever there is one; the model reads this
+    settings = {**tiny_config, **ONERANKER_TINY, "use_gpu": device == "cuda"}
+    config = Config(model_class.__name__, "ml-tiny", config_dict=settings)
     _, _, test = data_preparation(config, create_dataset(config))
     torch.manual_seed(0)
     model = model_class(config, test._dataset).to(device).eval()
