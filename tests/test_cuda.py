@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from recbole.data import data_preparation
+from test_hstu_layers import assert_the_same_on_every_run, repeated_gradients
 from test_oneranker import ONERANKER_TINY  # small sizes; HSTU reads the backbone's keys of it
 
 from recbole_oneranker.config import Config
@@ -20,18 +21,6 @@ from recbole_oneranker.model.sequential_recommender import HSTU, OneRanker
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: these tests check the GPU path")
 
 
-def _gradients_of_repeated_backward(
-    forward, parameters: list[torch.Tensor], runs: int = 20
-) -> list[list[torch.Tensor]]:
-    gradients = []
-    for _ in range(runs):
-        for parameter in parameters:
-            parameter.grad = None
-        forward().backward()
-        gradients.append([parameter.grad.clone() for parameter in parameters])
-    return gradients
-
-
 def test_lookup_on_cuda_matches_the_cpu_and_its_gradient_is_the_same_on_every_run() -> None:
     # CUDA keeps table[index], whose accumulating backward sorts the indices; index_add_ would add atomically there.
     torch.manual_seed(0)
@@ -41,11 +30,8 @@ def test_lookup_on_cuda_matches_the_cpu_and_its_gradient_is_the_same_on_every_ru
     on_gpu = table.cuda().requires_grad_()
     torch.testing.assert_close(lookup(on_gpu, index.cuda()).cpu(), table[index], rtol=0, atol=0)
 
-    gradients = _gradients_of_repeated_backward(
-        lambda: (lookup(on_gpu, index.cuda()) * upstream.cuda()).sum(), [on_gpu]
-    )
-    for (gradient,) in gradients[1:]:
-        assert torch.equal(gradient, gradients[0][0])
+    gradients = repeated_gradients(lambda: (lookup(on_gpu, index.cuda()) * upstream.cuda()).sum(), [on_gpu])
+    assert_the_same_on_every_run(gradients)
     on_cpu = table.clone().requires_grad_()
     (lookup(on_cpu, index) * upstream).sum().backward()
     torch.testing.assert_close(gradients[0][0].cpu(), on_cpu.grad, rtol=1e-5, atol=1e-4)
@@ -56,11 +42,8 @@ def test_relative_bias_gradients_on_cuda_are_the_same_on_every_run() -> None:
     bias = RelativeBucketedTimeAndPositionBias(max_seq_len=200, num_buckets=128).cuda()
     timestamps = torch.randint(0, 4, (32, 200)).sort(dim=1).values.cuda()  # [B, N]: gaps of 0-3 collide
     upstream = torch.randn(32, 200, 200, device="cuda")  # [B, N, N]
-    gradients = _gradients_of_repeated_backward(
-        lambda: (bias(timestamps, 200) * upstream).sum(), [bias.ts_w, bias.pos_w]
-    )
-    for run in gradients[1:]:
-        assert all(torch.equal(grad, first) for grad, first in zip(run, gradients[0], strict=True))
+    gradients = repeated_gradients(lambda: (bias(timestamps, 200) * upstream).sum(), [bias.ts_w, bias.pos_w])
+    assert_the_same_on_every_run(gradients)
 
 
 def _model_on(model_class, device: str, tiny_config: dict):

@@ -3,9 +3,11 @@ padding, gradients and config validation. Tiny shapes (B <= 3, N = 8, D = 16); t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -78,13 +80,22 @@ def _inputs(seed: int = 1, lengths: tuple[int, ...] = (8, 5)) -> tuple[torch.Ten
     return x, lengths_t, timestamps
 
 
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` inside, restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
     """These tensors are tiny: intra-op threads only add synchronisation (100x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with _threads(1):
+        yield
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -411,6 +422,22 @@ def test_gradients_reach_every_parameter(mode: str) -> None:
             assert torch.all(param.grad[N:] == 0), name
 
 
+def repeated_gradients(loss: Callable[[], torch.Tensor], parameters: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """The gradients of ``parameters`` after each of 20 backward passes of ``loss()``."""
+    gradients = []
+    for _ in range(20):
+        for parameter in parameters:
+            parameter.grad = None
+        loss().backward()
+        gradients.append([parameter.grad.clone() for parameter in parameters])
+    return gradients
+
+
+def assert_the_same_on_every_run(gradients: list[list[torch.Tensor]]) -> None:
+    for run in gradients[1:]:
+        assert all(torch.equal(grad, first) for grad, first in zip(run, gradients[0], strict=True))
+
+
 def test_bias_gradients_are_the_same_on_every_run_with_several_threads() -> None:
     # From B N^2 >= 2^15 indices, a plain table[index] backward adds into the table atomically from several CPU
     # threads: the gradient changed from run to run, and whole OneRanker runs on ml-100k with it. Time gaps of 0-3
@@ -419,18 +446,9 @@ def test_bias_gradients_are_the_same_on_every_run_with_several_threads() -> None
     bias = RelativeBucketedTimeAndPositionBias(max_seq_len=200, num_buckets=128)
     timestamps = torch.randint(0, 4, (32, 200)).sort(dim=1).values  # [B, N]
     upstream = torch.randn(32, 200, 200)  # [B, N, N]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        gradients = []
-        for _ in range(20):
-            bias.zero_grad()
-            (bias(timestamps, 200) * upstream).sum().backward()
-            gradients.append((bias.ts_w.grad.clone(), bias.pos_w.grad.clone()))
-    finally:
-        torch.set_num_threads(threads)
-    for ts_grad, pos_grad in gradients[1:]:
-        assert torch.equal(ts_grad, gradients[0][0]) and torch.equal(pos_grad, gradients[0][1])
+    with _threads(2):
+        gradients = repeated_gradients(lambda: (bias(timestamps, 200) * upstream).sum(), [bias.ts_w, bias.pos_w])
+    assert_the_same_on_every_run(gradients)
 
 
 def test_lookup_of_table_rows_gives_the_same_gradient_on_every_run_with_several_threads() -> None:
@@ -441,18 +459,9 @@ def test_lookup_of_table_rows_gives_the_same_gradient_on_every_run_with_several_
     index = torch.randint(0, 50, (64, 1024))  # [P, S]
     upstream = torch.randn(64, 1024, 16)  # [P, S, D]
     torch.testing.assert_close(lookup(table, index), table[index], rtol=0, atol=0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        gradients = []
-        for _ in range(20):
-            table.grad = None
-            (lookup(table, index) * upstream).sum().backward()
-            gradients.append(table.grad.clone())
-    finally:
-        torch.set_num_threads(threads)
-    for gradient in gradients[1:]:
-        assert torch.equal(gradient, gradients[0])
+    with _threads(2):
+        gradients = repeated_gradients(lambda: (lookup(table, index) * upstream).sum(), [table])
+    assert_the_same_on_every_run(gradients)
 
 
 def test_block_default_mask_is_causal() -> None:
