@@ -99,10 +99,12 @@ def training_cost(model: torch.nn.Module, batches: list, device: str) -> tuple[f
 
 
 def ranking_operators(model: torch.nn.Module, interaction) -> int:
-    """Operators of one ``full_sort_predict`` call on ``interaction``."""
+    """Operators of one ``full_sort_predict`` call on ``interaction``, in eval mode (the model's mode is restored)."""
+    training = model.training
     model.eval()
     with torch.no_grad(), OperatorCounter() as operators:
         model.full_sort_predict(interaction)
+    model.train(training)
     return operators.count
 
 
@@ -126,7 +128,6 @@ def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
         "train_operators": operators_per_batch,
         "ranking_operators": ranking_operators(model, next(iter(test_data))[0].to(config["device"])),
     }
-    model.train()
     if args.flops_only:
         return result
 
