@@ -85,44 +85,40 @@ def test_speed_smoke(tmp_path):
     assert "operators / full-sort batch" in table
 
 
-def test_length_buckets_multiply_the_operators_of_ranking():
-    # Each bucket runs the whole stack again: on a GPU, where small batches pay per kernel launch, that is the cost.
+def _ml100k_variants(model_name: str, settings: dict, split: int):
+    """``(batch, build)``: the first batch of an ml-100k split (``split`` 0: training, 2: test), one for every
+    variant since costs depend on its lengths, and ``build(**overrides)``: the model with ``settings`` + overrides."""
     from recbole.data import data_preparation
 
     from recbole_oneranker.config import Config
     from recbole_oneranker.data import create_dataset
     from recbole_oneranker.utils import get_model
 
+    config = Config(model_name, "ml-100k", config_dict=settings)
+    splits = data_preparation(config, create_dataset(config))
+    batch = next(iter(splits[split]))
+
+    def build(**overrides):
+        config = Config(model_name, "ml-100k", config_dict={**settings, **overrides})
+        return get_model(model_name)(config, splits[split]._dataset)
+
+    return batch, build
+
+
+def test_length_buckets_multiply_the_operators_of_ranking():
+    # Each bucket runs the whole stack again: on a GPU, where small batches pay per kernel launch, that is the cost.
     settings = {"hidden_size": 16, "attention_dim": 16, "linear_hidden_dim": 16, "MAX_ITEM_LIST_LENGTH": 10,
                 "eval_batch_size": 64, "state": "ERROR"}  # fmt: skip
-    config = Config("HSTU", "ml-100k", config_dict=settings)
-    _, _, test_data = data_preparation(config, create_dataset(config))
-    batch = next(iter(test_data))[0]
-    operators = {}
-    for bucket_size in (0, 16):
-        bucketed = Config("HSTU", "ml-100k", config_dict={**settings, "length_bucket_size": bucket_size})
-        model = get_model("HSTU")(bucketed, test_data._dataset)
-        operators[bucket_size] = speed.ranking_operators(model, batch)
+    batch, build = _ml100k_variants("HSTU", settings, split=2)
+    operators = {size: speed.ranking_operators(build(length_bucket_size=size), batch[0]) for size in (0, 16)}
     assert 0 < operators[0] and 3 * operators[0] < operators[16]  # 4 buckets of 16: about 4x the stack's operators
 
 
 def test_training_flops_grow_with_the_decoders():
-    from recbole.data import data_preparation
-
-    from recbole_oneranker.config import Config
-    from recbole_oneranker.data import create_dataset
-    from recbole_oneranker.utils import get_model
-
     settings = {"hidden_size": 16, "attention_dim": 16, "linear_hidden_dim": 16, "MAX_ITEM_LIST_LENGTH": 10,
                 "n_fake_items": 4, "state": "ERROR"}  # fmt: skip
-    config = Config("OneRanker", "ml-100k", config_dict=settings)
-    train_data, _, _ = data_preparation(config, create_dataset(config))
-    batch = next(iter(train_data))  # one batch for both models: FLOPs depend on its lengths
-    flops = {}
-    for use_step2 in (False, True):
-        model_config = Config("OneRanker", "ml-100k", config_dict={**settings, "use_step2": use_step2})
-        model = get_model("OneRanker")(model_config, train_data._dataset)
-        flops[use_step2], _ = speed.training_cost(model, [batch], "cpu")
+    batch, build = _ml100k_variants("OneRanker", settings, split=0)
+    flops = {step2: speed.training_cost(build(use_step2=step2), [batch], "cpu")[0] for step2 in (False, True)}
     assert 0 < flops[False] < flops[True]
 
 
