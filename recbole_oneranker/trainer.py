@@ -50,6 +50,7 @@ class RunSafetyMixin:
             os.path.join(self.checkpoint_dir, f"{run_id}-resume.pth") if config["resume_training"] else None
         )
         self.elapsed_before_s = 0.0  # training seconds of earlier processes, when resumed from a snapshot
+        self.best_checkpoint: dict[str, Any] | None = None  # with resume_training: the best weights, for the snapshot
         self.devices = [describe_device(self.device)]  # what the run's processes ran on, in order of first use
         if config["compile_model"]:
             compile_forward(model)
@@ -76,9 +77,10 @@ class RunSafetyMixin:
         the next epoch depends on: weights, optimizer, early-stopping state, best validation result, the random
         generators (torch, numpy, python, the training loader's shuffle) and the state of ``callback_fn`` when it
         has ``state_dict`` / ``load_state_dict``. A run killed at any point and started again with the same
-        ``run_id`` therefore trains the epochs it had not validated and ends as the uninterrupted run would; the
-        best checkpoint (``<run_id>.pth``) is the earlier process's. :meth:`discard_snapshot` removes the file once
-        the caller has tested.
+        ``run_id`` therefore trains the epochs it had not validated and ends as the uninterrupted run would. The
+        snapshot also holds the best weights so far (without their optimizer state): a run moved to another machine
+        with its snapshot alone gets its best checkpoint (``<run_id>.pth``) back from it. :meth:`discard_snapshot`
+        removes the file once the caller has tested.
         """
         if self.resume_file is None:  # special trainers' fit take other arguments: pass them through untouched
             return super().fit(train_data, valid_data, *args, **kwargs)
@@ -120,6 +122,7 @@ class RunSafetyMixin:
             devices=self.devices,
             random_states=_random_states(train_data),
             callback_state=compat.plain_value(callback_fn.state_dict()) if hasattr(callback_fn, "state_dict") else None,
+            best_checkpoint=self.best_checkpoint,
         )
         partial = self.resume_file + ".partial"  # a kill while writing leaves the previous snapshot intact
         torch.save(state, partial)
@@ -135,7 +138,20 @@ class RunSafetyMixin:
         _set_random_states(snapshot["random_states"], train_data)
         if snapshot["callback_state"] is not None and hasattr(callback_fn, "load_state_dict"):
             callback_fn.load_state_dict(snapshot["callback_state"])
+        self.best_checkpoint = snapshot.get("best_checkpoint")  # older snapshots: none
+        if not os.path.exists(self.saved_model_file):
+            self._restore_best_checkpoint()
         return bool(snapshot["finished"])
+
+    def _restore_best_checkpoint(self) -> None:
+        """Write ``<run_id>.pth`` from the snapshot: the run was moved here without its best checkpoint."""
+        if self.best_checkpoint is None:
+            raise FileNotFoundError(
+                f"{self.resume_file} continues a run whose best checkpoint {self.saved_model_file} is missing, and "
+                "the snapshot (written by an older version) does not hold it: copy that file beside the snapshot"
+            )
+        torch.save(self.best_checkpoint, self.saved_model_file)
+        self.logger.info(f"Best checkpoint (epoch {self.best_checkpoint['epoch']}) restored from the snapshot")
 
     def discard_snapshot(self) -> None:
         """Remove this run's snapshot (``resume_training``): call once the run's results are safe."""
@@ -146,7 +162,14 @@ class RunSafetyMixin:
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
-        torch.save(self._checkpoint_state(epoch), saved_model_file)
+        state = self._checkpoint_state(epoch)
+        torch.save(state, saved_model_file)
+        if self.resume_file is not None:  # kept for the snapshots; copied, since state_dict() shares the weights
+            best = {key: value for key, value in state.items() if key != "optimizer"}
+            for part in ("state_dict", "other_parameter"):
+                if best[part] is not None:
+                    best[part] = {key: _copied(value) for key, value in best[part].items()}
+            self.best_checkpoint = best
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
@@ -219,6 +242,11 @@ def compile_forward(model: torch.nn.Module) -> None:
     """
     torch.compiler.reset()
     model.forward = torch.compile(model.forward, options=compat.inductor_options())
+
+
+def _copied(value: Any) -> Any:
+    """A tensor's own copy (detached), so later training steps do not change it; other values as they are."""
+    return value.detach().clone() if torch.is_tensor(value) else value
 
 
 def _random_states(train_data) -> dict[str, Any]:

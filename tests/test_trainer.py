@@ -150,17 +150,33 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_config):
     assert not os.path.exists(os.path.join("saved", "cut-resume.pth"))  # discarded once tested
 
 
-def test_run_killed_after_training_only_tests_when_resumed(tiny_config, monkeypatch):
+@pytest.mark.parametrize("moved", [False, True], ids=["same-machine", "snapshot-moved-alone"])
+def test_run_killed_after_training_only_tests_when_resumed(tiny_config, monkeypatch, moved):
     whole_log = _ScoreLog()
     whole = _resumable_run(tiny_config, "whole", whole_log)
     with monkeypatch.context() as patch:  # killed between training and testing: the snapshot stays
         patch.setattr(Trainer, "discard_snapshot", lambda self: None)
         _resumable_run(tiny_config, "cut", _ScoreLog())
+    if moved:  # continued on another machine, where only the snapshot was copied: the best weights come from it
+        os.remove(os.path.join("saved", "cut.pth"))
     resumed_log = _ScoreLog()
     resumed = _resumable_run(tiny_config, "cut", resumed_log)
     assert resumed_log.calls == 0 and resumed_log.scores == whole_log.scores  # no training, the state came back
     assert resumed["best_valid_result"] == whole["best_valid_result"]
     assert resumed["test_result"] == whole["test_result"]
+
+
+def test_snapshot_without_its_best_checkpoint_is_a_clear_error(tiny_config, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "discard_snapshot", lambda self: None)
+        _resumable_run(tiny_config, "cut", _ScoreLog())
+    snapshot_file = os.path.join("saved", "cut-resume.pth")
+    snapshot = torch.load(snapshot_file, weights_only=True)
+    del snapshot["best_checkpoint"]  # as an older version wrote it
+    torch.save(snapshot, snapshot_file)
+    os.remove(os.path.join("saved", "cut.pth"))
+    with pytest.raises(FileNotFoundError, match="copy that file beside the snapshot"):
+        _resumable_run(tiny_config, "cut", _ScoreLog())
 
 
 def test_resume_training_needs_a_fixed_run_id(tiny_config):
