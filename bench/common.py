@@ -92,10 +92,10 @@ def package_defaults(model: str, dataset: str) -> dict[str, Any]:
     return merged
 
 
-# Keys that decide how a run is kept, not what it computes: left out of a row's identity, so adding one to the
-# defaults does not make every row stale. (run_id and log_dir are of the kind too, but stay in: they were part of
-# every identity made so far.)
-RESULT_NEUTRAL_KEYS = frozenset({"resume_training"})
+# Keys that decide how a run is kept or how fast it goes, not what it computes: left out of a row's identity, so
+# adding one to the defaults does not make every row stale. (run_id and log_dir are of the kind too, but stay in:
+# they were part of every identity made so far.)
+RESULT_NEUTRAL_KEYS = frozenset({"resume_training", "length_buckets_on_gpu"})
 # Keys added to the defaults after rows were made, each with the value that does what the code did before it
 # existed: a row run with that value is the row it was, so the key stays out of its identity; any other value
 # (a row's setting, or a later default) enters it.

@@ -63,6 +63,16 @@ def test_length_buckets_do_not_change_the_loss(hstu_setup):
     torch.testing.assert_close(losses[2], losses[0])
 
 
+@pytest.mark.parametrize("device", ["cpu", "meta"])  # meta: any device but the CPU, as a GPU is
+def test_one_length_bucket_off_the_cpu_unless_asked_for(hstu_setup, device):
+    model, _, _ = hstu_setup()
+    lengths = torch.tensor([5, 1, 3, 2, 4], device=device)
+    model.length_bucket_size = 2
+    assert len(model._length_buckets(lengths)) == (3 if device == "cpu" else 1)
+    model.length_buckets_on_gpu = True
+    assert len(model._length_buckets(lengths)) == 3
+
+
 def test_length_buckets_do_not_change_the_states_or_the_scores(hstu_setup, assert_length_buckets_change_nothing):
     model, _, test = hstu_setup(repeat_bias=True, loss_type="full_softmax")
     torch.nn.init.constant_(model.repeat_shift, -0.2)

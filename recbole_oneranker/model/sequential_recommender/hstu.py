@@ -61,6 +61,7 @@ class HSTU(SequentialRecommender):
         self.history_negatives = config["history_negatives"]
         self.temperature = config["temperature"]
         self.length_bucket_size = config["length_bucket_size"]
+        self.length_buckets_on_gpu = config["length_buckets_on_gpu"]
         self.use_time = config["relative_bias"] == "time_and_position"
         self.LIST_SUFFIX = config["LIST_SUFFIX"]
         self.TIME_SEQ = config["TIME_FIELD"] + config["LIST_SUFFIX"]
@@ -216,9 +217,13 @@ class HSTU(SequentialRecommender):
         return self._next(interaction, self.ITEM_ID, seq_len)
 
     def _length_buckets(self, item_seq_len: Tensor) -> list[Tensor]:
-        """Row indices grouped by length, so each group is padded only to its own longest sequence."""
+        """Row indices grouped by length, so each group is padded only to its own longest sequence.
+
+        Off the CPU, one group unless ``length_buckets_on_gpu``: a GPU pays per kernel launch more than per
+        padded position, and each bucket launches the whole stack's kernels again."""
         order = torch.argsort(item_seq_len)
-        if self.length_bucket_size <= 0:
+        on_cpu = item_seq_len.device.type == "cpu"
+        if self.length_bucket_size <= 0 or not (on_cpu or self.length_buckets_on_gpu):
             return [order]
         return list(torch.split(order, self.length_bucket_size))
 
