@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -129,10 +130,12 @@ def code_version() -> str:
 
     Results (tables, tuning journals) change on disk while benchmarks run; they are not code, so they do not make a
     row's code dirty. Outside git (e.g. a copy of the working tree sent to another machine),
-    ``RECBOLE_ONERANKER_COMMIT`` names it; without that, 'unknown'.
+    ``RECBOLE_ONERANKER_COMMIT`` names it (a full hash is shortened to git's 12 characters, as the other rows
+    have it); without that, 'unknown'.
     """
     if "RECBOLE_ONERANKER_COMMIT" in os.environ:
-        return os.environ["RECBOLE_ONERANKER_COMMIT"]
+        given = os.environ["RECBOLE_ONERANKER_COMMIT"]
+        return given[:12] if re.fullmatch(r"[0-9a-f]{13,40}", given) else given
     try:
         commit = _git("rev-parse", "--short=12", "HEAD")
         code_changes = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")

@@ -188,6 +188,8 @@ def test_rows_record_the_code_version_and_results_do_not_make_it_dirty(monkeypat
 
     monkeypatch.setenv("RECBOLE_ONERANKER_COMMIT", "e7ba9c89b5fb")  # a copy of the tree, outside git
     assert common.code_version() == "e7ba9c89b5fb"
+    monkeypatch.setenv("RECBOLE_ONERANKER_COMMIT", "641d4d43de9870a1197a7190ef2b28c99ad13a9d")  # `git rev-parse HEAD`
+    assert common.code_version() == "641d4d43de98"
 
 
 def test_a_default_a_row_overrides_does_not_make_it_stale(monkeypatch):
