@@ -50,6 +50,7 @@ from common import (  # noqa: E402
     run_command,
 )
 
+from recbole_oneranker.evaluator.protocol import protocol_parts  # noqa: E402
 from recbole_oneranker.quick_start import run  # noqa: E402
 
 FIRST_SEED = 2020
@@ -166,6 +167,36 @@ def _title(metric: str) -> str:
     return metric.upper().replace("HIT", "HR")
 
 
+def _shared_part_count(part_lists: list[list[str]]) -> int:
+    """How many leading parts every list has in common."""
+    count = 0
+    while all(len(parts) > count and parts[count] == part_lists[0][count] for parts in part_lists):
+        count += 1
+    return count
+
+
+def protocol_line(rows: list[dict[str, Any]]) -> str:
+    """The protocol the rows share, then the parts only some rows have, with those rows. Rows differ in training
+    (RecBole's SASRec trains one row per prefix, not whole sequences), and one line per protocol would repeat the
+    rest."""
+    labels_of: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        if row["label"] not in labels_of[row["protocol"]]:
+            labels_of[row["protocol"]].append(row["label"])
+    part_lists = [protocol_parts(protocol) for protocol in labels_of]
+    head = _shared_part_count(part_lists)
+    tail = _shared_part_count([parts[head:][::-1] for parts in part_lists])
+    first = part_lists[0]
+    line = "Protocol: " + ", ".join(first[:head] + first[len(first) - tail :]) + "."
+    if len(part_lists) > 1:
+        differing = [
+            f"{', '.join(parts[head : len(parts) - tail]) or 'none of that'} ({', '.join(labels)})"
+            for parts, labels in zip(part_lists, labels_of.values(), strict=True)
+        ]
+        line += " Rows differ in: " + "; ".join(differing) + "."
+    return line
+
+
 def write_report(
     rows: list[dict[str, Any]], dataset: str, command: str, out: Path, baseline: str | None = None
 ) -> None:
@@ -175,7 +206,6 @@ def write_report(
     for row in rows:
         by_label[row["label"]].append(row)
     baseline_ndcg = _per_user_ndcg(by_label[baseline]) if baseline in by_label else None
-    protocols = sorted({row["protocol"] for row in rows})
     metrics = [m for m in HEADLINE if f"test_{m}" in rows[0]]
     candidate_metrics = [m for m in CANDIDATE_HEADLINE if f"candidate_{m}" in rows[0]]
     lines = [
@@ -192,7 +222,7 @@ def write_report(
             else ""
         ),
         "",
-        "Protocol: " + "; ".join(protocols).replace(", value = ", "; value = "),
+        protocol_line(rows),
         "",
         "Columns HR/NDCG/MRR/GMV@K: full ranking"
         + (

@@ -133,6 +133,24 @@ def test_row_commands_survive_the_shell():
                      "--topk=[1, 5]", "--valid_metric=NDCG@10", '--note=say "hi" $HOME']  # fmt: skip
 
 
+def test_protocol_parts_split_only_between_parts():
+    from recbole_oneranker.evaluator.protocol import protocol_parts
+
+    parts = ["random split ([0.8, 0.1, 0.1])", "full ranking over all 1,682 items", "whole-sequence training",
+             "value = rating: the 1-5 rating, a proxy (no price)"]  # fmt: skip
+    assert protocol_parts(", ".join(parts)) == parts
+
+
+def test_report_states_the_shared_protocol_once_and_what_rows_add_to_it():
+    shared, value = "leave-one-out (valid_and_test), full ranking over all 9 items", "value = v: a, b"
+    rows = [{"label": "SASRec", "protocol": f"{shared}, {value}"}]
+    rows += [{"label": label, "protocol": f"{shared}, whole-sequence training, {value}"} for label in ("A", "B", "A")]
+    assert quality.protocol_line(rows) == (
+        f"Protocol: {shared}, {value}. Rows differ in: none of that (SASRec); whole-sequence training (A, B)."
+    )
+    assert quality.protocol_line(rows[1:]) == f"Protocol: {shared}, whole-sequence training, {value}."
+
+
 def test_result_tables_sharing_a_file_keep_each_others_rows(tmp_path):
     from common import ResultTable
 

@@ -33,3 +33,17 @@ def describe_protocol(config, dataset) -> str:
         note = f": {config['value_note']}" if config["value_note"] else ""
         parts.append(f"value = {config['value_field']}{note}")
     return ", ".join(parts)
+
+
+def protocol_parts(protocol: str) -> list[str]:
+    """The parts :func:`describe_protocol` joined: a comma inside brackets or in the value note, which is always
+    the last part, does not split."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(protocol):
+        depth += (char in "([") - (char in ")]")
+        if protocol.startswith(", ", index) and depth == 0:
+            parts.append(protocol[start:index])
+            start = index + 2
+            if protocol.startswith("value = ", start):
+                break
+    return parts + [protocol[start:]]
