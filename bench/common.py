@@ -100,7 +100,9 @@ RESULT_NEUTRAL_KEYS = frozenset({"resume_training", "length_buckets_on_gpu"})
 # Keys added to the defaults after rows were made, each with the value that does what the code did before it
 # existed: a row run with that value is the row it was, so the key stays out of its identity; any other value
 # (a row's setting, or a later default) enters it.
-UNCHANGED_BEHAVIOUR: dict[str, Any] = {"history_negatives": False, "repeat_bias": False, "compile_model": False}
+UNCHANGED_BEHAVIOUR: dict[str, Any] = {
+    "history_negatives": False, "repeat_bias": False, "compile_model": False, "candidate_sampling": "uniform"
+}  # fmt: skip
 
 
 def _in_identity(key: str, value: Any) -> bool:

@@ -4,6 +4,7 @@
     python bench/diagnose.py ranker --checkpoint saved/RUN.pth [--refit-epochs 8] [--lr 3e-3]
     python bench/diagnose.py gates --checkpoint saved/RUN.pth [--sweep task_gate=0.25,0.5,1]
     python bench/diagnose.py alignment --checkpoint saved/FULL.pth saved/NO_DC.pth [--split valid]
+    python bench/diagnose.py candidates --checkpoint saved/A.pth saved/B.pth [--negatives 29] [--seed 2020]
 
 ``seen``: the share of the model's top-K slots that are items already in the user's history (the model's input
 window), the share of targets that are, and NDCG@K of the same scores with seen items kept (RecBole's protocol)
@@ -33,6 +34,11 @@ every candidate of every user), and per set the top-K overlap of the two orders 
 is also the ranker's top K). Two ranker orders: its own score, and the served one (with ``ranker_residual``, the
 gated score added to the retrieval logit, which is also the DC loss's teacher).
 
+``candidates``: the candidate-set protocol (each test target among itself and ``--negatives`` sampled items, scored by
+``predict``) for one or several checkpoints, with the negatives drawn uniformly and in proportion to popularity
+(``--sampling``). The draws are seeded, so every checkpoint of one dataset is ranked against the same negatives and
+rows compare user by user, which the runs' own candidate-set metrics (drawn after training) do not.
+
 Each prints a markdown report (``--out FILE`` also writes it).
 """
 
@@ -53,8 +59,10 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ndcg_from_ranks  # noqa: E402
+from recbole.utils import init_seed  # noqa: E402
 
-from recbole_oneranker.quick_start import load_data_and_model  # noqa: E402
+from recbole_oneranker.data import create_dataset  # noqa: E402
+from recbole_oneranker.quick_start import CANDIDATE_TOPK, evaluate_candidate_set, load_data_and_model  # noqa: E402
 from recbole_oneranker.utils import get_trainer  # noqa: E402
 
 if TYPE_CHECKING:
@@ -331,6 +339,39 @@ def _alignment_summary(gaps: Tensor, overlaps: Tensor, cutoffs: Sequence[int]) -
 # -- reports ------------------------------------------------------------------------------------------------------
 
 
+# -- candidates ----------------------------------------------------------------------------------------------------
+
+SAMPLINGS = ("uniform", "popularity")
+
+
+def candidate_report(checkpoint: str, data_path: str | None, samplings: Sequence[str], negatives: int, seed: int):
+    """``{sampling: HR/NDCG@K}`` of one checkpoint under the candidate-set protocol, each sampling's negatives drawn
+    from the same seed (the same draws for every checkpoint of a dataset); with the checkpoint's config."""
+    config, model, train_data, valid_data, test_data = load_data_and_model(checkpoint, data_path)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    dataset = create_dataset(config)  # the whole dataset: the popularity the negatives are drawn by
+    dataset.build()  # as data_preparation leaves it in a run: features as tensors (its splits are not needed)
+    splits = (train_data._dataset, valid_data._dataset, test_data._dataset)
+    results = {}
+    for sampling in samplings:
+        config.final_config_dict["candidate_sampling"] = sampling
+        init_seed(seed, reproducibility=True)
+        results[sampling] = evaluate_candidate_set(config, trainer, dataset, splits, negatives)
+    return config, results
+
+
+def candidates_markdown(runs: list[tuple[str, str, dict]], negatives: int, seed: int, argv: list[str]) -> str:
+    """``runs``: (checkpoint, model, :func:`candidate_report` results) for each checkpoint."""
+    metrics = [f"{name}@{k}" for name in ("hit", "ndcg") for k in CANDIDATE_TOPK]
+    rows = [[checkpoint, model, sampling] + [f"{result[m]:.4f}" for m in metrics]
+            for checkpoint, model, results in runs for sampling, result in results.items()]  # fmt: skip
+    titles = [m.replace("hit", "HR").replace("ndcg", "NDCG") for m in metrics]
+    return (f"# Candidate-set protocol: each test target among itself and {negatives} sampled items\n\n"
+            f"{_command(argv)}\n\nNegatives drawn with seed {seed}: the same for every checkpoint of a dataset. "
+            "'popularity': in proportion to each item's interactions in the whole dataset.\n\n"
+            f"{_table(['checkpoint', 'model', 'negatives drawn', *titles], rows)}\n")  # fmt: skip
+
+
 def _table(header: list[str], rows: Iterable[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -414,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     ranker = sub.add_parser("ranker", help="what OneRanker's ranking decoder adds over retrieval")
     gates = sub.add_parser("gates", help="OneRanker's metrics with each learned gate as trained and at 0")
     alignment = sub.add_parser("alignment", help="OneRanker: the ranker's order against the generator's (Figure 3)")
-    for p in (seen, ranker, gates, alignment):
-        p.add_argument("--checkpoint", required=True, nargs="+" if p is alignment else None,
+    candidates = sub.add_parser("candidates", help="candidate-set HR/NDCG@K, uniform and popularity negatives")
+    for p in (seen, ranker, gates, alignment, candidates):
+        p.add_argument("--checkpoint", required=True, nargs="+" if p in (alignment, candidates) else None,
                        help="a checkpoint saved by this package (saved/<run_id>.pth)")  # fmt: skip
         p.add_argument("--data-path", help="folder holding <dataset>/ (default: the one it was trained from)")
         p.add_argument("--out", type=Path, help="also write the report to this file")
@@ -426,17 +468,30 @@ def main(argv: list[str] | None = None) -> int:
     seen.add_argument("--k", type=int, default=10, help="cut-off of the top-K and of NDCG@K")
     gates.add_argument("--sweep", nargs="+", default=[], type=_gate_values, metavar="GATE=V1,V2,...",
                        help="also evaluate GATE at each value, e.g. task_gate=0.25,0.5,1")  # fmt: skip
+    candidates.add_argument("--negatives", type=int, default=29, help="sampled items per target (the paper: 29)")
+    candidates.add_argument("--sampling", nargs="+", choices=SAMPLINGS, default=list(SAMPLINGS),
+                            help="how the negatives are drawn (default: both)")  # fmt: skip
+    candidates.add_argument("--seed", type=int, default=2020, help="seed of the draws")
     ranker.add_argument("--refit-epochs", type=int, default=8, help="passes over the cached sets per scorer")
     ranker.add_argument("--lr", type=float, default=3e-3)
     ranker.add_argument("--passes", type=int, default=3, help="passes over the training rows that build the sets")
     ranker.add_argument("--heldout-every", type=int, default=5, help="hold out users with user_id %% N == 0")
     ranker.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for checkpoint in args.checkpoint if args.report == "alignment" else [args.checkpoint]:
+    for checkpoint in args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]:
         if not Path(checkpoint).is_file():
             parser.error(f"no checkpoint at {checkpoint}")
     if args.report == "alignment":
         return _write(alignment_main(parser, args, argv), args.out)
+    if args.report == "candidates":
+        if args.negatives < 1:
+            parser.error("--negatives must be at least 1")
+        runs = []
+        for checkpoint in args.checkpoint:
+            print(f"candidates: {checkpoint}", flush=True)
+            config, results = candidate_report(checkpoint, args.data_path, args.sampling, args.negatives, args.seed)
+            runs.append((checkpoint, config["model"], results))
+        return _write(candidates_markdown(runs, args.negatives, args.seed, argv), args.out)
 
     config, model, train_data, valid_data, test_data = load_data_and_model(args.checkpoint, args.data_path)
     if args.report == "seen":

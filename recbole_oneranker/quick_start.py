@@ -26,13 +26,15 @@ from recbole.utils import init_seed, set_color
 from recbole.utils.logger import RemoveColorFilter, log_colors_config
 
 from recbole_oneranker import compat
-from recbole_oneranker.config import RUNTIME_KEYS, Config, known_keys
+from recbole_oneranker.config import RUNTIME_KEYS, Config, ConfigError, known_keys
 from recbole_oneranker.data import create_dataset
 from recbole_oneranker.evaluator import ValueCollector, target_ranks
 from recbole_oneranker.evaluator.protocol import describe_protocol
 from recbole_oneranker.utils import get_model, get_trainer
 
 CANDIDATE_TOPK = (1, 3, 5, 10, 15)
+# candidate_sampling -> RecBole's negative-sampling distribution and the prefix of its evaluation mode (uni29, pop29)
+_CANDIDATE_SAMPLERS = {"uniform": ("uniform", "uni"), "popularity": ("popularity", "pop")}
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -96,6 +98,8 @@ def run(
     """
     start = time.perf_counter()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
+    if config["candidate_negatives"]:
+        candidate_sampler(config)  # a bad value fails now, not after training
     init_seed(config["seed"], config["reproducibility"])
     log_file = init_logger(config)
     logger = getLogger()
@@ -150,22 +154,42 @@ def run(
     }
 
 
-def evaluate_candidate_set(config: Config, trainer, dataset, splits, negatives: int) -> dict[str, float]:
-    """The OneRanker paper's candidate-set protocol on the test targets, with the model as it is now.
+def candidate_sampler(config: Config) -> tuple[str, str]:
+    """RecBole's distribution and evaluation-mode prefix for the config's ``candidate_sampling``.
 
-    Each test target is ranked among itself and ``negatives`` items drawn uniformly (RecBole's ``uniN`` mode, which
-    scores with ``predict``); returns HR@K and NDCG@K for K in 1, 3, 5, 10, 15.
+    Raises:
+        ConfigError: for a value other than ``uniform`` or ``popularity``.
     """
+    sampling = config["candidate_sampling"]
+    if sampling not in _CANDIDATE_SAMPLERS:
+        raise ConfigError(f"candidate_sampling must be one of {', '.join(_CANDIDATE_SAMPLERS)}, got {sampling!r}")
+    return _CANDIDATE_SAMPLERS[sampling]
+
+
+def candidate_set_loader(config: Config, dataset, splits, negatives: int) -> tuple[Config, NegSampleEvalDataLoader]:
+    """The config and test loader of the candidate-set protocol: each test target with ``negatives`` items drawn by
+    ``candidate_sampling`` (RecBole's ``uniN`` / ``popN`` modes; for a sequential model any item but the target, as a
+    repeat of a history item is a valid recommendation there)."""
+    distribution, mode = candidate_sampler(config)
     candidate_config = copy.copy(config)
     candidate_config.final_config_dict = {
         **config.final_config_dict,
-        "eval_args": {**config["eval_args"], "mode": {**config["eval_args"]["mode"], "test": f"uni{negatives}"}},
-        "test_neg_sample_args": {"distribution": "uniform", "sample_num": negatives},
+        "eval_args": {**config["eval_args"], "mode": {**config["eval_args"]["mode"], "test": f"{mode}{negatives}"}},
+        "test_neg_sample_args": {"distribution": distribution, "sample_num": negatives},
         "metrics": ["Hit", "NDCG"],
         "topk": list(CANDIDATE_TOPK),
     }
     _, _, test_sampler = create_samplers(candidate_config, dataset, splits)
-    loader = NegSampleEvalDataLoader(candidate_config, splits[2], test_sampler, shuffle=False)
+    return candidate_config, NegSampleEvalDataLoader(candidate_config, splits[2], test_sampler, shuffle=False)
+
+
+def evaluate_candidate_set(config: Config, trainer, dataset, splits, negatives: int) -> dict[str, float]:
+    """The OneRanker paper's candidate-set protocol on the test targets, with the model as it is now.
+
+    Each test target is ranked among itself and ``negatives`` sampled items (:func:`candidate_set_loader`; RecBole
+    scores them with ``predict``); returns HR@K and NDCG@K for K in 1, 3, 5, 10, 15.
+    """
+    candidate_config, loader = candidate_set_loader(config, dataset, splits, negatives)
     own = trainer.config, trainer.evaluator, trainer.eval_collector
     trainer.config, trainer.evaluator = candidate_config, Evaluator(candidate_config)
     trainer.eval_collector = ValueCollector(candidate_config)

@@ -162,3 +162,25 @@ def test_alignment_report_compares_checkpoints_side_by_side(trained, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         diagnose.main(["alignment", "--checkpoint", checkpoint, "--cutoffs", "1", "1000"])
     assert exit_info.value.code == 2
+
+
+def test_candidate_report_draws_the_same_negatives_for_every_checkpoint(trained, tmp_path):
+    out, checkpoint = tmp_path / "candidates.md", trained["saved_model_file"]
+    assert (
+        diagnose.main(["candidates", "--checkpoint", checkpoint, checkpoint, "--negatives", "5", "--out", str(out)])
+        == 0
+    )
+    rows = [line.strip("|").split("|") for line in out.read_text().splitlines() if line.startswith(f"| {checkpoint} |")]
+    by_sampling: dict[str, list[list[float]]] = {}
+    for _, model, sampling, *values in rows:
+        assert model.strip() == "OneRanker"
+        by_sampling.setdefault(sampling.strip(), []).append([float(value) for value in values])
+    assert set(by_sampling) == {"uniform", "popularity"}
+    for first, second in by_sampling.values():
+        assert first == second  # one checkpoint twice: seeded draws, the same negatives, the same metrics
+        hits = first[:5]  # HR@1, 3, 5, 10, 15: 6 candidates, so every target is within the top 10
+        assert hits == sorted(hits) and hits[3] == hits[4] == 1.0
+    assert by_sampling["uniform"] != by_sampling["popularity"]
+    with pytest.raises(SystemExit) as exit_info:
+        diagnose.main(["candidates", "--checkpoint", checkpoint, "--negatives", "0"])
+    assert exit_info.value.code == 2

@@ -95,6 +95,37 @@ def test_candidate_set_protocol(tiny_config):
     assert set(result["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10", "gmv@5", "gmv@10"}
 
 
+def test_popularity_sampled_candidates_are_drawn_by_popularity(tiny_config):
+    from recbole_oneranker.evaluator.protocol import describe_protocol
+    from recbole_oneranker.quick_start import candidate_set_loader
+
+    def draws(sampling):
+        settings = {**tiny_config, "candidate_negatives": 9, "candidate_sampling": sampling}
+        config = Config("SASRec", "ml-tiny", config_dict=settings)
+        dataset = create_dataset(config)
+        splits = [loader._dataset for loader in data_preparation(config, dataset)]
+        candidate_config, loader = candidate_set_loader(config, dataset, splits, negatives=9)
+        assert candidate_config["eval_args"]["mode"]["test"] == f"{sampling[:3]}9"
+        np.random.seed(0)
+        items = torch.cat([batch[0]["item_id"] for batch in loader])  # targets and negatives
+        protocol = describe_protocol(config, dataset)
+        return items, np.bincount(dataset.inter_feat["item_id"].numpy(), minlength=dataset.item_num), protocol
+
+    (uniform, counts, uniform_protocol), (popular, _, popular_protocol) = draws("uniform"), draws("popularity")
+    assert len(uniform) == len(popular)  # the same targets, each with 9 negatives
+    # Popularity draws favour frequent items: their mean interaction count is well above the uniform draws'.
+    assert counts[popular.numpy()].mean() > 1.5 * counts[uniform.numpy()].mean()
+    assert "target + 9 uniform negatives" in uniform_protocol
+    assert "target + 9 popularity-sampled negatives" in popular_protocol
+
+
+def test_an_unknown_candidate_sampling_fails_before_training(tiny_config):
+    from recbole_oneranker.quick_start import run
+
+    with pytest.raises(ConfigError, match="candidate_sampling must be one of uniform, popularity, got 'pop'"):
+        run("SASRec", "ml-tiny", config_dict={**tiny_config, "candidate_negatives": 9, "candidate_sampling": "pop"})
+
+
 class _Interrupted(Exception):
     """Stands for the process being killed."""
 

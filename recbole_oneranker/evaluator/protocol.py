@@ -26,7 +26,8 @@ def describe_protocol(config, dataset) -> str:
     if eval_args["mode"]["test"] == "full":
         parts.append("seen items masked (HSTU)" if config["mask_seen_items"] else "seen items kept (RecBole default)")
     if config["candidate_negatives"]:
-        parts.append(f"candidate set: target + {config['candidate_negatives']} uniform negatives")
+        sampled = "uniform" if config["candidate_sampling"] == "uniform" else f"{config['candidate_sampling']}-sampled"
+        parts.append(f"candidate set: target + {config['candidate_negatives']} {sampled} negatives")
     if config["whole_sequence"]:
         parts.append("whole-sequence training" + ("" if config["whole_sequence_windows"] else " (last window only)"))
     if config["value_field"]:
