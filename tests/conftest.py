@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import recbole
 import torch
+from recbole.data.interaction import Interaction, cat_interactions
 
 EMBEDDED_ML100K = Path(recbole.__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
 TINY_CONFIG = {
@@ -116,5 +117,43 @@ def assert_length_buckets_change_nothing():
                 scores.append((model.full_sort_predict(batch), model.predict(batch)))
         for bucketed in scores[1:]:
             torch.testing.assert_close(bucketed, scores[0])
+
+    return check
+
+
+@pytest.fixture
+def assert_candidate_copies_encoded_once():
+    """``assert_candidate_copies_encoded_once(model, batch)``: a batch laid out as RecBole's sampled evaluation lays
+    it out (each row once per candidate item, the item and its label replaced) gets from ``predict`` the scores each
+    copy gets on its own, with each history encoded once."""
+
+    def check(model, batch):
+        model.eval()
+        generator = torch.Generator().manual_seed(0)
+
+        def candidates(items: torch.Tensor, label: float) -> Interaction:
+            # RecBole's layout: the user's row with the item replaced, labelled 1 for the target and 0 otherwise
+            return Interaction({**batch.interaction, "item_id": items, "label": torch.full((len(batch),), label)})
+
+        copies = [candidates(batch["item_id"], 1.0)] + [
+            candidates(torch.randint(1, model.n_items, (len(batch),), generator=generator), 0.0) for _ in range(3)
+        ]
+        encoded_rows = []
+        encode_by_length = model.encode_by_length
+
+        def counting(interaction):
+            encoded_rows.append(len(interaction))
+            return encode_by_length(interaction)
+
+        model.encode_by_length = counting
+        try:
+            with torch.no_grad():
+                alone = torch.cat([model.predict(copy) for copy in copies])
+                encoded_rows.clear()
+                together = model.predict(cat_interactions(copies))
+        finally:
+            del model.encode_by_length
+        torch.testing.assert_close(together, alone)
+        assert encoded_rows == [len(batch)]
 
     return check

@@ -165,6 +165,12 @@ def test_full_sort_agrees_with_predict(hstu_setup, overrides):
     torch.testing.assert_close(full[torch.arange(len(batch)), batch["item_id"]], pointwise)
 
 
+def test_sampled_evaluation_encodes_each_history_once(hstu_setup, assert_candidate_copies_encoded_once):
+    model, _, test = hstu_setup(repeat_bias=True, history_negatives=True)
+    torch.nn.init.constant_(model.repeat_shift, -0.3)
+    assert_candidate_copies_encoded_once(model, next(iter(test))[0])
+
+
 def test_whole_catalogue_scoring_matches_gathered_samples(hstu_setup, assert_scoring_paths_agree):
     # The fast path (score every item, gather the samples) against the reference path (gather, then score).
     model, train, _ = hstu_setup()

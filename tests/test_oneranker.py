@@ -365,3 +365,10 @@ def test_length_buckets_do_not_change_the_states_or_the_scores(build, assert_len
     model, _, test = build(repeat_bias=True, history_negatives=True)
     torch.nn.init.constant_(model.repeat_shift, -0.2)
     assert_length_buckets_change_nothing(model, next(iter(test))[0])
+
+
+def test_sampled_evaluation_encodes_each_history_once(build, assert_candidate_copies_encoded_once):
+    model, _, test = build(repeat_bias=True, history_negatives=True)
+    torch.nn.init.constant_(model.repeat_shift, -0.2)
+    torch.nn.init.constant_(model.rank_gate, 0.5)  # the ranker's score counts in predict
+    assert_candidate_copies_encoded_once(model, next(iter(test))[0])

@@ -550,7 +550,10 @@ class OneRanker(HSTU):
         return retrieval, candidates, self._ranker_scores(stage_logits, log_value).squeeze(1)
 
     def predict(self, interaction):
-        states, seq_lens, positions, users, tokens = self._last_position(interaction)
+        requests, request_of_row = self._distinct_requests(interaction)
+        states, seq_lens, positions, users, tokens = (  # steps 1-2 once per distinct request, step 3 per row
+            None if tensor is None else tensor[request_of_row] for tensor in self._last_position(requests)
+        )
         items = interaction[self.ITEM_ID]
         flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
         retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors(items).unsqueeze(1)).squeeze(1)
