@@ -61,8 +61,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ndcg_from_ranks  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
-from recbole_oneranker.data import create_dataset  # noqa: E402
-from recbole_oneranker.quick_start import CANDIDATE_TOPK, evaluate_candidate_set, load_data_and_model  # noqa: E402
+from recbole_oneranker.quick_start import (  # noqa: E402
+    CANDIDATE_SAMPLERS,
+    CANDIDATE_TOPK,
+    evaluate_candidate_set,
+    load_data_and_model,
+)
 from recbole_oneranker.utils import get_trainer  # noqa: E402
 
 if TYPE_CHECKING:
@@ -341,16 +345,12 @@ def _alignment_summary(gaps: Tensor, overlaps: Tensor, cutoffs: Sequence[int]) -
 
 # -- candidates ----------------------------------------------------------------------------------------------------
 
-SAMPLINGS = ("uniform", "popularity")
-
 
 def candidate_report(checkpoint: str, data_path: str | None, samplings: Sequence[str], negatives: int, seed: int):
     """``{sampling: HR/NDCG@K}`` of one checkpoint under the candidate-set protocol, each sampling's negatives drawn
     from the same seed (the same draws for every checkpoint of a dataset); with the checkpoint's config."""
-    config, model, train_data, valid_data, test_data = load_data_and_model(checkpoint, data_path)
+    config, model, dataset, train_data, valid_data, test_data = load_data_and_model(checkpoint, data_path)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    dataset = create_dataset(config)  # the whole dataset: the popularity the negatives are drawn by
-    dataset.build()  # as data_preparation leaves it in a run: features as tensors (its splits are not needed)
     splits = (train_data._dataset, valid_data._dataset, test_data._dataset)
     results = {}
     for sampling in samplings:
@@ -469,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     gates.add_argument("--sweep", nargs="+", default=[], type=_gate_values, metavar="GATE=V1,V2,...",
                        help="also evaluate GATE at each value, e.g. task_gate=0.25,0.5,1")  # fmt: skip
     candidates.add_argument("--negatives", type=int, default=29, help="sampled items per target (the paper: 29)")
-    candidates.add_argument("--sampling", nargs="+", choices=SAMPLINGS, default=list(SAMPLINGS),
+    candidates.add_argument("--sampling", nargs="+", choices=list(CANDIDATE_SAMPLERS),
+                            default=list(CANDIDATE_SAMPLERS),
                             help="how the negatives are drawn (default: both)")  # fmt: skip
     candidates.add_argument("--seed", type=int, default=2020, help="seed of the draws")
     ranker.add_argument("--refit-epochs", type=int, default=8, help="passes over the cached sets per scorer")
@@ -493,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append((checkpoint, config["model"], results))
         return _write(candidates_markdown(runs, args.negatives, args.seed, argv), args.out)
 
-    config, model, train_data, valid_data, test_data = load_data_and_model(args.checkpoint, args.data_path)
+    config, model, _, train_data, valid_data, test_data = load_data_and_model(args.checkpoint, args.data_path)
     if args.report == "seen":
         loader = valid_data if args.split == "valid" else test_data
         report = seen_markdown(config, args.split, args.k, seen_report(model, loader, args.k), argv)
@@ -527,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
 def alignment_main(parser: argparse.ArgumentParser, args, argv: list[str]) -> str:
     runs, num_candidates = [], None
     for checkpoint in args.checkpoint:
-        config, model, _, valid_data, test_data = load_data_and_model(checkpoint, args.data_path)
+        config, model, _, _, valid_data, test_data = load_data_and_model(checkpoint, args.data_path)
         if not getattr(model, "use_ranker", False):
             parser.error(f"{checkpoint} is a {config['model']} without a ranker")
         if num_candidates is None:  # the first checkpoint sets the candidate-set size of the table

@@ -34,7 +34,7 @@ from recbole_oneranker.utils import get_model, get_trainer
 
 CANDIDATE_TOPK = (1, 3, 5, 10, 15)
 # candidate_sampling -> RecBole's negative-sampling distribution and the prefix of its evaluation mode (uni29, pop29)
-_CANDIDATE_SAMPLERS = {"uniform": ("uniform", "uni"), "popularity": ("popularity", "pop")}
+CANDIDATE_SAMPLERS = {"uniform": ("uniform", "uni"), "popularity": ("popularity", "pop")}
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -161,9 +161,9 @@ def candidate_sampler(config: Config) -> tuple[str, str]:
         ConfigError: for a value other than ``uniform`` or ``popularity``.
     """
     sampling = config["candidate_sampling"]
-    if sampling not in _CANDIDATE_SAMPLERS:
-        raise ConfigError(f"candidate_sampling must be one of {', '.join(_CANDIDATE_SAMPLERS)}, got {sampling!r}")
-    return _CANDIDATE_SAMPLERS[sampling]
+    if sampling not in CANDIDATE_SAMPLERS:
+        raise ConfigError(f"candidate_sampling must be one of {', '.join(CANDIDATE_SAMPLERS)}, got {sampling!r}")
+    return CANDIDATE_SAMPLERS[sampling]
 
 
 def candidate_set_loader(config: Config, dataset, splits, negatives: int) -> tuple[Config, NegSampleEvalDataLoader]:
@@ -221,7 +221,9 @@ def load_data_and_model(
         config_dict: overrides of the saved settings (e.g. ``eval_batch_size``).
 
     Returns:
-        ``(config, model, train_data, valid_data, test_data)``, the model in eval mode on ``config["device"]``.
+        ``(config, model, dataset, train_data, valid_data, test_data)`` as RecBole's returns them: the model in eval
+        mode on ``config["device"]``, the whole dataset (e.g. the item popularity sampled evaluation draws by) and
+        the loaders of its splits.
     """
     checkpoint = compat.load_checkpoint(model_file, "cpu")
     saved = checkpoint["config"]
@@ -232,11 +234,12 @@ def load_data_and_model(
     settings.update({"show_progress": False, "state": "ERROR", **(config_dict or {})})
     config = Config(saved["model"], saved["dataset"], config_dict=settings)
     init_seed(config["seed"], config["reproducibility"])
-    train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
     model = get_model(config["model"])(config, train_data._dataset)
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
-    return config, model.to(config["device"]).eval(), train_data, valid_data, test_data
+    return config, model.to(config["device"]).eval(), dataset, train_data, valid_data, test_data
 
 
 def objective_function(

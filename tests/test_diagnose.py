@@ -56,7 +56,7 @@ def test_target_ranks_survive_masked_scores():
 
 
 def test_ranker_report_refits_without_touching_the_model(trained, tmp_path, monkeypatch):
-    config, model, train_data, valid_data, _ = load_data_and_model(trained["saved_model_file"])
+    config, model, _, train_data, valid_data, _ = load_data_and_model(trained["saved_model_file"])
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     as_trained = diagnose.ranker_as_trained(model, valid_data)
     assert set(as_trained) == {"retrieval", "ranker alone", "served (ranker over retrieval)", "sets"}
@@ -142,7 +142,7 @@ def test_chance_alignment_is_the_expected_gap_of_independent_orders():
 
 
 def test_alignment_report_on_the_served_sets(trained):
-    _, model, _, valid_data, _ = load_data_and_model(trained["saved_model_file"])
+    _, model, _, _, valid_data, _ = load_data_and_model(trained["saved_model_file"])
     n = model.num_candidates
     report = diagnose.alignment_report(model, valid_data, [1, n])
     assert report["ranker alone"][f"top-{n} overlap"] == pytest.approx(1.0)  # both orders hold the whole set
