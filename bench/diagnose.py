@@ -5,6 +5,7 @@
     python bench/diagnose.py gates --checkpoint saved/RUN.pth [--sweep task_gate=0.25,0.5,1]
     python bench/diagnose.py alignment --checkpoint saved/FULL.pth saved/NO_DC.pth [--split valid]
     python bench/diagnose.py candidates --checkpoint saved/A.pth saved/B.pth [--negatives 29] [--seed 2020]
+    python bench/diagnose.py popularity --checkpoint saved/RUN.pth [--split valid] [--top 30] [--weights -0.1 0.1]
 
 ``seen``: the share of the model's top-K slots that are items already in the user's history (the model's input
 window), the share of targets that are, and NDCG@K of the same scores with seen items kept (RecBole's protocol)
@@ -38,6 +39,12 @@ gated score added to the retrieval logit, which is also the DC loss's teacher).
 ``predict``) for one or several checkpoints, with the negatives drawn uniformly and in proportion to popularity
 (``--sampling``). The draws are seeded, so every checkpoint of one dataset is ranked against the same negatives and
 rows compare user by user, which the runs' own candidate-set metrics (drawn after training) do not.
+
+``popularity``: is there an order within the model's top N that the items' popularity (a candidate-level feature a
+ranker could read and a cosine-similarity generator cannot express exactly) knows and the model does not? The top N
+of each user is reordered by its standardised score plus ``w`` times its standardised ``log(1 + count)``, for
+several weights, and by popularity alone; the target's rank within the set and NDCG@K are compared with the
+model's own order.
 
 Each prints a markdown report (``--out FILE`` also writes it).
 """
@@ -110,6 +117,68 @@ def seen_report(model, loader: Iterable, k: int = 10) -> dict[str, float]:
         f"NDCG@{k}, seen items kept": float(np.concatenate(kept).mean()),
         f"NDCG@{k}, seen items masked": float(np.concatenate(masked).mean()),
     }
+
+
+# -- popularity ----------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def popularity_report(model, loader: Iterable, weights: Sequence[float], top: int, k: int = 10) -> dict[str, dict]:
+    """Would an item's popularity order the model's top ``top`` better than the model's own scores do?
+
+    Popularity is ``log(1 + count)``, count = the item's occurrences in the split's histories (the model's input
+    windows: on a leave-one-out split, each user's training interactions, the last MAX_ITEM_LIST_LENGTH of them),
+    so no target is counted. Each user's top ``top`` items are re-scored by ``z(score) + w * z(popularity)`` for
+    each ``w`` of ``weights``, ``z`` standardising over the user's top (so ``w`` means the same for every model and
+    scale: 1 gives both an equal say), and by popularity alone (ties by score); items below the top keep their place.
+
+    Returns:
+        ``{order: {"mean rank", "HR@1"`` (within the sets holding the target), ``"NDCG@k"`` (full ranking, every
+        user)``}}``, plus ``"sets"``: the users, and the sets holding their target.
+    """
+    counts = torch.zeros(model.n_items)
+    top_items, top_scores, targets = [], [], []
+    for batch in loader:
+        interaction = batch[0].to(model.device)
+        history = interaction[model.ITEM_SEQ]
+        scores = model.full_sort_predict(interaction).view(len(interaction), -1)
+        scores[:, 0] = -math.inf  # padding
+        counts += torch.bincount(history[history > 0].cpu(), minlength=model.n_items).float()
+        best = scores.topk(top, dim=1)
+        top_items.append(best.indices.cpu())
+        top_scores.append(best.values.cpu())
+        targets.append(interaction[model.ITEM_ID].cpu())
+    items, scores, target = torch.cat(top_items), torch.cat(top_scores), torch.cat(targets)
+    is_target = items == target.unsqueeze(1)  # [U, top]
+    in_set = is_target.any(1)
+    popularity = torch.log1p(counts)[items]  # [U, top]
+    z_scores, z_popularity = _standardised(scores), _standardised(popularity)
+    orders = {"model's scores": scores} | {f"score {w:+g} x popularity": z_scores + w * z_popularity for w in weights}
+    orders["popularity alone"] = _popularity_order(popularity)
+    report: dict[str, dict] = {}
+    for name, order in orders.items():
+        ranks = _target_ranks(order, is_target)  # [U], 1-based within the set
+        ndcg = ndcg_from_ranks(torch.where(in_set, ranks, top + 1).numpy(), k)  # outside the set: below the top
+        report[name] = {
+            "mean rank": float(ranks[in_set].float().mean()),
+            "HR@1": float((ranks[in_set] == 1).float().mean()),
+            f"NDCG@{k}": float(ndcg.mean()),
+        }
+    report["sets"] = {"users": len(target), "holding the target": int(in_set.sum())}
+    return report
+
+
+def _standardised(x: Tensor) -> Tensor:
+    """``x`` (``[U, N]``) standardised along each row (a constant row becomes 0)."""
+    centred = x - x.mean(1, keepdim=True)
+    return centred / centred.std(1, keepdim=True).clamp(min=1e-12)
+
+
+def _popularity_order(popularity: Tensor) -> Tensor:
+    """Scores ``[U, N]`` that order each row by ``popularity``, ties by column (the model's order: columns come
+    sorted by its score), exactly: a tie-break added to the popularity would be lost in float32 rounding."""
+    by_popularity = torch.sort(popularity, dim=1, descending=True, stable=True).indices
+    return -by_popularity.argsort(1).float()  # minus the place in that order
 
 
 # -- gates ---------------------------------------------------------------------------------------------------------
@@ -387,6 +456,19 @@ def seen_markdown(config, split: str, k: int, result: dict[str, float], argv: li
             f"{_command(argv)}\n\n{_table(['measure', 'value'], rows)}\n")  # fmt: skip
 
 
+def popularity_markdown(config, args, result: dict[str, dict], argv: list[str]) -> str:
+    sets = result.pop("sets")
+    metrics = list(next(iter(result.values())))
+    rows = [[name] + [f"{values[m]:.4f}" for m in metrics] for name, values in result.items()]
+    return (f"# Popularity within the top {args.top}: {config['model']} on {config['dataset']} ({args.split} split)\n\n"
+            f"{_command(argv)}\n\n{sets['users']} users; the top {args.top} holds the target for "
+            f"{sets['holding the target']}. Popularity: log(1 + the item's occurrences in the split's histories). "
+            f"'score + w x popularity': both standardised within each user's top {args.top}, so w = 1 gives them an "
+            "equal say. Mean rank and HR@1 within the sets that hold the target; "
+            f"NDCG@{args.k} over every user, the items below the top {args.top} in place.\n\n"
+            f"{_table(['order of the top ' + str(args.top), *metrics], rows)}\n")  # fmt: skip
+
+
 def ranker_markdown(model, as_trained: dict, curves: dict[str, list[dict]], args, argv: list[str]) -> str:
     sets = as_trained.pop("sets")
     gates = {name: float(getattr(model, name)) for name in ("rank_gate", "task_gate") if hasattr(model, name)}
@@ -456,12 +538,18 @@ def main(argv: list[str] | None = None) -> int:
     gates = sub.add_parser("gates", help="OneRanker's metrics with each learned gate as trained and at 0")
     alignment = sub.add_parser("alignment", help="OneRanker: the ranker's order against the generator's (Figure 3)")
     candidates = sub.add_parser("candidates", help="candidate-set HR/NDCG@K, uniform and popularity negatives")
-    for p in (seen, ranker, gates, alignment, candidates):
+    popularity = sub.add_parser("popularity", help="the model's top-N reordered with the items' popularity")
+    for p in (seen, ranker, gates, alignment, candidates, popularity):
         p.add_argument("--checkpoint", required=True, nargs="+" if p in (alignment, candidates) else None,
                        help="a checkpoint saved by this package (saved/<run_id>.pth)")  # fmt: skip
         p.add_argument("--data-path", help="folder holding <dataset>/ (default: the one it was trained from)")
         p.add_argument("--out", type=Path, help="also write the report to this file")
     seen.add_argument("--split", choices=("valid", "test"), default="test")
+    popularity.add_argument("--split", choices=("valid", "test"), default="valid")
+    popularity.add_argument("--top", type=int, default=30, help="items reordered per user (the paper's 30)")
+    popularity.add_argument("--k", type=int, default=10, help="cut-off of NDCG@K, at most --top")
+    popularity.add_argument("--weights", type=float, nargs="+", default=[-1.0, -0.3, -0.1, 0.1, 0.3, 1.0],
+                            help="weights of the standardised log(1 + count), the score's at 1")  # fmt: skip
     alignment.add_argument("--split", choices=("valid", "test"), default="valid")
     alignment.add_argument("--cutoffs", type=int, nargs="+", help="K of the top-K overlaps, at most num_candidates "
                            "(default: the paper's 1 3 5 10 15 up to num_candidates)")  # fmt: skip
@@ -494,8 +582,14 @@ def main(argv: list[str] | None = None) -> int:
             runs.append((checkpoint, config["model"], results))
         return _write(candidates_markdown(runs, args.negatives, args.seed, argv), args.out)
 
+    if args.report == "popularity" and not 1 <= args.k <= args.top:
+        parser.error("--k must be in [1, --top]")
     config, model, _, train_data, valid_data, test_data = load_data_and_model(args.checkpoint, args.data_path)
-    if args.report == "seen":
+    if args.report == "popularity":
+        loader = valid_data if args.split == "valid" else test_data
+        result = popularity_report(model, loader, args.weights, args.top, args.k)
+        report = popularity_markdown(config, args, result, argv)
+    elif args.report == "seen":
         loader = valid_data if args.split == "valid" else test_data
         report = seen_markdown(config, args.split, args.k, seen_report(model, loader, args.k), argv)
     elif args.report == "gates":

@@ -184,3 +184,28 @@ def test_candidate_report_draws_the_same_negatives_for_every_checkpoint(trained,
     with pytest.raises(SystemExit) as exit_info:
         diagnose.main(["candidates", "--checkpoint", checkpoint, "--negatives", "0"])
     assert exit_info.value.code == 2
+
+
+def test_popularity_report_keeps_the_models_order_at_weight_zero(trained, tmp_path):
+    _, model, _, _, _, test_data = load_data_and_model(trained["saved_model_file"])
+    report = diagnose.popularity_report(model, test_data, weights=[0.0], top=100, k=10)
+    sets = report.pop("sets")
+    assert 0 < sets["holding the target"] <= sets["users"]
+    # The top 100 reordered by the model's own scores is the model's ranking: RecBole's evaluator gave this NDCG@10
+    assert report["model's scores"]["NDCG@10"] == pytest.approx(trained["test_result"]["ndcg@10"], abs=1e-4)
+    assert report["score +0 x popularity"] == pytest.approx(report["model's scores"])  # standardising keeps order
+    assert report["popularity alone"] != report["model's scores"]
+
+    out = tmp_path / "popularity.md"
+    argv = ["popularity", "--checkpoint", trained["saved_model_file"], "--top", "20", "--weights", "0.1"]
+    assert diagnose.main([*argv, "--out", str(out)]) == 0
+    assert "| score +0.1 x popularity |" in out.read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        diagnose.main(["popularity", "--checkpoint", trained["saved_model_file"], "--top", "5", "--k", "10"])
+    assert exit_info.value.code == 2
+
+
+def test_popularity_order_breaks_ties_by_the_models_order():
+    popularity = torch.tensor([[1.0, 3.0, 1.0, 3.0 + 1e-7], [0.0, 0.0, 0.0, 0.0]])  # columns in the model's order
+    order = diagnose._popularity_order(popularity)
+    assert order.argsort(1, descending=True).tolist() == [[1, 3, 0, 2], [0, 1, 2, 3]]  # 3 == 3 + 1e-7 in float32
