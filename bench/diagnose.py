@@ -133,8 +133,9 @@ def popularity_report(model, loader: Iterable, weights: Sequence[float], top: in
     scale: 1 gives both an equal say), and by popularity alone (ties by score); items below the top keep their place.
 
     Returns:
-        ``{order: {"mean rank", "HR@1"`` (within the sets holding the target), ``"NDCG@k"`` (full ranking, every
-        user)``}}``, plus ``"sets"``: the users, and the sets holding their target.
+        ``{order: {"mean rank": .., "HR@1": .., "NDCG@k": ..}}``: the first two within the sets that hold the
+        target, NDCG@k over every user (full ranking); and ``"sets"``: how many users, and how many sets hold
+        their target.
     """
     counts = torch.zeros(model.n_items)
     top_items, top_scores, targets = [], [], []
