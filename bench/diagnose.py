@@ -133,9 +133,9 @@ def popularity_report(model, loader: Iterable, weights: Sequence[float], top: in
     scale: 1 gives both an equal say), and by popularity alone (ties by score); items below the top keep their place.
 
     Returns:
-        ``{order: {"mean rank": .., "HR@1": .., "NDCG@k": ..}}``: the first two within the sets that hold the
-        target, NDCG@k over every user (full ranking); and ``"sets"``: how many users, and how many sets hold
-        their target.
+        ``{order: {"mean rank": .., "HR@1": .., "NDCG": .., "NDCG@k": ..}}``: the first three within the sets that
+        hold the target, NDCG@k over every user (full ranking); and ``"sets"``: how many users, and how many sets
+        hold their target.
     """
     counts = torch.zeros(model.n_items)
     top_items, top_scores, targets = [], [], []
@@ -160,11 +160,7 @@ def popularity_report(model, loader: Iterable, weights: Sequence[float], top: in
     for name, order in orders.items():
         ranks = _target_ranks(order, is_target)  # [U], 1-based within the set
         ndcg = ndcg_from_ranks(torch.where(in_set, ranks, top + 1).numpy(), k)  # outside the set: below the top
-        report[name] = {
-            "mean rank": float(ranks[in_set].float().mean()),
-            "HR@1": float((ranks[in_set] == 1).float().mean()),
-            f"NDCG@{k}": float(ndcg.mean()),
-        }
+        report[name] = _rank_summary(ranks[in_set]) | {f"NDCG@{k}": float(ndcg.mean())}
     report["sets"] = {"users": len(target), "holding the target": int(in_set.sum())}
     return report
 
@@ -465,7 +461,7 @@ def popularity_markdown(config, args, result: dict[str, dict], argv: list[str]) 
             f"{_command(argv)}\n\n{sets['users']} users; the top {args.top} holds the target for "
             f"{sets['holding the target']}. Popularity: log(1 + the item's occurrences in the split's histories). "
             f"'score + w x popularity': both standardised within each user's top {args.top}, so w = 1 gives them an "
-            "equal say. Mean rank and HR@1 within the sets that hold the target; "
+            "equal say. Mean rank, HR@1 and NDCG within the sets that hold the target; "
             f"NDCG@{args.k} over every user, the items below the top {args.top} in place.\n\n"
             f"{_table(['order of the top ' + str(args.top), *metrics], rows)}\n")  # fmt: skip
 
@@ -586,13 +582,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.report == "popularity" and not 1 <= args.k <= args.top:
         parser.error("--k must be in [1, --top]")
     config, model, _, train_data, valid_data, test_data = load_data_and_model(args.checkpoint, args.data_path)
+    loaders = {"valid": valid_data, "test": test_data}
     if args.report == "popularity":
-        loader = valid_data if args.split == "valid" else test_data
-        result = popularity_report(model, loader, args.weights, args.top, args.k)
+        result = popularity_report(model, loaders[args.split], args.weights, args.top, args.k)
         report = popularity_markdown(config, args, result, argv)
     elif args.report == "seen":
-        loader = valid_data if args.split == "valid" else test_data
-        report = seen_markdown(config, args.split, args.k, seen_report(model, loader, args.k), argv)
+        report = seen_markdown(config, args.split, args.k, seen_report(model, loaders[args.split], args.k), argv)
     elif args.report == "gates":
         if not any(hasattr(model, name) for name in GATES):
             parser.error(f"{args.checkpoint} is a {config['model']} without gates ({', '.join(GATES)})")
@@ -601,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             result = gates_report(
                 model,
                 lambda loader: dict(trainer.evaluate(loader, load_best_model=False, show_progress=False)),
-                {"valid": valid_data, "test": test_data},
+                loaders,
                 sweep=dict(args.sweep),
             )
         except ValueError as error:  # a --sweep gate the model lacks, found before anything is evaluated
