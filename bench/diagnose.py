@@ -584,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     config, model, _, train_data, valid_data, test_data = load_data_and_model(args.checkpoint, args.data_path)
     loaders = {"valid": valid_data, "test": test_data}
     if args.report == "popularity":
+        if args.top >= model.n_items:  # item 0 is padding
+            parser.error(f"--top {args.top} exceeds the {model.n_items - 1} items of {config['dataset']}")
         result = popularity_report(model, loaders[args.split], args.weights, args.top, args.k)
         report = popularity_markdown(config, args, result, argv)
     elif args.report == "seen":

@@ -203,6 +203,9 @@ def test_popularity_report_keeps_the_models_order_at_weight_zero(trained, tmp_pa
     with pytest.raises(SystemExit) as exit_info:
         diagnose.main(["popularity", "--checkpoint", trained["saved_model_file"], "--top", "5", "--k", "10"])
     assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        diagnose.main(["popularity", "--checkpoint", trained["saved_model_file"], "--top", "1000000"])
+    assert exit_info.value.code == 2
 
 
 def test_popularity_order_breaks_ties_by_the_models_order():
