@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from recbole_oneranker.compat import IncompatibleEnvironmentError
-from recbole_oneranker.config import ConfigError
-from recbole_oneranker.utils import UnknownModelError, model_names
+from recbole_oneranker.errors import ConfigError, UnknownModelError
+from recbole_oneranker.utils import model_names
 
 USAGE_ERROR = 2
 

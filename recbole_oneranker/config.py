@@ -33,7 +33,8 @@ from recbole.utils.argument_list import (
 )
 
 from recbole_oneranker import compat
-from recbole_oneranker.utils import UnknownModelError, get_model
+from recbole_oneranker.errors import ConfigError, UnknownModelError
+from recbole_oneranker.utils import get_model
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 RECBOLE_PROPERTIES_DIR = Path(recbole.__file__).resolve().parent / "properties"
@@ -47,10 +48,6 @@ RUNTIME_KEYS = frozenset(
         "valid_neg_sample_args", "test_neg_sample_args", "valid_metric_bigger", "verbose",
     }
 )  # fmt: skip
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run: an unknown key, a missing dataset, a malformed value."""
 
 
 def _resource_dir(name: str) -> Path:

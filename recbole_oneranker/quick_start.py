@@ -26,8 +26,9 @@ from recbole.utils import init_seed, set_color
 from recbole.utils.logger import RemoveColorFilter, log_colors_config
 
 from recbole_oneranker import compat
-from recbole_oneranker.config import RUNTIME_KEYS, Config, ConfigError, known_keys
+from recbole_oneranker.config import RUNTIME_KEYS, Config, known_keys
 from recbole_oneranker.data import create_dataset
+from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.evaluator import ValueCollector, target_ranks
 from recbole_oneranker.evaluator.protocol import describe_protocol
 from recbole_oneranker.utils import get_model, get_trainer

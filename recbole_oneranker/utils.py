@@ -14,14 +14,12 @@ from functools import cache
 
 from recbole.utils import ModelType
 
+from recbole_oneranker.errors import UnknownModelError
+
 PLUGIN_MODEL_PACKAGES = ("recbole_oneranker.model.sequential_recommender",)
 RECBOLE_MODEL_PACKAGES = tuple(
     f"recbole.model.{kind}_recommender" for kind in ("general", "context_aware", "sequential", "knowledge_aware")
 )
-
-
-class UnknownModelError(ValueError):
-    """A model name that neither this package nor RecBole defines."""
 
 
 def _model_class_in(package: str, name: str) -> type | None:

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from recbole_oneranker import compat
-from recbole_oneranker.config import Config, ConfigError, known_keys
-from recbole_oneranker.utils import UnknownModelError, get_model
+from recbole_oneranker.config import Config, known_keys
+from recbole_oneranker.errors import ConfigError, UnknownModelError
+from recbole_oneranker.utils import get_model
 
 
 def test_builtin_ce_model_runs_without_explicit_negatives():

@@ -7,8 +7,9 @@ import torch
 from recbole.data import data_preparation
 from recbole.data.interaction import Interaction
 
-from recbole_oneranker.config import Config, ConfigError
+from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset
+from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.sequential_recommender import HSTU
 from recbole_oneranker.quick_start import run
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 from recbole.data import data_preparation
 
-from recbole_oneranker.config import Config, ConfigError
+from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset
 from recbole_oneranker.data.converters import convert_dataset
 from recbole_oneranker.data.paths import raw_dataset_dir
+from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.sequential_recommender import OneRanker
 from recbole_oneranker.model.tokenizers import kmeans
 from recbole_oneranker.quick_start import run

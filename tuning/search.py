@@ -61,10 +61,10 @@ sys.path.insert(0, str(REPO / "bench"))
 from common import ensure_dataset, run_command  # noqa: E402
 
 from recbole_oneranker import compat  # noqa: E402
-from recbole_oneranker.config import EMBEDDED_DATASET, Config, ConfigError, check_keys, known_keys  # noqa: E402
+from recbole_oneranker.config import EMBEDDED_DATASET, Config, check_keys, known_keys  # noqa: E402
+from recbole_oneranker.errors import ConfigError, UnknownModelError  # noqa: E402
 from recbole_oneranker.model.sequential_recommender.oneranker import IMPLICIT_TASK, VALUE_TASK  # noqa: E402
 from recbole_oneranker.quick_start import run  # noqa: E402
-from recbole_oneranker.utils import UnknownModelError  # noqa: E402
 
 SPACES_DIR = Path(__file__).resolve().parent / "spaces"
 DEFAULT_OUT = REPO / "results" / "tuning"

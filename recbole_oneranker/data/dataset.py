@@ -27,7 +27,7 @@ from recbole.data.dataset import SequentialDataset as RecBoleSequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
-from recbole_oneranker.config import ConfigError
+from recbole_oneranker.errors import ConfigError
 
 # Rows each user keeps after its training prefix in whole-sequence mode, per leave-one-out mode.
 _HELD_OUT_ROWS = {"valid_and_test": 2, "valid_only": 1, "test_only": 1}

@@ -20,7 +20,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import Tensor, nn
 
-from recbole_oneranker.config import ConfigError
+from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.layers import HSTUConfig, HSTUStack, lookup
 
 _LOSS_TYPES = ("sampled_softmax", "full_softmax")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from recbole.utils import FeatureSource, FeatureType
 from torch import Tensor, nn
 
-from recbole_oneranker.config import ConfigError
+from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.layers import QueryDecoder, QueryDecoderConfig
 from recbole_oneranker.model.sequential_recommender.hstu import HSTU
 from recbole_oneranker.model.tokenizers import kmeans
