@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from scipy import stats
 
-from recbole_oneranker.config import package_layers
+from recbole_oneranker.config import package_defaults
 from recbole_oneranker.data.converters import convert_dataset
 from recbole_oneranker.data.paths import raw_dataset_dir
 
@@ -81,16 +81,6 @@ def run_command(model: str, dataset: str, settings: dict[str, Any]) -> str:
     args = [f"--model={model}", f"--dataset={dataset}"]
     args += [f"--{key}={value if isinstance(value, str) else repr(value)}" for key, value in settings.items()]
     return "run_recbole " + " ".join(_shell_word(arg) for arg in args)
-
-
-def package_defaults(model: str, dataset: str) -> dict[str, Any]:
-    """The package's defaults a row runs on, merged as ``Config`` layers them (:func:`package_layers`; RecBole's
-    own defaults are frozen at 1.2.1)."""
-    merged: dict[str, Any] = {}
-    for path in package_layers(model, dataset):
-        if path.is_file():
-            merged.update(yaml.safe_load(path.read_text()) or {})
-    return merged
 
 
 # Keys that decide how a run is kept or how fast it goes, not what it computes: left out of a row's identity, so

@@ -66,14 +66,54 @@ def dataset_configs_dir() -> Path:
     return _resource_dir("dataset_configs")
 
 
-def package_layers(model: str, dataset: str) -> tuple[Path, Path, Path]:
-    """This package's default files for a run, lowest priority first: ``properties/overall.yaml``,
-    ``properties/model/<model>.yaml`` and ``dataset_configs/<dataset>.yaml`` (the last two need not exist)."""
-    return (
+# A model yaml may name the model yaml whose keys it inherits (``extends: HSTU``); the key itself is no setting.
+EXTENDS_KEY = "extends"
+
+
+def read_yaml_layer(path: Path) -> dict[str, Any]:
+    """The settings of one yaml layer (``extends`` left out)."""
+    content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
+    return {key: value for key, value in content.items() if key != EXTENDS_KEY}
+
+
+def model_layers(model: str) -> list[Path]:
+    """``properties/model/<model>.yaml`` and the model yamls it ``extends``, the most basic first ([] for a model
+    without one, e.g. RecBole's)."""
+    chain: list[Path] = []
+    name: str | None = model
+    while name is not None:
+        path = properties_dir() / "model" / f"{name}.yaml"
+        if not path.is_file():
+            if chain:
+                raise ConfigError(f"{chain[0]} extends '{name}', which has no {path}")
+            return []
+        if path in chain:
+            raise ConfigError(f"{path} extends itself through {', '.join(p.stem for p in chain)}")
+        chain.insert(0, path)
+        name = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get(EXTENDS_KEY)
+    return chain
+
+
+def package_layers(model: str, dataset: str) -> list[Path]:
+    """This package's default files for a run, lowest priority first: ``properties/overall.yaml``, the model's
+    yaml chain (:func:`model_layers`) and ``dataset_configs/<dataset>.yaml`` (which need not exist)."""
+    return [
         properties_dir() / "overall.yaml",
-        properties_dir() / "model" / f"{model}.yaml",
+        *model_layers(model),
         dataset_configs_dir() / f"{dataset}.yaml",
-    )
+    ]
+
+
+def package_defaults(model: str, dataset: str) -> dict[str, Any]:
+    """The package's defaults a run of ``model`` on ``dataset`` starts from, merged as ``Config`` layers them
+    (RecBole's own defaults are frozen at 1.2.1)."""
+    merged: dict[str, Any] = {}
+    for path in package_layers(model, dataset):
+        if path.is_file():
+            merged.update(read_yaml_layer(path))
+    return merged
 
 
 def _yaml_keys(files: Iterable[Path]) -> set[str]:
@@ -94,7 +134,7 @@ def known_keys() -> frozenset[str]:
         *dataset_configs_dir().glob("*.yaml"),
     ]
     argument_lists = general_arguments + training_arguments + evaluation_arguments + dataset_arguments
-    return frozenset(_yaml_keys(yaml_files) | set(argument_lists) | RUNTIME_KEYS)
+    return frozenset((_yaml_keys(yaml_files) - {EXTENDS_KEY}) | set(argument_lists) | RUNTIME_KEYS)
 
 
 def check_keys(config: dict[str, Any], source: str) -> None:
@@ -180,10 +220,11 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        overall_file, model_file, dataset_file = package_layers(model, dataset)
+        overall_file, *model_files, dataset_file = package_layers(model, dataset)
         self._update_internal_config_dict(overall_file)
-        if model_file.is_file():
+        for model_file in model_files:
             self._update_internal_config_dict(model_file)
+            self.internal_config_dict.pop(EXTENDS_KEY, None)
         if dataset_file.is_file():
             dataset_keys = self._update_internal_config_dict(dataset_file) or {}
             self.parameters["Dataset"] += [key for key in dataset_keys if key not in self.parameters["Dataset"]]

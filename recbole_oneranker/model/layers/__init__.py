@@ -1,9 +1,10 @@
-"""Pure-PyTorch layers (no RecBole imports): the HSTU block and stack with their relative attention biases, and
-the query decoders of OneRanker's steps 2 and 3."""
+"""Pure-PyTorch layers (no RecBole imports): the HSTU block and stack with their relative attention biases and
+masks, the item-sequence encoder, the next-item softmax and repeat shift, and OneRanker's step-2 and step-3
+decoders."""
 
 from __future__ import annotations
 
-from .decoders import PositionwiseCrossAttention, QueryDecoder, QueryDecoderConfig, QueryDecoderLayer
+from .decoders import PositionwiseCrossAttention, QueryDecoder, QueryDecoderConfig, QueryDecoderLayer, visible_states
 from .hstu import (
     RELATIVE_BIAS_MODES,
     HSTUBlock,
@@ -12,8 +13,10 @@ from .hstu import (
     build_relative_bias,
     causal_padding_mask,
     load_official_hstu_weights,
+    prefix_causal_mask,
 )
 from .lookup import lookup
+from .ranking_decoder import RankingDecoder, RankingDecoderConfig, candidate_mask
 from .relative_bias import (
     DEFAULT_BUCKET_DIVISOR,
     RelativeAttentionBias,
@@ -21,23 +24,42 @@ from .relative_bias import (
     RelativePositionBias,
     bucketize_time_deltas,
 )
+from .sequence_encoder import SequenceEncoder, SequenceEncoderConfig
+from .softmax import LOSS_TYPES, NextItemSoftmax, RepeatShift, SoftmaxConfig, distinct_items, seen_before
+from .task_tokens import TaskTokenConfig, TaskTokenDecoder, heterogeneous_mask
 
 __all__ = [
     "DEFAULT_BUCKET_DIVISOR",
+    "LOSS_TYPES",
     "RELATIVE_BIAS_MODES",
     "HSTUBlock",
     "HSTUConfig",
     "HSTUStack",
+    "NextItemSoftmax",
     "PositionwiseCrossAttention",
     "QueryDecoder",
     "QueryDecoderConfig",
     "QueryDecoderLayer",
+    "RankingDecoder",
+    "RankingDecoderConfig",
     "RelativeAttentionBias",
     "RelativeBucketedTimeAndPositionBias",
     "RelativePositionBias",
+    "RepeatShift",
+    "SequenceEncoder",
+    "SequenceEncoderConfig",
+    "SoftmaxConfig",
+    "TaskTokenConfig",
+    "TaskTokenDecoder",
     "build_relative_bias",
     "bucketize_time_deltas",
+    "candidate_mask",
     "causal_padding_mask",
+    "distinct_items",
+    "heterogeneous_mask",
     "load_official_hstu_weights",
     "lookup",
+    "prefix_causal_mask",
+    "seen_before",
+    "visible_states",
 ]

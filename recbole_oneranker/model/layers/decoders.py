@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+__all__ = ["PositionwiseCrossAttention", "QueryDecoder", "QueryDecoderConfig", "QueryDecoderLayer", "visible_states"]
+
 
 @dataclass
 class QueryDecoderConfig:
@@ -156,3 +158,14 @@ class QueryDecoder(nn.Module):
         for layer in self.layers:
             x = layer(x, shared, shared_mask, self_mask, private)
         return self.norm(x)
+
+
+def visible_states(num_states: int, positions: Tensor, seq_lens: Tensor) -> Tensor:
+    """``[B, R, N]``: the states each decoding position ``p`` (``positions``, ``[B, R]``) may read: ``j <= p`` and
+    never padding (``j < seq_lens[b]``).
+
+    >>> visible_states(3, torch.tensor([[0, 2]]), torch.tensor([2])).int().tolist()
+    [[[1, 0, 0], [1, 1, 0]]]
+    """
+    keys = torch.arange(num_states, device=positions.device)
+    return (keys <= positions.unsqueeze(-1)) & (keys < seq_lens[:, None, None])

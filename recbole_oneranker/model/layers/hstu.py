@@ -25,7 +25,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -46,6 +45,7 @@ __all__ = [
     "build_relative_bias",
     "causal_padding_mask",
     "load_official_hstu_weights",
+    "prefix_causal_mask",
 ]
 
 RELATIVE_BIAS_MODES: tuple[str, ...] = ("time_and_position", "position", "none")
@@ -134,6 +134,19 @@ def causal_padding_mask(lengths: Tensor, seq_len: int) -> Tensor:
     return causal.unsqueeze(0) & real_key.unsqueeze(1)
 
 
+def prefix_causal_mask(lengths: Tensor, seq_len: int, num_prefix: int) -> Tensor:
+    """``(B, N, N)`` bool mask of a sequence whose first ``num_prefix`` tokens (user / context features) attend to
+    each other bidirectionally, every later token causally (GPR's hybrid mask); padded keys never.
+
+    >>> prefix_causal_mask(torch.tensor([4]), 4, 2)[0].int().tolist()
+    [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    """
+    in_prefix = torch.arange(seq_len, device=lengths.device) < num_prefix  # [N]
+    within_prefix = in_prefix.unsqueeze(1) & in_prefix.unsqueeze(0)  # [N, N]
+    real_key = torch.arange(seq_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)  # [B, N]
+    return causal_padding_mask(lengths, seq_len) | (within_prefix.unsqueeze(0) & real_key.unsqueeze(1))
+
+
 class HSTUBlock(nn.Module):
     """One HSTU layer: fused uvqk projection, pointwise SiLU attention with relative bias, gated output, residual.
 
@@ -146,11 +159,9 @@ class HSTUBlock(nn.Module):
         attn_mask: bool, broadcastable to ``(B, N, N)``: True where query ``i`` may attend key ``j``. Defaults to
             the causal mask ``j <= i``; pass ``causal_padding_mask(lengths, N)`` so padded keys never count.
         timestamps: ``(B, N)`` event times or None (see ``RelativeBucketedTimeAndPositionBias``).
-        return_kv: also return this block's keys and values.
 
     Returns:
-        ``(B, N, D)``; with ``return_kv`` a tuple ``(output, k, v)``, ``k``: ``(B, H, N, dqk)``,
-        ``v``: ``(B, H, N, dv)`` (after the SiLU, as used by the attention).
+        ``(B, N, D)``.
 
     >>> cfg = HSTUConfig(embedding_dim=16, linear_hidden_dim=8, attention_dim=8, num_heads=2, num_blocks=1,
     ...                  max_seq_len=8)
@@ -179,32 +190,7 @@ class HSTUBlock(nn.Module):
             relative_attention_bias if relative_attention_bias is not None else build_relative_bias(config)
         )
 
-    @overload
-    def forward(
-        self,
-        x: Tensor,
-        attn_mask: Tensor | None = ...,
-        timestamps: Tensor | None = ...,
-        return_kv: Literal[False] = ...,
-    ) -> Tensor: ...
-
-    @overload
-    def forward(
-        self,
-        x: Tensor,
-        attn_mask: Tensor | None = ...,
-        timestamps: Tensor | None = ...,
-        *,
-        return_kv: Literal[True],
-    ) -> tuple[Tensor, Tensor, Tensor]: ...
-
-    def forward(
-        self,
-        x: Tensor,
-        attn_mask: Tensor | None = None,
-        timestamps: Tensor | None = None,
-        return_kv: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, timestamps: Tensor | None = None) -> Tensor:
         batch_size, seq_len, _ = x.shape
         heads = self._num_heads
         normed = F.layer_norm(x, (self._embedding_dim,), eps=self._eps)
@@ -227,10 +213,7 @@ class HSTUBlock(nn.Module):
 
         attn = (weights @ v).transpose(1, 2).reshape(batch_size, seq_len, heads * self._linear_dim)  # [B, N, H*dv]
         gated = u * F.layer_norm(attn, (heads * self._linear_dim,), eps=self._eps)
-        out = self.o(F.dropout(gated, p=self._dropout, training=self.training)) + x
-        if return_kv:
-            return out, k, v
-        return out
+        return self.o(F.dropout(gated, p=self._dropout, training=self.training)) + x
 
     def extra_repr(self) -> str:
         return (
@@ -256,11 +239,12 @@ class HSTUStack(nn.Module):
         timestamps: ``(B, N)`` int64 event times or None. ``timestamps[b, lengths[b]]`` (when ``< N``) should hold
             the time of the next event (the request): the last real query's time bucket uses it. Later padding is
             never read.
-        return_kv: also return every block's keys and values.
+        attn_mask: ``(B, N, N)`` bool, True where query ``i`` may attend key ``j``: the caller's choice of mask
+            (:func:`causal_padding_mask`, the default, or :func:`prefix_causal_mask` for a prefix that attends
+            bidirectionally). Padded keys are masked whatever it says.
 
     Returns:
-        ``(B, N, D)``; with ``return_kv`` a tuple ``(output, kv)``, ``kv`` a list with one ``(k, v)`` per block,
-        ``k``: ``(B, H, N, dqk)``, ``v``: ``(B, H, N, dv)``.
+        ``(B, N, D)``.
 
     >>> cfg = HSTUConfig(embedding_dim=16, linear_hidden_dim=8, attention_dim=8, num_heads=2, num_blocks=2,
     ...                  max_seq_len=8)
@@ -275,32 +259,9 @@ class HSTUStack(nn.Module):
         self.config: HSTUConfig = config
         self.blocks: nn.ModuleList = nn.ModuleList(HSTUBlock(config) for _ in range(config.num_blocks))
 
-    @overload
     def forward(
-        self,
-        x: Tensor,
-        lengths: Tensor,
-        timestamps: Tensor | None = ...,
-        return_kv: Literal[False] = ...,
-    ) -> Tensor: ...
-
-    @overload
-    def forward(
-        self,
-        x: Tensor,
-        lengths: Tensor,
-        timestamps: Tensor | None = ...,
-        *,
-        return_kv: Literal[True],
-    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]: ...
-
-    def forward(
-        self,
-        x: Tensor,
-        lengths: Tensor,
-        timestamps: Tensor | None = None,
-        return_kv: bool = False,
-    ) -> Tensor | tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        self, x: Tensor, lengths: Tensor, timestamps: Tensor | None = None, attn_mask: Tensor | None = None
+    ) -> Tensor:
         if x.dim() != 3 or x.shape[-1] != self.config.embedding_dim:
             raise ValueError(f"x must have shape (B, N, {self.config.embedding_dim}), got {tuple(x.shape)}")
         batch_size, seq_len, _ = x.shape
@@ -311,19 +272,22 @@ class HSTUStack(nn.Module):
         if timestamps is not None and timestamps.shape != (batch_size, seq_len):
             raise ValueError(f"timestamps must have shape ({batch_size}, {seq_len}), got {tuple(timestamps.shape)}")
 
+        if attn_mask is not None and attn_mask.shape != (batch_size, seq_len, seq_len):
+            raise ValueError(
+                f"attn_mask must have shape ({batch_size}, {seq_len}, {seq_len}), got {tuple(attn_mask.shape)}"
+            )
+
         lengths = lengths.to(x.device)
-        attn_mask = causal_padding_mask(lengths, seq_len)  # [B, N, N]
-        real = (torch.arange(seq_len, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)  # [B,N,1]
+        real_keys = torch.arange(seq_len, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)  # [B, N]
+        if attn_mask is None:
+            attn_mask = causal_padding_mask(lengths, seq_len)  # [B, N, N]
+        else:
+            attn_mask = attn_mask.to(x.device) & real_keys.unsqueeze(1)
+        real = real_keys.unsqueeze(-1)  # [B, N, 1]
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         x = torch.where(real, x, zero)
-        kv: list[tuple[Tensor, Tensor]] = []
         for block in self.blocks:
-            x, k, v = block(x, attn_mask, timestamps, return_kv=True)
-            x = torch.where(real, x, zero)
-            if return_kv:
-                kv.append((k, v))
-        if return_kv:
-            return x, kv
+            x = torch.where(real, block(x, attn_mask, timestamps), zero)
         return x
 
 

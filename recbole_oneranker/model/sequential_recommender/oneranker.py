@@ -11,6 +11,8 @@ No official code is public; ``docs/oneranker.md`` lists every design choice made
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,39 +20,115 @@ from recbole.utils import FeatureSource, FeatureType
 from torch import Tensor, nn
 
 from recbole_oneranker.errors import ConfigError
-from recbole_oneranker.model.layers import QueryDecoder, QueryDecoderConfig
-from recbole_oneranker.model.sequential_recommender.hstu import HSTU
-from recbole_oneranker.model.tokenizers import kmeans
+from recbole_oneranker.model.abstract_recommender import GenerativeRecommender, hstu_config
+from recbole_oneranker.model.layers import (
+    QueryDecoderConfig,
+    RankingDecoder,
+    RankingDecoderConfig,
+    SequenceEncoder,
+    SequenceEncoderConfig,
+    TaskTokenConfig,
+    TaskTokenDecoder,
+    seen_before,
+    visible_states,
+)
+from recbole_oneranker.model.serving import ServingResult
 
 VALUE_TASK = "value"
 IMPLICIT_TASK = "interaction"
 
 
-class OneRanker(HSTU):
+def ranked_stages(cascade_fields: Sequence[str]) -> list[str]:
+    """Stages the ranker predicts, in cascade order (chained probabilities multiply along it); ``interaction``
+    alone for data without a cascade."""
+    return list(cascade_fields) or [IMPLICIT_TASK]
+
+
+def task_names(cascade_fields: Sequence[str], value_field: str | None) -> list[str]:
+    """The step-2 tasks of a dataset in their default order: the cascade's stages from interest to value, then
+    ``value`` when the data has a value field.
+
+    >>> task_names(["click", "conversion"], "price")
+    ['click', 'conversion', 'value']
+    """
+    return ranked_stages(cascade_fields) + ([VALUE_TASK] if value_field else [])
+
+
+def resolve_task_order(task_order: Sequence[str] | None, tasks: Sequence[str]) -> list[str]:
+    """``task_order`` if given (it must be a permutation of ``tasks``), else ``tasks``."""
+    if task_order is None:
+        return list(tasks)
+    if sorted(task_order) != sorted(tasks):
+        raise ConfigError(f"task_order {list(task_order)} must be a permutation of this dataset's tasks {list(tasks)}")
+    return list(task_order)
+
+
+@dataclass
+class DecoderInputs:
+    """What steps 2 and 3 read at the ``R`` decoding positions of each of ``B`` rows in training.
+
+    Attributes:
+        memory: ``[B, N, D]`` step-1 states the decoders attend to (detached unless ``decoders_train_backbone``).
+        positions: ``[B, R]`` decoding positions (each row's last, then uniform draws before it).
+        seq_lens: ``[B]`` history lengths.
+        tokens: ``[B, R, T + F, D]`` step-2 outputs, or None without step 2.
+        flat_states: ``[BR, D]`` step-1 states at the positions (not detached: the generator's users).
+        targets: ``[BR]`` the next item after each position.
+    """
+
+    memory: Tensor
+    positions: Tensor
+    seq_lens: Tensor
+    tokens: Tensor | None
+    flat_states: Tensor
+    targets: Tensor
+
+    @property
+    def flat_tokens(self) -> Tensor | None:
+        """``[BR, T + F, D]``."""
+        return None if self.tokens is None else self.tokens.flatten(0, 1)
+
+
+@dataclass
+class TrainingCandidates:
+    """The ranker's training sets at the decoding positions.
+
+    Attributes:
+        retrieval: ``[BR, n_items]`` retrieval logits (with the repeat shift of each position's seen items).
+        candidates: ``[BR, N]`` top retrieved items, the target forced in.
+        retrieved: ``[BR]`` whether retrieval found the target itself.
+    """
+
+    retrieval: Tensor
+    candidates: Tensor
+    retrieved: Tensor
+
+
+class OneRanker(GenerativeRecommender):
     r"""OneRanker: generation and ranking in one model, in three steps over one HSTU pass.
 
-    1. **G-decoder** (step 1): the HSTU stack over the history; each token is an item plus its feedback level (how
-       far along the cascade the interaction went). Generation heads score the next item over the catalogue at
-       every position; with ``n_gen_heads > 1`` they form a mixture of softmaxes (several interest paths).
-    2. **Task and Fake Item Tokens** (step 2): one task token per task of ``task_order`` (the cascade, interest to
-       value, plus a value task when the data has a value), causal among themselves, and ``n_fake_items`` Fake
-       Item Tokens = k-means centroids of the (normalised) item embeddings, recomputed every
-       ``fake_refresh_epochs`` epochs, never learned. Both are queries of a heterogeneous decoder: cross-attention
-       to the step-1 states first, then self-attention with task->task causal, task<->fake visible, fake<->fake
-       blocked. Each task token retrieves items through two channels: its own vector, and its preference over the
-       fake tokens applied to the item's cosine similarities to the centroids. Task t is trained on the positions
-       whose next interaction reached stage t (the value task weights every position by its value).
-    3. **R-decoder** (step 3): a ranking token and the top ``num_candidates`` retrieved items (the target forced in
-       during training) decode against the step-1 states and step-2 tokens already computed (the pass-through: no
-       second HSTU pass). Candidates see only the ranking token and themselves; the ranking token sees only itself,
-       so a candidate's score does not depend on the others. Per-task heads give chained stage probabilities,
-       times a predicted value: an eCPM-like score, trained by per-task BCE and a value-weighted pairwise loss.
+    1. **G-decoder** (step 1, :class:`~recbole_oneranker.model.layers.SequenceEncoder`): the HSTU stack over the
+       history; each token is an item plus its feedback level (how far along the cascade the interaction went).
+       Generation heads score the next item over the catalogue at every position; with ``n_gen_heads > 1`` they
+       form a mixture of softmaxes (several interest paths).
+    2. **Task and Fake Item Tokens** (step 2, :class:`~recbole_oneranker.model.layers.TaskTokenDecoder`): one task
+       token per task of ``task_order`` (the cascade, interest to value, plus a value task when the data has a
+       value), causal among themselves, and ``n_fake_items`` Fake Item Tokens = k-means centroids of the
+       (normalised) item embeddings, recomputed every ``fake_refresh_epochs`` epochs, never learned. Each task token
+       retrieves items through two channels (its own vector, and its preference over the fake tokens applied to the
+       item's cosine similarities to the centroids). Task t is trained on the positions whose next interaction
+       reached stage t (the value task weights every position by its value).
+    3. **R-decoder** (step 3, :class:`~recbole_oneranker.model.layers.RankingDecoder`): a ranking token and the top
+       ``num_candidates`` retrieved items (the target forced in during training) decode against the step-1 states
+       and step-2 tokens already computed (the pass-through: no second HSTU pass). Per-task heads give chained stage
+       probabilities, times a predicted value: an eCPM-like score, trained by per-task BCE and a value-weighted
+       pairwise loss.
 
     Loss: ``alpha * (L_gen + L_task) + beta * L_rank + gamma * L_DC``, where ``L_DC`` = KL(ranker || generator) over
     each candidate set, the ranker's distribution detached (the ranker teaches the generator).
 
-    ``full_sort_predict`` ranks the top ``num_candidates`` retrieved items by the ranker, above the rest in
-    retrieval order. Every ablation of the paper's Tables 2-3 is a switch (``properties/model/OneRanker.yaml``).
+    :meth:`serve` ranks the top ``num_candidates`` retrieved items by the ranker, above the rest in retrieval order.
+    Every ablation of the paper's Tables 2-3 is a switch (``properties/model/OneRanker.yaml``).
 
     NOTE (choices where the paper is silent, detailed in docs/oneranker.md): the retrieval score used for
     candidates and for DC is the step-1 generation logit plus the last task token's score; steps 2 and 3 run at
@@ -63,9 +141,9 @@ class OneRanker(HSTU):
         # load parameters info
         self.cascade_fields = list(config["cascade_fields"] or [])
         self.value_field = config["value_field"]
-        self.tasks = self._task_order(config["task_order"])
+        self.tasks = resolve_task_order(config["task_order"], task_names(self.cascade_fields, self.value_field))
         self.n_gen_heads = config["n_gen_heads"]
-        self.n_fake_items = config["n_fake_items"] if config["use_fake_items"] else 0
+        self.n_fake_items = config["n_fake_items"]
         self.fake_refresh_epochs = config["fake_refresh_epochs"]
         self.num_candidates = config["num_candidates"]
         self.decoder_positions = config["decoder_positions"]
@@ -76,8 +154,6 @@ class OneRanker(HSTU):
         self.inject_step2_kv = config["inject_step2_kv"] and self.use_step2
         self.ranker_residual = config["ranker_residual"]
         self.rank_forced_targets = config["rank_forced_targets"]
-        self.task_decoupling = config["task_decoupling"]
-        self.heterogeneous_mask = config["heterogeneous_mask"]
         self.decoders_train_backbone = config["decoders_train_backbone"]
         self.user_token_fields = self._check_user_token_fields(config, dataset)
         if self.gamma and not self.use_ranker:
@@ -87,62 +163,51 @@ class OneRanker(HSTU):
 
         # define layers and loss
         d = self.hidden_size
+        self.encoder = SequenceEncoder(
+            SequenceEncoderConfig(
+                num_items=self.n_items,
+                hstu=hstu_config(config, len(self.user_token_fields), self.max_seq_length),
+                use_position_embedding=config["use_position_embedding"],
+            )
+        )
         self.level_embedding = nn.Embedding(len(self.cascade_fields) + 2, d, padding_idx=0)  # 0 = padding
         self.user_token_embeddings = nn.ModuleDict(
             {field: nn.Embedding(dataset.num(field), d, padding_idx=0) for field in self.user_token_fields}
         )
         self.gen_projection = nn.Linear(d, d * self.n_gen_heads) if self.n_gen_heads > 1 else None
-        n_task_tokens = len(self.tasks) if self.task_decoupling else 1
         decoder = {"hidden_size": d, "num_heads": config["decoder_heads"], "dropout": self.dropout_prob}
         if self.use_step2:
-            self.task_tokens = nn.Parameter(torch.randn(n_task_tokens, d) * 0.02)
-            self.fake_type = nn.Parameter(torch.zeros(d))
+            self.task_decoder = TaskTokenDecoder(
+                TaskTokenConfig(
+                    QueryDecoderConfig(
+                        **decoder,
+                        num_layers=config["task_decoder_layers"],
+                        cross_attention_first=config["cross_attention_first"],
+                    ),
+                    num_tasks=len(self.tasks) if config["task_decoupling"] else 1,
+                    num_fake_items=self.n_fake_items,
+                    heterogeneous_mask=config["heterogeneous_mask"],
+                )
+            )
             # Weight of the task channel in the retrieval score when a ranker follows; from 0, so step 2 joins the
             # generator's order only as far as the DC loss asks for it (see _retrieval_logits).
             self.task_gate = nn.Parameter(torch.zeros(()))
-            self.register_buffer("fake_centroids", torch.zeros(self.n_fake_items, d), persistent=True)
-            self.step2 = QueryDecoder(
-                QueryDecoderConfig(
-                    **decoder,
-                    num_layers=config["task_decoder_layers"],
-                    cross_attention_first=config["cross_attention_first"],
+        if self.use_ranker:
+            self.ranker = RankingDecoder(
+                RankingDecoderConfig(
+                    QueryDecoderConfig(**decoder, num_layers=config["rank_decoder_layers"]),
+                    num_stages=len(ranked_stages(self.cascade_fields)),
+                    predicts_value=bool(self.value_field),
                 )
             )
-            self.register_buffer("step2_mask", self._heterogeneous_mask(n_task_tokens), persistent=False)
-        if self.use_ranker:
-            self.rank_token = nn.Parameter(torch.randn(d) * 0.02)
             # Weight of the ranker's correction over the retrieval logit (ranker_residual): it starts at 0, so the
             # candidates start in the generator's order and the ranker earns its say through the pairwise loss.
             self.rank_gate = nn.Parameter(torch.zeros(()))
-            self.ranker = QueryDecoder(QueryDecoderConfig(**decoder, num_layers=config["rank_decoder_layers"]))
-            self.task_heads = nn.ModuleList(
-                nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1)) for _ in self._ranked_stages()
-            )
-            self.value_head = nn.Linear(d, 1) if self.value_field else None
 
-        # parameters initialization (HSTU initialised the backbone) and first Fake Item Tokens
+        # parameters initialization (the encoder initialised the backbone) and first Fake Item Tokens
         for embedding in (self.level_embedding, *self.user_token_embeddings.values()):
             nn.init.normal_(embedding.weight, std=0.02)
-        if self.use_step2 and self.n_fake_items:
-            self.refresh_fake_items(seed=config["seed"])
-
-    # -- configuration helpers --------------------------------------------------------------------------------
-
-    def _task_order(self, task_order) -> list[str]:
-        """The step-2 tasks in order: ``task_order`` if given (a permutation of the dataset's tasks), else the
-        cascade order, then the value task; ``interaction`` alone for data without a cascade."""
-        tasks = self._ranked_stages()
-        if self.value_field:
-            tasks.append(VALUE_TASK)
-        if task_order is None:
-            return tasks
-        if sorted(task_order) != sorted(tasks):
-            raise ConfigError(f"task_order {list(task_order)} must be a permutation of this dataset's tasks {tasks}")
-        return list(task_order)
-
-    @classmethod
-    def num_prefix_tokens(cls, config) -> int:
-        return len(config["user_token_fields"] or [])
+        self.refresh_fake_items(seed=config["seed"])
 
     @staticmethod
     def _check_user_token_fields(config, dataset) -> list[str]:
@@ -156,42 +221,34 @@ class OneRanker(HSTU):
                 )
         return fields
 
-    def _ranked_stages(self) -> list[str]:
-        """Stages the ranker predicts, in cascade order (chained probabilities multiply along it)."""
-        return list(self.cascade_fields) or [IMPLICIT_TASK]
-
-    def _heterogeneous_mask(self, n_tasks: int) -> Tensor:
-        """``[Q, Q]`` step-2 self-attention mask, True = may attend: tasks causal, task<->fake, fake sees itself."""
-        size = n_tasks + self.n_fake_items
-        if not self.heterogeneous_mask:
-            return torch.ones(size, size, dtype=torch.bool)
-        mask = torch.eye(size, dtype=torch.bool)
-        mask[:n_tasks, :n_tasks] = torch.ones(n_tasks, n_tasks, dtype=torch.bool).tril()
-        mask[:n_tasks, n_tasks:] = True
-        mask[n_tasks:, :n_tasks] = True
-        return mask
-
-    @staticmethod
-    def _rank_mask(num_candidates: int) -> Tensor:
-        """``[1 + N, 1 + N]`` step-3 mask: the ranking token sees itself; candidate i sees it and itself."""
-        mask = torch.eye(1 + num_candidates, dtype=torch.bool)
-        mask[:, 0] = True
-        return mask
-
     # -- Fake Item Tokens -------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def refresh_fake_items(self, seed: int = 0) -> None:
         """Recompute the Fake Item Tokens: k-means centroids of the normalised item embeddings (padding excluded)."""
-        items = self.item_vectors()[1:]
-        self.fake_centroids.copy_(kmeans(items, self.n_fake_items, seed=seed))
+        if self.use_step2 and self.n_fake_items:
+            self.task_decoder.refresh_fake_items(self.item_vectors()[1:], seed=seed)
 
     def on_train_epoch_start(self, epoch: int) -> None:
         """Trainer hook: refresh the Fake Item Tokens every ``fake_refresh_epochs`` epochs."""
-        if self.use_step2 and self.n_fake_items and self.fake_refresh_epochs and epoch % self.fake_refresh_epochs == 0:
+        if self.fake_refresh_epochs and epoch % self.fake_refresh_epochs == 0:
             self.refresh_fake_items(seed=epoch)
 
     # -- step 1: generation -----------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        item_seq: Tensor,
+        item_seq_len: Tensor,
+        timestamps: Tensor | None = None,
+        token_features: Tensor | None = None,
+        prefix: Tensor | None = None,
+    ) -> Tensor:
+        """``[B, N, D]`` step-1 states of right-padded histories (see :class:`SequenceEncoder`)."""
+        return self.encoder(item_seq, item_seq_len, timestamps, token_features, prefix)
+
+    def item_vectors(self, item_ids: Tensor | None = None) -> Tensor:
+        return self.encoder.item_vectors(item_ids)
 
     def _levels(self, interaction, seq_len: int) -> Tensor:
         """``[B, N]`` feedback level of each history token: 1 + the number of cascade stages reached; 0 = padding."""
@@ -208,7 +265,7 @@ class OneRanker(HSTU):
         return self.forward(
             interaction[self.ITEM_SEQ][:, :seq_len],
             interaction[self.ITEM_SEQ_LEN],
-            self._request_timestamps(interaction, seq_len),
+            self.request_timestamps(interaction, seq_len),
             token_features=self.level_embedding(self._levels(interaction, seq_len)),
             prefix=prefix,
         )
@@ -240,55 +297,26 @@ class OneRanker(HSTU):
 
     # -- step 2: task and fake item tokens --------------------------------------------------------------------
 
-    def _step2(self, states: Tensor, positions: Tensor, seq_lens: Tensor) -> Tensor:
-        """Decode task and fake tokens at ``positions`` (``[B, R]``) of each row: ``[B, R, T + F, D]``."""
-        batch, ranked = positions.shape
-        queries = self.task_tokens
-        if self.n_fake_items:
-            fake = self.fake_centroids * math.sqrt(self.hidden_size) + self.fake_type
-            queries = torch.cat([queries, fake], dim=0)
-        queries = queries.expand(batch, ranked, -1, -1)
-        return self.step2(queries, states, self._visible(states, positions, seq_lens), self.step2_mask)
+    def _step2(self, memory: Tensor, positions: Tensor, seq_lens: Tensor) -> Tensor | None:
+        """``[B, R, T + F, D]`` task and fake tokens at ``positions`` (``[B, R]``) of each row; None without step 2."""
+        if not self.use_step2:
+            return None
+        return self.task_decoder(memory, visible_states(memory.shape[1], positions, seq_lens))
 
-    @staticmethod
-    def _visible(states: Tensor, positions: Tensor, seq_lens: Tensor) -> Tensor:
-        """``[B, R, N]``: the states position p may read, j <= p (never padding)."""
-        keys = torch.arange(states.shape[1], device=states.device)
-        return (keys <= positions.unsqueeze(-1)) & (keys < seq_lens[:, None, None])
-
-    def _task_scores(self, tokens: Tensor, items: Tensor) -> Tensor:
-        """Dual-channel retrieval scores of ``items`` for every task token.
+    def task_scores(self, tokens: Tensor, items: Tensor) -> Tensor:
+        """Dual-channel retrieval logits of ``items`` for every task token.
 
         Args:
             tokens: ``[P, T + F, D]`` step-2 outputs; items: ``[P, C, D]`` or ``[C, D]`` normalised item vectors.
 
         Returns:
-            ``[P, T, C]``: (task channel ``<n(h_t), e>`` + centroid channel ``<softmax_f <h_t, g_f>, cos(e, C_f)>``)
-            / temperature, where ``g_f`` are the fake tokens' outputs and ``C_f`` the centroids.
+            ``[P, T, C]``: both channels (:meth:`TaskTokenDecoder.task_queries`) over the temperature.
         """
-        return self._scores(self._task_queries(tokens), items)
+        return self._task_queries(tokens) @ items.transpose(-1, -2)
 
     def _task_queries(self, tokens: Tensor) -> Tensor:
-        """``[P, T, D]`` one query per task token that scores an item as both channels of :meth:`_task_scores`.
-
-        For a normalised item ``e``, ``cos(e, C_f) = <e, n(C_f)>``, so the centroid channel is
-        ``<sum_f pref_tf n(C_f), e>``: adding that mixture of centroid directions to the task vector gives both
-        channels in one product with the items, instead of a second catalogue-sized product and a sum.
-        """
-        n_tasks = tokens.shape[1] - self.n_fake_items
-        task_vectors = tokens[:, :n_tasks]  # [P, T, D]
-        queries = self.user_vectors(task_vectors)
-        if self.n_fake_items:
-            preference = torch.softmax(
-                torch.einsum("ptd,pfd->ptf", task_vectors, tokens[:, n_tasks:]) / math.sqrt(self.hidden_size), dim=-1
-            )  # [P, T, F]
-            queries = queries + preference @ F.normalize(self.fake_centroids, dim=-1)  # [P, T, D]
-        return queries / self.temperature  # scale the queries, not the (catalogue-sized) scores
-
-    @staticmethod
-    def _scores(queries: Tensor, items: Tensor) -> Tensor:
-        """``[P, T, C]`` dot products of ``queries`` (``[P, T, D]``) with ``items`` (``[P, C, D]`` or ``[C, D]``)."""
-        return queries @ items.transpose(-1, -2)
+        """``[P, T, D]`` the task queries over the temperature (scale the queries, not the catalogue-sized scores)."""
+        return self.task_decoder.task_queries(tokens) / self.temperature
 
     # -- retrieval score, candidates and step 3 ---------------------------------------------------------------
 
@@ -300,7 +328,7 @@ class OneRanker(HSTU):
             # without it ("step 2 only"), step 2 retrieves at full weight.
             weight = self.task_gate if self.use_ranker else 1.0
             last_task = self._task_queries(tokens)[:, -1:]  # [P, 1, D]
-            logits = logits + weight * self._scores(last_task, items).squeeze(1)
+            logits = logits + weight * (last_task @ items.transpose(-1, -2)).squeeze(1)
         return logits
 
     def _candidates(self, retrieval: Tensor) -> Tensor:
@@ -320,39 +348,26 @@ class OneRanker(HSTU):
         candidates[~retrieved, -1] = targets[~retrieved]
         return candidates, retrieved
 
-    def _rank(self, states: Tensor, positions: Tensor, seq_lens: Tensor, tokens: Tensor | None, candidates: Tensor):
+    def _rank(
+        self, memory: Tensor, positions: Tensor, seq_lens: Tensor, tokens: Tensor | None, candidates: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Step 3 on ``candidates`` (``[B, R, N]`` item ids) at ``positions`` (``[B, R]``).
 
         Returns:
             ``stage_logits`` ``[B, R, N, S]`` (one logit per cascade stage) and ``log_value`` ``[B, R, N]``.
         """
-        batch, ranked, num = candidates.shape
-        queries = torch.cat(
-            [
-                self.rank_token.expand(batch, ranked, 1, -1),
-                self._item_table_for_decoders(candidates) * math.sqrt(self.hidden_size),
-            ],
-            dim=2,
-        )  # [B, R, 1 + N, D]
+        embedded = self._item_table_for_decoders(candidates) * math.sqrt(self.hidden_size)  # [B, R, N, D]
         private = tokens if self.inject_step2_kv else None  # pass-through of step 2's outputs, not recomputed
-        visible = self._visible(states, positions, seq_lens)
-        out = self.ranker(queries, states, visible, self._rank_mask(num).to(states.device), private)
-        candidate_out = out[:, :, 1:]  # [B, R, N, D]
-        stage_logits = torch.cat([head(candidate_out) for head in self.task_heads], dim=-1)  # [B, R, N, S]
-        log_value = (
-            torch.log(F.softplus(self.value_head(candidate_out)).squeeze(-1) + 1e-6)
-            if self.value_head is not None
-            else torch.zeros_like(stage_logits[..., 0])
+        return self.ranker(embedded, memory, visible_states(memory.shape[1], positions, seq_lens), private)
+
+    def rank(self, inputs: DecoderInputs, candidates: Tensor) -> Tensor:
+        """``[BR, N]`` the ranker's own score of ``candidates`` (``[B, R, N]``) at the decoding positions."""
+        stage_logits, log_value = self._rank(
+            inputs.memory, inputs.positions, inputs.seq_lens, inputs.tokens, candidates
         )
-        return stage_logits, log_value
+        return self.ranker.own_scores(stage_logits, log_value).flatten(0, 1)
 
-    @staticmethod
-    def _ranker_scores(stage_logits: Tensor, log_value: Tensor) -> Tensor:
-        """The ranker's own score of each candidate: log eCPM-like (chained stage probabilities, i.e. the sum of the
-        stages' log-sigmoids, + log predicted value)."""
-        return F.logsigmoid(stage_logits).sum(-1) + log_value
-
-    def _rank_scores(self, ranker_scores: Tensor, retrieval: Tensor) -> Tensor:
+    def _served_scores(self, ranker_scores: Tensor, retrieval: Tensor) -> Tensor:
         """The order step 3 serves: with ``ranker_residual``, the ranker's score weighted by a learned gate (from 0)
         and added to the candidate's retrieval logit (detached), so the ranker learns a correction of the
         generator's order rather than an order from scratch; otherwise the ranker's score alone."""
@@ -373,7 +388,7 @@ class OneRanker(HSTU):
 
     def _item_table_for_decoders(self, item_ids: Tensor) -> Tensor:
         """Item embeddings read by the decoders: detached without ``decoders_train_backbone``."""
-        embeddings = self.item_embedding(item_ids)
+        embeddings = self.encoder.item_embedding(item_ids)
         return embeddings if self.decoders_train_backbone else embeddings.detach()
 
     # -- training ---------------------------------------------------------------------------------------------
@@ -389,15 +404,15 @@ class OneRanker(HSTU):
     def _stage_labels(self, interaction, seq_len: int) -> Tensor:
         """``[B, N, S]``: for each position, which cascade stages the next interaction reached (1 without a cascade)."""
         if not self.cascade_fields:
-            return (self._next_items(interaction, seq_len) > 0).float().unsqueeze(-1)
-        return torch.stack([self._next(interaction, f, seq_len).float() for f in self.cascade_fields], dim=-1)
+            return (self.next_items(interaction, seq_len) > 0).float().unsqueeze(-1)
+        return torch.stack([self.next_field(interaction, f, seq_len).float() for f in self.cascade_fields], dim=-1)
 
     def _value_weights(self, interaction, seq_len: int) -> Tensor | None:
         """``[B, N]`` value of the next interaction, scaled to mean 1 over the batch's real positions."""
         if not self.value_field:
             return None
-        values = self._next(interaction, self.value_field, seq_len).float()
-        real = self._next_items(interaction, seq_len) > 0
+        values = self.next_field(interaction, self.value_field, seq_len).float()
+        real = self.next_items(interaction, seq_len) > 0
         return values / values[real].mean().clamp(min=1e-6)
 
     def _task_weights(self, stage_labels: Tensor, value_weights: Tensor | None) -> Tensor:
@@ -413,7 +428,7 @@ class OneRanker(HSTU):
         return torch.stack(columns, dim=-1)
 
     def calculate_loss(self, interaction):
-        states, generation_loss = self._encode_with_generation_loss(interaction)
+        states, generation_loss = self.encode_with_generation_loss(interaction)
         losses = self._decoder_losses(interaction, states)
         parts = [self.alpha * generation_loss]
         if self.use_step2:
@@ -424,77 +439,95 @@ class OneRanker(HSTU):
                 parts.append(self.gamma * losses["dc"])
         return tuple(parts)
 
-    def _encode_with_generation_loss(self, interaction) -> tuple[Tensor, Tensor]:
+    def encode_with_generation_loss(self, interaction) -> tuple[Tensor, Tensor]:
         """The batch's one HSTU pass, by length bucket, with the step-1 loss at every position.
 
         Returns:
             ``[B, N, D]`` states in the batch's row order (padded to its longest history) and the mean loss.
         """
         total, count, bucket_states = 0.0, 0, []
-        buckets = self._length_buckets(interaction[self.ITEM_SEQ_LEN])
+        buckets = self.length_buckets(interaction[self.ITEM_SEQ_LEN])
         for rows in buckets:
             bucket = interaction[rows]
             states = self.encode(bucket)  # [b, n, D]
-            targets = self._next_items(bucket, states.shape[1])  # [b, n]
+            targets = self.next_items(bucket, states.shape[1])  # [b, n]
             valid = targets > 0
             users = self._generation_users(states[valid])  # [P, H, D]
-            nll = self._softmax_loss(
-                lambda items, u=users: self._generation_logits(u, items), targets[valid], self._seen_at(bucket, valid)
+            nll = self.softmax(
+                lambda items, u=users: self._generation_logits(u, items), targets[valid], self.seen_at(bucket, valid)
             )
             total = total + nll.sum()
             count += int(valid.sum())
             bucket_states.append(states)
-        return self._in_row_order(bucket_states, buckets), total / max(count, 1)
+        return self.in_row_order(bucket_states, buckets), total / max(count, 1)
+
+    def decoder_inputs(self, interaction, states: Tensor) -> DecoderInputs:
+        """Draw the training decoding positions of each row and run step 2 there (``states``: ``[B, N, D]``)."""
+        seq_lens = interaction[self.ITEM_SEQ_LEN]
+        targets = self.next_items(interaction, states.shape[1])  # [B, N]
+        positions = self._decoder_positions(seq_lens)  # [B, R]
+        rows = torch.arange(len(positions), device=states.device).unsqueeze(1)
+        # The decoders' memory; detached, their losses train only them (the generator still learns from L_DC).
+        memory = states if self.decoders_train_backbone else states.detach()
+        return DecoderInputs(
+            memory=memory,
+            positions=positions,
+            seq_lens=seq_lens,
+            tokens=self._step2(memory, positions, seq_lens),
+            flat_states=states[rows, positions].flatten(0, 1),
+            targets=targets.gather(1, positions).flatten(),
+        )
+
+    def training_candidates(self, interaction, inputs: DecoderInputs) -> TrainingCandidates:
+        """The ranker's training sets at the decoding positions, as its loss builds them."""
+        users = self._generation_users(inputs.flat_states)
+        retrieval = self._retrieval_logits(users, inputs.flat_tokens, self.item_vectors())  # [BR, n_items]
+        if self.repeat_shift is not None:  # the items each position has seen, [BR, max_len] 0-padded
+            seen = seen_before(interaction[self.ITEM_SEQ])  # causal, so untruncated padding changes nothing
+            rows = torch.arange(len(inputs.positions), device=seen.device).unsqueeze(1)
+            retrieval = self.shift_seen(retrieval, seen[rows, inputs.positions].flatten(0, 1), in_logits=True)
+        candidates, retrieved = self._training_candidates(retrieval, inputs.targets)
+        return TrainingCandidates(retrieval, candidates, retrieved)
 
     def _decoder_losses(self, interaction, states: Tensor) -> dict[str, Tensor]:
         """Step-2 task loss, step-3 ranking loss and the DC loss, at ``decoder_positions`` positions per row."""
         seq_len = states.shape[1]
-        seq_lens = interaction[self.ITEM_SEQ_LEN]
-        targets = self._next_items(interaction, seq_len)  # [B, N]
+        inputs = self.decoder_inputs(interaction, states)
+        batch, ranked = inputs.positions.shape
         losses: dict[str, Tensor] = {}
-        positions = self._decoder_positions(seq_lens)  # [B, R]
-        batch, ranked = positions.shape
-        flat_targets = targets.gather(1, positions).flatten()  # [BR]
-        flat_states = states[torch.arange(batch, device=states.device).unsqueeze(1), positions].flatten(0, 1)  # [BR, D]
-        # The decoders' memory; detached, their losses train only them (the generator still learns from L_DC).
-        memory = states if self.decoders_train_backbone else states.detach()
-        tokens = self._step2(memory, positions, seq_lens) if self.use_step2 else None  # [B, R, Q, D]
-        flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
         stage_labels = self._stage_labels(interaction, seq_len)  # [B, N, S]
-        stage_labels = stage_labels.gather(1, positions.unsqueeze(-1).expand(-1, -1, stage_labels.shape[-1]))
+        stage_labels = stage_labels.gather(1, inputs.positions.unsqueeze(-1).expand(-1, -1, stage_labels.shape[-1]))
         value_weights = self._value_weights(interaction, seq_len)
-        position_values = value_weights.gather(1, positions).flatten() if value_weights is not None else None
+        position_values = value_weights.gather(1, inputs.positions).flatten() if value_weights is not None else None
 
         if self.use_step2:
             weights = self._task_weights(stage_labels.flatten(0, 1), position_values)  # [BR, T]
             # One sampled-softmax per task token, all sharing the negatives; a shared token ([BR, 1]) serves all tasks.
             detach = not self.decoders_train_backbone
-            nll = self._softmax_loss(
-                lambda items: self._task_scores(flat_tokens, items.detach() if detach else items), flat_targets
+            flat_tokens = inputs.flat_tokens
+            nll = self.softmax(
+                lambda items: self.task_scores(flat_tokens, items.detach() if detach else items), inputs.targets
             )  # [BR, T or 1]
             losses["task"] = (weights * nll).sum() / (len(self.tasks) * batch * ranked)
 
         if self.use_ranker:
-            retrieval, candidates, retrieved = self._training_retrieval(
-                interaction, flat_states, flat_tokens, positions, flat_targets
-            )
+            sets = self.training_candidates(interaction, inputs)
             stage_logits, log_value = self._rank(
-                memory, positions, seq_lens, tokens, candidates.view(batch, ranked, -1)
+                inputs.memory, inputs.positions, inputs.seq_lens, inputs.tokens, sets.candidates.view(batch, ranked, -1)
             )
             stage_logits, log_value = stage_logits.flatten(0, 1), log_value.flatten(0, 1)  # [BR, N, S], [BR, N]
-            is_target = candidates == flat_targets.unsqueeze(1)  # [BR, N]
+            is_target = sets.candidates == inputs.targets.unsqueeze(1)  # [BR, N]
             labels = is_target.unsqueeze(-1) * stage_labels.flatten(0, 1).unsqueeze(1)  # [BR, N, S]
             bce = F.binary_cross_entropy_with_logits(stage_logits, labels, reduction="none").mean(dim=(1, 2))
-            candidate_retrieval = retrieval.gather(1, candidates)  # [BR, N]
-            ranker_scores = self._ranker_scores(stage_logits, log_value)  # [BR, N]
-            scores = self._rank_scores(ranker_scores, candidate_retrieval)  # [BR, N]
+            candidate_retrieval = sets.retrieval.gather(1, sets.candidates)  # [BR, N]
+            scores = self._served_scores(self.ranker.own_scores(stage_logits, log_value), candidate_retrieval)
             target_score = scores[is_target]  # [BR]
             pair_weight = position_values if position_values is not None else torch.ones_like(target_score)
             bpr = -(F.logsigmoid(target_score.unsqueeze(1) - scores) * ~is_target).sum(1) / (~is_target).sum(1)
             rank_loss = bce + pair_weight * bpr
-            if self.value_head is not None:
+            if self.ranker.value_head is not None:
                 rank_loss = rank_loss + (log_value[is_target] - torch.log(position_values.clamp(min=1e-6))).pow(2)
-            losses["rank"] = self._mean_over_ranked_sets(rank_loss, retrieved)
+            losses["rank"] = self._mean_over_ranked_sets(rank_loss, sets.retrieved)
             # DC: the generator's distribution over the candidates follows the ranker's served order (detached
             # teacher). With ranker_residual that order holds the generator's own logits, so DC asks the generator
             # to absorb the gated ranker score: nothing while the gate is 0, more as the ranker earns its weight.
@@ -504,71 +537,51 @@ class OneRanker(HSTU):
             losses["dc"] = dc.mean()
         return losses
 
-    def _training_retrieval(
-        self, interaction, flat_states: Tensor, flat_tokens: Tensor | None, positions: Tensor, flat_targets: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """The ranker's training sets at ``positions`` (``[B, R]``; states ``[BR, D]``, targets ``[BR]``).
-
-        Returns:
-            ``retrieval`` ``[BR, n_items]`` logits (with the repeat shift of each position's seen items), the
-            ``candidates`` ``[BR, N]`` with the target forced in, and whether retrieval found it, ``[BR]``.
-        """
-        users = self._generation_users(flat_states)
-        retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [BR, n_items]
-        if self.repeat_shift is not None:  # the items each position has seen, [BR, max_len] 0-padded
-            seen = self._seen_before(interaction[self.ITEM_SEQ])  # causal, so untruncated padding changes nothing
-            rows = torch.arange(len(positions), device=seen.device).unsqueeze(1)
-            retrieval = self._shift_seen(retrieval, seen[rows, positions].flatten(0, 1), in_logits=True)
-        return retrieval, *self._training_candidates(retrieval, flat_targets)
-
     # -- inference --------------------------------------------------------------------------------------------
 
     def _last_position(self, interaction):
+        """Steps 1-2 at each row's last position: states, lengths, positions ``[B, 1]``, generation users
+        ``[B, H, D]`` and step-2 tokens ``[B, 1, Q, D]`` (or None)."""
         states = self.encode_by_length(interaction)
         seq_lens = interaction[self.ITEM_SEQ_LEN]
         positions = (seq_lens - 1).unsqueeze(1)  # [B, 1]
         users = self._generation_users(self.gather_indexes(states, seq_lens - 1))  # [B, H, D]
-        tokens = self._step2(states, positions, seq_lens) if self.use_step2 else None  # [B, 1, Q, D]
-        return states, seq_lens, positions, users, tokens
+        return states, seq_lens, positions, users, self._step2(states, positions, seq_lens)
 
-    def _serve(self, interaction) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Retrieval and ranking at each row's last position.
-
-        Returns:
-            ``retrieval`` ``[B, n_items]`` logits (with the repeat shift of the seen items); with the ranker, the
-            top ``num_candidates`` retrieved items ``[B, N]`` and the ranker's own scores of them ``[B, N]``
-            (None and None without it).
-        """
+    def serve(self, interaction) -> ServingResult:
+        """Retrieval over the catalogue, then (with the ranker) step 3 on the top ``num_candidates``, served above
+        every other item (kept in retrieval order)."""
         states, seq_lens, positions, users, tokens = self._last_position(interaction)
         flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
         retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [B, n_items]
-        retrieval = self._shift_seen(retrieval, interaction[self.ITEM_SEQ], in_logits=True)
+        retrieval = self.shift_seen(retrieval, interaction[self.ITEM_SEQ], in_logits=True)
         if not self.use_ranker:
-            return retrieval, None, None
+            return ServingResult(retrieval_scores=retrieval, final_scores=retrieval)
         candidates = self._candidates(retrieval)  # [B, N]
         stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, candidates.unsqueeze(1))
-        return retrieval, candidates, self._ranker_scores(stage_logits, log_value).squeeze(1)
+        ranker_scores = self.ranker.own_scores(stage_logits, log_value).squeeze(1)  # [B, N]
+        candidate_scores = self._served_scores(ranker_scores, retrieval.gather(1, candidates))
+        lift = retrieval.max(dim=1, keepdim=True).values - candidate_scores.min(dim=1, keepdim=True).values + 1.0
+        return ServingResult(
+            retrieval_scores=retrieval,
+            final_scores=retrieval.scatter(1, candidates, candidate_scores + lift),
+            candidates=candidates,
+            ranker_scores=ranker_scores,
+            candidate_scores=candidate_scores,
+        )
 
     def predict(self, interaction):
-        requests, request_of_row = self._distinct_requests(interaction)
+        requests, request_of_row = self.distinct_requests(interaction)
         states, seq_lens, positions, users, tokens = (  # steps 1-2 once per distinct request, step 3 per row
             None if tensor is None else tensor[request_of_row] for tensor in self._last_position(requests)
         )
         items = interaction[self.ITEM_ID]
         flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
         retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors(items).unsqueeze(1)).squeeze(1)
-        retrieval = self._shift_seen(retrieval, interaction[self.ITEM_SEQ], items, in_logits=True)
+        retrieval = self.shift_seen(retrieval, interaction[self.ITEM_SEQ], items, in_logits=True)
         if not self.use_ranker:
             return retrieval
         # Candidates never see each other, so an item's ranker score does not depend on the rest of the set.
         stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, items.view(-1, 1, 1))
-        return self._rank_scores(self._ranker_scores(stage_logits, log_value), retrieval.view(-1, 1, 1)).view(-1)
-
-    def full_sort_predict(self, interaction):
-        retrieval, candidates, ranker_scores = self._serve(interaction)
-        if candidates is None:
-            return retrieval
-        rank_scores = self._rank_scores(ranker_scores, retrieval.gather(1, candidates))
-        # The ranker orders the candidates, all of them above every other item (kept in retrieval order).
-        lift = retrieval.max(dim=1, keepdim=True).values - rank_scores.min(dim=1, keepdim=True).values + 1.0
-        return retrieval.scatter(1, candidates, rank_scores + lift)
+        own = self.ranker.own_scores(stage_logits, log_value)
+        return self._served_scores(own, retrieval.view(-1, 1, 1)).view(-1)

@@ -1,0 +1,201 @@
+"""``GenerativeRecommender``: the plumbing every generative model of this package shares.
+
+A generative model here trains on one row per user (``whole_sequence``) with a loss at every position, and ranks at
+each row's last position. What that needs, whatever the backbone: the target after every position (next items,
+next labels), the request time after the history, rows grouped by length so short histories are not padded to the
+batch's longest, each distinct request encoded once at evaluation, the items a user has already seen (history
+negatives and the learned repeat shift), and the next-item softmax. A model subclasses this base, composes its own
+layers (``model/layers``), and implements :meth:`encode`, :meth:`item_vectors` and :meth:`serve`; no model subclasses
+another model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+from torch import Tensor
+
+from recbole_oneranker.errors import ConfigError
+from recbole_oneranker.model.layers import HSTUConfig, NextItemSoftmax, RepeatShift, SoftmaxConfig, seen_before
+from recbole_oneranker.model.serving import ServingResult
+
+__all__ = ["GenerativeRecommender", "hstu_config"]
+
+
+def hstu_config(config, num_prefix_tokens: int, max_history: int) -> HSTUConfig:
+    """The HSTU stack of a model's config (keys of ``properties/model/HSTU.yaml``), sized for ``num_prefix_tokens``
+    tokens before a history of ``max_history`` items and the slot that carries the request time."""
+    return HSTUConfig(
+        embedding_dim=config["hidden_size"],
+        linear_hidden_dim=config["linear_hidden_dim"],
+        attention_dim=config["attention_dim"],
+        num_heads=config["n_heads"],
+        num_blocks=config["n_layers"],
+        max_seq_len=num_prefix_tokens + max_history + 1,
+        dropout=config["dropout_prob"],
+        attn_dropout=config["attn_dropout_prob"],
+        num_buckets=config["num_time_buckets"],
+        relative_bias=config["relative_bias"],
+    )
+
+
+class GenerativeRecommender(SequentialRecommender):
+    """Base of the generative models: targets at every position, length buckets, distinct requests, seen items and
+    the next-item softmax (config keys of ``properties/model/HSTU.yaml``).
+
+    Subclasses implement:
+        - :meth:`encode`: ``[B, N, D]`` states of a batch's history positions;
+        - :meth:`item_vectors`: the normalised item vectors the softmax scores;
+        - :meth:`serve`: a :class:`~recbole_oneranker.model.serving.ServingResult` for a batch of requests.
+    """
+
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.hidden_size = config["hidden_size"]
+        self.dropout_prob = config["dropout_prob"]
+        self.temperature = config["temperature"]
+        self.length_bucket_size = config["length_bucket_size"]
+        self.length_buckets_on_gpu = config["length_buckets_on_gpu"]
+        self.use_time = config["relative_bias"] == "time_and_position"
+        # What sampled evaluation changes between the copies of a request: the scored item and its 0/1 label.
+        self._candidate_fields = frozenset({self.ITEM_ID, config["LABEL_FIELD"]})
+        self.LIST_SUFFIX = config["LIST_SUFFIX"]
+        self.TIME_SEQ = config["TIME_FIELD"] + config["LIST_SUFFIX"]
+        self.TIME = config["TIME_FIELD"]
+        try:
+            softmax_config = SoftmaxConfig(
+                num_items=self.n_items,
+                embedding_dim=self.hidden_size,
+                loss_type=config["loss_type"],
+                num_negatives=config["num_negatives"],
+                history_negatives=config["history_negatives"],
+                temperature=self.temperature,
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        if config["repeat_bias"] and softmax_config.loss_type == "sampled_softmax" and not config["history_negatives"]:
+            raise ConfigError(
+                "repeat_bias learns from the seen items among the softmax's candidates: with sampled_softmax set "
+                "history_negatives: True (or use full_softmax)"
+            )
+        self.repeat_shift = RepeatShift() if config["repeat_bias"] else None
+        self.softmax = NextItemSoftmax(softmax_config, self.item_vectors, self.repeat_shift)
+
+    # -- what a model implements ------------------------------------------------------------------------------
+
+    def encode(self, interaction) -> Tensor:
+        """``[B, N, D]`` states of a batch's history positions, padded only to its longest history (N)."""
+        raise NotImplementedError
+
+    def item_vectors(self, item_ids: Tensor | None = None) -> Tensor:
+        """L2-normalised item vectors: ``[n_items, D]``, or ``[*item_ids.shape, D]``."""
+        raise NotImplementedError
+
+    def serve(self, interaction) -> ServingResult:
+        """Every stage's scores for a batch of requests at each row's last position."""
+        raise NotImplementedError
+
+    def full_sort_predict(self, interaction):
+        return self.serve(interaction).final_scores
+
+    # -- targets ----------------------------------------------------------------------------------------------
+
+    def next_field(self, interaction, field: str, seq_len: int) -> Tensor:
+        """``[B, N]``: ``field`` of the interaction after each position (the next history entry, then the
+        target's); 0 past each length. ``field`` is a target column, its history is ``<field>_list``."""
+        history = interaction[field + self.LIST_SUFFIX][:, :seq_len]
+        following = F.pad(history[:, 1:], (0, 1))
+        rows = torch.arange(len(history), device=history.device)
+        following[rows, interaction[self.ITEM_SEQ_LEN] - 1] = interaction[field].to(following.dtype)
+        return following
+
+    def next_items(self, interaction, seq_len: int) -> Tensor:
+        """``[B, N]`` the item to predict after each position: the next history item, then the target; 0 = none."""
+        return self.next_field(interaction, self.ITEM_ID, seq_len)
+
+    def request_timestamps(self, interaction, seq_len: int) -> Tensor | None:
+        """``[B, N + 1]``: the history's times, with the target's time (the request) at each row's length; None
+        when the model does not read time."""
+        if not self.use_time:
+            return None
+        history = interaction[self.TIME_SEQ][:, :seq_len]
+        timestamps = F.pad(history, (0, 1))
+        rows = torch.arange(len(history), device=history.device)
+        timestamps[rows, interaction[self.ITEM_SEQ_LEN]] = interaction[self.TIME].to(timestamps.dtype)
+        return timestamps
+
+    # -- length buckets ---------------------------------------------------------------------------------------
+
+    def length_buckets(self, item_seq_len: Tensor) -> list[Tensor]:
+        """Row indices grouped by length, so each group is padded only to its own longest sequence.
+
+        Off the CPU, one group unless ``length_buckets_on_gpu``: a GPU pays per kernel launch more than per
+        padded position, and each bucket launches the whole stack's kernels again."""
+        order = torch.argsort(item_seq_len)
+        on_cpu = item_seq_len.device.type == "cpu"
+        if self.length_bucket_size <= 0 or not (on_cpu or self.length_buckets_on_gpu):
+            return [order]
+        return list(torch.split(order, self.length_bucket_size))
+
+    @staticmethod
+    def in_row_order(bucket_states: list[Tensor], buckets: list[Tensor]) -> Tensor:
+        """``[B, N, D]``: the states of each bucket (rows ``buckets[i]``, ``[b_i, n_i, D]``), padded to the longest
+        ``n_i`` and put back in the batch's row order."""
+        longest = max(states.shape[1] for states in bucket_states)
+        states = torch.cat([F.pad(states, (0, 0, 0, longest - states.shape[1])) for states in bucket_states])
+        return states[torch.argsort(torch.cat(buckets))]
+
+    def encode_by_length(self, interaction) -> Tensor:
+        """``[B, N, D]``: :meth:`encode`'s states, computed by length bucket so that short histories are not padded
+        to the batch's longest (padding never changes a real position's state). Evaluation batches are thousands
+        of users; on Beauty, whose histories fill 9 of 50 slots on average, this cuts the encoding several-fold."""
+        buckets = self.length_buckets(interaction[self.ITEM_SEQ_LEN])
+        return self.in_row_order([self.encode(interaction[rows]) for rows in buckets], buckets)
+
+    # -- seen items -------------------------------------------------------------------------------------------
+
+    def seen_at(self, bucket, valid: Tensor) -> Tensor | None:
+        """``[P, N]`` the items seen at each ``valid`` position (``[b, n]``) of ``bucket``, as the softmax takes
+        them; None when neither ``history_negatives`` nor ``repeat_bias`` needs them."""
+        if not self.softmax.config.history_negatives and self.repeat_shift is None:
+            return None
+        return seen_before(bucket[self.ITEM_SEQ][:, : valid.shape[1]])[valid]
+
+    def shift_seen(
+        self, scores: Tensor, seen: Tensor | None, items: Tensor | None = None, in_logits: bool = False
+    ) -> Tensor:
+        """``scores`` with the repeat shift added where the item is among the row's ``seen`` items; unchanged
+        without ``repeat_bias`` or without ``seen`` (see :class:`~recbole_oneranker.model.layers.RepeatShift`).
+        ``in_logits``: the scores are over the temperature (training, retrieval logits), not cosines."""
+        if self.repeat_shift is None or seen is None:
+            return scores
+        return self.repeat_shift(scores, seen, items, temperature=self.temperature if in_logits else None)
+
+    # -- requests ---------------------------------------------------------------------------------------------
+
+    def distinct_requests(self, interaction):
+        """``(requests, request_of_row)``: the batch's distinct rows when the scored item (and its label) are left
+        out, and ``[B]`` each row's index among them.
+
+        RecBole's sampled evaluation (the ``uniN`` / ``popN`` modes, so the candidate-set protocol) scores a user's
+        candidates as copies of the user's row, one per item; encoding each history once instead of once per copy
+        gives the same scores, (1 + N) times cheaper. Rows differing in any other field stay apart.
+        """
+        columns = [
+            interaction[field].reshape(len(interaction), -1).to(torch.float64)  # exact for ids and float32 times
+            for field in interaction.columns
+            if field not in self._candidate_fields
+        ]
+        distinct, request_of_row = torch.unique(torch.cat(columns, dim=1), dim=0, return_inverse=True)
+        rows = torch.arange(len(request_of_row), device=request_of_row.device)
+        first_row = rows.new_full((len(distinct),), len(rows)).scatter_reduce(0, request_of_row, rows, reduce="amin")
+        return interaction[first_row], request_of_row
+
+    @staticmethod
+    def user_vectors(states: Tensor) -> Tensor:
+        """L2-normalised states, compared with :meth:`item_vectors` by dot product."""
+        return F.normalize(states, dim=-1)

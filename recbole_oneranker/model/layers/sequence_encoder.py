@@ -1,0 +1,129 @@
+"""The item-sequence encoder every HSTU-based generative model composes: item table, input embedding, HSTU stack.
+
+Inputs are ``item_emb * sqrt(D)`` (plus any per-token features the model adds, e.g. feedback levels) after an
+optional prefix of embedded tokens (user features), plus learned absolute positions, then dropout; the HSTU stack
+runs under the mask the caller chooses (causal by default, or a bidirectional prefix). One extra slot at the end
+carries the request time, so the last real position's time bias reads the time of the request.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .hstu import HSTUConfig, HSTUStack, prefix_causal_mask
+from .lookup import lookup
+
+__all__ = ["SequenceEncoder", "SequenceEncoderConfig"]
+
+
+@dataclass
+class SequenceEncoderConfig:
+    """Sizes and switches of a :class:`SequenceEncoder`.
+
+    Attributes:
+        num_items: rows of the item table, padding item 0 included.
+        hstu: the stack's config; its ``max_seq_len`` must hold prefix + history + the request slot.
+        use_position_embedding: add learned absolute positions to the inputs.
+        bidirectional_prefix: the prefix tokens attend to each other both ways (GPR's hybrid mask); False keeps the
+            whole sequence causal.
+    """
+
+    num_items: int
+    hstu: HSTUConfig
+    use_position_embedding: bool = True
+    bidirectional_prefix: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_items < 2:
+            raise ValueError(f"num_items must count the padding item and at least one item, got {self.num_items}")
+
+
+class SequenceEncoder(nn.Module):
+    """Item table + input embedding + HSTU stack over right-padded histories.
+
+    Initialisation follows the official HSTU: item rows truncated normal (std 0.02), positions truncated normal
+    (std ``1/sqrt(D)``).
+
+    >>> from recbole_oneranker.model.layers import HSTUConfig
+    >>> hstu = HSTUConfig(embedding_dim=8, linear_hidden_dim=4, attention_dim=4, num_heads=2, num_blocks=1,
+    ...                   max_seq_len=6)
+    >>> encoder = SequenceEncoder(SequenceEncoderConfig(num_items=10, hstu=hstu)).eval()
+    >>> encoder(torch.tensor([[3, 4, 0], [5, 0, 0]]), torch.tensor([2, 1])).shape
+    torch.Size([2, 3, 8])
+    """
+
+    def __init__(self, config: SequenceEncoderConfig) -> None:
+        super().__init__()
+        self.config: SequenceEncoderConfig = config
+        dim = config.hstu.embedding_dim
+        self.item_embedding: nn.Embedding = nn.Embedding(config.num_items, dim, padding_idx=0)
+        self.position_embedding: nn.Embedding | None = (
+            nn.Embedding(config.hstu.max_seq_len, dim) if config.use_position_embedding else None
+        )
+        self.input_dropout: nn.Dropout = nn.Dropout(config.hstu.dropout)
+        self.stack: HSTUStack = HSTUStack(config.hstu)
+        nn.init.trunc_normal_(self.item_embedding.weight, std=0.02)
+        if self.position_embedding is not None:
+            nn.init.trunc_normal_(self.position_embedding.weight, std=math.sqrt(1.0 / dim))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hstu.embedding_dim
+
+    def forward(
+        self,
+        item_seq: Tensor,
+        item_seq_len: Tensor,
+        timestamps: Tensor | None = None,
+        token_features: Tensor | None = None,
+        prefix: Tensor | None = None,
+    ) -> Tensor:
+        """Encode right-padded histories: the stack's state after each history position.
+
+        Args:
+            item_seq: ``[B, N]`` item ids, right-padded with 0.
+            item_seq_len: ``[B]`` number of real items per row.
+            timestamps: ``[B, N + 1]`` event times (``timestamps[b, len_b]`` = the request time) or None.
+            token_features: ``[B, N, D]`` added to each history token's input embedding, or None.
+            prefix: ``[B, P, D]`` embedded tokens read before the history, or None; they carry the time of the
+                first event.
+
+        Returns:
+            ``[B, N, D]`` states of the history positions, not normalised (0 past each length).
+        """
+        x = self.item_embedding(item_seq) * math.sqrt(self.hidden_size)  # [B, N, D]
+        if token_features is not None:
+            x = x + token_features
+        num_prefix = 0 if prefix is None else prefix.shape[1]
+        if prefix is not None:
+            x = torch.cat([prefix, x], dim=1)  # [B, P + N, D]
+            if timestamps is not None:
+                timestamps = torch.cat([timestamps[:, :1].expand(-1, num_prefix), timestamps], dim=1)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding.weight[: x.shape[1]].unsqueeze(0)
+        x = self.input_dropout(x)
+        # One extra slot so the last real position can read the request time from timestamps[:, len].
+        x = F.pad(x, (0, 0, 0, 1))  # [B, P + N + 1, D]
+        lengths = item_seq_len + num_prefix
+        attn_mask = (
+            prefix_causal_mask(lengths, x.shape[1], num_prefix)
+            if self.config.bidirectional_prefix and num_prefix
+            else None  # the stack's causal mask
+        )
+        out = self.stack(x, lengths, timestamps.long() if timestamps is not None else None, attn_mask)
+        return out[:, num_prefix : num_prefix + item_seq.shape[1]]
+
+    def item_vectors(self, item_ids: Tensor | None = None) -> Tensor:
+        """L2-normalised item embeddings: ``[num_items, D]``, or ``[*item_ids.shape, D]``.
+
+        The table is normalised first and then indexed: the same vectors as normalising the looked-up rows, at the
+        cost of the table instead of the (much larger) positions x negatives lookup, whose gradient
+        :func:`~recbole_oneranker.model.layers.lookup` keeps the same on every run.
+        """
+        table = F.normalize(self.item_embedding.weight, dim=-1)
+        return table if item_ids is None else lookup(table, item_ids)
