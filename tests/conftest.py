@@ -76,11 +76,11 @@ def tiny_config(tiny_data_path) -> dict:
 
 @pytest.fixture
 def assert_scoring_paths_agree():
-    """``assert_scoring_paths_agree(model, batch)``: one batch through each path of ``HSTU._sampled_logits``
+    """``assert_scoring_paths_agree(model, batch)``: one batch through each path of ``NextItemSoftmax.sampled_logits``
     (gathered samples, then the whole catalogue) with the same negatives gives the same loss and gradients."""
 
     def loss_and_gradients(model, batch, whole_catalogue: bool):
-        model._scores_whole_catalogue = lambda num_sampled: whole_catalogue
+        model.softmax.scores_whole_catalogue = lambda num_sampled: whole_catalogue
         model.zero_grad()
         torch.manual_seed(0)
         loss = model.calculate_loss(batch)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from recbole_oneranker.model.layers import (
     HSTUBlock,
@@ -24,6 +26,7 @@ from recbole_oneranker.model.layers import (
     causal_padding_mask,
     load_official_hstu_weights,
     lookup,
+    prefix_causal_mask,
 )
 
 B, N, D, HEADS, DV, DQK = 2, 8, 16, 2, 8, 8
@@ -294,25 +297,19 @@ def test_time_and_position_without_timestamps_is_position_only() -> None:
         torch.testing.assert_close(both(x, lengths, None), position(x, lengths, timestamps))
 
 
-def test_shapes_and_return_kv() -> None:
+def test_shapes() -> None:
     stack = _stack()
     x, lengths, timestamps = _inputs()
-    y, kv = stack(x, lengths, timestamps, return_kv=True)
-    assert y.shape == (B, N, D)
-    assert len(kv) == 2
-    for k, v in kv:
-        assert k.shape == (B, HEADS, N, DQK)
-        assert v.shape == (B, HEADS, N, DV)
-    torch.testing.assert_close(y, stack(x, lengths, timestamps))
+    assert stack(x, lengths, timestamps).shape == (B, N, D)
     # Shorter padded length than max_seq_len works; longer does not.
     assert stack(x[:, :6], lengths.clamp(max=6), timestamps[:, :6]).shape == (B, 6, D)
     with pytest.raises(ValueError, match="max_seq_len"):
         stack(torch.zeros(B, N + 1, D), lengths)
     with pytest.raises(ValueError, match="timestamps"):
         stack(x, lengths, timestamps[:, :5])
-    block = stack.blocks[0]
-    out, k, v = block(x, return_kv=True)
-    assert out.shape == (B, N, D) and k.shape == (B, HEADS, N, DQK) and v.shape == (B, HEADS, N, DV)
+    with pytest.raises(ValueError, match="attn_mask"):
+        stack(x, lengths, timestamps, torch.ones(B, N, N - 1, dtype=torch.bool))
+    assert stack.blocks[0](x).shape == (B, N, D)
     assert RelativeBucketedTimeAndPositionBias(N)(timestamps, N).shape == (B, N, N)
     assert RelativeBucketedTimeAndPositionBias(N)(None, N).shape == (1, N, N)
     assert RelativePositionBias(N)(timestamps, 5).shape == (1, 5, 5)
@@ -516,3 +513,44 @@ def test_config_defaults() -> None:
     assert block.o.weight.shape == (D, HEADS * DV)
     assert isinstance(block.rel_attn_bias, RelativeBucketedTimeAndPositionBias)
     assert block.rel_attn_bias.ts_w.shape == (129,) and block.rel_attn_bias.pos_w.shape == (2 * N - 1,)
+
+
+def test_the_default_mask_is_the_causal_padding_mask() -> None:
+    stack = _stack()
+    x, lengths, timestamps = _inputs()
+    with torch.no_grad():
+        explicit = stack(x, lengths, timestamps, causal_padding_mask(lengths, N))
+        torch.testing.assert_close(stack(x, lengths, timestamps), explicit, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("num_prefix", [1, 3])
+def test_a_bidirectional_prefix_reads_later_prefix_tokens_and_nothing_after(num_prefix: int) -> None:
+    stack = _stack("position")
+    x, lengths, timestamps = _inputs()
+    lengths = lengths.clamp(min=num_prefix + 2)
+    mask = prefix_causal_mask(lengths, N, num_prefix)
+    perturbed_prefix, perturbed_history = x.clone(), x.clone()
+    perturbed_prefix[:, num_prefix - 1] += torch.randn(D)  # the last prefix token (a random direction: see above)
+    perturbed_history[:, num_prefix] += torch.randn(D)  # the first history token
+    with torch.no_grad():
+        y = stack(x, lengths, timestamps, mask)
+        by_prefix = stack(perturbed_prefix, lengths, timestamps, mask)
+        by_history = stack(perturbed_history, lengths, timestamps, mask)
+    assert not torch.allclose(by_prefix[:, 0], y[:, 0])  # the first prefix token sees the last one
+    torch.testing.assert_close(by_history[:, :num_prefix], y[:, :num_prefix], rtol=0, atol=0)  # but no history
+
+
+@given(
+    lengths=st.lists(st.integers(0, 6), min_size=1, max_size=4),
+    num_prefix=st.integers(0, 6),
+)
+def test_prefix_causal_mask_properties(lengths: list[int], num_prefix: int) -> None:
+    lengths_tensor = torch.tensor(lengths)
+    mask = prefix_causal_mask(lengths_tensor, 6, num_prefix)
+    causal = causal_padding_mask(lengths_tensor, 6)
+    assert (mask >= causal).all()  # everything causal stays visible
+    extra = mask & ~causal  # what the prefix adds: only prefix -> later prefix keys that are real
+    rows, queries, keys = extra.nonzero(as_tuple=True)
+    assert (queries < num_prefix).all() and (keys < num_prefix).all() and (keys > queries).all()
+    assert (keys < lengths_tensor[rows]).all()
+    assert not (mask & ~(torch.arange(6) < lengths_tensor[:, None])[:, None, :]).any()  # never a padded key

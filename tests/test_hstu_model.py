@@ -10,6 +10,7 @@ from recbole.data.interaction import Interaction
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset
 from recbole_oneranker.errors import ConfigError
+from recbole_oneranker.model.layers import seen_before
 from recbole_oneranker.model.sequential_recommender import HSTU
 from recbole_oneranker.quick_start import run
 
@@ -36,7 +37,7 @@ def test_next_item_targets_by_hand(hstu_setup):
             "item_id": torch.tensor([9, 4]),
         }
     )
-    assert model._next_items(batch, 4).tolist() == [[6, 7, 9, 0], [4, 0, 0, 0]]
+    assert model.next_items(batch, 4).tolist() == [[6, 7, 9, 0], [4, 0, 0, 0]]
 
 
 def test_request_time_sits_after_the_history(hstu_setup):
@@ -48,7 +49,7 @@ def test_request_time_sits_after_the_history(hstu_setup):
             "item_length": torch.tensor([2, 1]),
         }
     )
-    assert model._request_timestamps(batch, 3).tolist() == [[1, 2, 3, 0], [5, 6, 0, 0]]
+    assert model.request_timestamps(batch, 3).tolist() == [[1, 2, 3, 0], [5, 6, 0, 0]]
 
 
 def test_length_buckets_do_not_change_the_loss(hstu_setup):
@@ -69,38 +70,38 @@ def test_one_length_bucket_off_the_cpu_unless_asked_for(hstu_setup, device):
     model, _, _ = hstu_setup()
     lengths = torch.tensor([5, 1, 3, 2, 4], device=device)
     model.length_bucket_size = 2
-    assert len(model._length_buckets(lengths)) == (3 if device == "cpu" else 1)
+    assert len(model.length_buckets(lengths)) == (3 if device == "cpu" else 1)
     model.length_buckets_on_gpu = True
-    assert len(model._length_buckets(lengths)) == 3
+    assert len(model.length_buckets(lengths)) == 3
 
 
 def test_length_buckets_do_not_change_the_states_or_the_scores(hstu_setup, assert_length_buckets_change_nothing):
     model, _, test = hstu_setup(repeat_bias=True, loss_type="full_softmax")
-    torch.nn.init.constant_(model.repeat_shift, -0.2)
+    torch.nn.init.constant_(model.repeat_shift.shift, -0.2)
     assert_length_buckets_change_nothing(model, next(iter(test))[0])
 
 
 def test_seen_before_by_hand(hstu_setup):
     model, _, _ = hstu_setup()
-    seen = model._seen_before(torch.tensor([[5, 6, 7], [8, 0, 0]]))
+    seen = seen_before(torch.tensor([[5, 6, 7], [8, 0, 0]]))
     assert seen.tolist() == [[[5, 0, 0], [5, 6, 0], [5, 6, 7]], [[8, 0, 0], [8, 0, 0], [8, 0, 0]]]
 
 
 def test_history_negatives_add_only_the_earlier_items_not_the_target(hstu_setup):
     model, _, _ = hstu_setup(history_negatives=True)
     users = torch.nn.functional.normalize(torch.randn(2, model.hidden_size), dim=-1)
-    scorer = model._dot_scorer(users)
+    scorer = model.dot_scorer(users)
     targets = torch.tensor([3, 4])
     seen = torch.tensor([[5, 6, 0], [4, 0, 0]])  # row 1 has seen its own target before: a repeat, never a negative
 
     def loss(seen_items):
         torch.manual_seed(0)  # the same uniform negatives
-        return model._softmax_loss(scorer, targets, seen_items)
+        return model.softmax(scorer, targets, seen_items)
 
     without, with_seen = loss(None), loss(seen)
     assert with_seen[0] > without[0]  # items 5 and 6 joined row 0's denominator
     torch.testing.assert_close(with_seen[1], without[1])  # the target and padding were masked out
-    model.history_negatives = False
+    model.softmax.config.history_negatives = False
     torch.testing.assert_close(loss(seen), without)  # the switch is off: seen is ignored
 
 
@@ -110,7 +111,7 @@ def test_history_negatives_raise_the_training_loss(hstu_setup):
     batch = next(iter(train))
     torch.manual_seed(0)
     with_seen = model.calculate_loss(batch)
-    model.history_negatives = False
+    model.softmax.config.history_negatives = False
     torch.manual_seed(0)
     assert with_seen > model.calculate_loss(batch)
 
@@ -119,13 +120,13 @@ def test_history_negatives_raise_the_training_loss(hstu_setup):
 def test_repeat_bias_is_learned_and_shifts_exactly_the_seen_items(hstu_setup, loss_type):
     model, train, test = hstu_setup(repeat_bias=True, history_negatives=True, loss_type=loss_type)
     model.calculate_loss(next(iter(train))).backward()
-    assert model.repeat_shift.grad.abs() > 0  # seen items among the candidates teach it
+    assert model.repeat_shift.shift.grad.abs() > 0  # seen items among the candidates teach it
     batch = next(iter(test))[0]
     model.eval()
     with torch.no_grad():
-        model.repeat_shift.fill_(0.0)
+        model.repeat_shift.shift.fill_(0.0)
         plain = model.full_sort_predict(batch)
-        model.repeat_shift.fill_(-0.5)
+        model.repeat_shift.shift.fill_(-0.5)
         shifted = model.full_sort_predict(batch)
     seen = torch.zeros_like(plain, dtype=torch.bool).scatter_(1, batch["item_id_list"], True)
     seen[:, 0] = False
@@ -135,15 +136,15 @@ def test_repeat_bias_is_learned_and_shifts_exactly_the_seen_items(hstu_setup, lo
 
 def test_repeat_shift_by_hand_counts_a_repeated_item_once(hstu_setup):
     model, _, _ = hstu_setup(repeat_bias=True, loss_type="full_softmax")
-    torch.nn.init.constant_(model.repeat_shift, -1.0)
+    torch.nn.init.constant_(model.repeat_shift.shift, -1.0)
     seen = torch.tensor([[3, 3, 0], [5, 1, 0]])  # row 0 saw item 3 twice; 0 is padding
     scores = torch.zeros(2, 2, 6, requires_grad=True)  # [P, tasks, n_items]: the tasks share the shift
-    shifted = model._shift_seen(scores, seen)
+    shifted = model.shift_seen(scores, seen)
     expected = torch.zeros(2, 6)
     expected[0, 3] = expected[1, 5] = expected[1, 1] = -1.0
     torch.testing.assert_close(shifted, expected.unsqueeze(1).expand(2, 2, 6))
     shifted.sum().backward()
-    assert model.repeat_shift.grad.item() == 6.0  # 3 distinct (row, item) pairs x 2 tasks, the repeat not twice
+    assert model.repeat_shift.shift.grad.item() == 6.0  # 3 distinct (row, item) pairs x 2 tasks, the repeat not twice
     torch.testing.assert_close(scores.grad, torch.ones_like(scores))
 
 
@@ -156,7 +157,7 @@ def test_repeat_bias_with_sampled_softmax_needs_history_negatives(hstu_setup):
 def test_full_sort_agrees_with_predict(hstu_setup, overrides):
     model, _, test = hstu_setup(**overrides)
     if model.repeat_shift is not None:
-        torch.nn.init.constant_(model.repeat_shift, -0.3)
+        torch.nn.init.constant_(model.repeat_shift.shift, -0.3)
     model.eval()
     batch = next(iter(test))[0]
     with torch.no_grad():
@@ -168,7 +169,7 @@ def test_full_sort_agrees_with_predict(hstu_setup, overrides):
 
 def test_sampled_evaluation_encodes_each_history_once(hstu_setup, assert_candidate_copies_encoded_once):
     model, _, test = hstu_setup(repeat_bias=True, history_negatives=True)
-    torch.nn.init.constant_(model.repeat_shift, -0.3)
+    torch.nn.init.constant_(model.repeat_shift.shift, -0.3)
     assert_candidate_copies_encoded_once(model, next(iter(test))[0])
 
 

@@ -13,6 +13,7 @@ from recbole_oneranker.data.converters import convert_dataset
 from recbole_oneranker.data.paths import raw_dataset_dir
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.sequential_recommender import OneRanker
+from recbole_oneranker.model.sequential_recommender.oneranker import TrainingCandidates, force_targets, top_candidates
 from recbole_oneranker.model.tokenizers import kmeans
 from recbole_oneranker.quick_start import run
 
@@ -26,7 +27,7 @@ ONERANKER_TINY = {
     "num_candidates": 6,
     "decoder_positions": 3,
 }
-RANKER_PARTS = ("ranker", "task_heads", "rank_token", "rank_gate", "value_head")
+RANKER_PARTS = ("ranker.", "rank_gate")
 
 
 @pytest.fixture
@@ -47,6 +48,12 @@ def _loss(model, batch, seed=0):
     return sum(model.calculate_loss(batch))
 
 
+def _losses(model, batch, seed=0) -> dict[str, torch.Tensor]:
+    """The weighted parts of the loss by name (with every step and the DC loss on)."""
+    torch.manual_seed(seed)
+    return dict(zip(("generation", "task", "rank", "dc"), model.calculate_loss(batch), strict=True))
+
+
 def test_tasks_follow_the_cascade_then_value(build):
     model, _, _ = build()
     assert model.tasks == ["click", "conversion", "value"]
@@ -55,73 +62,18 @@ def test_tasks_follow_the_cascade_then_value(build):
         build(task_order=["click", "value"])
 
 
-def test_heterogeneous_mask_by_hand(build):
-    model, _, _ = build(n_fake_items=2)
-    T, F = True, False
-    expected = [
-        [T, F, F, T, T],  # task 0 sees itself and the fakes
-        [T, T, F, T, T],  # task 1: tasks <= 1
-        [T, T, T, T, T],
-        [T, T, T, T, F],  # fake 0: every task, itself, not fake 1
-        [T, T, T, F, T],
-    ]
-    assert model.step2_mask.tolist() == expected
-    assert build(n_fake_items=2, heterogeneous_mask=False)[0].step2_mask.all()
-
-
-def _step2_outputs(model, batch):
-    states = model.encode(batch)
-    seq_lens = batch["item_length"]
-    return model._step2(states, (seq_lens - 1).unsqueeze(1), seq_lens)[:, 0]  # [B, Q, D]
-
-
-def test_step2_masks_hold_in_the_outputs(build):
-    model, train, _ = build(task_decoder_layers=1)
-    model.eval()
-    batch = next(iter(train))
-    n_tasks = len(model.tasks)
-    with torch.no_grad():
-        before = _step2_outputs(model, batch)
-        # Random directions: a constant shift would vanish in the layer norms.
-        model.task_tokens[2] += torch.randn(model.hidden_size)  # the last task token
-        after_task = _step2_outputs(model, batch)
-        model.fake_centroids[1] += torch.randn(model.hidden_size)  # fake token 1
-        after_fake = _step2_outputs(model, batch)
-    torch.testing.assert_close(after_task[:, :2], before[:, :2])  # tasks 0 and 1 do not see task 2 (causal)
-    assert not torch.allclose(after_task[:, n_tasks:], before[:, n_tasks:])  # fake tokens see every task
-    torch.testing.assert_close(after_fake[:, n_tasks], after_task[:, n_tasks])  # fake 0 does not see fake 1
-    assert not torch.allclose(after_fake[:, :n_tasks], after_task[:, :n_tasks])  # tasks see every fake
-
-
-def test_candidates_do_not_see_each_other(build):
-    model, train, _ = build()
-    model.eval()
-    batch = next(iter(train))
-    with torch.no_grad():
-        states = model.encode(batch)
-        seq_lens = batch["item_length"]
-        positions = (seq_lens - 1).unsqueeze(1)
-        tokens = model._step2(states, positions, seq_lens)
-        first = torch.randint(1, model.n_items, (len(seq_lens), 1, 5))
-        second = torch.randint(1, model.n_items, (len(seq_lens), 1, 5))
-        second[..., 0] = first[..., 0]  # one shared candidate, four different companions
-        score_a = model._ranker_scores(*model._rank(states, positions, seq_lens, tokens, first))
-        score_b = model._ranker_scores(*model._rank(states, positions, seq_lens, tokens, second))
-    torch.testing.assert_close(score_a[..., 0], score_b[..., 0])
-
-
 def test_fake_items_are_kmeans_centroids_after_refresh(build):
     model, train, _ = build()
     with torch.no_grad():
-        model.item_embedding.weight.normal_()  # training moved the items
+        model.encoder.item_embedding.weight.normal_()  # training moved the items
     model.on_train_epoch_start(0)
-    torch.testing.assert_close(model.fake_centroids, kmeans(model.item_vectors()[1:], 4, seed=0))
+    torch.testing.assert_close(model.task_decoder.fake_centroids, kmeans(model.item_vectors()[1:], 4, seed=0))
     frozen = build(fake_refresh_epochs=0)[0]
-    before = frozen.fake_centroids.clone()
+    before = frozen.task_decoder.fake_centroids.clone()
     with torch.no_grad():
-        frozen.item_embedding.weight.normal_()
+        frozen.encoder.item_embedding.weight.normal_()
     frozen.on_train_epoch_start(0)
-    assert torch.equal(frozen.fake_centroids, before)
+    assert torch.equal(frozen.task_decoder.fake_centroids, before)
 
 
 def test_dual_channel_scores_match_the_two_channels_written_out(build):
@@ -132,12 +84,14 @@ def test_dual_channel_scores_match_the_two_channels_written_out(build):
     task_vectors, fake_outputs = tokens[:, :n_tasks], tokens[:, n_tasks:]
     task_channel = torch.nn.functional.normalize(task_vectors, dim=-1) @ items.t()  # [P, T, C]
     preference = torch.softmax(task_vectors @ fake_outputs.transpose(1, 2) / model.hidden_size**0.5, dim=-1)
-    centroid_similarity = torch.nn.functional.cosine_similarity(items[:, None], model.fake_centroids[None], dim=-1)
+    centroid_similarity = torch.nn.functional.cosine_similarity(
+        items[:, None], model.task_decoder.fake_centroids[None], dim=-1
+    )
     expected = (task_channel + preference @ centroid_similarity.t()) / model.temperature  # [P, T, C]
-    torch.testing.assert_close(model._task_scores(tokens, items), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.task_scores(tokens, items), expected, rtol=1e-4, atol=1e-4)
     # Per-position items ([P, C', D]) score as the same items in the catalogue.
     ids = torch.randint(1, model.n_items, (5, 7))
-    per_position = model._task_scores(tokens, items[ids])  # [P, T, 7]
+    per_position = model.task_scores(tokens, items[ids])  # [P, T, 7]
     torch.testing.assert_close(per_position, expected.gather(2, ids.unsqueeze(1).expand(-1, n_tasks, -1)))
 
 
@@ -146,7 +100,7 @@ def test_hstu_encodes_each_row_once(build, bucket_size):
     model, train, _ = build(length_bucket_size=bucket_size)
     batch = next(iter(train))
     encoded_rows = []
-    model.stack.register_forward_hook(lambda module, args, output: encoded_rows.append(len(args[0])))
+    model.encoder.stack.register_forward_hook(lambda module, args, output: encoded_rows.append(len(args[0])))
     _loss(model, batch)
     assert sum(encoded_rows) == len(batch)  # steps 2 and 3 reuse the states: no second pass
     if bucket_size == 0:
@@ -161,37 +115,39 @@ def test_dc_gradient_reaches_generator_not_ranker(build):
         if name.startswith(RANKER_PARTS):
             assert grad is None or grad.abs().sum() == 0, name
     # Step 2 enters the generator's score through its gate (0 at the start, so the gate is what moves first).
-    for name in ("item_embedding.weight", "stack.blocks.0.uvqk", "task_gate"):
+    for name in ("encoder.item_embedding.weight", "encoder.stack.blocks.0.uvqk", "task_gate"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
 
 
 def test_ranker_learns_only_from_sets_that_retrieved_their_target(build):
     model, train, _ = build()
     batch = next(iter(train))
-
-    training_candidates = model._training_candidates
+    training_candidates = model.training_candidates
 
     def rank_loss(retrieved: bool | None):
         model.rank_forced_targets = retrieved is None
 
-        def found_or_not(retrieval, targets):
-            candidates, _ = training_candidates(retrieval, targets)
-            return candidates, torch.full_like(targets, bool(retrieved), dtype=torch.bool)
+        def found_or_not(interaction, inputs):
+            sets = training_candidates(interaction, inputs)
+            return TrainingCandidates(sets.retrieval, sets.candidates, torch.full_like(sets.retrieved, bool(retrieved)))
 
-        model._training_candidates = found_or_not
-        torch.manual_seed(0)
-        return model._decoder_losses(batch, model.encode(batch))["rank"]
+        model.training_candidates = found_or_not
+        return _losses(model, batch)["rank"]
 
     assert rank_loss(retrieved=False) == 0  # no set found its target: nothing to learn from
     torch.testing.assert_close(rank_loss(retrieved=True), rank_loss(retrieved=None))  # all found = all sets
-    # The real flags: a target is retrieved iff it is among the top num_candidates items (padding excluded);
-    # either way it ends up in the set.
-    del model._training_candidates
+
+
+def test_a_target_is_retrieved_iff_among_the_top_candidates():
+    # Either way it ends up in the set, at the place of the last candidate when it was missed.
     retrieval = torch.tensor([[9.0, 1.0, 5.0, 3.0, 4.0, 2.0, 0.5, 0.2]]).expand(7, -1)  # item 0 = padding
     targets = torch.arange(1, 8)
-    candidates, retrieved = model._training_candidates(retrieval, targets)
-    assert model.num_candidates == 6 and retrieved.tolist() == [True, True, True, True, True, True, False]
+    top = top_candidates(retrieval, 6)
+    assert top[0].tolist() == [2, 4, 3, 5, 1, 6]
+    candidates, retrieved = force_targets(top, targets)
+    assert retrieved.tolist() == [True, True, True, True, True, True, False]
     assert (candidates == targets.unsqueeze(1)).any(dim=1).all()
+    assert candidates[6].tolist() == [2, 4, 3, 5, 1, 7]
 
 
 def test_decoders_without_backbone_gradients(build):
@@ -199,30 +155,29 @@ def test_decoders_without_backbone_gradients(build):
     model, train, _ = build(decoders_train_backbone=False)
     with torch.no_grad():
         model.rank_gate.fill_(0.5)  # at 0 the DC loss is exactly 0
-    batch = next(iter(train))
-    torch.manual_seed(0)
-    states = model.encode(batch)
-    losses = model._decoder_losses(batch, states)
+    losses = _losses(model, next(iter(train)))
     (losses["task"] + losses["rank"]).backward(retain_graph=True)
-    backbone = [name for name, _ in model.named_parameters() if name.startswith(("stack.", "item_embedding", "level_"))]
+    backbone = [name for name, _ in model.named_parameters() if name.startswith(("encoder.", "level_"))]
     for name in backbone:
         grad = model.get_parameter(name).grad
         assert grad is None or grad.abs().sum() == 0, name
-    for name in ("step2.layers.0.cross_attention.query.weight", "ranker.layers.0.self_qkv.weight", "task_tokens"):
+    for name in (
+        "task_decoder.decoder.layers.0.cross_attention.query.weight",
+        "ranker.decoder.layers.0.self_qkv.weight",
+        "task_decoder.task_tokens",
+    ):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
     losses["dc"].backward()
-    for name in ("item_embedding.weight", "stack.blocks.0.uvqk"):
+    for name in ("encoder.item_embedding.weight", "encoder.stack.blocks.0.uvqk"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
 
 
 def test_decoders_with_backbone_gradients(build):
     # decoders_train_backbone: True (the paper's joint training): task and ranking losses reach the backbone too.
     model, train, _ = build(decoders_train_backbone=True)
-    batch = next(iter(train))
-    torch.manual_seed(0)
-    losses = model._decoder_losses(batch, model.encode(batch))
+    losses = _losses(model, next(iter(train)))
     (losses["task"] + losses["rank"]).backward()
-    for name in ("item_embedding.weight", "stack.blocks.0.uvqk", "level_embedding.weight"):
+    for name in ("encoder.item_embedding.weight", "encoder.stack.blocks.0.uvqk", "level_embedding.weight"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
 
 
@@ -231,10 +186,10 @@ def test_history_negatives_reach_the_generation_loss(build):
     model.eval()  # no dropout: only the negatives differ
     batch = next(iter(train))
     torch.manual_seed(0)
-    _, with_seen = model._encode_with_generation_loss(batch)
-    model.history_negatives = False
+    _, with_seen = model.encode_with_generation_loss(batch)
+    model.softmax.config.history_negatives = False
     torch.manual_seed(0)
-    _, without = model._encode_with_generation_loss(batch)
+    _, without = model.encode_with_generation_loss(batch)
     assert with_seen > without
 
 
@@ -256,7 +211,7 @@ SWITCHES = [
     {"inject_step2_kv": False},  # w/o step-2 injection into the ranker
     {"use_step2": False},  # ranker only
     {"use_ranker": False, "gamma": 0.0},  # step 2 only
-    {"use_fake_items": False},  # S2 w/o fake items
+    {"n_fake_items": 0},  # S2 w/o fake items
     {"task_decoupling": False},  # one shared task token
     {"cross_attention_first": False},  # w/o cross-attention prioritization
     {"heterogeneous_mask": False},  # w/o heterogeneous mask
@@ -298,13 +253,13 @@ def test_user_tokens_are_read_before_the_history(build):
 def test_repeat_bias_is_learned_and_keeps_seen_items_out_of_the_candidates(build):
     model, train, test = build(repeat_bias=True, history_negatives=True)
     sum(model.calculate_loss(next(iter(train)))).backward()
-    assert model.repeat_shift.grad.abs() > 0
+    assert model.repeat_shift.shift.grad.abs() > 0
     model.eval()
     batch = next(iter(test))[0]
     seen = torch.zeros(len(batch), model.n_items, dtype=torch.bool).scatter_(1, batch["item_id_list"], True)
     seen[:, 0] = False
     with torch.no_grad():
-        model.repeat_shift.fill_(-3.0)  # below any cosine: seen items sink to the bottom of retrieval
+        model.repeat_shift.shift.fill_(-3.0)  # below any cosine: seen items sink to the bottom of retrieval
         top = model.full_sort_predict(batch).topk(model.num_candidates, dim=1).indices
     assert not seen.gather(1, top).any()
 
@@ -316,11 +271,11 @@ def test_full_sort_puts_ranked_candidates_first(build, overrides):
     batch = next(iter(test))[0]
     with torch.no_grad():
         if model.repeat_shift is not None:
-            model.repeat_shift.fill_(-0.2)
-        scores = model.full_sort_predict(batch)
-        _, _, _, users, tokens = model._last_position(batch)
-        retrieval = model._retrieval_logits(users, tokens.flatten(0, 1), model.item_vectors())
-        candidates = model._candidates(model._shift_seen(retrieval, batch["item_id_list"], in_logits=True))
+            model.repeat_shift.shift.fill_(-0.2)
+        served = model.serve(batch)
+        scores, candidates = served.final_scores, served.candidates
+        torch.testing.assert_close(scores, model.full_sort_predict(batch))
+        assert torch.equal(candidates, top_candidates(served.retrieval_scores, model.num_candidates))
         pointwise = []
         for column in candidates.t():
             batch["item_id"] = column
@@ -364,12 +319,12 @@ def test_oneranker_end_to_end_on_taobao_funnel(tiny_config, taobao_slice):
 
 def test_length_buckets_do_not_change_the_states_or_the_scores(build, assert_length_buckets_change_nothing):
     model, _, test = build(repeat_bias=True, history_negatives=True)
-    torch.nn.init.constant_(model.repeat_shift, -0.2)
+    torch.nn.init.constant_(model.repeat_shift.shift, -0.2)
     assert_length_buckets_change_nothing(model, next(iter(test))[0])
 
 
 def test_sampled_evaluation_encodes_each_history_once(build, assert_candidate_copies_encoded_once):
     model, _, test = build(repeat_bias=True, history_negatives=True)
-    torch.nn.init.constant_(model.repeat_shift, -0.2)
+    torch.nn.init.constant_(model.repeat_shift.shift, -0.2)
     torch.nn.init.constant_(model.rank_gate, 0.5)  # the ranker's score counts in predict
     assert_candidate_copies_encoded_once(model, next(iter(test))[0])

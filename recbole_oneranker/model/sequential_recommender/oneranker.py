@@ -63,6 +63,29 @@ def resolve_task_order(task_order: Sequence[str] | None, tasks: Sequence[str]) -
     return list(task_order)
 
 
+def top_candidates(retrieval: Tensor, num_candidates: int) -> Tensor:
+    """``[P, N]`` the ``num_candidates`` items of highest ``retrieval`` score (``[P, n_items]``), padding excluded."""
+    retrieval = retrieval.detach().clone()
+    retrieval[:, 0] = float("-inf")
+    return retrieval.topk(num_candidates, dim=1).indices
+
+
+def force_targets(candidates: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """``candidates`` (``[P, N]``) with each target (``[P]``) forced in, and whether it was there already, ``[P]``.
+
+    A missed target replaces the last candidate (candidates carry no position, so where it sits tells the ranker
+    nothing).
+
+    >>> candidates, retrieved = force_targets(torch.tensor([[4, 2], [3, 1]]), torch.tensor([2, 5]))
+    >>> candidates.tolist(), retrieved.tolist()
+    ([[4, 2], [3, 5]], [True, False])
+    """
+    retrieved = (candidates == targets.unsqueeze(1)).any(dim=1)
+    candidates = candidates.clone()
+    candidates[~retrieved, -1] = targets[~retrieved]
+    return candidates, retrieved
+
+
 @dataclass
 class DecoderInputs:
     """What steps 2 and 3 read at the ``R`` decoding positions of each of ``B`` rows in training.
@@ -72,6 +95,8 @@ class DecoderInputs:
         positions: ``[B, R]`` decoding positions (each row's last, then uniform draws before it).
         seq_lens: ``[B]`` history lengths.
         tokens: ``[B, R, T + F, D]`` step-2 outputs, or None without step 2.
+        flat_tokens: ``[BR, T + F, D]`` the same, one row per position (one view shared by every reader, so their
+            gradients meet in one place and sum in the same order on every run).
         flat_states: ``[BR, D]`` step-1 states at the positions (not detached: the generator's users).
         targets: ``[BR]`` the next item after each position.
     """
@@ -80,13 +105,9 @@ class DecoderInputs:
     positions: Tensor
     seq_lens: Tensor
     tokens: Tensor | None
+    flat_tokens: Tensor | None
     flat_states: Tensor
     targets: Tensor
-
-    @property
-    def flat_tokens(self) -> Tensor | None:
-        """``[BR, T + F, D]``."""
-        return None if self.tokens is None else self.tokens.flatten(0, 1)
 
 
 @dataclass
@@ -331,23 +352,6 @@ class OneRanker(GenerativeRecommender):
             logits = logits + weight * (last_task @ items.transpose(-1, -2)).squeeze(1)
         return logits
 
-    def _candidates(self, retrieval: Tensor) -> Tensor:
-        """``[P, N]`` top retrieved items (padding excluded)."""
-        retrieval = retrieval.detach().clone()
-        retrieval[:, 0] = float("-inf")
-        return retrieval.topk(self.num_candidates, dim=1).indices
-
-    def _training_candidates(self, retrieval: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """The top retrieved items with each target forced in, ``[P, N]``, and whether retrieval found it, ``[P]``.
-
-        A missed target replaces the last candidate (candidates carry no position, so where it sits tells the
-        ranker nothing).
-        """
-        candidates = self._candidates(retrieval)
-        retrieved = (candidates == targets.unsqueeze(1)).any(dim=1)
-        candidates[~retrieved, -1] = targets[~retrieved]
-        return candidates, retrieved
-
     def _rank(
         self, memory: Tensor, positions: Tensor, seq_lens: Tensor, tokens: Tensor | None, candidates: Tensor
     ) -> tuple[Tensor, Tensor]:
@@ -469,11 +473,13 @@ class OneRanker(GenerativeRecommender):
         rows = torch.arange(len(positions), device=states.device).unsqueeze(1)
         # The decoders' memory; detached, their losses train only them (the generator still learns from L_DC).
         memory = states if self.decoders_train_backbone else states.detach()
+        tokens = self._step2(memory, positions, seq_lens)
         return DecoderInputs(
             memory=memory,
             positions=positions,
             seq_lens=seq_lens,
-            tokens=self._step2(memory, positions, seq_lens),
+            tokens=tokens,
+            flat_tokens=None if tokens is None else tokens.flatten(0, 1),
             flat_states=states[rows, positions].flatten(0, 1),
             targets=targets.gather(1, positions).flatten(),
         )
@@ -486,7 +492,7 @@ class OneRanker(GenerativeRecommender):
             seen = seen_before(interaction[self.ITEM_SEQ])  # causal, so untruncated padding changes nothing
             rows = torch.arange(len(inputs.positions), device=seen.device).unsqueeze(1)
             retrieval = self.shift_seen(retrieval, seen[rows, inputs.positions].flatten(0, 1), in_logits=True)
-        candidates, retrieved = self._training_candidates(retrieval, inputs.targets)
+        candidates, retrieved = force_targets(top_candidates(retrieval, self.num_candidates), inputs.targets)
         return TrainingCandidates(retrieval, candidates, retrieved)
 
     def _decoder_losses(self, interaction, states: Tensor) -> dict[str, Tensor]:
@@ -557,7 +563,7 @@ class OneRanker(GenerativeRecommender):
         retrieval = self.shift_seen(retrieval, interaction[self.ITEM_SEQ], in_logits=True)
         if not self.use_ranker:
             return ServingResult(retrieval_scores=retrieval, final_scores=retrieval)
-        candidates = self._candidates(retrieval)  # [B, N]
+        candidates = top_candidates(retrieval, self.num_candidates)  # [B, N]
         stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, candidates.unsqueeze(1))
         ranker_scores = self.ranker.own_scores(stage_logits, log_value).squeeze(1)  # [B, N]
         candidate_scores = self._served_scores(ranker_scores, retrieval.gather(1, candidates))
