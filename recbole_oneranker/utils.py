@@ -1,82 +1,8 @@
-"""Model and trainer lookup: this package's models first, then every RecBole built-in.
+"""The model lookup's former place: ``config.py`` still imports :func:`get_model` from here.
 
-RecBole's own ``get_model`` only searches ``recbole.model`` and, for an unknown name, fails with an unrelated
-``ModuleNotFoundError: lightgbm``. Here a name resolves to a plugin model (``recbole_oneranker.model.*``), else to a
-RecBole model of the same name, else raises :class:`UnknownModelError` listing the valid choices.
+Delete this file once ``config.py`` imports ``from recbole_oneranker.registry import get_model``.
 """
 
-from __future__ import annotations
+from recbole_oneranker.registry import get_model
 
-import difflib
-import importlib
-import importlib.util
-from functools import cache
-
-from recbole.utils import ModelType
-
-from recbole_oneranker.errors import UnknownModelError
-
-PLUGIN_MODEL_PACKAGES = ("recbole_oneranker.model.sequential_recommender",)
-RECBOLE_MODEL_PACKAGES = tuple(
-    f"recbole.model.{kind}_recommender" for kind in ("general", "context_aware", "sequential", "knowledge_aware")
-)
-
-
-def _model_class_in(package: str, name: str) -> type | None:
-    """The class ``name`` from ``<package>.<name lower-cased>`` (RecBole's one-model-per-file rule), or None."""
-    module_name = f"{package}.{name.lower()}"
-    if importlib.util.find_spec(module_name) is None:
-        return None
-    return getattr(importlib.import_module(module_name), name, None)
-
-
-@cache
-def model_names() -> tuple[str, ...]:
-    """Every model name that :func:`get_model` accepts, plugin models first."""
-    names: list[str] = []
-    for package in PLUGIN_MODEL_PACKAGES + RECBOLE_MODEL_PACKAGES:
-        module = importlib.import_module(package)
-        names += sorted(name for name, value in vars(module).items() if isinstance(value, type))
-    return tuple(dict.fromkeys(names))
-
-
-def get_model(name: str) -> type:
-    """The model class called ``name``: a plugin model if there is one, else RecBole's."""
-    if not isinstance(name, str) or not name.isidentifier():
-        raise UnknownModelError(f"model name must be a Python identifier, got {name!r}")
-    for package in PLUGIN_MODEL_PACKAGES + RECBOLE_MODEL_PACKAGES:
-        model_class = _model_class_in(package, name)
-        if model_class is not None:
-            return model_class
-    raise UnknownModelError(_unknown_model_message(name))
-
-
-def _unknown_model_message(name: str) -> str:
-    names = model_names()
-    by_lower = {candidate.lower(): candidate for candidate in names}
-    if name.lower() in by_lower:
-        return f"unknown model '{name}': did you mean '{by_lower[name.lower()]}'? (names are case-sensitive)"
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-    hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"unknown model '{name}';{hint} valid models: {', '.join(names)}"
-
-
-def get_trainer(model_type: ModelType, model_name: str) -> type:
-    """The trainer for a model, with this package's run safety (safe checkpoints, per-run paths, ...).
-
-    A model trains with RecBole's special trainer where RecBole has one (``NCLTrainer``, ``KGTrainer``, ...),
-    with :class:`recbole_oneranker.trainer.RunSafetyMixin` mixed in; every other model, plugin or built-in, uses
-    :class:`recbole_oneranker.trainer.Trainer`, so all rows of a comparison share checkpoint and evaluation code.
-    """
-    from recbole.trainer import Trainer as RecBoleTrainer
-    from recbole.utils import get_trainer as recbole_get_trainer
-
-    from recbole_oneranker import trainer
-
-    plugin_trainer = getattr(trainer, f"{model_name}Trainer", None)
-    if plugin_trainer is not None:
-        return plugin_trainer
-    recbole_trainer = recbole_get_trainer(model_type, model_name)
-    if recbole_trainer is RecBoleTrainer:
-        return trainer.Trainer
-    return trainer.with_run_safety(recbole_trainer)
+__all__ = ["get_model"]
