@@ -236,8 +236,11 @@ def _served_sets(model, loader: Iterable) -> Iterator[tuple[Interaction, Tensor,
 
 
 def _rank_summary(ranks: Tensor) -> dict[str, float]:
-    """Mean rank, HR@1 and NDCG (no cut-off) of targets at the 1-based ``ranks`` within their sets."""
+    """Mean rank, HR@1 and NDCG (no cut-off) of targets at the 1-based ``ranks`` within their sets (NaN for
+    none: e.g. no held-out set whose target retrieval found)."""
     ranks = ranks.cpu().numpy()
+    if not len(ranks):
+        return dict.fromkeys(("mean rank", "HR@1", "NDCG"), math.nan)
     return {"mean rank": float(ranks.mean()), "HR@1": float(rank_metrics(ranks, 1)["hit"].mean()),
             "NDCG": float(rank_metrics(ranks)["ndcg"].mean())}  # fmt: skip
 
