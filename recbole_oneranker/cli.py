@@ -17,7 +17,7 @@ from typing import Any
 
 from recbole_oneranker.compat import IncompatibleEnvironmentError
 from recbole_oneranker.errors import ConfigError, UnknownModelError
-from recbole_oneranker.utils import model_names
+from recbole_oneranker.registry import model_names
 
 USAGE_ERROR = 2
 

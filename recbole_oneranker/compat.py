@@ -29,7 +29,8 @@ logger call, and :func:`apply` runs the import-time ones once when ``recbole_one
    values with ``eval`` inside a method whose locals are ``key``, ``param``, ``value`` and ``config_dict``: so
    ``--value_field=value`` becomes the previous key's value, ``--x=key`` the key's name (silently), and any
    expression runs. -> :func:`convert_config_strings` reads Python literals only (``ast.literal_eval``: numbers,
-   lists, dicts, None, True/False in any case); every other string stays the string it is.
+   lists, dicts, None, True/False in any case); every other string stays the string it is. The rule is
+   that of :mod:`recbole_oneranker.overrides`, which every ``KEY=VALUE`` of the CLI, tuning and benchmarks goes through.
 9. With ``compile_model: True``, torch 2.13's Inductor rewrites softmax attention (``softmax(q k^T / s [+ mask])
    [dropout] v``, ``torch/_inductor/fx_passes/fuse_attention.py``) into a fused call, and gets two of RecBole's
    attention layers wrong. With one head, the rewrite of ``MultiHeadAttention`` (patterns 5 and 6) returns
@@ -54,7 +55,6 @@ logger call, and :func:`apply` runs the import-time ones once when ``recbole_one
 
 from __future__ import annotations
 
-import ast
 import math
 import os
 import uuid
@@ -65,6 +65,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from recbole_oneranker.overrides import parse_value
 
 _NUMPY_ALIASES = {"float_": "float64", "complex_": "complex128", "unicode_": "str_", "bool8": "bool_"}
 
@@ -156,17 +158,11 @@ def default_negatives_for_ce(final_config: dict[str, Any], external_config: dict
 
 
 def convert_config_strings(config: dict[str, Any]) -> dict[str, Any]:
-    """Fix 8: each string value of ``config`` that is a Python literal becomes that value, in place; returns it."""
+    """Fix 8: each string value of ``config`` becomes what :func:`~recbole_oneranker.overrides.parse_value` reads
+    in it (a Python literal, else the string), in place; returns ``config``."""
     for key, text in config.items():
-        if not isinstance(text, str):
-            continue
-        if text.lower() in ("true", "false"):  # RecBole also takes true/false in any case
-            config[key] = text.lower() == "true"
-            continue
-        try:
-            config[key] = ast.literal_eval(text)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            pass  # not a literal: a string such as 'value', 'inf' or '[0,inf)'
+        if isinstance(text, str):
+            config[key] = parse_value(text)
     return config
 
 

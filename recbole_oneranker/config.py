@@ -34,9 +34,10 @@ from recbole.utils.argument_list import (
 
 from recbole_oneranker import compat
 from recbole_oneranker.errors import ConfigError, UnknownModelError
-from recbole_oneranker.utils import get_model
+from recbole_oneranker.overrides import parse_assignments
+from recbole_oneranker.registry import get_model
+from recbole_oneranker.resources import resource_dir
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 RECBOLE_PROPERTIES_DIR = Path(recbole.__file__).resolve().parent / "properties"
 EMBEDDED_DATASET = "ml-100k"
 
@@ -50,20 +51,12 @@ RUNTIME_KEYS = frozenset(
 )  # fmt: skip
 
 
-def _resource_dir(name: str) -> Path:
-    """``properties`` / ``dataset_configs``: inside the package in a wheel, at the repository root otherwise."""
-    for candidate in (PACKAGE_DIR / name, PACKAGE_DIR.parent / name):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"recbole_oneranker is installed without its '{name}' folder")
-
-
 def properties_dir() -> Path:
-    return _resource_dir("properties")
+    return resource_dir("properties")
 
 
 def dataset_configs_dir() -> Path:
-    return _resource_dir("dataset_configs")
+    return resource_dir("dataset_configs")
 
 
 # A model yaml may name the model yaml whose keys it inherits (``extends: HSTU``); the key itself is no setting.
@@ -188,15 +181,7 @@ class Config(RecBoleConfig):
         self._check_dataset_files()
 
     def _load_cmd_line(self) -> dict[str, Any]:
-        cmd_config: dict[str, Any] = {}
-        for arg in self._cmd_args:
-            name, sep, value = arg.removeprefix("--").partition("=")
-            if not arg.startswith("--") or not sep or not name:
-                raise ConfigError(f"cannot read argument '{arg}': write overrides as --key=value")
-            if name in cmd_config and cmd_config[name] != value:
-                raise ConfigError(f"argument --{name} is given twice with different values")
-            cmd_config[name] = value
-        return self._convert_config_dict(cmd_config)
+        return parse_assignments(self._cmd_args, "argument", prefix="--")
 
     def _convert_config_dict(self, config_dict: dict[str, Any]) -> dict[str, Any]:
         return compat.convert_config_strings(config_dict)

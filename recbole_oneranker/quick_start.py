@@ -1,7 +1,7 @@
-"""``run`` and ``objective_function``: RecBole's quick-start flow with plugin lookups, and without ray.
+"""``run``: RecBole's quick-start flow with plugin lookups, and without ray.
 
 ``recbole.quick_start`` imports ray (for ``tune.report``), finds models only inside ``recbole.model`` and names
-checkpoints by the second. These functions follow the same steps (config, seed, logger, dataset, split, model,
+checkpoints by the second. ``run`` follows the same steps (config, seed, logger, dataset, split, model,
 trainer, fit, test) with this package's ``Config``, dataset, model lookup and trainer.
 """
 
@@ -29,9 +29,10 @@ from recbole_oneranker import compat
 from recbole_oneranker.config import RUNTIME_KEYS, Config, known_keys
 from recbole_oneranker.data import create_dataset
 from recbole_oneranker.errors import ConfigError
-from recbole_oneranker.evaluator import ValueCollector, target_ranks
-from recbole_oneranker.evaluator.protocol import describe_protocol
-from recbole_oneranker.utils import get_model, get_trainer
+from recbole_oneranker.evaluator import ValueCollector
+from recbole_oneranker.evaluator.protocol import Protocol
+from recbole_oneranker.registry import get_model
+from recbole_oneranker.trainer_lookup import get_trainer
 
 CANDIDATE_TOPK = (1, 3, 5, 10, 15)
 # candidate_sampling -> RecBole's negative-sampling distribution and the prefix of its evaluation mode (uni29, pop29)
@@ -90,11 +91,13 @@ def run(
 
     Returns:
         dict with ``model``, ``dataset``, ``run_id``, ``best_valid_score``, ``valid_score_bigger``,
-        ``best_valid_result``, ``test_result``, ``test_ranks`` (per test user, the 1-based rank of the target within
-        the top ``max(topk)``, 0 beyond), ``test_users`` (their user ids, in the same order), ``candidate_result``
-        (:func:`evaluate_candidate_set`, or None), ``protocol``, ``saved_model_file``, ``log_file``, ``wall_time_s``
-        (with ``resume_training``, also the training seconds of the earlier processes of this ``run_id``) and
-        ``device`` (what it trained on, e.g. ``'cuda: NVIDIA H100 80GB HBM3, then cpu'`` for a run
+        ``best_valid_result``, ``test_result``, ``test_ranks`` (per test user, the 1-based rank of the target among
+        all items: :func:`~recbole_oneranker.evaluator.ranking.target_ranks`), ``test_users`` (their user ids, in
+        the same order), ``candidate_result`` (:func:`evaluate_candidate_set`, or None), ``protocol`` (its
+        line) and ``protocol_fields`` (the :class:`~recbole_oneranker.evaluator.protocol.Protocol` as plain
+        values), ``saved_model_file``, ``log_file``,
+        ``wall_time_s`` (with ``resume_training``, also the training seconds of the earlier processes of this
+        ``run_id``) and ``device`` (what it trained on, e.g. ``'cuda: NVIDIA H100 80GB HBM3, then cpu'`` for a run
         resumed on another machine; see :func:`~recbole_oneranker.trainer.describe_device`).
     """
     start = time.perf_counter()
@@ -121,8 +124,7 @@ def run(
         train_data, valid_data, saved=saved, show_progress=show_progress, callback_fn=callback_fn
     )
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show_progress)
-    test_struct = trainer.eval_collector.last_struct
-    test_ranks = target_ranks(test_struct) if test_result and "rec.topk" in test_struct else None
+    test_ranks = trainer.eval_collector.last_ranks if test_result else None
     test_users = trainer.eval_collector.last_users if test_ranks is not None else None
 
     candidate_result = None
@@ -131,8 +133,8 @@ def run(
         candidate_result = evaluate_candidate_set(config, trainer, dataset, splits, config["candidate_negatives"])
         logger.info(set_color("candidate-set test", "yellow") + f": {candidate_result}")
 
-    protocol = describe_protocol(config, dataset)
-    logger.info(set_color("protocol", "yellow") + f": {protocol}")
+    protocol = Protocol.of(config, dataset)
+    logger.info(set_color("protocol", "yellow") + f": {protocol.render()}")
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     trainer.discard_snapshot()  # the results are complete: a re-run with this run_id trains afresh
@@ -147,7 +149,8 @@ def run(
         "test_ranks": test_ranks,
         "test_users": test_users,
         "candidate_result": candidate_result,
-        "protocol": protocol,
+        "protocol": protocol.render(),
+        "protocol_fields": protocol.fields(),
         "saved_model_file": trainer.saved_model_file if saved else None,
         "log_file": log_file,
         "wall_time_s": time.perf_counter() - start + trainer.elapsed_before_s,
@@ -241,13 +244,3 @@ def load_data_and_model(
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model.to(config["device"]).eval(), dataset, train_data, valid_data, test_data
-
-
-def objective_function(
-    config_dict: dict[str, Any] | None = None,
-    config_file_list: list[str] | None = None,
-    saved: bool = True,
-    callback_fn: Callable[[int, float], None] | None = None,
-) -> dict[str, Any]:
-    """RecBole's ``objective_function`` contract (model and dataset come from the config), for tuning."""
-    return run(config_file_list=config_file_list, config_dict=config_dict, saved=saved, callback_fn=callback_fn)

@@ -17,7 +17,7 @@ from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import ModelType, set_color
 
 from recbole_oneranker import compat
-from recbole_oneranker.evaluator import ValueCollector
+from recbole_oneranker.evaluator import ValueCollector, ranking
 
 
 class RunSafetyMixin:
@@ -206,10 +206,9 @@ class RunSafetyMixin:
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
         if self.mask_seen_items:
-            history = interaction[self.model.ITEM_SEQ].to(scores.device)  # [B, L], 0-padded
-            # Column 0 (padding) is already -inf, so padded history slots are harmless. As in HSTU, a target
-            # the user has seen before is masked too: this protocol does not reward repeat consumption.
-            scores.scatter_(1, history, -np.inf)
+            # As in HSTU, a target the user has seen before is masked too: this protocol does not reward repeat
+            # consumption.
+            scores = ranking.mask_seen_items(scores, interaction[self.model.ITEM_SEQ])
         return interaction, scores, positive_u, positive_i
 
 

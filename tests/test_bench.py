@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+from recbole_oneranker.bench import common, quality, speed, summary
 
-import quality  # noqa: E402
-import speed  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_ROWS = {
     "common": {
@@ -92,7 +90,7 @@ def _ml100k_variants(model_name: str, settings: dict, split: int):
 
     from recbole_oneranker.config import Config
     from recbole_oneranker.data import create_dataset
-    from recbole_oneranker.utils import get_model
+    from recbole_oneranker.registry import get_model
 
     config = Config(model_name, "ml-100k", config_dict=settings)
     splits = data_preparation(config, create_dataset(config))
@@ -125,26 +123,38 @@ def test_training_flops_grow_with_the_decoders():
 def test_row_commands_survive_the_shell():
     import shlex
 
-    from common import run_command
-
     settings = {"metrics": ["Hit", "NDCG"], "topk": [1, 5], "valid_metric": "NDCG@10", "note": 'say "hi" $HOME'}
-    words = shlex.split(run_command("HSTU", "ml-100k", settings))
+    words = shlex.split(common.run_command("HSTU", "ml-100k", settings))
     assert words == ["run_recbole", "--model=HSTU", "--dataset=ml-100k", "--metrics=['Hit', 'NDCG']",
                      "--topk=[1, 5]", "--valid_metric=NDCG@10", '--note=say "hi" $HOME']  # fmt: skip
 
 
-def test_protocol_parts_split_only_between_parts():
-    from recbole_oneranker.evaluator.protocol import protocol_parts
+def test_protocol_renders_the_line_results_tables_have_always_shown():
+    from recbole_oneranker.evaluator.protocol import Protocol
 
-    parts = ["random split ([0.8, 0.1, 0.1])", "full ranking over all 1,682 items", "whole-sequence training",
-             "value = rating: the 1-5 rating, a proxy (no price)"]  # fmt: skip
-    assert protocol_parts(", ".join(parts)) == parts
+    note = "the 1-5 rating, a proxy (no price)"
+    protocol = Protocol(split={"RS": [0.8, 0.1, 0.1]}, ranking="full", n_items=1683, candidate_negatives=29,
+                        whole_sequence=True, value_field="rating", value_note=note)  # fmt: skip
+    assert protocol.render() == (
+        "random split ([0.8, 0.1, 0.1]), full ranking over all 1,682 items, seen items kept (RecBole default), "
+        "candidate set: target + 29 uniform negatives, whole-sequence training, "
+        "value = rating: the 1-5 rating, a proxy (no price)"
+    )
+    assert Protocol(**json.loads(json.dumps(protocol.fields()))) == protocol  # what a results row stores
+    sampled = Protocol(split={"LS": "valid_and_test"}, ranking="pop99", n_items=10, mask_seen_items=True)
+    assert sampled.render() == "leave-one-out (valid_and_test), target + 99 popularity-sampled negatives"
+
+
+def _protocol_row(label: str, **fields) -> dict:
+    shared = {"split": {"LS": "valid_and_test"}, "ranking": "full", "n_items": 10, "value_field": "v",
+              "value_note": "a, b"}  # fmt: skip
+    return {"label": label, "protocol_fields": json.dumps({**shared, **fields})}
 
 
 def test_report_states_the_shared_protocol_once_and_what_rows_add_to_it():
-    shared, value = "leave-one-out (valid_and_test), full ranking over all 9 items", "value = v: a, b"
-    rows = [{"label": "SASRec", "protocol": f"{shared}, {value}"}]
-    rows += [{"label": label, "protocol": f"{shared}, whole-sequence training, {value}"} for label in ("A", "B", "A")]
+    shared = "leave-one-out (valid_and_test), full ranking over all 9 items, seen items kept (RecBole default)"
+    value = "value = v: a, b"
+    rows = [_protocol_row("SASRec")] + [_protocol_row(label, whole_sequence=True) for label in ("A", "B", "A")]
     assert quality.protocol_line(rows) == (
         f"Protocol: {shared}, {value}. Rows differ in: none of that (SASRec); whole-sequence training (A, B)."
     )
@@ -152,10 +162,11 @@ def test_report_states_the_shared_protocol_once_and_what_rows_add_to_it():
 
 
 def test_result_tables_sharing_a_file_keep_each_others_rows(tmp_path):
-    from common import ResultTable
-
     path = tmp_path / "shared.csv"
-    first, second = ResultTable(path), ResultTable(path)  # two benchmark processes, both started on an empty file
+    first, second = (
+        common.ResultTable(path),
+        common.ResultTable(path),
+    )  # two benchmark processes, both started on an empty file
     first.append({"key": "a", "test_ndcg@10": 0.1})
     second.append({"key": "b", "test_ndcg@10": 0.2, "test_gmv@10": 0.3})  # a new column, too
     rows = list(csv.DictReader(path.open()))
@@ -165,8 +176,6 @@ def test_result_tables_sharing_a_file_keep_each_others_rows(tmp_path):
 
 
 def test_a_changed_package_default_makes_rows_stale(tmp_path, monkeypatch):
-    import common
-
     from recbole_oneranker import config
 
     settings = {"MAX_ITEM_LIST_LENGTH": 50, "seed": 2020}
@@ -184,8 +193,6 @@ def test_a_changed_package_default_makes_rows_stale(tmp_path, monkeypatch):
 
 
 def test_rows_record_the_code_version_and_results_do_not_make_it_dirty(monkeypatch, tmp_path):
-    import common
-
     def git(*args):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
 
@@ -211,8 +218,6 @@ def test_rows_record_the_code_version_and_results_do_not_make_it_dirty(monkeypat
 
 
 def test_a_default_a_row_overrides_does_not_make_it_stale(monkeypatch):
-    import common
-
     settings = {"dropout_prob": 0.3, "seed": 2020}
     before = common.row_key("HSTU", "HSTU", "ml-100k", settings)
     defaults = common.package_defaults("HSTU", "ml-100k")
@@ -221,8 +226,6 @@ def test_a_default_a_row_overrides_does_not_make_it_stale(monkeypatch):
 
 
 def test_a_default_that_cannot_change_results_does_not_make_rows_stale(monkeypatch):
-    import common
-
     settings = {"seed": 2020}
     defaults = common.package_defaults("HSTU", "ml-100k")
     before = common.row_key("HSTU", "HSTU", "ml-100k", settings)
@@ -233,8 +236,6 @@ def test_a_default_that_cannot_change_results_does_not_make_rows_stale(monkeypat
 
 
 def test_a_key_added_with_the_old_behaviour_keeps_rows_until_its_value_changes(monkeypatch):
-    import common
-
     settings = {"seed": 2020}
     defaults = common.package_defaults("OneRanker", "ml-100k")
     before = common.row_key("OneRanker", "OneRanker", "ml-100k", settings)  # made before the key existed
@@ -247,22 +248,18 @@ def test_a_key_added_with_the_old_behaviour_keeps_rows_until_its_value_changes(m
 
 
 def test_paired_difference_matches_users_across_orders():
-    from common import paired_difference, per_user_mean
-
     # Two seeds of row A (users in different orders) and row B, which tested user 4 that A did not.
-    a = per_user_mean(
+    a = common.per_user_mean(
         [np.array([1, 2, 3]), np.array([3, 1, 2])], [np.array([0.2, 0.4, 0.0]), np.array([1.0, 0.0, 0.4])]
     )
     b = (np.array([4, 3, 2, 1]), np.array([9.0, 0.5, 0.1, 0.1]))
     np.testing.assert_allclose(a[1], [0.1, 0.4, 0.5])  # users 1, 2, 3
-    np.testing.assert_allclose(paired_difference(a, b), [0.0, 0.3, 0.0])
+    np.testing.assert_allclose(common.paired_difference(a, b), [0.0, 0.3, 0.0])
 
 
 def test_reported_ml100k_rows_carry_the_command_of_their_settings():
     # A row re-keyed after a default changed must also name the setting it ran with, or its command reruns another
     # model (checked on the committed ml-100k tables, whose data needs no conversion).
-    from common import config_hash, run_command
-
     for bench_config in (
         None,
         REPO / "bench/configs/ml-100k-ablation.yaml",
@@ -274,5 +271,31 @@ def test_reported_ml100k_rows_carry_the_command_of_their_settings():
             if row["label"] not in config["rows"]:
                 continue
             model, settings = quality.row_settings(config, row["label"], {"seed": int(row["seed"])})
-            if config_hash(row["label"], model, "ml-100k", settings) == row["config_hash"]:  # a reported row
-                assert row["command"] == run_command(model, "ml-100k", settings), (table.name, row["label"])
+            if common.config_hash(row["label"], model, "ml-100k", settings) == row["config_hash"]:  # a reported row
+                assert row["command"] == common.run_command(model, "ml-100k", settings), (table.name, row["label"])
+
+
+def test_summary_picks_each_models_best_row_on_validation(tmp_path, monkeypatch):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    bench = {"rows": {"A": {"model": "HSTU", "n_layers": 1}, "B": {"model": "HSTU", "n_layers": 2},
+                      "S": {"model": "SASRec"}}}  # fmt: skip
+    (configs / "ml-100k.yaml").write_text(yaml.safe_dump(bench))
+    monkeypatch.setattr(summary, "CONFIG_DIR", configs)
+    hashes = common.config_hashes(bench, "ml-100k", {})
+    fields = json.dumps({"split": {"LS": "valid_and_test"}, "ranking": "full", "n_items": 1683})
+    table = common.ResultTable(tmp_path / "ml-100k.csv")
+    runs = [("A", 1, 0.05, 0.04), ("A", 2, 0.07, 0.06), ("B", 1, 0.055, 0.09), ("S", 1, 0.03, 0.02)]
+    runs += [("B", 2, 0.9, 0.9, "made before a default changed")]
+    for label, seed, valid, test, *stale in runs:
+        table.append({"key": f"{label}{seed}", "config_hash": "stale" if stale else hashes[label], "label": label,
+                      "model": bench["rows"][label]["model"], "seed": seed, "protocol_fields": fields,
+                      "command": f"run_recbole {label} --seed={seed}", "valid_ndcg@10": valid, "test_ndcg@10": test,
+                      "test_hit@10": test})  # fmt: skip
+    text = summary.write_summary(tmp_path).read_text()
+    assert "## ml-100k\n\nProtocol: leave-one-out (valid_and_test), full ranking over all 1,682 items" in text
+    # A's mean validation (0.06) beats B's (0.055): A is HSTU's best, whatever B scored on test
+    assert (
+        "| HSTU | A | 2 | 0.0600 | 0.0500 | 0.0500 | - | [ml-100k.md](ml-100k.md) | `run_recbole A --seed=1` |" in text
+    )
+    assert "| SASRec | S | 1 | 0.0300 |" in text and "| HSTU | B |" not in text

@@ -11,7 +11,7 @@ import torch
 from recbole_oneranker import compat
 from recbole_oneranker.config import Config, known_keys
 from recbole_oneranker.errors import ConfigError, UnknownModelError
-from recbole_oneranker.utils import get_model
+from recbole_oneranker.registry import get_model
 
 
 def test_builtin_ce_model_runs_without_explicit_negatives():

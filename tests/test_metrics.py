@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from recbole.evaluator import Evaluator
 from recbole.evaluator.collector import DataStruct
 from recbole.evaluator.register import metric_types, metrics_dict
 
-from recbole_oneranker.evaluator import GMV, target_ranks
+from recbole_oneranker.evaluator import GMV
+from recbole_oneranker.evaluator.ranking import mask_seen_items, rank_metrics, target_ranks
 
 METRIC_CONFIG = {"topk": [1, 2, 3], "metric_decimal_place": 4, "metrics": ["Hit", "GMV"]}
 
@@ -51,5 +53,36 @@ def test_gmv_is_registered_as_ranking_metric():
     assert metric_types["gmv"] == metric_types["hit"]
 
 
-def test_target_ranks_by_hand():
-    assert target_ranks(_struct([1, 3, None, 2], [1.0] * 4)).tolist() == [1, 3, 0, 2]
+def test_target_ranks_count_ties_for_the_target_and_put_masked_targets_last():
+    scores = torch.tensor([[-float("inf"), 0.5, 0.2, 0.9], [-float("inf"), -float("inf"), 0.3, 0.1],
+                           [-float("inf"), 0.4, 0.4, 0.1]])  # fmt: skip
+    is_target = torch.tensor([[False, False, True, False], [False, True, False, False], [False, False, True, False]])
+    assert target_ranks(scores, is_target).tolist() == [3, 3, 1]  # row 2: a tie with item 1 leaves the target first
+
+
+def test_rank_metrics_by_hand():
+    metrics = rank_metrics(np.array([1, 3, 0, 11]), k=10)  # 0: not ranked; 11: beyond the cut-off
+    np.testing.assert_allclose(metrics["hit"], [1, 1, 0, 0])
+    np.testing.assert_allclose(metrics["ndcg"], [1, 0.5, 0, 0])  # 1 / log2(3 + 1)
+    np.testing.assert_allclose(metrics["mrr"], [1, 1 / 3, 0, 0])
+    assert rank_metrics(np.array([11]))["hit"].tolist() == [1.0]  # no cut-off
+
+
+def test_ranks_agree_with_recboles_evaluator(monkeypatch):
+    monkeypatch.setattr(np, "float", float, raising=False)  # RecBole's NDCG reads it; its Config restores it so
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.3], [0.8, 0.2, 0.6, 0.4], [0.3, 0.2, 0.1, 0.9]])
+    targets = torch.tensor([2, 3, 0])
+    ranks = target_ranks(scores, torch.nn.functional.one_hot(targets, 4).bool())
+    assert ranks.tolist() == [2, 3, 2]
+    struct = _struct(ranks.tolist(), [1.0] * 3)  # RecBole's rec.topk rows of targets at those ranks
+    recbole = Evaluator({"topk": [1, 2, 3], "metric_decimal_place": 6, "metrics": ["NDCG", "MRR"]}).evaluate(struct)
+    for k in (1, 2, 3):
+        mine = rank_metrics(ranks.numpy(), k)
+        assert recbole[f"ndcg@{k}"] == pytest.approx(mine["ndcg"].mean(), abs=1e-6)
+        assert recbole[f"mrr@{k}"] == pytest.approx(mine["mrr"].mean(), abs=1e-6)
+
+
+def test_seen_items_are_masked_but_not_the_padding_item():
+    scores = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    masked = mask_seen_items(scores.clone(), torch.tensor([[3, 1, 0]]))  # 0-padded history
+    assert masked.tolist() == [[0.0, -float("inf"), 2.0, -float("inf")]]

@@ -1,4 +1,5 @@
-"""The wheel ships properties/ and dataset_configs/ inside the package, so a non-editable install finds them."""
+"""The wheel ships properties/, dataset_configs/, bench/configs/ and tuning/spaces/ inside the package, so a
+non-editable install finds them."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def test_wheel_contains_every_yaml_and_the_console_script(tmp_path):
     )
     (wheel,) = tmp_path.glob("recbole_oneranker-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for folder in ("properties", "dataset_configs"):
+    for folder in ("properties", "dataset_configs", "bench/configs", "tuning/spaces"):
         for yaml_file in (REPO / folder).rglob("*.yaml"):
             assert f"recbole_oneranker/{folder}/{yaml_file.relative_to(REPO / folder)}" in names
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))

@@ -12,8 +12,9 @@ from recbole.model.layers import LightMultiHeadAttention
 
 from recbole_oneranker.config import Config, ConfigError
 from recbole_oneranker.data import create_dataset
+from recbole_oneranker.registry import get_model
 from recbole_oneranker.trainer import Trainer, compile_forward
-from recbole_oneranker.utils import get_model, get_trainer
+from recbole_oneranker.trainer_lookup import get_trainer
 
 
 def _setup(tiny_config, **overrides):
@@ -96,7 +97,7 @@ def test_candidate_set_protocol(tiny_config):
 
 
 def test_popularity_sampled_candidates_are_drawn_by_popularity(tiny_config):
-    from recbole_oneranker.evaluator.protocol import describe_protocol
+    from recbole_oneranker.evaluator.protocol import Protocol
     from recbole_oneranker.quick_start import candidate_set_loader
 
     def draws(sampling):
@@ -108,7 +109,7 @@ def test_popularity_sampled_candidates_are_drawn_by_popularity(tiny_config):
         assert candidate_config["eval_args"]["mode"]["test"] == f"{sampling[:3]}9"
         np.random.seed(0)
         items = torch.cat([batch[0]["item_id"] for batch in loader])  # targets and negatives
-        protocol = describe_protocol(config, dataset)
+        protocol = Protocol.of(config, dataset).render()
         return items, np.bincount(dataset.inter_feat["item_id"].numpy(), minlength=dataset.item_num), protocol
 
     (uniform, counts, uniform_protocol), (popular, _, popular_protocol) = draws("uniform"), draws("popularity")

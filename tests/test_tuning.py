@@ -17,16 +17,14 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from recbole_oneranker.config import Config, known_keys
+from recbole_oneranker.tuning import report, search, spaces
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tuning"))
-
-import report  # noqa: E402
-import search  # noqa: E402
-
 TINY_SET = [
     "hidden_size=16", "attention_dim=8", "linear_hidden_dim=8", "n_heads=1", "MAX_ITEM_LIST_LENGTH=20",
-    "train_batch_size=256", "eval_batch_size=256", "show_progress=False", "state=ERROR", "load_col=~",
-    "cascade_fields=[click,conversion]", "value_field=rating", "metrics=[Hit,NDCG,GMV]", "topk=[5,10]",
+    "train_batch_size=256", "eval_batch_size=256", "show_progress=False", "state=ERROR", "load_col=None",
+    "cascade_fields=['click','conversion']", "value_field=rating", "metrics=['Hit','NDCG','GMV']", "topk=[5,10]",
 ]  # fmt: skip
 DEADLINE_S = 90
 
@@ -254,17 +252,17 @@ def test_mistakes_print_one_line_and_exit_2(tmp_path, tiny_data_path, capsys, ex
 
 
 def test_task_order_is_a_categorical_over_the_dataset_task_orders(tiny_data_path):
-    space = search.load_space("OneRanker", search.SPACES_DIR)
-    config = search.Config("OneRanker", "ml-tiny", config_dict={"data_path": str(tiny_data_path), "load_col": None,
+    space = spaces.load_space("OneRanker", spaces.SPACES_DIR)
+    config = Config("OneRanker", "ml-tiny", config_dict={"data_path": str(tiny_data_path), "load_col": None,
                            "cascade_fields": ["click", "conversion"], "value_field": "rating"})  # fmt: skip
-    tasks = search.dataset_tasks(config)
+    tasks = spaces.dataset_tasks(config)
     assert tasks == ["click", "conversion", "value"]
-    distribution = search.to_distribution("task_order", space["task_order"], tasks, search.SPACES_DIR)
+    distribution = spaces.to_distribution("task_order", space["task_order"], tasks, spaces.SPACES_DIR)
     assert len(distribution.choices) == 6 and "click>conversion>value" in distribution.choices
-    assert search.params_to_config({"task_order": "value>click>conversion"}, space) == {
+    assert spaces.params_to_config({"task_order": "value>click>conversion"}, space) == {
         "task_order": ["value", "click", "conversion"]}  # fmt: skip
     for model in ("OneRanker", "HSTU", "SASRec"):
-        assert set(search.load_space(model, search.SPACES_DIR)) <= search.known_keys()
+        assert set(spaces.load_space(model, spaces.SPACES_DIR)) <= known_keys()
 
 
 def test_pruning_reporter_reports_and_prunes():

@@ -1,4 +1,5 @@
-"""Evaluation additions: the GMV@K metric and the collector that feeds it target values.
+"""Evaluation additions: the GMV@K metric, the collector that feeds it target values, the ranks of targets and the
+seen-item mask (:mod:`.ranking`), and the protocol of a run (:mod:`.protocol`).
 
 RecBole builds its metric registry at import from the classes defined in ``recbole.evaluator.metrics``;
 ``Config``, ``Evaluator`` and ``Collector`` all read the same four module-level objects, so registering a metric
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from recbole.evaluator import register as recbole_register
 
-from recbole_oneranker.evaluator.collector import ValueCollector, target_ranks
+from recbole_oneranker.evaluator.collector import ValueCollector
 from recbole_oneranker.evaluator.metrics import GMV
 
 PLUGIN_METRICS = (GMV,)
@@ -26,4 +27,4 @@ def register() -> None:
             recbole_register.smaller_metrics.append(name)
 
 
-__all__ = ["GMV", "ValueCollector", "register", "target_ranks"]
+__all__ = ["GMV", "ValueCollector", "register"]

@@ -1,4 +1,4 @@
-"""Model and trainer lookup: this package's models first, then every RecBole built-in.
+"""Model lookup: this package's models first, then every RecBole built-in.
 
 RecBole's own ``get_model`` only searches ``recbole.model`` and, for an unknown name, fails with an unrelated
 ``ModuleNotFoundError: lightgbm``. Here a name resolves to a plugin model (``recbole_oneranker.model.*``), else to a
@@ -11,8 +11,6 @@ import difflib
 import importlib
 import importlib.util
 from functools import cache
-
-from recbole.utils import ModelType
 
 from recbole_oneranker.errors import UnknownModelError
 
@@ -59,24 +57,3 @@ def _unknown_model_message(name: str) -> str:
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
     hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return f"unknown model '{name}';{hint} valid models: {', '.join(names)}"
-
-
-def get_trainer(model_type: ModelType, model_name: str) -> type:
-    """The trainer for a model, with this package's run safety (safe checkpoints, per-run paths, ...).
-
-    A model trains with RecBole's special trainer where RecBole has one (``NCLTrainer``, ``KGTrainer``, ...),
-    with :class:`recbole_oneranker.trainer.RunSafetyMixin` mixed in; every other model, plugin or built-in, uses
-    :class:`recbole_oneranker.trainer.Trainer`, so all rows of a comparison share checkpoint and evaluation code.
-    """
-    from recbole.trainer import Trainer as RecBoleTrainer
-    from recbole.utils import get_trainer as recbole_get_trainer
-
-    from recbole_oneranker import trainer
-
-    plugin_trainer = getattr(trainer, f"{model_name}Trainer", None)
-    if plugin_trainer is not None:
-        return plugin_trainer
-    recbole_trainer = recbole_get_trainer(model_type, model_name)
-    if recbole_trainer is RecBoleTrainer:
-        return trainer.Trainer
-    return trainer.with_run_safety(recbole_trainer)

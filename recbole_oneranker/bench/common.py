@@ -18,12 +18,16 @@ import numpy as np
 import yaml
 from scipy import stats
 
-from recbole_oneranker.config import package_defaults
+from recbole_oneranker.config import EMBEDDED_DATASET, package_defaults
 from recbole_oneranker.data.converters import convert_dataset
 from recbole_oneranker.data.paths import raw_dataset_dir
+from recbole_oneranker.resources import resource_dir
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "bench" / "configs"
+# The repository root: the benchmarks run from it, and results/, dataset/ and the commands they record are relative
+# to it (an installed package has no repository of its own to point at).
+REPO = Path.cwd()
+CONFIG_DIR = resource_dir("bench/configs")
+DEFAULT_DATA_PATH = Path("dataset")  # converted datasets, RecBole's default data_path
 # Datasets the benchmarks convert on first use: name -> (converter, raw folder under the shared data).
 CONVERTIBLE = {
     "beauty": ("amazon-s3rec", "amazon-s3rec"),
@@ -50,7 +54,7 @@ def load_bench_config(dataset: str, path: Path | None = None) -> dict[str, Any]:
 
 def ensure_dataset(dataset: str, data_path: Path) -> Path:
     """Convert ``dataset`` from the shared raw data into ``data_path`` unless it is there (or embedded)."""
-    if dataset == "ml-100k" or (data_path / dataset / f"{dataset}.inter").is_file():
+    if dataset == EMBEDDED_DATASET or (data_path / dataset / f"{dataset}.inter").is_file():
         return data_path
     if dataset not in CONVERTIBLE:
         raise SystemExit(f"error: dataset '{dataset}' not found under {data_path} and no converter is known for it")
@@ -117,6 +121,15 @@ def row_key(label: str, model: str, dataset: str, settings: dict[str, Any]) -> s
     return f"{label}-seed{settings.get('seed')}-{config_hash(label, model, dataset, settings)}"
 
 
+def config_hashes(bench_config: dict[str, Any], dataset: str, extra: dict[str, Any]) -> dict[str, str]:
+    """Label -> :func:`config_hash` of every row of ``bench_config``, run on ``dataset`` with ``extra`` settings."""
+    return {
+        label: config_hash(label, model, dataset, settings)
+        for label in bench_config["rows"]
+        for model, settings in [row_settings(bench_config, label, extra)]
+    }
+
+
 def code_version() -> str:
     """The repository's commit, ``-dirty`` when tracked files outside results/ have uncommitted changes.
 
@@ -176,6 +189,12 @@ class ResultTable:
             tmp.replace(self.path)
 
 
+def current_rows(table: ResultTable, hashes: dict[str, str]) -> list[dict[str, Any]]:
+    """The rows made with the bench config as it is now (``hashes``: label -> config hash); stale rows stay in
+    the CSV but leave the report."""
+    return [row for row in table.rows if hashes.get(row["label"]) == row.get("config_hash")]
+
+
 def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
     """Mean and the half-width of its t-interval over seeds (0 for a single value)."""
     array = np.asarray(values, dtype=float)
@@ -186,11 +205,16 @@ def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float
 
 
 def bootstrap_ci(per_user: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean of ``per_user`` values, resampling users with replacement."""
-    rng = np.random.default_rng(seed)
-    means = per_user[rng.integers(0, len(per_user), (n_resamples, len(per_user)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
+    """95% percentile interval of the mean of ``per_user`` values, resampling users with replacement.
+
+    ``scipy.stats.bootstrap`` draws the same resamples as the hand-written version that made the published tables
+    (``default_rng(seed).integers``) and takes the same percentiles; its means sum in another order, so interval
+    ends can differ in the 17th digit, far below the 4 digits a table shows.
+    """
+    result = stats.bootstrap(
+        (per_user,), np.mean, n_resamples=n_resamples, method="percentile", random_state=np.random.default_rng(seed)
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def per_user_mean(users: list[np.ndarray], values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -204,9 +228,3 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
     """Per-user differences ``a - b`` over the users both have (each a ``(user ids, values)`` pair)."""
     _, in_a, in_b = np.intersect1d(a[0], b[0], assume_unique=True, return_indices=True)
     return a[1][in_a] - b[1][in_b]
-
-
-def ndcg_from_ranks(ranks: np.ndarray, k: int) -> np.ndarray:
-    """Per-user NDCG@k with one target: 1 / log2(rank + 1) when 0 < rank <= k, else 0."""
-    hit = (ranks > 0) & (ranks <= k)
-    return np.where(hit, 1.0 / np.log2(np.maximum(ranks, 1) + 1.0), 0.0)

@@ -1,0 +1,365 @@
+"""Quality benchmark: train each model with early stopping on validation, test the best checkpoint, over seeds.
+
+    python bench/quality.py --dataset ml-100k --models HSTU SASRec --seeds 3
+    python bench/quality.py --dataset beauty --models HSTU SASRec --seeds 3          # converts Beauty on first use
+    python bench/quality.py --dataset ml-100k --models HSTU --seeds 1 --epochs 1     # a smoke run
+    python bench/quality.py --bench-config bench/configs/ml-100k-ablation.yaml       # -> results/ml-100k-ablation.md
+    python bench/quality.py --dataset beauty --paired OneRanker HSTU                 # two finished rows, user by user
+    python bench/quality.py --summary                                                # -> results/README.md
+
+Rows are the named entries of ``bench/configs/<dataset>.yaml`` (a model plus its settings; ``common`` applies to
+all). Run it from the repository root: commands and data paths are relative to it. Every finished (row, seed) is
+appended at once to ``results/<dataset>.csv`` with the ``run_recbole`` command that reproduces it alone, and its
+per-user test ranks go to ``results/ranks/<dataset>/``; a re-run skips finished rows, so an interrupted benchmark
+resumes where it stopped. ``results/<dataset>.md`` is rewritten after each row: mean and 95% t-interval over
+seeds, a per-user bootstrap interval, epochs and wall time to the best validation.
+Model choices use validation only; test numbers are read once, for the best checkpoint.
+``--paired A B`` trains nothing: it prints the mean per-user test NDCG@10 difference of row A to row B (each
+averaged over its finished seeds) with its 95% paired bootstrap interval, as the report's Δ column does against
+the bench config's baseline. ``--summary`` trains nothing either: it writes ``results/README.md``, the best row of
+each model on each dataset (:mod:`recbole_oneranker.bench.summary`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recbole_oneranker.bench.common import (
+    DEFAULT_DATA_PATH,
+    EMBEDDED_DATASET,
+    REPO,
+    ResultTable,
+    bootstrap_ci,
+    code_version,
+    config_hash,
+    config_hashes,
+    current_rows,
+    ensure_dataset,
+    load_bench_config,
+    mean_ci,
+    paired_difference,
+    per_user_mean,
+    row_key,
+    row_settings,
+    run_command,
+)
+from recbole_oneranker.bench.summary import write_summary
+from recbole_oneranker.errors import ConfigError
+from recbole_oneranker.evaluator.protocol import Protocol
+from recbole_oneranker.evaluator.ranking import rank_metrics
+from recbole_oneranker.overrides import parse_assignments
+from recbole_oneranker.quick_start import run
+
+FIRST_SEED = 2020
+HEADLINE = ("ndcg@10", "hit@10", "mrr@10", "ndcg@20", "hit@20", "ndcg@1", "hit@5", "ndcg@5", "gmv@10")
+CANDIDATE_HEADLINE = ("hit@1", "hit@5", "ndcg@5", "ndcg@10")
+
+
+class ValidationRecorder:
+    """``callback_fn`` for :func:`run`: remembers when each validation happened and which was best so far."""
+
+    def __init__(self, bigger_is_better: bool = True):
+        self.start = time.perf_counter()
+        self.bigger = bigger_is_better
+        self.best: tuple[float, int, float] | None = None  # (score, epoch, seconds)
+        self.epochs = 0
+
+    def __call__(self, epoch: int, score: float) -> None:
+        self.epochs = epoch + 1
+        better = self.best is None or (score > self.best[0] if self.bigger else score < self.best[0])
+        if better:
+            self.best = (score, epoch, time.perf_counter() - self.start)
+
+    # Kept in the trainer's snapshot, so a resumed row counts the earlier processes' epochs and seconds.
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "best": self.best, "elapsed_s": time.perf_counter() - self.start}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epochs, self.best = state["epochs"], tuple(state["best"]) if state["best"] else None
+        self.start = time.perf_counter() - state["elapsed_s"]
+
+
+def run_row(
+    label: str, model: str, dataset: str, settings: dict[str, Any], ranks_dir: Path, commit: str
+) -> dict[str, Any]:
+    # The identity of the defaults the run starts with: they may change on disk while it trains.
+    key, identity = row_key(label, model, dataset, settings), config_hash(label, model, dataset, settings)
+    file_name = re.sub(r"[^\w.=-]+", "_", key)  # labels may hold '/' or spaces
+    recorder = ValidationRecorder()
+    # A row killed part-way (a long row outlives a session) continues from its last validation when re-run.
+    resumable = {"run_id": f"bench-{ranks_dir.name}-{file_name}", "resume_training": True}
+    result = run(model, dataset, config_dict={**settings, **resumable}, callback_fn=recorder)
+    ranks_file = ranks_dir / f"{file_name}.npy"
+    ranks_file.parent.mkdir(parents=True, exist_ok=True)
+    np.save(ranks_file, result["test_ranks"].astype(np.int32))
+    users_file = ranks_file.with_suffix(".users.npy")  # test users in the ranks' order, to pair rows user by user
+    np.save(users_file, result["test_users"].astype(np.int64))
+    best_score, best_epoch, time_to_best = recorder.best if recorder.best else (float("nan"), -1, float("nan"))
+    row = {
+        "key": key,
+        "config_hash": identity,
+        "label": label,
+        "model": model,
+        "seed": settings["seed"],
+        "epochs_trained": recorder.epochs,
+        "best_epoch": best_epoch,
+        "time_to_best_s": round(time_to_best, 1),
+        "wall_time_s": round(result["wall_time_s"], 1),
+        "protocol": result["protocol"],  # for a reader of the CSV; the report renders protocol_fields
+        "protocol_fields": json.dumps(result["protocol_fields"]),
+        "command": run_command(model, dataset, settings),
+        "commit": commit,
+        "device": result["device"],
+        "ranks_file": _relative(ranks_file),
+        "users_file": _relative(users_file),
+    }
+    row.update({f"valid_{name}": float(value) for name, value in (result["best_valid_result"] or {}).items()})
+    row.update({f"test_{name}": float(value) for name, value in result["test_result"].items()})
+    row.update({f"candidate_{name}": float(value) for name, value in (result["candidate_result"] or {}).items()})
+    return row
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _per_user_ndcg(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(user ids, NDCG@10)`` of each test user averaged over the rows' seeds; None if a row kept no user ids."""
+    if not all(row.get("users_file") for row in rows):
+        return None
+    users = [np.load(REPO / row["users_file"]) for row in rows]
+    return per_user_mean(users, [rank_metrics(np.load(REPO / row["ranks_file"]), 10)["ndcg"] for row in rows])
+
+
+def _paired_cell(own: tuple[np.ndarray, np.ndarray] | None, baseline: tuple[np.ndarray, np.ndarray] | None) -> str:
+    """Mean per-user NDCG@10 difference to the baseline row and its 95% paired bootstrap interval."""
+    if own is None or baseline is None:
+        return "-"
+    difference = paired_difference(own, baseline)
+    low, high = bootstrap_ci(difference)
+    return f"{difference.mean():+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def print_paired(rows: list[dict[str, Any]], label: str, other: str) -> int:
+    """Print ``label``'s per-user NDCG@10 difference to ``other`` (``--paired``); 2 if either has no finished run."""
+    by_label = {name: [row for row in rows if row["label"] == name] for name in (label, other)}
+    missing = [name for name, runs in by_label.items() if not runs]
+    if missing:
+        print(
+            f"error: no finished run of {missing} in this table (with the bench config as it is now)", file=sys.stderr
+        )
+        return 2
+    seeds = {name: sorted(int(row["seed"]) for row in runs) for name, runs in by_label.items()}
+    cell = _paired_cell(_per_user_ndcg(by_label[label]), _per_user_ndcg(by_label[other]))
+    print(f"{label} (seeds {seeds[label]}) - {other} (seeds {seeds[other]}): test NDCG@10 per user {cell}")
+    return 0
+
+
+def _title(metric: str) -> str:
+    return metric.upper().replace("HIT", "HR")
+
+
+def _shared_part_count(part_lists: list[list[str]]) -> int:
+    """How many leading parts every list has in common."""
+    count = 0
+    while all(len(parts) > count and parts[count] == part_lists[0][count] for parts in part_lists):
+        count += 1
+    return count
+
+
+def protocol_line(rows: list[dict[str, Any]]) -> str:
+    """The protocol the rows share, then the parts only some rows have, with those rows. Rows differ in training
+    (RecBole's SASRec trains one row per prefix, not whole sequences), and one line per protocol would repeat the
+    rest."""
+    labels_of: dict[str, list[str]] = defaultdict(list)  # by the protocol's fields, as JSON
+    for row in rows:
+        if row["label"] not in labels_of[row["protocol_fields"]]:
+            labels_of[row["protocol_fields"]].append(row["label"])
+    part_lists = [Protocol(**json.loads(fields)).parts() for fields in labels_of]
+    head = _shared_part_count(part_lists)
+    tail = _shared_part_count([parts[head:][::-1] for parts in part_lists])
+    first = part_lists[0]
+    line = "Protocol: " + ", ".join(first[:head] + first[len(first) - tail :]) + "."
+    if len(part_lists) > 1:
+        differing = [
+            f"{', '.join(parts[head : len(parts) - tail]) or 'none of that'} ({', '.join(labels)})"
+            for parts, labels in zip(part_lists, labels_of.values(), strict=True)
+        ]
+        line += " Rows differ in: " + "; ".join(differing) + "."
+    return line
+
+
+def write_report(
+    rows: list[dict[str, Any]], dataset: str, command: str, out: Path, baseline: str | None = None
+) -> None:
+    """``results/<dataset>.md`` from the CSV rows: one line per row label, then one per run. With a ``baseline``
+    label, each row also gets its paired per-user NDCG@10 difference to that row."""
+    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_label[row["label"]].append(row)
+    baseline_ndcg = _per_user_ndcg(by_label[baseline]) if baseline in by_label else None
+    metrics = [m for m in HEADLINE if f"test_{m}" in rows[0]]
+    candidate_metrics = [m for m in CANDIDATE_HEADLINE if f"candidate_{m}" in rows[0]]
+    lines = [
+        f"# {dataset}: test metrics (mean ± 95% t-interval over seeds)",
+        "",
+        f"Last written by `{command}`; rows accumulate across runs, each run's own command is under Runs.",
+        "Early stopping on validation NDCG@10;",
+        "each row's best checkpoint is tested once. Per-user bootstrap: 95% interval of NDCG@10 over test users, on",
+        "each user's NDCG@10 averaged over seeds (1000 resamples)."
+        + (
+            f" Δ vs {baseline}: mean per-user difference of that NDCG@10 to the {baseline} row, over the users both"
+            " rows tested, with its 95% paired bootstrap interval ('-': a row saved no user ids)."
+            if baseline
+            else ""
+        ),
+        "",
+        protocol_line(rows),
+        "",
+        "Columns HR/NDCG/MRR/GMV@K: full ranking"
+        + (
+            "; 'cand.': the candidate-set protocol (target + sampled negatives, see the protocol line)."
+            if candidate_metrics
+            else "."
+        ),
+        "",
+        "| row | seeds | "
+        + " | ".join(_title(m) for m in metrics)
+        + "".join(f" | cand. {_title(m)}" for m in candidate_metrics)
+        + " | NDCG@10 bootstrap"
+        + (f" | Δ NDCG@10 vs {baseline}" if baseline else "")
+        + " | epochs to best | time to best (s) | wall (s) |",
+        "|---" * (len(metrics) + len(candidate_metrics) + 6 + bool(baseline)) + "|",
+    ]
+    for label, label_rows in by_label.items():
+        cells = []
+        for column in [f"test_{m}" for m in metrics] + [f"candidate_{m}" for m in candidate_metrics]:
+            mean, half = mean_ci([float(r[column]) for r in label_rows])
+            cells.append(f"{mean:.4f} ± {half:.4f}")
+        per_user = _per_user_ndcg(label_rows)
+        spread = "[{:.4f}, {:.4f}]".format(*bootstrap_ci(per_user[1])) if per_user is not None else "-"
+        epochs = np.mean([int(r["best_epoch"]) + 1 for r in label_rows])
+        to_best = np.mean([float(r["time_to_best_s"]) for r in label_rows])
+        wall = np.mean([float(r["wall_time_s"]) for r in label_rows])
+        paired = f" | {_paired_cell(per_user, baseline_ndcg)}" if baseline else ""
+        lines.append(
+            f"| {label} | {len(label_rows)} | " + " | ".join(cells) + f" | {spread}{paired} | "
+            f"{epochs:.0f} | {to_best:.0f} | {wall:.0f} |"
+        )
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "Commit: the code a run was made with ('-dirty': with uncommitted changes; '-': not recorded, older rows). "
+        "Device: what it trained on, which wall times depend on ('-': not recorded; those rows ran on CPU).",
+        "",
+        "| row | seed | valid NDCG@10 | test NDCG@10 | commit | device | command |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['label']} | {row['seed']} | {float(row['valid_ndcg@10']):.4f} | "
+            f"{float(row['test_ndcg@10']):.4f} | {row.get('commit') or '-'} | {row.get('device') or '-'} | "
+            f"`{row['command']}` |"
+        )
+    out.write_text("\n".join(lines) + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--dataset", default="ml-100k", help="dataset name; its rows are in bench/configs/<dataset>.yaml"
+    )
+    parser.add_argument("--models", nargs="+", help="row labels to run (default: every row of the bench config)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per row: 2020, 2021, ...")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=FIRST_SEED,
+        help=f"the first of those seeds (default {FIRST_SEED}); --first-seed 2021 --seeds 1 runs seed 2021 alone, "
+        "so a row's seeds can run in parallel processes",
+    )
+    parser.add_argument("--epochs", type=int, help="cap the epochs (smoke runs); recorded in the row's settings")
+    parser.add_argument("--bench-config", type=Path, help="another bench config file")
+    parser.add_argument(
+        "--data-path", type=Path, default=DEFAULT_DATA_PATH, help="converted datasets (default: dataset/)"
+    )
+    parser.add_argument("--results", type=Path, default=REPO / "results", help="output folder (default: results/)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config for every row")
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="write <results>/README.md: each model's best row on validation per dataset, from every CSV; no training",
+    )
+    parser.add_argument(
+        "--paired", nargs=2, metavar=("A", "B"), help="print row A's per-user NDCG@10 difference to row B; no training"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.summary:
+        print(f"written to {write_summary(args.results)}")
+        return 0
+    bench_config = load_bench_config(args.dataset, args.bench_config)
+    dataset = bench_config.get("dataset", args.dataset)  # a named bench config (e.g. ablations) names its dataset
+    results_name = args.bench_config.stem if args.bench_config else dataset
+    labels = args.paired or args.models or list(bench_config["rows"])
+    unknown = [label for label in labels if label not in bench_config["rows"]]
+    if unknown:
+        print(f"error: unknown rows {unknown}; rows of this config: {list(bench_config['rows'])}", file=sys.stderr)
+        return 2
+    try:
+        extra = parse_assignments(args.set, "--set")
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.epochs:
+        extra["epochs"] = args.epochs
+    if dataset != EMBEDDED_DATASET:  # RecBole always reads ml-100k from its own wheel
+        extra.setdefault("data_path", str(ensure_dataset(dataset, args.data_path)))
+
+    table = ResultTable(args.results / f"{results_name}.csv")
+    command = "python bench/quality.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    jobs = [(label, args.first_seed + i) for label in labels for i in range(args.seeds)]
+    hashes = config_hashes(bench_config, dataset, extra)
+    if args.paired:
+        return print_paired(current_rows(table, hashes), *args.paired)
+    out, baseline = args.results / f"{results_name}.md", bench_config.get("baseline")
+    commit = code_version()  # the code this process imported, whatever changes on disk while it runs
+    for done, (label, seed) in enumerate(jobs, start=1):
+        model, settings = row_settings(bench_config, label, {**extra, "seed": seed})
+        key = row_key(label, model, dataset, settings)
+        if table.has(key):
+            print(f"[{done}/{len(jobs)}] {label} seed {seed}: done before, skipped", flush=True)
+            continue
+        print(f"[{done}/{len(jobs)}] {label} seed {seed}: training {model} on {dataset} ...", flush=True)
+        row = run_row(label, model, dataset, settings, args.results / "ranks" / results_name, commit)
+        table.append(row)
+        print(
+            f"[{done}/{len(jobs)}] {label} seed {seed}: test ndcg@10 {row['test_ndcg@10']:.4f} "
+            f"(best epoch {row['best_epoch']}, {row['wall_time_s']:.0f} s)",
+            flush=True,
+        )
+        write_report(current_rows(table, hashes), results_name, command, out, baseline)
+    rows = current_rows(table, hashes)
+    if rows:  # also when every row was done before: a re-run rewrites the report from the CSV
+        write_report(rows, results_name, command, out, baseline)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

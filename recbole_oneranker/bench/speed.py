@@ -1,0 +1,274 @@
+"""Speed benchmark: training throughput, epoch time, training FLOPs, peak memory and full-ranking latency.
+
+    python bench/speed.py                                   # HSTU vs SASRec on ml-100k, d=50, 2 layers, L=50
+    python bench/speed.py --models HSTU OneRanker SASRec    # OneRanker's cost next to its backbone's
+    python bench/speed.py --models HSTU SASRec --hidden-size 64 --max-len 200 --epochs 2
+    python bench/speed.py --max-batches 3 --out /tmp/speed.md      # a smoke run
+    python bench/speed.py --models HSTU OneRanker --baseline HSTU --flops-only --out results/flops.md  # no timing
+    python bench/speed.py --models OneRanker --flops-only --set use_step2=False --out /tmp/flops.md  # a variant
+
+Every model gets the same width, depth, heads and history length, on the same data, each in its own process (so
+peak memory is its own). Training is timed over whole epochs (or the first ``--max-batches`` batches), without
+validation; throughput counts users and trained target positions per second (SASRec trains one row per prefix,
+HSTU one row per user, or per window of the history length, with a loss at every position). Latency is
+``full_sort_predict`` per batch of ``--eval-batch`` test users. Training FLOPs (forward + backward, counted by
+``torch.utils.flop_counter`` over a few batches) measure cost independently of the machine and of its load;
+so do the operators dispatched per training batch and per ``full_sort_predict`` batch, what a GPU pays for when
+batches are too small to fill it (most operators are one kernel launch each). ``--flops-only`` counts these alone,
+without timing. Writes a markdown table with the command and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from recbole_oneranker.bench.common import DEFAULT_DATA_PATH, EMBEDDED_DATASET, REPO, ensure_dataset
+from recbole_oneranker.config import Config
+from recbole_oneranker.data import create_dataset
+from recbole_oneranker.overrides import parse_assignments
+from recbole_oneranker.registry import get_model
+from recbole_oneranker.trainer_lookup import get_trainer
+
+
+def equal_size_settings(model: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Config giving every model the same width, depth, heads and history length."""
+    settings: dict[str, Any] = {
+        "hidden_size": args.hidden_size,
+        "n_layers": args.layers,
+        "n_heads": args.heads,
+        "MAX_ITEM_LIST_LENGTH": args.max_len,
+        "eval_batch_size": args.eval_batch,
+        "show_progress": False,
+        "state": "ERROR",
+        "metrics": ["Hit", "NDCG"],
+        "valid_metric": "NDCG@10",
+    }
+    if model == "SASRec":
+        settings["inner_size"] = args.hidden_size
+    if model in ("HSTU", "OneRanker"):  # OneRanker's G-decoder is the same HSTU stack
+        settings.update(attention_dim=args.hidden_size // args.heads, linear_hidden_dim=args.hidden_size // args.heads)
+    if args.dataset != EMBEDDED_DATASET:
+        settings["data_path"] = str(ensure_dataset(args.dataset, args.data_path))
+    # --set KEY=VALUE: extra config for every model (a key a model does not read leaves it unchanged)
+    settings.update(parse_assignments(args.set, "--set"))
+    return settings
+
+
+class OperatorCounter(TorchDispatchMode):
+    """Counts the aten operators that run inside it, views (which compute nothing) left out.
+
+    On a GPU most operators are one kernel launch each, and with small batches the launches, not the FLOPs, set
+    the time; like FLOPs, the count does not depend on the machine or its load.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def training_cost(model: torch.nn.Module, batches: list, device: str) -> tuple[float, float]:
+    """``(FLOPs, operators per batch)`` of forward + backward over ``batches``: FLOPs of the matrix products and
+    attention (``torch.utils.flop_counter``), operators as :class:`OperatorCounter` counts them."""
+    with FlopCounterMode(display=False) as flops, OperatorCounter() as operators:
+        for batch in batches:
+            loss = model.calculate_loss(batch.to(device))
+            (sum(loss) if isinstance(loss, tuple) else loss).backward()
+    model.zero_grad(set_to_none=True)
+    return float(flops.get_total_flops()), operators.count / len(batches)
+
+
+def ranking_operators(model: torch.nn.Module, interaction) -> int:
+    """Operators of one ``full_sort_predict`` call on ``interaction``, in eval mode (the model's mode is restored)."""
+    training = model.training
+    model.eval()
+    with torch.no_grad(), OperatorCounter() as operators:
+        model.full_sort_predict(interaction)
+    model.train(training)
+    return operators.count
+
+
+def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train and time one model in this process; returns the measurements."""
+    from recbole.data import data_preparation
+
+    config = Config(model_name, args.dataset, config_dict=equal_size_settings(model_name, args))
+    train_data, _, test_data = data_preparation(config, create_dataset(config))
+    model = get_model(model_name)(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+
+    train_feat = train_data._dataset.inter_feat
+    counted = list(itertools.islice(train_data, args.flop_batches))
+    flops, operators_per_batch = training_cost(model, counted, config["device"])
+    result: dict[str, Any] = {
+        "model": model_name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_rows": len(train_feat),
+        "epoch_gflops": flops * len(train_data) / len(counted) / 1e9,
+        "train_operators": operators_per_batch,
+        "ranking_operators": ranking_operators(model, next(iter(test_data))[0].to(config["device"])),
+    }
+    if args.flops_only:
+        return result
+
+    users = len(np.unique(train_feat[config["USER_ID_FIELD"]].numpy()))
+    # Target positions per epoch: one per row, or every history position + the target in whole-sequence mode.
+    positions = int(train_feat[config["ITEM_LIST_LENGTH_FIELD"]].sum()) if config["whole_sequence"] else len(train_feat)
+    epoch_times = []
+    for epoch in range(args.epochs):
+        batches = list(itertools.islice(train_data, args.max_batches)) if args.max_batches else train_data
+        fraction = len(batches) / len(train_data) if args.max_batches else 1.0
+        start = time.perf_counter()
+        trainer._train_epoch(batches, epoch)
+        epoch_times.append((time.perf_counter() - start) / fraction)  # extrapolated to a whole epoch
+    epoch_time = float(np.median(epoch_times))
+
+    model.eval()
+    latencies = []
+    with torch.no_grad():
+        for batch in itertools.islice(test_data, args.max_batches or None):
+            interaction = batch[0].to(config["device"])
+            start = time.perf_counter()
+            model.full_sort_predict(interaction)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            latencies.append((time.perf_counter() - start) * 1000)
+    peak_mb = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if torch.cuda.is_available()
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return result | {
+        "epoch_time_s": epoch_time,
+        "users_per_s": users / epoch_time,
+        "positions_per_s": positions / epoch_time,
+        "peak_memory_mb": peak_mb,
+        "latency_ms_median": float(np.median(latencies)),
+        "latency_ms_p90": float(np.percentile(latencies, 90)),
+    }
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name()} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+
+def write_report(results: list[dict[str, Any]], args: argparse.Namespace, command: str) -> None:
+    base = next((r for r in results if r["model"] == args.baseline), results[0])
+    columns = [  # (header, cell); the timed ones are left out with --flops-only
+        ("model", lambda r: r["model"]),
+        ("params", lambda r: f"{r['parameters']:,}"),
+        ("train rows", lambda r: f"{r['train_rows']:,}"),
+        ("training GFLOPs / epoch", lambda r: f"{r['epoch_gflops']:,.1f}"),
+        (f"GFLOPs vs {base['model']}", lambda r: f"{r['epoch_gflops'] / base['epoch_gflops']:.2f}x"),
+        ("operators / training batch", lambda r: f"{r['train_operators']:,.0f}"),
+        ("operators / full-sort batch", lambda r: f"{r['ranking_operators']:,}"),
+    ]
+    if not args.flops_only:
+        columns += [
+            ("epoch (s)", lambda r: f"{r['epoch_time_s']:.2f}"),
+            (f"speed-up vs {base['model']}", lambda r: f"{base['epoch_time_s'] / r['epoch_time_s']:.1f}x"),
+            ("users/s", lambda r: f"{r['users_per_s']:,.0f}"),
+            ("positions/s", lambda r: f"{r['positions_per_s']:,.0f}"),
+            ("peak memory (MB)", lambda r: f"{r['peak_memory_mb']:,.0f}"),
+            (
+                "full-sort latency median / p90 (ms)",
+                lambda r: f"{r['latency_ms_median']:.1f} / {r['latency_ms_p90']:.1f}",
+            ),
+        ]
+    timing = (
+        f" Latency over batches of {args.eval_batch} test users. Epoch time is the median of {args.epochs} epoch(s)"
+        + (f", extrapolated from {args.max_batches} batches" if args.max_batches else "")
+        + ". Positions = trained next-item targets per epoch."
+    )
+    lines = [
+        f"# {'Training cost' if args.flops_only else 'Speed'}: {', '.join(r['model'] for r in results)} on "
+        f"{args.dataset}",
+        "",
+        f"Produced by `{command}`" + ("." if args.flops_only else f" on {machine()}."),
+        f"Equal sizes: hidden {args.hidden_size}, {args.layers} layers, {args.heads} head(s), history length "
+        f"{args.max_len}." + ("" if args.flops_only else timing),
+        f"Training GFLOPs: forward + backward matrix products and attention over the first {args.flop_batches} "
+        "batches (torch.utils.flop_counter), scaled to the epoch: a cost that does not depend on the machine or its "
+        "load. Operators: aten operators dispatched (views left out) per training batch (forward + backward, over "
+        f"the same batches) and per full_sort_predict of {args.eval_batch} test users; on a GPU most are one kernel "
+        "launch each.",
+        "",
+        "| " + " | ".join(header for header, _ in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in results]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--models", nargs="+", default=["HSTU", "SASRec"])
+    parser.add_argument("--baseline", default="SASRec", help="the model speed-ups are relative to")
+    parser.add_argument("--hidden-size", type=int, default=50)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=1)
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=1, help="timed epochs per model (median reported)")
+    parser.add_argument("--max-batches", type=int, default=0, help="time only this many batches (smoke runs)")
+    parser.add_argument("--eval-batch", type=int, default=256, help="test users per full_sort_predict call")
+    parser.add_argument("--flop-batches", type=int, default=4, help="training batches whose FLOPs are counted")
+    parser.add_argument("--flops-only", action="store_true", help="count training FLOPs only: no timing, any load")
+    parser.add_argument("--data-path", type=Path, default=DEFAULT_DATA_PATH)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config for every model")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "speed.md")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        print("RESULT " + json.dumps(measure(args.worker, args)), flush=True)
+        return 0
+    raw_args = list(argv if argv is not None else sys.argv[1:])
+    results = []
+    for model in args.models:
+        print(f"timing {model} ...", flush=True)
+        worker = subprocess.run(
+            [sys.executable, "-m", "recbole_oneranker.bench.speed", *raw_args, "--worker", model],
+            capture_output=True,
+            text=True,
+        )
+        result_lines = [line for line in worker.stdout.splitlines() if line.startswith("RESULT ")]
+        if worker.returncode != 0 or not result_lines:
+            print(worker.stdout[-2000:], worker.stderr[-4000:], file=sys.stderr)
+            return 1
+        results.append(json.loads(result_lines[-1][len("RESULT ") :]))
+        timed = f", epoch {results[-1]['epoch_time_s']:.2f} s" if "epoch_time_s" in results[-1] else ""
+        print(f"  {model}: {results[-1]['epoch_gflops']:,.1f} training GFLOPs per epoch{timed}", flush=True)
+    write_report(results, args, "python bench/speed.py " + " ".join(shlex.quote(a) for a in raw_args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Where Optuna studies live, shared by the search and its reports: opening a storage, loading a study, counting
+its trials, and the one-line usage error both print."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import TrialState
+
+from recbole_oneranker.bench.common import REPO
+
+DEFAULT_OUT = REPO / "results" / "tuning"
+USAGE_ERROR = 2
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+RDB_MAX_RETRIES = 3  # RDB storages: Optuna's heartbeat retries a stale trial this many times in all, blind to progress
+HEARTBEAT_INTERVAL_S = 60  # RDB storages only
+GRACE_PERIOD_S = 180
+
+
+class UsageError(Exception):
+    """A mistake in the command or its inputs, or a study that cannot be read: printed as one ``error: ...`` line,
+    exit status 2."""
+
+
+def open_storage(url: str | None, default_journal: Path, heartbeat: bool = True) -> BaseStorage:
+    """An RDB storage for a URL (with heartbeats: dead trials fail and are retried), else a journal file."""
+    if url and "://" in url:
+        kwargs: dict[str, Any] = {}
+        try:
+            with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                if heartbeat:
+                    kwargs = {
+                        "heartbeat_interval": HEARTBEAT_INTERVAL_S,
+                        "grace_period": GRACE_PERIOD_S,
+                        "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=RDB_MAX_RETRIES),
+                    }
+                return RDBStorage(url, **kwargs)
+        except ImportError as error:
+            raise UsageError(f"cannot open storage {url}: {error} (install the database driver)") from error
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as error:
+            raise UsageError(f"cannot open storage {url}: {str(error).splitlines()[0]}") from error
+    path = Path(url) if url else default_journal
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # An explicit journal path may sit on NFS, where only the open() lock is reliable.
+    lock = JournalFileOpenLock(str(path)) if url else None
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+
+
+def load_study(name: str, storage_url: str | None, out: Path) -> optuna.Study:
+    """The study ``name`` from ``storage_url``, or from its default journal ``<out>/<name>/journal.log``."""
+    journal = out / name / "journal.log"
+    if not (storage_url and "://" in storage_url) and not Path(storage_url or journal).is_file():
+        raise UsageError(f"no study '{name}': no journal {storage_url or journal} (give --out or --storage)")
+    try:
+        storage = open_storage(storage_url, journal, heartbeat=False)
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError as error:
+        raise UsageError(f"no study '{name}' in {storage_url or journal}") from error
+
+
+def state_counts(study: optuna.Study) -> Counter:
+    return Counter(trial.state for trial in study.get_trials(deepcopy=False))
