@@ -471,8 +471,10 @@ class OneRanker(GenerativeRecommender):
         targets = self.next_items(interaction, states.shape[1])  # [B, N]
         positions = self._decoder_positions(seq_lens)  # [B, R]
         rows = torch.arange(len(positions), device=states.device).unsqueeze(1)
+        flat_states = states[rows, positions].flatten(0, 1)  # [BR, D]
         # The decoders' memory; detached, their losses train only them (the generator still learns from L_DC).
         memory = states if self.decoders_train_backbone else states.detach()
+        # Step 2 after the gather: the order two uses of `states` enter the graph is the order their gradients sum in.
         tokens = self._step2(memory, positions, seq_lens)
         return DecoderInputs(
             memory=memory,
@@ -480,7 +482,7 @@ class OneRanker(GenerativeRecommender):
             seq_lens=seq_lens,
             tokens=tokens,
             flat_tokens=None if tokens is None else tokens.flatten(0, 1),
-            flat_states=states[rows, positions].flatten(0, 1),
+            flat_states=flat_states,
             targets=targets.gather(1, positions).flatten(),
         )
 
