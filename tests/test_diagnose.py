@@ -28,7 +28,7 @@ def test_a_reloaded_checkpoint_scores_as_trained(trained):
     config, model, *_ = load_data_and_model(trained["saved_model_file"])
     assert config["repeat_bias"] and config["n_fake_items"] == ONERANKER_TINY["n_fake_items"]
     assert not model.training
-    assert model.repeat_shift.item() != 0.0  # the trained value, not a fresh model's
+    assert model.repeat_shift.shift.item() != 0.0  # the trained value, not a fresh model's
 
 
 def test_seen_report_matches_the_evaluator(trained, tmp_path):

@@ -14,14 +14,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
-from recbole.utils import InputType
+from recbole.utils import FeatureSource, FeatureType, InputType
 from torch import Tensor
 
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.layers import HSTUConfig, NextItemSoftmax, RepeatShift, SoftmaxConfig, seen_before
 from recbole_oneranker.model.serving import ServingResult
 
-__all__ = ["GenerativeRecommender", "hstu_config"]
+__all__ = ["GenerativeRecommender", "check_user_token_fields", "hstu_config"]
+
+
+def check_user_token_fields(config, dataset) -> list[str]:
+    """``user_token_fields``: token columns of the ``.user`` file, each read as one token before the history."""
+    fields = list(config["user_token_fields"] or [])
+    for field in fields:
+        if dataset.field2source.get(field) != FeatureSource.USER or dataset.field2type[field] != FeatureType.TOKEN:
+            raise ConfigError(
+                f"user_token_fields: '{field}' is not a token column of {config['dataset']}.user as loaded "
+                f"(load it with load_col: {{user: [user_id, {field}, ...]}})"
+            )
+    return fields
 
 
 def hstu_config(config, num_prefix_tokens: int, max_history: int) -> HSTUConfig:
@@ -104,18 +116,23 @@ class GenerativeRecommender(SequentialRecommender):
 
     # -- targets ----------------------------------------------------------------------------------------------
 
-    def next_field(self, interaction, field: str, seq_len: int) -> Tensor:
-        """``[B, N]``: ``field`` of the interaction after each position (the next history entry, then the
-        target's); 0 past each length. ``field`` is a target column, its history is ``<field>_list``."""
+    def next_field(self, interaction, field: str, seq_len: int, offset: int = 1) -> Tensor:
+        """``[B, N]``: ``field`` of the interaction ``offset`` steps after each position (later history entries,
+        then the target's); 0 where that is past the target. ``field`` is a target column, its history is
+        ``<field>_list``."""
         history = interaction[field + self.LIST_SUFFIX][:, :seq_len]
-        following = F.pad(history[:, 1:], (0, 1))
+        later = history[:, offset:]
+        following = F.pad(later, (0, history.shape[1] - later.shape[1]))  # [B, N]: history[t + offset], 0 past it
         rows = torch.arange(len(history), device=history.device)
-        following[rows, interaction[self.ITEM_SEQ_LEN] - 1] = interaction[field].to(following.dtype)
+        target_position = interaction[self.ITEM_SEQ_LEN] - offset  # the position whose offset-th next is the target
+        has_target = target_position >= 0
+        following[rows[has_target], target_position[has_target]] = interaction[field][has_target].to(following.dtype)
         return following
 
-    def next_items(self, interaction, seq_len: int) -> Tensor:
-        """``[B, N]`` the item to predict after each position: the next history item, then the target; 0 = none."""
-        return self.next_field(interaction, self.ITEM_ID, seq_len)
+    def next_items(self, interaction, seq_len: int, offset: int = 1) -> Tensor:
+        """``[B, N]`` the item ``offset`` steps after each position (1: the next history item, then the target);
+        0 = none."""
+        return self.next_field(interaction, self.ITEM_ID, seq_len, offset)
 
     def request_timestamps(self, interaction, seq_len: int) -> Tensor | None:
         """``[B, N + 1]``: the history's times, with the target's time (the request) at each row's length; None

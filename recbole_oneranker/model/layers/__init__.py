@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from .decoders import PositionwiseCrossAttention, QueryDecoder, QueryDecoderConfig, QueryDecoderLayer, visible_states
 from .hstu import (
+    ATTENTION_KINDS,
     RELATIVE_BIAS_MODES,
     HSTUBlock,
     HSTUConfig,
     HSTUStack,
+    TokenTypeFFN,
     build_relative_bias,
     causal_padding_mask,
     load_official_hstu_weights,
@@ -29,6 +31,7 @@ from .softmax import LOSS_TYPES, NextItemSoftmax, RepeatShift, SoftmaxConfig, di
 from .task_tokens import TaskTokenConfig, TaskTokenDecoder, heterogeneous_mask
 
 __all__ = [
+    "ATTENTION_KINDS",
     "DEFAULT_BUCKET_DIVISOR",
     "LOSS_TYPES",
     "RELATIVE_BIAS_MODES",
@@ -51,6 +54,7 @@ __all__ = [
     "SoftmaxConfig",
     "TaskTokenConfig",
     "TaskTokenDecoder",
+    "TokenTypeFFN",
     "build_relative_bias",
     "bucketize_time_deltas",
     "candidate_mask",

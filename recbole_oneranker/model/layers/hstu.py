@@ -41,7 +41,9 @@ __all__ = [
     "HSTUBlock",
     "HSTUConfig",
     "HSTUStack",
+    "ATTENTION_KINDS",
     "RELATIVE_BIAS_MODES",
+    "TokenTypeFFN",
     "build_relative_bias",
     "causal_padding_mask",
     "load_official_hstu_weights",
@@ -49,6 +51,7 @@ __all__ = [
 ]
 
 RELATIVE_BIAS_MODES: tuple[str, ...] = ("time_and_position", "position", "none")
+ATTENTION_KINDS: tuple[str, ...] = ("silu", "softmax")
 
 
 @dataclass
@@ -70,6 +73,11 @@ class HSTUConfig:
             when called without timestamps), ``"position"`` (position table only, timestamps ignored) or
             ``"none"`` (no bias, which is what the official code does when called without timestamps).
         epsilon: epsilon of both layer norms.
+        attention: ``"silu"`` (HSTU's pointwise ``silu(qk + rab) / L``) or ``"softmax"`` (GPR's Eq. 1:
+            ``softmax(qk / sqrt(dqk) + rab)`` over the visible keys), gated by ``u`` either way.
+        num_token_types: 0, or the number of token types ``T`` that get their own affine layer norm and feed-forward
+            block after every HSTU block (GPR's token-type-aware LayerNorm / FFN; the stack then takes
+            ``token_types``).
 
     >>> HSTUConfig(embedding_dim=16, linear_hidden_dim=8, attention_dim=8, num_heads=2, num_blocks=2,
     ...            max_seq_len=8).relative_bias
@@ -87,6 +95,8 @@ class HSTUConfig:
     num_buckets: int = 128
     relative_bias: str = "time_and_position"
     epsilon: float = 1e-6
+    attention: str = "silu"
+    num_token_types: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -105,6 +115,14 @@ class HSTUConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"HSTUConfig.{name} must be a float in [0, 1), got {value!r}")
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"HSTUConfig.attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if (
+            isinstance(self.num_token_types, bool)
+            or not isinstance(self.num_token_types, int)
+            or self.num_token_types < 0
+        ):
+            raise ValueError(f"HSTUConfig.num_token_types must be an int >= 0, got {self.num_token_types!r}")
         if self.relative_bias not in RELATIVE_BIAS_MODES:
             raise ValueError(
                 f"HSTUConfig.relative_bias must be one of {RELATIVE_BIAS_MODES}, got {self.relative_bias!r}"
@@ -179,6 +197,7 @@ class HSTUBlock(nn.Module):
         self._attn_dropout: float = config.attn_dropout
         self._eps: float = config.epsilon
         self._max_seq_len: int = config.max_seq_len
+        self._softmax: bool = config.attention == "softmax"
         hdv = config.linear_hidden_dim * config.num_heads
         hdqk = config.attention_dim * config.num_heads
         self._split_sizes: list[int] = [hdv, hdv, hdqk, hdqk]
@@ -200,14 +219,21 @@ class HSTUBlock(nn.Module):
         v = v.view(batch_size, seq_len, heads, self._linear_dim).transpose(1, 2)  # [B, H, N, dv]
 
         scores = q @ k.transpose(-1, -2)  # [B, H, N, N]
+        if self._softmax:
+            scores = scores / self._attention_dim**0.5
         if self.rel_attn_bias is not None:
             scores = scores + self.rel_attn_bias(timestamps, seq_len).unsqueeze(1)  # bias shared by heads
-        scores = F.silu(scores) / self._max_seq_len  # the official code's always-padded N (module docstring)
         if attn_mask is None:
             positions = torch.arange(seq_len, device=x.device)
             attn_mask = positions.unsqueeze(1) >= positions.unsqueeze(0)
-        # where (not *) so that nothing from a masked pair, not even inf/nan, reaches the output.
-        weights = torch.where(attn_mask.unsqueeze(-3), scores, torch.zeros((), dtype=scores.dtype, device=x.device))
+        if self._softmax:
+            # A query that sees no key (none in the stack's masks) would be all -inf: NaN -> 0.
+            weights = torch.softmax(scores.masked_fill(~attn_mask.unsqueeze(-3), float("-inf")), -1).nan_to_num(0.0)
+        else:
+            scores = F.silu(scores) / self._max_seq_len  # the official code's always-padded N (module docstring)
+            # where (not *) so that nothing from a masked pair, not even inf/nan, reaches the output.
+            zero = torch.zeros((), dtype=scores.dtype, device=x.device)
+            weights = torch.where(attn_mask.unsqueeze(-3), scores, zero)
         if self._attn_dropout > 0.0:
             weights = F.dropout(weights, p=self._attn_dropout, training=self.training)
 
@@ -221,6 +247,37 @@ class HSTUBlock(nn.Module):
             f"attention_dim={self._attention_dim}, num_heads={self._num_heads}, dropout={self._dropout}, "
             f"attn_dropout={self._attn_dropout}, epsilon={self._eps}"
         )
+
+
+class TokenTypeFFN(nn.Module):
+    """A residual feed-forward block with parameters per token type (GPR's token-type-aware LayerNorm and FFN):
+    ``x + FFN_t(LayerNorm_t(x))`` for a token of type ``t``.
+
+    Call Args:
+        x: ``(B, N, D)``; token_types: ``(B, N)`` int64 in ``[0, T)``.
+
+    Returns:
+        ``(B, N, D)``.
+
+    >>> ffn = TokenTypeFFN(8, num_types=2)
+    >>> ffn(torch.randn(2, 3, 8), torch.tensor([[0, 1, 1], [1, 1, 1]])).shape
+    torch.Size([2, 3, 8])
+    """
+
+    def __init__(self, dim: int, num_types: int, expansion: int = 2) -> None:
+        super().__init__()
+        self.norms: nn.ModuleList = nn.ModuleList(nn.LayerNorm(dim) for _ in range(num_types))
+        self.ffns: nn.ModuleList = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, expansion * dim), nn.GELU(), nn.Linear(expansion * dim, dim))
+            for _ in range(num_types)
+        )
+
+    def forward(self, x: Tensor, token_types: Tensor) -> Tensor:
+        out = x
+        for kind, (norm, ffn) in enumerate(zip(self.norms, self.ffns, strict=True)):
+            # Every type's block runs on every token (few types, small widths) and keeps its own tokens' outputs.
+            out = out + (token_types == kind).unsqueeze(-1) * ffn(norm(x))
+        return out
 
 
 class HSTUStack(nn.Module):
@@ -242,6 +299,7 @@ class HSTUStack(nn.Module):
         attn_mask: ``(B, N, N)`` bool, True where query ``i`` may attend key ``j``: the caller's choice of mask
             (:func:`causal_padding_mask`, the default, or :func:`prefix_causal_mask` for a prefix that attends
             bidirectionally). Padded keys are masked whatever it says.
+        token_types: ``(B, N)`` int64 type of each token in ``[0, num_token_types)``, with ``num_token_types > 0``.
 
     Returns:
         ``(B, N, D)``.
@@ -258,9 +316,19 @@ class HSTUStack(nn.Module):
         super().__init__()
         self.config: HSTUConfig = config
         self.blocks: nn.ModuleList = nn.ModuleList(HSTUBlock(config) for _ in range(config.num_blocks))
+        self.type_ffns: nn.ModuleList | None = (
+            nn.ModuleList(TokenTypeFFN(config.embedding_dim, config.num_token_types) for _ in range(config.num_blocks))
+            if config.num_token_types
+            else None
+        )
 
     def forward(
-        self, x: Tensor, lengths: Tensor, timestamps: Tensor | None = None, attn_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        lengths: Tensor,
+        timestamps: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        token_types: Tensor | None = None,
     ) -> Tensor:
         if x.dim() != 3 or x.shape[-1] != self.config.embedding_dim:
             raise ValueError(f"x must have shape (B, N, {self.config.embedding_dim}), got {tuple(x.shape)}")
@@ -286,8 +354,12 @@ class HSTUStack(nn.Module):
         real = real_keys.unsqueeze(-1)  # [B, N, 1]
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         x = torch.where(real, x, zero)
-        for block in self.blocks:
+        if (self.type_ffns is None) != (token_types is None):
+            raise ValueError("token_types are needed exactly when the config has num_token_types > 0")
+        for index, block in enumerate(self.blocks):
             x = torch.where(real, block(x, attn_mask, timestamps), zero)
+            if self.type_ffns is not None:
+                x = torch.where(real, self.type_ffns[index](x, token_types), zero)
         return x
 
 

@@ -26,7 +26,8 @@ class SequenceEncoderConfig:
     """Sizes and switches of a :class:`SequenceEncoder`.
 
     Attributes:
-        num_items: rows of the item table, padding item 0 included.
+        num_items: rows of the item table, padding item 0 included; 0 for a model that embeds its tokens itself
+            (e.g. from semantic IDs) and calls :meth:`SequenceEncoder.encode_tokens`.
         hstu: the stack's config; its ``max_seq_len`` must hold prefix + history + the request slot.
         use_position_embedding: add learned absolute positions to the inputs.
         bidirectional_prefix: the prefix tokens attend to each other both ways (GPR's hybrid mask); False keeps the
@@ -39,8 +40,10 @@ class SequenceEncoderConfig:
     bidirectional_prefix: bool = False
 
     def __post_init__(self) -> None:
-        if self.num_items < 2:
-            raise ValueError(f"num_items must count the padding item and at least one item, got {self.num_items}")
+        if self.num_items == 1 or self.num_items < 0:
+            raise ValueError(
+                f"num_items must count the padding item and at least one item (or be 0), got {self.num_items}"
+            )
 
 
 class SequenceEncoder(nn.Module):
@@ -61,13 +64,16 @@ class SequenceEncoder(nn.Module):
         super().__init__()
         self.config: SequenceEncoderConfig = config
         dim = config.hstu.embedding_dim
-        self.item_embedding: nn.Embedding = nn.Embedding(config.num_items, dim, padding_idx=0)
+        self.item_embedding: nn.Embedding | None = (
+            nn.Embedding(config.num_items, dim, padding_idx=0) if config.num_items else None
+        )
         self.position_embedding: nn.Embedding | None = (
             nn.Embedding(config.hstu.max_seq_len, dim) if config.use_position_embedding else None
         )
         self.input_dropout: nn.Dropout = nn.Dropout(config.hstu.dropout)
         self.stack: HSTUStack = HSTUStack(config.hstu)
-        nn.init.trunc_normal_(self.item_embedding.weight, std=0.02)
+        if self.item_embedding is not None:
+            nn.init.trunc_normal_(self.item_embedding.weight, std=0.02)
         if self.position_embedding is not None:
             nn.init.trunc_normal_(self.position_embedding.weight, std=math.sqrt(1.0 / dim))
 
@@ -99,6 +105,20 @@ class SequenceEncoder(nn.Module):
         x = self.item_embedding(item_seq) * math.sqrt(self.hidden_size)  # [B, N, D]
         if token_features is not None:
             x = x + token_features
+        return self.encode_tokens(x, item_seq_len, timestamps, prefix)
+
+    def encode_tokens(
+        self,
+        x: Tensor,
+        item_seq_len: Tensor,
+        timestamps: Tensor | None = None,
+        prefix: Tensor | None = None,
+        token_types: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`forward` from embedded history tokens ``x`` (``[B, N, D]``, e.g. sums of semantic-ID code
+        embeddings); ``token_types``: ``[B, P + N + 1]`` type ids of prefix, history and request slot, for a stack
+        with ``num_token_types``. Returns ``[B, N, D]``."""
+        num_history = x.shape[1]
         num_prefix = 0 if prefix is None else prefix.shape[1]
         if prefix is not None:
             x = torch.cat([prefix, x], dim=1)  # [B, P + N, D]
@@ -115,8 +135,9 @@ class SequenceEncoder(nn.Module):
             if self.config.bidirectional_prefix and num_prefix
             else None  # the stack's causal mask
         )
-        out = self.stack(x, lengths, timestamps.long() if timestamps is not None else None, attn_mask)
-        return out[:, num_prefix : num_prefix + item_seq.shape[1]]
+        timestamps = timestamps.long() if timestamps is not None else None
+        out = self.stack(x, lengths, timestamps, attn_mask, token_types)
+        return out[:, num_prefix : num_prefix + num_history]
 
     def item_vectors(self, item_ids: Tensor | None = None) -> Tensor:
         """L2-normalised item embeddings: ``[num_items, D]``, or ``[*item_ids.shape, D]``.
@@ -125,5 +146,7 @@ class SequenceEncoder(nn.Module):
         cost of the table instead of the (much larger) positions x negatives lookup, whose gradient
         :func:`~recbole_oneranker.model.layers.lookup` keeps the same on every run.
         """
+        if self.item_embedding is None:
+            raise ValueError("this encoder has no item table (num_items=0): its model embeds its own tokens")
         table = F.normalize(self.item_embedding.weight, dim=-1)
         return table if item_ids is None else lookup(table, item_ids)

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from recbole.utils import FeatureSource, FeatureType
 from torch import Tensor, nn
 
 from recbole_oneranker.errors import ConfigError
-from recbole_oneranker.model.abstract_recommender import GenerativeRecommender, hstu_config
+from recbole_oneranker.model.abstract_recommender import GenerativeRecommender, check_user_token_fields, hstu_config
 from recbole_oneranker.model.layers import (
     QueryDecoderConfig,
     RankingDecoder,
@@ -176,7 +175,7 @@ class OneRanker(GenerativeRecommender):
         self.ranker_residual = config["ranker_residual"]
         self.rank_forced_targets = config["rank_forced_targets"]
         self.decoders_train_backbone = config["decoders_train_backbone"]
-        self.user_token_fields = self._check_user_token_fields(config, dataset)
+        self.user_token_fields = check_user_token_fields(config, dataset)
         if self.gamma and not self.use_ranker:
             raise ConfigError("gamma (the DC loss) needs the ranker as its teacher: set use_ranker: True or gamma: 0")
         if self.use_ranker and self.num_candidates < 2:
@@ -229,18 +228,6 @@ class OneRanker(GenerativeRecommender):
         for embedding in (self.level_embedding, *self.user_token_embeddings.values()):
             nn.init.normal_(embedding.weight, std=0.02)
         self.refresh_fake_items(seed=config["seed"])
-
-    @staticmethod
-    def _check_user_token_fields(config, dataset) -> list[str]:
-        """``user_token_fields``: token columns of the ``.user`` file, each read as one token before the history."""
-        fields = list(config["user_token_fields"] or [])
-        for field in fields:
-            if dataset.field2source.get(field) != FeatureSource.USER or dataset.field2type[field] != FeatureType.TOKEN:
-                raise ConfigError(
-                    f"user_token_fields: '{field}' is not a token column of {config['dataset']}.user as loaded "
-                    f"(load it with load_col: {{user: [user_id, {field}, ...]}})"
-                )
-        return fields
 
     # -- Fake Item Tokens -------------------------------------------------------------------------------------
 

@@ -1,0 +1,265 @@
+"""Coarse-to-fine generation of semantic IDs by several heads (GPR's PTD + MTP), its exact catalogue scores, and
+a per-level value estimator (GPR's HTE).
+
+A head turns a user's intent into one query per SID level; level ``l``'s code logits are
+
+    logit_l(c | intent, prefix) = <W_l intent + A_l e(prefix), O_l[c]>,   e(prefix) = sum_{m < l} E_m[prefix_m]
+
+so each level reads the codes generated before it (coarse to fine). The prefix enters additively: the user-code
+term ``<W_l intent, O_l[c]>`` is one ``[B, K_l]`` product and the prefix-code term is the same for every user, so the
+exact log-probability of every item of a catalogue (normalised over the valid children of each prefix, as the trie
+beam normalises) costs a product per level and gathers, never a decoder pass per prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .decoders import QueryDecoder, QueryDecoderConfig
+
+__all__ = ["SIDGenerator", "SIDGeneratorConfig", "ValueEstimator", "segment_logsumexp", "sid_level_structure"]
+
+
+@dataclass
+class SIDGeneratorConfig:
+    """Sizes of a :class:`SIDGenerator`.
+
+    Attributes:
+        hidden_size: ``D``.
+        codebook_sizes: ``K_l`` for each of the ``L`` levels.
+        num_heads: MTP heads ``H``, each generating a full SID path (GPR's default 4).
+        num_thinking_tokens: PTD thinking tokens that read the trunk's states before generation; 0 reads the
+            trunk's state at the position directly.
+        thinking_layers: layers of the thinking tokens' decoder.
+        attention_heads: attention heads of that decoder.
+        dropout: dropout of that decoder.
+    """
+
+    hidden_size: int
+    codebook_sizes: Sequence[int]
+    num_heads: int = 4
+    num_thinking_tokens: int = 4
+    thinking_layers: int = 1
+    attention_heads: int = 1
+    dropout: float = 0.1
+    levels: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.codebook_sizes = [int(size) for size in self.codebook_sizes]
+        self.levels = len(self.codebook_sizes)
+        if self.levels < 1 or min(self.codebook_sizes) < 1 or self.num_heads < 1 or self.num_thinking_tokens < 0:
+            raise ValueError(f"need at least one level of at least one code, one head, no negative counts: {self}")
+
+
+def segment_logsumexp(values: Tensor, segments: Tensor, num_segments: int) -> Tensor:
+    """``[B, S]``: the log-sum-exp of the columns of ``values`` (``[B, M]``) that share a segment id
+    (``segments``, ``[M]`` in ``[0, S)``); ``-inf`` for an empty segment.
+
+    >>> segment_logsumexp(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([0, 0, 1]), 3)
+    tensor([[0.6931, 1.0000,   -inf]])
+    """
+    index = segments.expand_as(values)
+    peak = values.new_full((len(values), num_segments), float("-inf")).scatter_reduce(1, index, values, "amax")
+    shift = peak.masked_fill(peak == float("-inf"), 0.0).detach()  # a constant per segment: any value is exact
+    sums = values.new_zeros(len(values), num_segments).index_add(1, segments, torch.exp(values - shift[:, segments]))
+    return torch.log(sums) + shift
+
+
+@dataclass
+class SIDLevelStructure:
+    """What exact scoring needs of a catalogue's trie at each level ``l`` (``N`` items, ``P_l`` prefixes of depth l).
+
+    Attributes:
+        codes: ``[N, L]`` each item's codes.
+        pair_of_item: per level, ``[N]`` the id of the item's (depth-``l`` prefix, level-``l`` code) pair.
+        pair_parent: per level, ``[Q_l]`` each pair's depth-``l`` prefix id.
+        pair_code: per level, ``[Q_l]`` each pair's code.
+        pair_item: per level, ``[Q_l]`` one item that has the pair (its prefix codes stand for the pair's).
+        num_prefixes: per level, ``P_l``.
+    """
+
+    codes: Tensor
+    pair_of_item: list[Tensor]
+    pair_parent: list[Tensor]
+    pair_code: list[Tensor]
+    pair_item: list[Tensor]
+    num_prefixes: list[int]
+
+    def to(self, device: torch.device) -> SIDLevelStructure:
+        return SIDLevelStructure(
+            self.codes.to(device),
+            [t.to(device) for t in self.pair_of_item],
+            [t.to(device) for t in self.pair_parent],
+            [t.to(device) for t in self.pair_code],
+            [t.to(device) for t in self.pair_item],
+            self.num_prefixes,
+        )
+
+
+def sid_level_structure(codes: Tensor) -> SIDLevelStructure:
+    """The per-level (prefix, code) pairs of a catalogue's SIDs (``codes``, ``[N, L]``, unique rows).
+
+    >>> structure = sid_level_structure(torch.tensor([[0, 1], [0, 2], [1, 0]]))
+    >>> structure.pair_parent[1].tolist(), structure.pair_code[1].tolist(), structure.num_prefixes
+    ([0, 0, 1], [1, 2, 0], [1, 2])
+    """
+    codes = codes.long()
+    pair_of_item, pair_parent, pair_code, pair_item, num_prefixes = [], [], [], [], []
+    parent = torch.zeros(len(codes), dtype=torch.int64)  # every item's depth-0 prefix: the root
+    num_parents = 1
+    for level in range(codes.shape[1]):
+        pairs, pair = torch.unique(torch.stack([parent, codes[:, level]], dim=1), dim=0, return_inverse=True)
+        first_item = torch.full((len(pairs),), len(codes), dtype=torch.int64)
+        first_item = first_item.scatter_reduce(0, pair, torch.arange(len(codes)), reduce="amin")
+        pair_of_item.append(pair)
+        pair_parent.append(pairs[:, 0])
+        pair_code.append(pairs[:, 1])
+        pair_item.append(first_item)
+        num_prefixes.append(num_parents)
+        parent, num_parents = pair, len(pairs)  # a depth-(l + 1) prefix is a (depth-l prefix, code) pair
+    return SIDLevelStructure(codes, pair_of_item, pair_parent, pair_code, pair_item, num_prefixes)
+
+
+class SIDGenerator(nn.Module):
+    """Thinking tokens, MTP heads and the level-wise code logits (module docstring).
+
+    >>> generator = SIDGenerator(SIDGeneratorConfig(hidden_size=8, codebook_sizes=[4, 3], num_heads=2)).eval()
+    >>> intents = generator.intents(torch.randn(2, 5, 8), torch.ones(2, 1, 5, dtype=torch.bool))
+    >>> intents.shape, generator.level_logits(intents[:, 0], torch.zeros(2, 2, 1, dtype=torch.long), 1).shape
+    (torch.Size([2, 1, 2, 8]), torch.Size([2, 2, 3]))
+    """
+
+    def __init__(self, config: SIDGeneratorConfig) -> None:
+        super().__init__()
+        self.config: SIDGeneratorConfig = config
+        dim, levels = config.hidden_size, config.levels
+        self.thinking_tokens: nn.Parameter | None = None
+        self.thinking: QueryDecoder | None = None
+        if config.num_thinking_tokens:
+            self.thinking_tokens = nn.Parameter(torch.randn(config.num_thinking_tokens, dim) * 0.02)
+            self.thinking = QueryDecoder(
+                QueryDecoderConfig(dim, config.attention_heads, config.thinking_layers, config.dropout)
+            )
+        self.head_intents: nn.Linear = nn.Linear(dim, config.num_heads * dim)
+        self.level_queries: nn.ModuleList = nn.ModuleList(nn.Linear(dim, dim) for _ in range(levels))
+        self.prefix_embeddings: nn.ModuleList = nn.ModuleList(
+            nn.Embedding(size, dim) for size in config.codebook_sizes[:-1]
+        )
+        self.prefix_projections: nn.ModuleList = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(levels))
+        self.code_embeddings: nn.ModuleList = nn.ModuleList(nn.Embedding(size, dim) for size in config.codebook_sizes)
+        for table in (*self.prefix_embeddings, *self.code_embeddings):
+            nn.init.normal_(table.weight, std=1.0 / math.sqrt(dim))
+
+    def intents(self, states: Tensor, visible: Tensor) -> Tensor:
+        """``[B, R, H, D]``: each head's intent at ``R`` positions of each row.
+
+        Args:
+            states: ``[B, N, D]`` trunk states; visible: ``[B, R, N]`` the states each position may read (the last
+                of them is the position's own state).
+        """
+        if self.thinking is None:
+            last = visible.long().cumsum(-1).argmax(-1)  # [B, R] the last visible state
+            pooled = states.gather(1, last.unsqueeze(-1).expand(-1, -1, states.shape[-1]))  # [B, R, D]
+        else:
+            batch, ranked = visible.shape[:2]
+            tokens = self.thinking_tokens.expand(batch, ranked, -1, -1)  # [B, R, K, D]
+            everyone = torch.ones(len(tokens[0, 0]), len(tokens[0, 0]), dtype=torch.bool, device=states.device)
+            pooled = self.thinking(tokens, states, visible, everyone).sum(dim=2)  # sum-pooled, as GPR's Refining reads
+        return self.head_intents(pooled).unflatten(-1, (self.config.num_heads, self.config.hidden_size))
+
+    def prefix_vectors(self, prefixes: Tensor, level: int) -> Tensor:
+        """``[..., D]`` ``A_level e(prefix)`` of code prefixes ``[..., level]``."""
+        if level == 0:
+            return prefixes.new_zeros(*prefixes.shape[:-1], self.config.hidden_size, dtype=torch.float)
+        embedded = sum(self.prefix_embeddings[m](prefixes[..., m]) for m in range(level))
+        return self.prefix_projections[level](embedded)
+
+    def level_logits(self, intents: Tensor, prefixes: Tensor, level: int) -> Tensor:
+        """``[P, H, K_level]`` logits of level ``level``'s code for ``intents`` (``[P, H, D]``) after ``prefixes``
+        (``[P, H, level]``, one per head, or ``[P, 1, level]`` shared)."""
+        query = self.level_queries[level](intents) + self.prefix_vectors(prefixes, level)
+        return query @ self.code_embeddings[level].weight.t()
+
+    def path_log_probs(self, intents: Tensor, codes: Tensor) -> Tensor:
+        """``[P, H, L]`` each head's log-probability of each level's code of ``codes`` (``[P, H, L]`` or
+        ``[P, 1, L]``), teacher-forced: level ``l`` reads the true codes before it (softmax over the codebook)."""
+        codes = codes.expand(-1, intents.shape[1], -1)
+        columns = [
+            F.log_softmax(self.level_logits(intents, codes[..., :level], level), dim=-1)
+            .gather(-1, codes[..., level : level + 1])
+            .squeeze(-1)
+            for level in range(self.config.levels)
+        ]
+        return torch.stack(columns, dim=-1)
+
+    def catalogue_log_probs(self, intents: Tensor, structure: SIDLevelStructure) -> Tensor:
+        """``[P, H, N]`` each head's log-probability of every item of a catalogue, each level normalised over the
+        codes that continue the item's prefix toward some item (the trie beam's normalisation).
+
+        Args:
+            intents: ``[P, H, D]``; structure: :func:`sid_level_structure` of the catalogue (on the same device).
+        """
+        num_positions, num_heads, dim = intents.shape
+        flat = intents.reshape(num_positions * num_heads, dim)
+        total = flat.new_zeros(len(flat), len(structure.codes))
+        for level in range(self.config.levels):
+            user_code = self.level_queries[level](flat) @ self.code_embeddings[level].weight.t()  # [PH, K]
+            pair_codes = structure.pair_code[level]
+            prefixes = structure.codes[structure.pair_item[level], :level]  # [Q, level]
+            prefix_code = (self.prefix_vectors(prefixes, level) * self.code_embeddings[level](pair_codes)).sum(-1)
+            pair_logits = user_code[:, pair_codes] + prefix_code  # [PH, Q]
+            normaliser = segment_logsumexp(pair_logits, structure.pair_parent[level], structure.num_prefixes[level])
+            parent_of_item = structure.pair_parent[level][structure.pair_of_item[level]]
+            total = total + pair_logits[:, structure.pair_of_item[level]] - normaliser[:, parent_of_item]
+        return total.view(num_positions, num_heads, -1)
+
+
+class ValueEstimator(nn.Module):
+    """GPR's HTE: a value estimate for every SID level's prefix and for the final item, read from a stop-gradient of
+    the user's state (it never trains the trunk): ``v_l = <V_l u + e'(prefix), O'_l[c_l]>`` with
+    ``e'(prefix) = sum_{m < l} E'_m[c_m]``, the additive form of :class:`SIDGenerator` (every item's value is then a
+    product and a gather).
+
+    >>> hte = ValueEstimator(SIDGeneratorConfig(hidden_size=8, codebook_sizes=[4, 3], num_heads=1))
+    >>> hte(torch.randn(5, 8), torch.zeros(5, 2, dtype=torch.long)).shape
+    torch.Size([5, 2])
+    """
+
+    def __init__(self, config: SIDGeneratorConfig) -> None:
+        super().__init__()
+        dim = config.hidden_size
+        self.levels: int = config.levels
+        self.user_projections: nn.ModuleList = nn.ModuleList(nn.Linear(dim, dim) for _ in range(config.levels))
+        self.prefix_embeddings: nn.ModuleList = nn.ModuleList(
+            nn.Embedding(size, dim) for size in config.codebook_sizes[:-1]
+        )
+        self.code_embeddings: nn.ModuleList = nn.ModuleList(nn.Embedding(size, dim) for size in config.codebook_sizes)
+
+    def forward(self, users: Tensor, codes: Tensor) -> Tensor:
+        """``[P, L]`` the value estimate after each level of ``codes`` (``[P, L]``) for ``users`` (``[P, D]``)."""
+        users = users.detach()
+        prefix = torch.zeros_like(users)
+        columns = []
+        for level in range(self.levels):
+            code_vectors = self.code_embeddings[level](codes[:, level])  # [P, D]
+            columns.append(((self.user_projections[level](users) + prefix) * code_vectors).sum(-1))
+            if level + 1 < self.levels:
+                prefix = prefix + self.prefix_embeddings[level](codes[:, level])
+        return torch.stack(columns, dim=-1)
+
+    def catalogue_values(self, users: Tensor, codes: Tensor) -> Tensor:
+        """``[P, N]`` the final-level value of every item (``codes``, ``[N, L]``) for ``users`` (``[P, D]``)."""
+        users = users.detach()
+        last = self.levels - 1
+        prefix = sum(
+            (self.prefix_embeddings[level](codes[:, level]) for level in range(last)),
+            torch.zeros(len(codes), users.shape[-1], device=users.device),
+        )  # [N, D]
+        code_vectors = self.code_embeddings[last](codes[:, last])  # [N, D]
+        return self.user_projections[last](users) @ code_vectors.t() + (prefix * code_vectors).sum(-1)
