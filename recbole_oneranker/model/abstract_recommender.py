@@ -36,9 +36,10 @@ def check_user_token_fields(config, dataset) -> list[str]:
     return fields
 
 
-def hstu_config(config, num_prefix_tokens: int, max_history: int) -> HSTUConfig:
+def hstu_config(config, num_prefix_tokens: int, max_history: int, **options) -> HSTUConfig:
     """The HSTU stack of a model's config (keys of ``properties/model/HSTU.yaml``), sized for ``num_prefix_tokens``
-    tokens before a history of ``max_history`` items and the slot that carries the request time."""
+    tokens before a history of ``max_history`` items and the slot that carries the request time; ``options`` set
+    the stack's other fields (e.g. ``attention``)."""
     return HSTUConfig(
         embedding_dim=config["hidden_size"],
         linear_hidden_dim=config["linear_hidden_dim"],
@@ -50,6 +51,7 @@ def hstu_config(config, num_prefix_tokens: int, max_history: int) -> HSTUConfig:
         attn_dropout=config["attn_dropout_prob"],
         num_buckets=config["num_time_buckets"],
         relative_bias=config["relative_bias"],
+        **options,
     )
 
 

@@ -1,0 +1,294 @@
+"""GPR
+################################################
+
+Reference:
+    Tencent and Tsinghua University. "GPR: Towards a Generative Pre-trained One-Model Paradigm for Large-Scale
+    Advertising Recommendation." arXiv 2511.10138, 2025.
+
+No official code is public; ``docs/gpr.md`` lists every design choice made where the paper is silent and every
+deviation from it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recbole_oneranker.data.sid import load_dataset_sids
+from recbole_oneranker.errors import ConfigError
+from recbole_oneranker.model.abstract_recommender import GenerativeRecommender, check_user_token_fields, hstu_config
+from recbole_oneranker.model.layers import (
+    SequenceEncoder,
+    SequenceEncoderConfig,
+    SIDGenerator,
+    SIDGeneratorConfig,
+    ValueEstimator,
+    sid_level_structure,
+    visible_states,
+)
+from recbole_oneranker.model.layers.sid_trie import SIDTrie, constrained_beam_search
+from recbole_oneranker.model.serving import ServingResult
+
+USER_TOKEN, ITEM_TOKEN = 0, 1  # token types of the heterogeneous decoder: U (user features) and I (items)
+
+
+class GPR(GenerativeRecommender):
+    r"""GPR: one generative model over a unified token sequence, decoding semantic IDs.
+
+    - **Unified input**: ``U`` tokens (the ``.user`` file's ``user_token_fields``) before ``I`` tokens (each history
+      item as the sum of its semantic-ID code embeddings, plus its action: how far along the cascade the interaction
+      went). Public data has no organic-content (``O``) or environment (``E``) tokens (``docs/gpr.md``).
+    - **HSD** (heterogeneous sequence-wise decoder): HSTU blocks with the hybrid mask (``U`` tokens attend to each
+      other both ways, the rest causally: ``bidirectional_prefix``), GPR's softmax attention (``attention``) and a
+      token-type-aware LayerNorm + FFN after each block (``token_type_ffn``).
+    - **PTD** (progressive token-wise decoder): ``num_thinking_tokens`` thinking tokens read the HSD states up to the
+      position; sum-pooled, they give each of ``mtp_heads`` heads an intent, which generates the SID coarse to fine
+      (:class:`~recbole_oneranker.model.layers.SIDGenerator`).
+    - **MTP**: head ``j`` learns the ``j``-th next item (head 1 the next one) with weight ``1 / mtp_heads``; a ranking
+      serves the heads' mixture.
+    - **VAFT** (``vaft: True``, e.g. from a pre-trained ``init_checkpoint``): each position's loss weighted by its
+      action (``vaft_action_weights`` by cascade stages reached) and its value, normalised to mean 1 in the batch.
+    - **HTE** (``use_hte``): a value per SID level and for the final item, on a stop-gradient of the trunk, trained
+      on the next interaction's value (or its cascade depth); it adds ``hte_weight`` x value to the served score.
+
+    ``full_sort_predict`` scores every item exactly (each level normalised over the trie's valid codes, as the beam
+    normalises); :meth:`generate` returns top-K items by trie-constrained beam search.
+
+    NOTE (deviations; docs/gpr.md): no Mixture-of-Recursions, no LLM thought tokens, no diffusion refining step; each
+    level reads its prefix through an additive term so that exact catalogue scores stay a gather; HEPO and DPO are
+    the preference-alignment issue's.
+    """
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+
+        # load parameters info
+        self.cascade_fields = list(config["cascade_fields"] or [])
+        self.value_field = config["value_field"]
+        self.user_token_fields = check_user_token_fields(config, dataset)
+        self.mtp_heads = config["mtp_heads"]
+        self.vaft = config["vaft"]
+        depths = len(self.cascade_fields) + 1
+        self.action_weights = list(config["vaft_action_weights"] or [2.0**stages for stages in range(depths)])
+        self.use_hte = config["use_hte"]
+        self.hte_weight = config["hte_weight"]
+        self.beam_size = config["beam_size"]
+        if len(self.action_weights) != depths:
+            raise ConfigError(
+                f"vaft_action_weights needs one weight per cascade depth (0 to {depths - 1} stages reached): "
+                f"{depths} values, got {self.action_weights}"
+            )
+        codes = load_dataset_sids(dataset, config["sid_file"])  # [n_items, L], row 0 the padding item
+        self.register_buffer("item_codes", codes.clamp(min=0), persistent=False)
+        catalogue = codes[1:]
+        self.trie = SIDTrie(catalogue)
+        self._structure = sid_level_structure(catalogue)
+        codebook_sizes = [int(catalogue[:, level].max()) + 1 for level in range(catalogue.shape[1])]
+
+        # define layers
+        d = self.hidden_size
+        trunk = hstu_config(
+            config,
+            len(self.user_token_fields),
+            self.max_seq_length,
+            attention=config["attention"],
+            num_token_types=2 if config["token_type_ffn"] else 0,  # U and I
+        )
+        self.encoder = SequenceEncoder(
+            SequenceEncoderConfig(
+                num_items=0,
+                hstu=trunk,
+                use_position_embedding=config["use_position_embedding"],
+                bidirectional_prefix=config["bidirectional_prefix"],
+            )
+        )
+        self.code_inputs = nn.ModuleList(nn.Embedding(size, d) for size in codebook_sizes)
+        self.action_embedding = nn.Embedding(len(self.cascade_fields) + 2, d, padding_idx=0)  # 0 = padding
+        self.user_token_embeddings = nn.ModuleDict(
+            {field: nn.Embedding(dataset.num(field), d, padding_idx=0) for field in self.user_token_fields}
+        )
+        generation = SIDGeneratorConfig(
+            hidden_size=d,
+            codebook_sizes=codebook_sizes,
+            num_heads=self.mtp_heads,
+            num_thinking_tokens=config["num_thinking_tokens"],
+            thinking_layers=config["thinking_layers"],
+            attention_heads=config["thinking_heads"],
+            dropout=self.dropout_prob,
+        )
+        self.generator = SIDGenerator(generation)
+        self.hte = ValueEstimator(generation) if self.use_hte else None
+
+        # parameters initialization
+        for embedding in (*self.code_inputs, self.action_embedding, *self.user_token_embeddings.values()):
+            nn.init.normal_(embedding.weight, std=0.02)
+        if config["init_checkpoint"]:
+            self._load_pretrained(config["init_checkpoint"])
+
+    def _load_pretrained(self, path: str) -> None:
+        """Start from a trained GPR checkpoint's weights (VAFT fine-tunes a pre-trained model)."""
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = self.load_state_dict(checkpoint["state_dict"], strict=False)
+        if unexpected or [name for name in missing if not name.startswith("hte.")]:
+            raise ConfigError(f"init_checkpoint {path} is not a GPR checkpoint of this shape: {missing or unexpected}")
+
+    # -- HSD: the unified sequence ----------------------------------------------------------------------------
+
+    def _actions(self, interaction, seq_len: int) -> Tensor:
+        """``[B, N]`` action of each history token: 1 + the number of cascade stages reached; 0 = padding."""
+        history = interaction[self.ITEM_SEQ][:, :seq_len]
+        reached = sum((interaction[f + self.LIST_SUFFIX][:, :seq_len] > 0).long() for f in self.cascade_fields)
+        return torch.where(history > 0, 1 + reached, torch.zeros_like(history))
+
+    def item_tokens(self, item_ids: Tensor) -> Tensor:
+        """``[..., D]`` the input token of items: the sum of their semantic-ID code embeddings."""
+        codes = self.item_codes[item_ids]  # [..., L]
+        return sum(table(codes[..., level]) for level, table in enumerate(self.code_inputs))
+
+    def encode(self, interaction) -> Tensor:
+        seq_len = int(interaction[self.ITEM_SEQ_LEN].max())
+        item_seq = interaction[self.ITEM_SEQ][:, :seq_len]
+        tokens = self.item_tokens(item_seq) * math.sqrt(self.hidden_size)
+        tokens = tokens + self.action_embedding(self._actions(interaction, seq_len))
+        prefix = None
+        if self.user_token_fields:
+            users = [self.user_token_embeddings[field](interaction[field]) for field in self.user_token_fields]
+            prefix = torch.stack(users, dim=1) * math.sqrt(self.hidden_size)  # [B, P, D]
+        token_types = None
+        if self.encoder.config.hstu.num_token_types:
+            num_prefix = len(self.user_token_fields)
+            token_types = torch.full((len(item_seq), num_prefix + seq_len + 1), ITEM_TOKEN, device=item_seq.device)
+            token_types[:, :num_prefix] = USER_TOKEN
+        return self.forward(
+            tokens, interaction[self.ITEM_SEQ_LEN], self.request_timestamps(interaction, seq_len), prefix, token_types
+        )
+
+    def forward(
+        self,
+        tokens: Tensor,
+        item_seq_len: Tensor,
+        timestamps: Tensor | None = None,
+        prefix: Tensor | None = None,
+        token_types: Tensor | None = None,
+    ) -> Tensor:
+        """``[B, N, D]`` HSD states of embedded history tokens (see :meth:`SequenceEncoder.encode_tokens`)."""
+        return self.encoder.encode_tokens(tokens, item_seq_len, timestamps, prefix, token_types)
+
+    # -- training ---------------------------------------------------------------------------------------------
+
+    def calculate_loss(self, interaction):
+        generation, value, positions = 0.0, 0.0, 0
+        for rows in self.length_buckets(interaction[self.ITEM_SEQ_LEN]):
+            bucket = interaction[rows]
+            states = self.encode(bucket)  # [b, n, D]
+            n = states.shape[1]
+            every_position = torch.arange(n, device=states.device).expand(len(states), -1)
+            intents = self.generator.intents(states, visible_states(n, every_position, bucket[self.ITEM_SEQ_LEN]))
+            targets = torch.stack([self.next_items(bucket, n, offset) for offset in range(1, self.mtp_heads + 1)], -1)
+            valid = targets[..., 0] > 0  # [b, n] positions with a next item
+            head_targets = targets[valid]  # [P, H]
+            log_probs = self.generator.path_log_probs(intents[valid], self.item_codes[head_targets])  # [P, H, L]
+            weights = (head_targets > 0).float() / self.mtp_heads  # a head with no j-th next item learns nothing
+            if self.vaft:
+                weights = weights * self._vaft_weights(bucket, n, valid).unsqueeze(-1)
+            generation = generation - (weights * log_probs.sum(-1)).sum()
+            if self.hte is not None:
+                estimates = self.hte(states[valid], self.item_codes[head_targets[:, 0]])  # [P, L]
+                value = value + (estimates - self._value_targets(bucket, n, valid).unsqueeze(-1)).pow(2).mean(-1).sum()
+            positions += int(valid.sum())
+        positions = max(positions, 1)
+        return (generation / positions, value / positions) if self.hte is not None else generation / positions
+
+    def _stages_reached(self, interaction, seq_len: int, valid: Tensor) -> Tensor:
+        """``[P]`` how many cascade stages the next interaction of each valid position reached."""
+        stages = [self.next_field(interaction, field, seq_len)[valid] > 0 for field in self.cascade_fields]
+        return sum((stage.long() for stage in stages), torch.zeros(int(valid.sum()), dtype=torch.long, device=valid.device))
+
+    def _normalised_values(self, interaction, seq_len: int, valid: Tensor) -> Tensor | None:
+        """``[P]`` the next interaction's value over the batch's mean value, or None without a value field."""
+        if not self.value_field:
+            return None
+        values = self.next_field(interaction, self.value_field, seq_len)[valid].float()
+        return values / values.mean().clamp(min=1e-6)
+
+    def _vaft_weights(self, interaction, seq_len: int, valid: Tensor) -> Tensor:
+        """``[P]`` VAFT's weight of each valid position: its action's weight, times its normalised value."""
+        table = torch.tensor(self.action_weights, device=valid.device)
+        weights = table[self._stages_reached(interaction, seq_len, valid)]
+        values = self._normalised_values(interaction, seq_len, valid)
+        return weights if values is None else weights * values
+
+    def _value_targets(self, interaction, seq_len: int, valid: Tensor) -> Tensor:
+        """``[P]`` what the HTE learns to predict: the normalised value, else 1 + the cascade depth reached."""
+        values = self._normalised_values(interaction, seq_len, valid)
+        return values if values is not None else 1.0 + self._stages_reached(interaction, seq_len, valid).float()
+
+    # -- inference --------------------------------------------------------------------------------------------
+
+    def _last_intents(self, interaction) -> tuple[Tensor, Tensor]:
+        """The HSD state ``[B, D]`` and the heads' intents ``[B, H, D]`` at each row's last position."""
+        states = self.encode_by_length(interaction)
+        seq_lens = interaction[self.ITEM_SEQ_LEN]
+        positions = (seq_lens - 1).unsqueeze(1)  # [B, 1]
+        intents = self.generator.intents(states, visible_states(states.shape[1], positions, seq_lens))[:, 0]
+        return self.gather_indexes(states, seq_lens - 1), intents
+
+    def _structure_on(self, device: torch.device):
+        if self._structure.codes.device != device:
+            self._structure = self._structure.to(device)
+        return self._structure
+
+    def serve(self, interaction) -> ServingResult:
+        """Every item's log-probability under the heads' mixture (+ ``hte_weight`` x the HTE's final value)."""
+        users, intents = self._last_intents(interaction)
+        per_head = self.generator.catalogue_log_probs(intents, self._structure_on(users.device))  # [B, H, N]
+        scores = torch.logsumexp(per_head, dim=1) - math.log(self.mtp_heads)  # [B, N]
+        if self.hte is not None and self.hte_weight:
+            scores = scores + self.hte_weight * self.hte.catalogue_values(users, self.item_codes[1:])
+        scores = F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
+        return ServingResult(retrieval_scores=scores, final_scores=scores)
+
+    def predict(self, interaction):
+        requests, request_of_row = self.distinct_requests(interaction)
+        scores = self.serve(requests).final_scores[request_of_row]  # [B, n_items]
+        return scores.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
+
+    @torch.no_grad()
+    def generate(self, interaction, k: int | None = None) -> tuple[Tensor, Tensor]:
+        """Top-``k`` items (default ``beam_size``) by trie-constrained beam search: each head keeps ``k`` valid SID
+        paths, the union is ranked by the served score (the heads' mixture, + the HTE's value when weighted).
+
+        Returns:
+            ``items`` ``[B, k]`` internal item ids (0 where fewer exist) and their scores ``[B, k]``.
+        """
+        k = k or self.beam_size
+        users, intents = self._last_intents(interaction)
+        batch, heads, _ = intents.shape
+        trie = self.trie.to(users.device)
+        flat = intents.reshape(batch * heads, 1, -1)
+
+        def step(prefixes: Tensor, level: int) -> Tensor:  # [BH, P, level] -> [BH, P, K_level]
+            return self.generator.level_logits(flat.expand(-1, prefixes.shape[1], -1), prefixes, level)
+
+        _, _, found = constrained_beam_search(step, trie, batch * heads, k)
+        found = found.view(batch, heads * k) + 1  # trie rows -> internal item ids (0: no item)
+        served = self.serve(interaction).final_scores.gather(1, found).masked_fill(found == 0, float("-inf"))
+        order = served.argsort(dim=1, descending=True)
+        items, scores = found.gather(1, order), served.gather(1, order)
+        keep = torch.cat([torch.ones_like(items[:, :1], dtype=torch.bool), items[:, 1:] != items[:, :-1]], 1)
+        return self._first_distinct(items, scores, keep, k)
+
+    @staticmethod
+    def _first_distinct(items: Tensor, scores: Tensor, keep: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """The first ``k`` kept (non-repeated) items of each row, in order, 0-padded."""
+        rank = keep.long().cumsum(1) - 1
+        out_items = items.new_zeros(len(items), k)
+        out_scores = scores.new_full((len(items), k), float("-inf"))
+        selected = keep & (rank < k)
+        rows = torch.arange(len(items), device=items.device).unsqueeze(1).expand_as(items)
+        out_items[rows[selected], rank[selected]] = items[selected]
+        out_scores[rows[selected], rank[selected]] = scores[selected]
+        return out_items, out_scores

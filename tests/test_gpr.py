@@ -1,0 +1,235 @@
+"""GPR: its layers (softmax attention, token-type FFN, SID generation, HTE) and the RecBole model on tiny data."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from recbole.data import data_preparation
+from recbole_oneranker.data.sid import write_sid_file
+from recbole_oneranker.model.layers.sid_trie import SIDTrie, constrained_beam_search, exact_item_log_probs
+
+from recbole_oneranker.config import Config
+from recbole_oneranker.data import create_dataset
+from recbole_oneranker.errors import ConfigError
+from recbole_oneranker.model.layers import (
+    HSTUConfig,
+    HSTUStack,
+    SIDGenerator,
+    SIDGeneratorConfig,
+    ValueEstimator,
+    segment_logsumexp,
+    sid_level_structure,
+)
+from recbole_oneranker.model.sequential_recommender import GPR
+from recbole_oneranker.quick_start import run
+
+GPR_TINY = {
+    "hidden_size": 16,
+    "attention_dim": 8,
+    "linear_hidden_dim": 8,
+    "n_heads": 2,
+    "mtp_heads": 2,
+    "num_thinking_tokens": 2,
+    "beam_size": 8,
+}
+
+
+def _codes_of(num_items: int) -> torch.Tensor:
+    """``[N, 3]`` unique codes (4 x 4 x 8 paths), the last level telling items apart."""
+    ids = torch.arange(num_items)
+    return torch.stack([ids % 4, (ids // 4) % 4, ids // 16], dim=1)
+
+
+@pytest.fixture
+def sid_config(tiny_config, tiny_data_path):
+    """``tiny_config`` with a SID file for every ml-tiny item."""
+    items = pd.read_csv(tiny_data_path / "ml-tiny" / "ml-tiny.inter", sep="\t", dtype=str)["item_id:token"].unique()
+    sid_file = tiny_data_path / "ml-tiny" / "ml-tiny.sid"
+    write_sid_file(sid_file, list(items), _codes_of(len(items)))
+    return {**tiny_config, **GPR_TINY, "sid_file": str(sid_file)}
+
+
+@pytest.fixture
+def build(sid_config):
+    def make(**overrides):
+        config = Config("GPR", "ml-tiny", config_dict={**sid_config, **overrides})
+        train, _, test = data_preparation(config, create_dataset(config))
+        torch.manual_seed(0)
+        return GPR(config, train._dataset), train, test
+
+    return make
+
+
+# -- layers -------------------------------------------------------------------------------------------------------
+
+
+def _stack(**options) -> HSTUStack:
+    torch.manual_seed(0)
+    config = HSTUConfig(embedding_dim=8, linear_hidden_dim=4, attention_dim=4, num_heads=2, num_blocks=2,
+                        max_seq_len=6, relative_bias="position", dropout=0.0, **options)  # fmt: skip
+    return HSTUStack(config).eval()
+
+
+def test_softmax_attention_is_causal_and_differs_from_silu() -> None:
+    softmax, silu = _stack(attention="softmax"), _stack(attention="silu")
+    silu.load_state_dict(softmax.state_dict())
+    x, lengths = torch.randn(2, 6, 8), torch.tensor([6, 4])
+    later = x.clone()
+    later[:, 3:] = torch.randn(2, 3, 8)
+    with torch.no_grad():
+        y = softmax(x, lengths)
+        torch.testing.assert_close(softmax(later, lengths)[:, :3], y[:, :3], rtol=0, atol=0)
+        assert not torch.allclose(y, silu(x, lengths))
+
+
+def test_token_type_ffn_uses_each_types_own_parameters() -> None:
+    stack = _stack(num_token_types=2)
+    x, lengths = torch.randn(1, 6, 8), torch.tensor([6])
+    types = torch.tensor([[0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        before = stack(x, lengths, token_types=types)
+        for ffn in stack.type_ffns:
+            ffn.ffns[0][2].bias += 1.0  # only type 0's last layer
+        after = stack(x, lengths, token_types=types)
+    assert not torch.allclose(after[:, :2], before[:, :2])
+    with pytest.raises(ValueError, match="token_types"):
+        stack(x, lengths)
+
+
+def test_segment_logsumexp_matches_a_loop() -> None:
+    values, segments = torch.randn(3, 7), torch.tensor([2, 0, 2, 1, 0, 2, 1])
+    expected = torch.stack([torch.logsumexp(values[:, segments == s], dim=1) for s in range(3)], dim=1)
+    torch.testing.assert_close(segment_logsumexp(values, segments, 3), expected)
+
+
+def _generator(levels=(4, 4, 8), heads: int = 2, thinking: int = 2) -> SIDGenerator:
+    torch.manual_seed(0)
+    config = SIDGeneratorConfig(hidden_size=8, codebook_sizes=levels, num_heads=heads, num_thinking_tokens=thinking)
+    return SIDGenerator(config).eval()
+
+
+def test_exact_catalogue_scores_equal_the_generic_trie_scores_and_the_beam() -> None:
+    generator = _generator()
+    codes = _codes_of(40)
+    trie = SIDTrie(codes, [4, 4, 8])
+    intents = torch.randn(3, 2, 8)  # [B, H, D]
+    exact = generator.catalogue_log_probs(intents, sid_level_structure(codes))  # [B, H, N]
+
+    def step(prefixes: torch.Tensor, level: int) -> torch.Tensor:  # one head: [B, P, level] -> [B, P, K]
+        return generator.level_logits(intents[:, :1].expand(-1, prefixes.shape[1], -1), prefixes, level)
+
+    with torch.no_grad():
+        generic = exact_item_log_probs(step, trie, batch_size=3)  # [B, N]
+        torch.testing.assert_close(exact[:, 0].detach(), generic, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(exact.exp().sum(-1), torch.ones(3, 2))  # a distribution over the catalogue
+        _, beam_scores, beam_items = constrained_beam_search(step, trie, batch_size=3, beam_size=5)
+    torch.testing.assert_close(beam_scores, exact[:, 0].detach().gather(1, beam_items), rtol=1e-5, atol=1e-5)
+    top = exact[:, 0].detach().topk(5, dim=1).indices
+    assert torch.equal(beam_items.sort(1).values, top.sort(1).values)  # here the beam finds the true top 5
+
+
+def test_teacher_forced_path_probabilities_read_only_the_prefix() -> None:
+    generator = _generator()
+    intents = torch.randn(2, 2, 8)
+    codes = torch.tensor([[[1, 2, 3]], [[0, 1, 7]]])  # [P, 1, L] shared by both heads
+    other_last, other_first = codes.clone(), codes.clone()
+    other_last[..., 2] = 5
+    other_first[..., 0] = 3
+    with torch.no_grad():
+        base = generator.path_log_probs(intents, codes)  # [P, H, L]
+        by_last, by_first = (
+            generator.path_log_probs(intents, other_last),
+            generator.path_log_probs(intents, other_first),
+        )
+    torch.testing.assert_close(by_last[..., :2], base[..., :2], rtol=0, atol=0)  # later codes change nothing before
+    assert not torch.allclose(by_first[..., 1], base[..., 1])  # level 1 reads level 0's code
+
+
+def test_value_estimator_sends_no_gradient_into_the_users() -> None:
+    hte = ValueEstimator(SIDGeneratorConfig(hidden_size=8, codebook_sizes=[4, 3], num_heads=1))
+    users = torch.randn(5, 8, requires_grad=True)
+    hte(users, torch.zeros(5, 2, dtype=torch.long)).sum().backward()
+    assert users.grad is None
+    codes = torch.tensor([[1, 2], [3, 0]])
+    torch.testing.assert_close(hte.catalogue_values(users, codes), hte(users.detach()[:, None].expand(-1, 2, -1)
+                               .reshape(10, 8), codes.repeat(5, 1))[:, -1].view(5, 2))  # fmt: skip
+
+
+# -- the model ----------------------------------------------------------------------------------------------------
+
+
+def test_mtp_heads_learn_different_targets_and_receive_different_gradients(build) -> None:
+    model, train, _ = build(use_hte=False)
+    model.calculate_loss(next(iter(train))).backward()
+    head_rows = model.generator.head_intents.weight.grad.view(2, 16, 16)  # [H, D, D]
+    assert head_rows[0].abs().sum() > 0 and head_rows[1].abs().sum() > 0
+    assert not torch.allclose(head_rows[0], head_rows[1])
+
+
+def test_vaft_weights_the_loss_by_action_and_value(build) -> None:
+    model, train, _ = build(use_hte=False, mtp_heads=1)
+    model.eval()  # no dropout: only the weights differ
+    batch = next(iter(train))
+    plain = model.calculate_loss(batch)
+    model.vaft = True
+    model.action_weights = [3.0, 3.0, 3.0]  # every action alike: the value alone weighs
+    with_value = model.calculate_loss(batch)
+    model.value_field = None  # now only the constant action weight
+    torch.testing.assert_close(model.calculate_loss(batch), 3.0 * plain)
+    assert not torch.allclose(with_value, 3.0 * plain)
+
+
+def test_hte_loss_trains_only_the_hte(build) -> None:
+    model, train, _ = build()
+    _, value_loss = model.calculate_loss(next(iter(train)))
+    value_loss.backward()
+    for name, parameter in model.named_parameters():
+        reached = parameter.grad is not None and parameter.grad.abs().sum() > 0
+        assert reached == name.startswith("hte."), name
+
+
+def test_gradients_reach_every_parameter(build) -> None:
+    model, train, _ = build(user_token_fields=["gender", "occupation"],
+                            load_col={"inter": ["user_id", "item_id", "rating", "timestamp", "click", "conversion"],
+                                      "user": ["user_id", "gender", "occupation"]})  # fmt: skip
+    sum(model.calculate_loss(next(iter(train)))).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_full_sort_scores_are_a_distribution_and_generate_returns_their_top(build) -> None:
+    model, _, test = build()
+    model.eval()
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        scores = model.full_sort_predict(batch)
+        items, item_scores = model.generate(batch, k=5)
+    assert scores[:, 0].eq(float("-inf")).all()
+    torch.testing.assert_close(scores.exp().sum(1), torch.ones(len(scores)))
+    torch.testing.assert_close(item_scores, scores.gather(1, items))  # a generated item's score is its served score
+    assert (items > 0).all() and all(len(set(row)) == 5 for row in items.tolist())
+
+
+def test_a_missing_sid_file_names_the_command_that_makes_it(sid_config, tmp_path) -> None:
+    config = Config("GPR", "ml-tiny", config_dict={**sid_config, "sid_file": str(tmp_path / "none.sid")})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    with pytest.raises(ConfigError, match="python -m recbole_oneranker.tokenize"):
+        GPR(config, train._dataset)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"attention": "silu", "token_type_ffn": False, "num_thinking_tokens": 0}])
+def test_gpr_end_to_end_on_ml_tiny(sid_config, overrides) -> None:
+    result = run("GPR", "ml-tiny", config_dict={**sid_config, **overrides, "epochs": 2, "candidate_negatives": 9})
+    assert set(result["test_result"]) >= {"hit@10", "ndcg@10", "gmv@10"}
+
+
+def test_generation_layers_gradients() -> None:
+    generator = _generator().train()
+    intents = generator.intents(torch.randn(2, 5, 8), torch.ones(2, 3, 5, dtype=torch.bool))[:, 0]
+    codes = torch.tensor([[[1, 2, 3]], [[0, 1, 7]]])
+    loss = -generator.path_log_probs(intents, codes).sum()
+    loss = loss - generator.catalogue_log_probs(intents, sid_level_structure(_codes_of(40)))[..., 3].sum()
+    loss.backward()
+    for name, parameter in generator.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
