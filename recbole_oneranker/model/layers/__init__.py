@@ -1,5 +1,5 @@
-"""Pure-PyTorch layers (no RecBole imports): the HSTU block and stack with their relative attention biases, and
-the query decoders of OneRanker's steps 2 and 3."""
+"""Pure-PyTorch layers (no RecBole imports): the HSTU block and stack with their relative attention biases, the
+query decoders of OneRanker's steps 2 and 3, and the semantic-ID trie with its constrained beam search."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .relative_bias import (
     RelativePositionBias,
     bucketize_time_deltas,
 )
+from .sid_trie import SIDTrie, StepFunction, constrained_beam_search, exact_item_log_probs
 
 __all__ = [
     "DEFAULT_BUCKET_DIVISOR",
@@ -35,9 +36,13 @@ __all__ = [
     "RelativeAttentionBias",
     "RelativeBucketedTimeAndPositionBias",
     "RelativePositionBias",
+    "SIDTrie",
+    "StepFunction",
     "build_relative_bias",
     "bucketize_time_deltas",
     "causal_padding_mask",
+    "constrained_beam_search",
+    "exact_item_log_probs",
     "load_official_hstu_weights",
     "lookup",
 ]

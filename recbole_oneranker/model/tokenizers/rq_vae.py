@@ -1,0 +1,206 @@
+"""Residual-quantised autoencoders: TIGER's RQ-VAE and GPR's RQ-KMeans+.
+
+One module serves both. An encoder maps an item vector ``x`` to a latent ``z``; ``L`` codebooks quantise ``z``
+residually (level ``l`` takes the nearest centroid to what levels ``< l`` left); a decoder maps the sum of the chosen
+centroids back to ``x``. The loss is TIGER's: reconstruction MSE plus, per level, the codebook term
+``||sg(r_l) - e_l||^2`` and the commitment term ``beta * ||r_l - sg(e_l)||^2``, with a straight-through gradient.
+
+- **RQ-VAE** (TIGER): MLP encoder and decoder, codebooks initialised by k-means on the first batch's latents.
+- **RQ-KMeans+** (GPR): residual encoder and decoder (``z = x + MLP(x)``, ``x_hat = z_q + MLP(z_q)``) whose last
+  layers start at zero, and codebooks copied from RQ-KMeans on ``x``: the untrained model *is* that RQ-KMeans
+  (same codes, same reconstruction), and training moves on from there instead of from a random start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .residual_kmeans import Progress, ResidualCodes, nearest_codes, rq_kmeans
+
+
+@dataclass(frozen=True)
+class RQVAEConfig:
+    """Sizes and training of a :class:`ResidualQuantizedAutoencoder`.
+
+    Attributes:
+        levels: ``L`` codebooks.
+        codebook_size: ``K`` codes per codebook.
+        latent_dim: width of ``z`` (ignored by the residual encoder, whose latent has the input's width).
+        hidden_dim: width of the encoder's and decoder's hidden layer.
+        commitment_weight: ``beta`` of the commitment term (TIGER: 0.25).
+        epochs: passes over the items.
+        batch_size: items per step (RQ-VAE's k-means initialisation needs ``>= codebook_size``).
+        learning_rate: Adam's.
+        seed: seeds the weights, the batches and the initial k-means.
+    """
+
+    levels: int = 3
+    codebook_size: int = 256
+    latent_dim: int = 32
+    hidden_dim: int = 128
+    commitment_weight: float = 0.25
+    epochs: int = 50
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.levels, self.codebook_size, self.latent_dim, self.hidden_dim, self.epochs, self.batch_size) < 1:
+            raise ValueError(f"sizes must be positive: {self}")
+
+
+@dataclass(frozen=True)
+class RQVAEOutput:
+    """One forward pass over ``N`` items.
+
+    Attributes:
+        codes: ``(N, L)`` int64.
+        reconstruction: ``(N, D)``, the decoder's output.
+        loss: scalar, ``reconstruction_loss + quantisation_loss``.
+        reconstruction_loss: scalar MSE between input and reconstruction.
+        quantisation_loss: scalar, summed over levels: codebook term + ``beta`` * commitment term.
+    """
+
+    codes: Tensor
+    reconstruction: Tensor
+    loss: Tensor
+    reconstruction_loss: Tensor
+    quantisation_loss: Tensor
+
+
+def _mlp(input_dim: int, hidden_dim: int, output_dim: int, zero_last: bool) -> nn.Sequential:
+    mlp = nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, output_dim))
+    if zero_last:  # the residual branch starts as the identity map
+        nn.init.zeros_(mlp[-1].weight)
+        nn.init.zeros_(mlp[-1].bias)
+    return mlp
+
+
+class ResidualQuantizedAutoencoder(nn.Module):
+    """Encoder, ``L`` residual codebooks, decoder (module docstring).
+
+    Constructor Args:
+        input_dim: ``D``.
+        config: sizes and ``beta``.
+        residual: GPR's residual encoder and decoder with zero-initialised last layers (latent width ``D``).
+
+    Call Args:
+        x: ``(N, D)``.
+
+    Returns:
+        :class:`RQVAEOutput`.
+    """
+
+    def __init__(self, input_dim: int, config: RQVAEConfig, residual: bool) -> None:
+        super().__init__()
+        self._residual = residual
+        self._commitment_weight = config.commitment_weight
+        latent_dim = input_dim if residual else config.latent_dim
+        self.encoder = _mlp(input_dim, config.hidden_dim, latent_dim, zero_last=residual)
+        self.decoder = _mlp(latent_dim, config.hidden_dim, input_dim, zero_last=residual)
+        self.codebooks = nn.Parameter(torch.zeros(config.levels, config.codebook_size, latent_dim))
+
+    def encode(self, x: Tensor) -> Tensor:
+        """``(N, D) -> (N, D_latent)``."""
+        return x + self.encoder(x) if self._residual else self.encoder(x)
+
+    def decode(self, quantised: Tensor) -> Tensor:
+        """``(N, D_latent) -> (N, D)``."""
+        return quantised + self.decoder(quantised) if self._residual else self.decoder(quantised)
+
+    def quantise(self, latent: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Residual quantisation of ``latent`` (``(N, D_latent)``).
+
+        Returns:
+            ``(N, L)`` codes, ``(N, D_latent)`` quantised latent (straight-through: its gradient reaches
+            ``latent``), and the scalar codebook + commitment loss summed over levels.
+        """
+        residual = latent
+        chosen = []
+        loss = latent.new_zeros(())
+        for codebook in self.codebooks:
+            codes = nearest_codes(residual.detach(), codebook.detach())
+            centroid = codebook[codes]  # [N, D_latent]
+            loss = loss + F.mse_loss(centroid, residual.detach())
+            loss = loss + self._commitment_weight * F.mse_loss(residual, centroid.detach())
+            residual = residual - centroid
+            chosen.append(codes)
+        quantised = latent - residual  # the sum of the chosen centroids
+        straight_through = latent + (quantised - latent).detach()
+        return torch.stack(chosen, dim=1), straight_through, loss
+
+    def forward(self, x: Tensor) -> RQVAEOutput:
+        codes, quantised, quantisation_loss = self.quantise(self.encode(x))
+        reconstruction = self.decode(quantised)
+        reconstruction_loss = F.mse_loss(reconstruction, x)
+        return RQVAEOutput(
+            codes, reconstruction, reconstruction_loss + quantisation_loss, reconstruction_loss, quantisation_loss
+        )
+
+
+def train_autoencoder(
+    model: ResidualQuantizedAutoencoder, vectors: Tensor, config: RQVAEConfig, progress: Progress | None = None
+) -> list[float]:
+    """Adam on shuffled mini-batches of ``vectors`` (``(N, D)``) for ``config.epochs`` epochs.
+
+    Returns:
+        The mean training loss of each epoch.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    history = []
+    model.train()
+    for epoch in range(config.epochs):
+        total = 0.0
+        for batch in torch.randperm(len(vectors), generator=generator).split(config.batch_size):
+            loss = model(vectors[batch]).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        history.append(total / len(vectors))
+        if progress and (epoch + 1) % 10 == 0:
+            progress(f"epoch {epoch + 1}/{config.epochs}: loss {history[-1]:.5f}")
+    return history
+
+
+def rq_vae(vectors: Tensor, config: RQVAEConfig, progress: Progress | None = None) -> ResidualQuantizedAutoencoder:
+    """Train TIGER's RQ-VAE on ``vectors`` (``(N, D)``); its codebooks start from RQ-KMeans on the first batch's
+    latents (TIGER's k-means initialisation). Returns the trained model in eval mode."""
+    vectors = vectors.detach().float()
+    with torch.random.fork_rng(devices=[]):  # weights drawn from the seed, the caller's random state untouched
+        torch.manual_seed(config.seed)
+        model = ResidualQuantizedAutoencoder(vectors.shape[1], config, residual=False)
+    first_batch = torch.randperm(len(vectors), generator=torch.Generator().manual_seed(config.seed))[: config.batch_size]
+    with torch.no_grad():
+        latents = model.encode(vectors[first_batch])
+        model.codebooks.copy_(rq_kmeans(latents, config.levels, config.codebook_size, config.seed).codebooks)
+    train_autoencoder(model, vectors, config, progress)
+    return model.eval()
+
+
+def rq_kmeans_plus_init(vectors: Tensor, config: RQVAEConfig, progress: Progress | None = None) -> tuple[
+    ResidualQuantizedAutoencoder, ResidualCodes
+]:
+    """GPR's RQ-KMeans+ before training: RQ-KMeans on ``vectors`` (``(N, D)``) and the residual autoencoder holding
+    its codebooks, whose forward pass gives exactly the RQ-KMeans codes and reconstruction."""
+    vectors = vectors.detach().float()
+    initial = rq_kmeans(vectors, config.levels, config.codebook_size, config.seed, progress=progress)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = ResidualQuantizedAutoencoder(vectors.shape[1], config, residual=True)
+    with torch.no_grad():
+        model.codebooks.copy_(initial.codebooks)
+    return model, initial
+
+
+def rq_kmeans_plus(vectors: Tensor, config: RQVAEConfig, progress: Progress | None = None) -> ResidualQuantizedAutoencoder:
+    """Train GPR's RQ-KMeans+ (:func:`rq_kmeans_plus_init`, then the RQ-VAE loss) on ``vectors`` (``(N, D)``).
+    Returns the trained model in eval mode."""
+    model, _ = rq_kmeans_plus_init(vectors, config, progress)
+    train_autoencoder(model, vectors.detach().float(), config, progress)
+    return model.eval()
