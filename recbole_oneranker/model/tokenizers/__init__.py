@@ -2,8 +2,8 @@
 Tokens) and the semantic-ID quantisers RQ-KMeans, balanced residual k-means (OneRec), RQ-KMeans+ (GPR) and RQ-VAE
 (TIGER), with TIGER's disambiguation code and quality metrics."""
 
-from recbole_oneranker.model.tokenizers.kmeans import kmeans
-from recbole_oneranker.model.tokenizers.residual_kmeans import (
+from .kmeans import kmeans
+from .residual_kmeans import (
     ResidualCodes,
     balanced_assignment,
     balanced_kmeans,
@@ -11,7 +11,7 @@ from recbole_oneranker.model.tokenizers.residual_kmeans import (
     nearest_codes,
     rq_kmeans,
 )
-from recbole_oneranker.model.tokenizers.rq_vae import (
+from .rq_vae import (
     ResidualQuantizedAutoencoder,
     RQVAEConfig,
     RQVAEOutput,
@@ -20,7 +20,7 @@ from recbole_oneranker.model.tokenizers.rq_vae import (
     rq_vae,
     train_autoencoder,
 )
-from recbole_oneranker.model.tokenizers.semantic_ids import (
+from .semantic_ids import (
     METHODS,
     SemanticIds,
     TokenizerConfig,

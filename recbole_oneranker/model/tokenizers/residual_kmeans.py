@@ -65,7 +65,12 @@ def sklearn_kmeans(points: Tensor, num_clusters: int, seed: int, num_inits: int 
 
 
 def rq_kmeans(
-    vectors: Tensor, levels: int, codebook_size: int, seed: int = 0, num_inits: int = 1, progress: Progress | None = None
+    vectors: Tensor,
+    levels: int,
+    codebook_size: int,
+    seed: int = 0,
+    num_inits: int = 1,
+    progress: Progress | None = None,
 ) -> ResidualCodes:
     """RQ-KMeans: ``levels`` rounds of k-means, each on the residuals the previous rounds left.
 

@@ -73,11 +73,11 @@ class RQVAEOutput:
 
 
 def _mlp(input_dim: int, hidden_dim: int, output_dim: int, zero_last: bool) -> nn.Sequential:
-    mlp = nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, output_dim))
+    last = nn.Linear(hidden_dim, output_dim)
     if zero_last:  # the residual branch starts as the identity map
-        nn.init.zeros_(mlp[-1].weight)
-        nn.init.zeros_(mlp[-1].bias)
-    return mlp
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+    return nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.SiLU(), last)
 
 
 class ResidualQuantizedAutoencoder(nn.Module):
@@ -175,7 +175,8 @@ def rq_vae(vectors: Tensor, config: RQVAEConfig, progress: Progress | None = Non
     with torch.random.fork_rng(devices=[]):  # weights drawn from the seed, the caller's random state untouched
         torch.manual_seed(config.seed)
         model = ResidualQuantizedAutoencoder(vectors.shape[1], config, residual=False)
-    first_batch = torch.randperm(len(vectors), generator=torch.Generator().manual_seed(config.seed))[: config.batch_size]
+    order = torch.randperm(len(vectors), generator=torch.Generator().manual_seed(config.seed))
+    first_batch = order[: config.batch_size]
     with torch.no_grad():
         latents = model.encode(vectors[first_batch])
         model.codebooks.copy_(rq_kmeans(latents, config.levels, config.codebook_size, config.seed).codebooks)
@@ -183,9 +184,9 @@ def rq_vae(vectors: Tensor, config: RQVAEConfig, progress: Progress | None = Non
     return model.eval()
 
 
-def rq_kmeans_plus_init(vectors: Tensor, config: RQVAEConfig, progress: Progress | None = None) -> tuple[
-    ResidualQuantizedAutoencoder, ResidualCodes
-]:
+def rq_kmeans_plus_init(
+    vectors: Tensor, config: RQVAEConfig, progress: Progress | None = None
+) -> tuple[ResidualQuantizedAutoencoder, ResidualCodes]:
     """GPR's RQ-KMeans+ before training: RQ-KMeans on ``vectors`` (``(N, D)``) and the residual autoencoder holding
     its codebooks, whose forward pass gives exactly the RQ-KMeans codes and reconstruction."""
     vectors = vectors.detach().float()
@@ -198,7 +199,9 @@ def rq_kmeans_plus_init(vectors: Tensor, config: RQVAEConfig, progress: Progress
     return model, initial
 
 
-def rq_kmeans_plus(vectors: Tensor, config: RQVAEConfig, progress: Progress | None = None) -> ResidualQuantizedAutoencoder:
+def rq_kmeans_plus(
+    vectors: Tensor, config: RQVAEConfig, progress: Progress | None = None
+) -> ResidualQuantizedAutoencoder:
     """Train GPR's RQ-KMeans+ (:func:`rq_kmeans_plus_init`, then the RQ-VAE loss) on ``vectors`` (``(N, D)``).
     Returns the trained model in eval mode."""
     model, _ = rq_kmeans_plus_init(vectors, config, progress)

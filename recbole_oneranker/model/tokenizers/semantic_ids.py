@@ -158,4 +158,3 @@ def fit_semantic_ids(vectors: Tensor, config: TokenizerConfig, progress: Progres
     metrics = code_metrics(vectors, codes, reconstruction, config.codebook_size)
     unique_codes = torch.cat([codes, disambiguation_codes(codes).unsqueeze(1)], dim=1)
     return SemanticIds(unique_codes, codebooks, reconstruction, {**metrics, "fit_seconds": fit_seconds})
-
