@@ -87,9 +87,12 @@ def test_rq_kmeans_plus_starts_as_rq_kmeans_then_training_lowers_its_loss():
         start = model(vectors)
     assert torch.equal(start.codes, initial.codes)  # the first forward reproduces the RQ-KMeans codes...
     torch.testing.assert_close(start.reconstruction, initial.reconstruct())  # ...and its reconstruction
-    train_autoencoder(model, vectors, config)
+    trained = train_autoencoder(model, vectors, config)
     with torch.no_grad():
-        end = model.eval()(vectors)
+        end = model(vectors)
+    assert trained.loss_before == pytest.approx(float(start.loss)) and trained.loss_after == pytest.approx(
+        float(end.loss)
+    )
     assert end.loss < 0.9 * start.loss  # reconstruction + codebook + commitment terms
     assert not torch.equal(end.codes, start.codes)  # training moved on from the k-means codes
 

@@ -5,7 +5,7 @@ Sources:
 - **attributes**: the dataset's categorical item side features, embedded reproducibly: each item is a document of
   ``column=value`` words (TF-IDF weighted), reduced by a seeded truncated SVD and L2-normalised. Read from
   ``<name>.item`` (Beauty's attributes, ml-100k's genres, year and title), else from the ``.inter`` columns whose
-  value never changes within an item (Taobao's category).
+  value does not change within an item (Taobao's category).
 - **checkpoint**: a trained model's item embedding table (rows in the dataset's internal id order; the caller maps
   them to tokens, see ``recbole_oneranker.tokenize``).
 - **file**: a user's own vectors: ``.npz`` holding ``ids`` and ``vectors``, or ``.npy`` plus a text file of ids
@@ -30,6 +30,9 @@ from recbole_oneranker.errors import ConfigError
 
 ITEM_TABLE_SUFFIX = "item_embedding.weight"
 CATEGORICAL_TYPES = ("token", "token_seq")
+# An .inter column is an item feature when it never changes within this share of the items (Taobao: one item of
+# 55,233 is logged under two categories).
+ITEM_LEVEL_SHARE = 0.99
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ def _categorical_columns(frame: pd.DataFrame, item_column: str) -> list[str]:
 def item_feature_table(data_dir: Path, dataset_name: str) -> pd.DataFrame:
     """One row per item token: ``item_id`` then its categorical side features (``name:type`` columns).
 
-    From ``<name>.item`` when it exists, else from the ``<name>.inter`` columns constant within every item.
+    From ``<name>.item`` when it exists, else from the ``<name>.inter`` columns constant within (nearly) every item,
+    each item taking the value of its first row.
     Items of the ``.inter`` file missing from the ``.item`` file get empty features.
     """
     inter = _read_atomic(data_dir / f"{dataset_name}.inter")
@@ -62,9 +66,13 @@ def item_feature_table(data_dir: Path, dataset_name: str) -> pd.DataFrame:
         items = _read_atomic(item_file).drop_duplicates(item_column)
         columns = _categorical_columns(items, item_column)
     else:
-        columns = _categorical_columns(inter, item_column)
-        columns = [c for c in columns if c != "user_id:token" and inter.groupby(item_column)[c].nunique().max() == 1]
-        items = inter.drop_duplicates(item_column)
+        per_item = inter.groupby(item_column)
+        columns = [
+            c
+            for c in _categorical_columns(inter, item_column)
+            if c != "user_id:token" and (per_item[c].nunique() == 1).mean() >= ITEM_LEVEL_SHARE
+        ]
+        items = inter.drop_duplicates(item_column)  # an item's first row gives its value
     tokens = pd.DataFrame({item_column: pd.unique(pd.concat([items[item_column], inter[item_column]]))})
     table = tokens.merge(items[[item_column, *columns]], on=item_column, how="left").fillna("")
     return table.rename(columns={item_column: "item_id"})

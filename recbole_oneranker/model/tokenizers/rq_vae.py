@@ -142,17 +142,31 @@ class ResidualQuantizedAutoencoder(nn.Module):
         )
 
 
+@dataclass(frozen=True)
+class TrainedAutoencoder:
+    """A trained :class:`ResidualQuantizedAutoencoder` (in eval mode) and its loss on all items before and after."""
+
+    model: ResidualQuantizedAutoencoder
+    loss_before: float
+    loss_after: float
+
+
+@torch.no_grad()
+def _loss_on(model: ResidualQuantizedAutoencoder, vectors: Tensor) -> float:
+    return float(model.eval()(vectors).loss)
+
+
 def train_autoencoder(
     model: ResidualQuantizedAutoencoder, vectors: Tensor, config: RQVAEConfig, progress: Progress | None = None
-) -> list[float]:
+) -> TrainedAutoencoder:
     """Adam on shuffled mini-batches of ``vectors`` (``(N, D)``) for ``config.epochs`` epochs.
 
     Returns:
-        The mean training loss of each epoch.
+        The model in eval mode, with its loss on all of ``vectors`` before and after training.
     """
+    loss_before = _loss_on(model, vectors)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    history = []
     model.train()
     for epoch in range(config.epochs):
         total = 0.0
@@ -162,15 +176,14 @@ def train_autoencoder(
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
-        history.append(total / len(vectors))
         if progress and (epoch + 1) % 10 == 0:
-            progress(f"epoch {epoch + 1}/{config.epochs}: loss {history[-1]:.5f}")
-    return history
+            progress(f"epoch {epoch + 1}/{config.epochs}: mean batch loss {total / len(vectors):.5f}")
+    return TrainedAutoencoder(model, loss_before, _loss_on(model, vectors))
 
 
-def rq_vae(vectors: Tensor, config: RQVAEConfig, progress: Progress | None = None) -> ResidualQuantizedAutoencoder:
+def rq_vae(vectors: Tensor, config: RQVAEConfig, progress: Progress | None = None) -> TrainedAutoencoder:
     """Train TIGER's RQ-VAE on ``vectors`` (``(N, D)``); its codebooks start from RQ-KMeans on the first batch's
-    latents (TIGER's k-means initialisation). Returns the trained model in eval mode."""
+    latents (TIGER's k-means initialisation)."""
     vectors = vectors.detach().float()
     with torch.random.fork_rng(devices=[]):  # weights drawn from the seed, the caller's random state untouched
         torch.manual_seed(config.seed)
@@ -180,8 +193,7 @@ def rq_vae(vectors: Tensor, config: RQVAEConfig, progress: Progress | None = Non
     with torch.no_grad():
         latents = model.encode(vectors[first_batch])
         model.codebooks.copy_(rq_kmeans(latents, config.levels, config.codebook_size, config.seed).codebooks)
-    train_autoencoder(model, vectors, config, progress)
-    return model.eval()
+    return train_autoencoder(model, vectors, config, progress)
 
 
 def rq_kmeans_plus_init(
@@ -199,11 +211,7 @@ def rq_kmeans_plus_init(
     return model, initial
 
 
-def rq_kmeans_plus(
-    vectors: Tensor, config: RQVAEConfig, progress: Progress | None = None
-) -> ResidualQuantizedAutoencoder:
-    """Train GPR's RQ-KMeans+ (:func:`rq_kmeans_plus_init`, then the RQ-VAE loss) on ``vectors`` (``(N, D)``).
-    Returns the trained model in eval mode."""
+def rq_kmeans_plus(vectors: Tensor, config: RQVAEConfig, progress: Progress | None = None) -> TrainedAutoencoder:
+    """Train GPR's RQ-KMeans+ (:func:`rq_kmeans_plus_init`, then the RQ-VAE loss) on ``vectors`` (``(N, D)``)."""
     model, _ = rq_kmeans_plus_init(vectors, config, progress)
-    train_autoencoder(model, vectors.detach().float(), config, progress)
-    return model.eval()
+    return train_autoencoder(model, vectors.detach().float(), config, progress)

@@ -64,7 +64,8 @@ class SemanticIds:
         codes: ``(N, L + 1)`` int64: ``L`` quantisation codes, then the disambiguation code; rows are unique.
         codebooks: ``(L, K, D')`` float32 centroids (``D'`` the latent width for the autoencoders).
         reconstruction: ``(N, D)``: the sum of the chosen centroids (k-means methods) or the decoder's output.
-        metrics: see :func:`code_metrics`, plus ``fit_seconds``.
+        metrics: see :func:`code_metrics`, plus ``fit_seconds`` and, for the autoencoders, ``autoencoder_loss``
+            (their loss on all items before and after training).
     """
 
     codes: Tensor
@@ -119,21 +120,25 @@ def code_metrics(vectors: Tensor, codes: Tensor, reconstruction: Tensor, codeboo
     }
 
 
-def _fit_codes(vectors: Tensor, config: TokenizerConfig, progress: Progress | None) -> tuple[Tensor, Tensor, Tensor]:
-    """``(N, L)`` codes, ``(L, K, D')`` codebooks and ``(N, D)`` reconstruction of ``config.method``."""
-    if config.method in ("rq-kmeans", "balanced-rq-kmeans"):
-        if config.method == "rq-kmeans":
-            fitted = rq_kmeans(vectors, config.levels, config.codebook_size, config.seed, config.kmeans_inits, progress)
-        else:
-            fitted = balanced_rq_kmeans(
-                vectors, config.levels, config.codebook_size, config.seed, config.balanced_iters, progress
-            )
-        return fitted.codes, fitted.codebooks, fitted.reconstruct()
+def _fit_codes(
+    vectors: Tensor, config: TokenizerConfig, progress: Progress | None
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
+    """``(N, L)`` codes, ``(L, K, D')`` codebooks, ``(N, D)`` reconstruction of ``config.method``, and for the
+    autoencoders ``autoencoder_loss``: their loss on all items before and after training."""
+    if config.method == "rq-kmeans":
+        fitted = rq_kmeans(vectors, config.levels, config.codebook_size, config.seed, config.kmeans_inits, progress)
+        return fitted.codes, fitted.codebooks, fitted.reconstruct(), {}
+    if config.method == "balanced-rq-kmeans":
+        fitted = balanced_rq_kmeans(
+            vectors, config.levels, config.codebook_size, config.seed, config.balanced_iters, progress
+        )
+        return fitted.codes, fitted.codebooks, fitted.reconstruct(), {}
     train = rq_vae if config.method == "rq-vae" else rq_kmeans_plus
-    model = train(vectors, config.autoencoder_config(), progress)
+    trained = train(vectors, config.autoencoder_config(), progress)
     with torch.no_grad():
-        output = model(vectors)
-    return output.codes, model.codebooks.detach().clone(), output.reconstruction
+        output = trained.model(vectors)
+    losses = {"autoencoder_loss": [trained.loss_before, trained.loss_after]}
+    return output.codes, trained.model.codebooks.detach().clone(), output.reconstruction, losses
 
 
 def fit_semantic_ids(vectors: Tensor, config: TokenizerConfig, progress: Progress | None = None) -> SemanticIds:
@@ -153,8 +158,8 @@ def fit_semantic_ids(vectors: Tensor, config: TokenizerConfig, progress: Progres
     """
     vectors = vectors.detach().float()
     started = time.perf_counter()
-    codes, codebooks, reconstruction = _fit_codes(vectors, config, progress)
+    codes, codebooks, reconstruction, losses = _fit_codes(vectors, config, progress)
     fit_seconds = time.perf_counter() - started
-    metrics = code_metrics(vectors, codes, reconstruction, config.codebook_size)
+    metrics = {**code_metrics(vectors, codes, reconstruction, config.codebook_size), **losses}
     unique_codes = torch.cat([codes, disambiguation_codes(codes).unsqueeze(1)], dim=1)
     return SemanticIds(unique_codes, codebooks, reconstruction, {**metrics, "fit_seconds": fit_seconds})
