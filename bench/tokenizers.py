@@ -35,8 +35,9 @@ RESULTS = Path("results")
 # (dataset, codebook size, attribute columns): ml-100k's 1,682 items get 32 codes a level, the others 256.
 DATASETS = (("ml-100k", 32, ["class", "release_year"]), ("taobao", 256, None), ("beauty", 256, None))
 NOTES_MARKER = "<!-- notes below are kept when the table is regenerated -->"
-COLUMNS = ["dataset", "source", "method", "items", "collision_rate", "max_items_per_tuple", "utilisation",
-           "max_load_ratio", "entropy", "reconstruction_error", "fit_seconds", "command"]  # fmt: skip
+METRICS = ["collision_rate", "max_items_per_tuple", "utilisation", "max_load_ratio", "entropy",
+           "reconstruction_error", "fit_seconds", "autoencoder_loss"]  # fmt: skip
+COLUMNS = ["dataset", "source", "method", "items", *METRICS, "command"]
 
 
 def _commit() -> str:
@@ -73,14 +74,16 @@ def report(checkpoints: dict[str, str]) -> None:
                         "source": "+".join(manifest["sources"]),
                         "method": manifest["method"],
                         "items": manifest["num_items"],
-                        **{key: metrics[key] for key in COLUMNS[4:11]},
+                        **{key: metrics.get(key, "") for key in METRICS},  # no autoencoder loss for k-means
                         "command": manifest["command"],
                     }
                 )
     _write_report(rows)
 
 
-def _cell(value) -> str:
+def _cell(key: str, value) -> str:
+    if key == "autoencoder_loss" and value:
+        return f"{value[0]:.4f} -> {value[1]:.4f}"
     if isinstance(value, list):
         return " / ".join(f"{v:.2f}" for v in value)
     return f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -93,7 +96,7 @@ def _write_report(rows: list[dict]) -> None:
         writer.writeheader()
         writer.writerows({key: json.dumps(v) if isinstance(v, list) else v for key, v in row.items()} for row in rows)
     header = "| " + " | ".join(COLUMNS[:-1]) + " |\n|" + "---|" * (len(COLUMNS) - 1) + "\n"
-    table = "".join("| " + " | ".join(_cell(row[key]) for key in COLUMNS[:-1]) + " |\n" for row in rows)
+    table = "".join("| " + " | ".join(_cell(key, row[key]) for key in COLUMNS[:-1]) + " |\n" for row in rows)
     commands = "".join(f"- {row['dataset']} / {row['source']} / {row['method']}: `{row['command']}`\n" for row in rows)
     report_file = RESULTS / "tokenizers.md"
     notes = report_file.read_text().partition(NOTES_MARKER)[2] if report_file.exists() else "\n"

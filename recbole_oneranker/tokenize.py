@@ -125,13 +125,16 @@ def tokenize(args: argparse.Namespace, argv: Sequence[str]) -> Path:
     vectors, sources = source_vectors(args, data_dir, progress)
     if len(vectors.tokens) < args.codebook_size:
         raise ConfigError(f"--codebook-size {args.codebook_size} exceeds the {len(vectors.tokens)} items to quantise")
-    config = TokenizerConfig(
-        method=args.method,
-        levels=args.levels,
-        codebook_size=args.codebook_size,
-        seed=args.seed,
-        autoencoder=RQVAEConfig(epochs=args.epochs),
-    )
+    try:
+        config = TokenizerConfig(
+            method=args.method,
+            levels=args.levels,
+            codebook_size=args.codebook_size,
+            seed=args.seed,
+            autoencoder=RQVAEConfig(epochs=args.epochs),
+        )
+    except ValueError as error:  # sizes out of range
+        raise ConfigError(str(error)) from error
     progress.step(f"{args.method}: {len(vectors.tokens):,} items x {vectors.vectors.shape[1]} dims")
     ids = fit_semantic_ids(vectors.vectors, config, progress.step)
     out = args.out or args.data_path / args.dataset / f"{args.dataset}.sid"

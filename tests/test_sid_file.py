@@ -126,6 +126,8 @@ def test_the_command_end_to_end_on_the_embedded_ml100k(tmp_path, capsys):
         (["--dataset", "ml-100k", "--codebook-size", "5000"], "exceeds the 1682 items"),
         (["--dataset", "ml-100k", "--source", "checkpoint"], "needs --checkpoint"),
         (["--dataset", "ml-100k", "--columns", "genre"], "no item feature column"),
+        (["--dataset", "ml-100k", "--levels", "0"], "need levels >= 1"),
+        (["--dataset", "ml-100k", "--method", "rq-vae", "--epochs", "0"], "sizes must be positive"),
     ],
 )
 def test_command_mistakes_are_one_line_and_status_2(tmp_path, capsys, extra, message):
