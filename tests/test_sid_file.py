@@ -22,6 +22,7 @@ from recbole_oneranker.data.sid import (
     write_sid_file,
 )
 from recbole_oneranker.errors import ConfigError
+from recbole_oneranker.model.tokenizers import TokenizerConfig, fit_semantic_ids
 from recbole_oneranker.tokenize import main as tokenize_main
 
 
@@ -152,6 +153,22 @@ def test_a_users_vectors_file_becomes_the_sid_files_items(tmp_path):
     assert tokenize_main([*command, "--vectors", str(tmp_path / "vectors.npz"), "--codebook-size", "8", "--quiet"]) == 0
     manifest = json.loads((tmp_path / "ml-100k" / "ml-100k.sid.json").read_text())
     assert manifest["vector_dim"] == 6 + 64 and manifest["num_items"] == 1682
+
+
+def test_a_checkpoints_item_table_is_keyed_by_the_datasets_item_tokens(tiny_config, tiny_data_path, tmp_path):
+    from recbole_oneranker.quick_start import run
+
+    tiny_hstu = {"hidden_size": 16, "attention_dim": 8, "linear_hidden_dim": 8, "n_heads": 2, "num_negatives": 16}
+    checkpoint = run("HSTU", "ml-tiny", config_dict={**tiny_config, **tiny_hstu})["saved_model_file"]
+    command = ["--dataset", "ml-tiny", "--data-path", str(tiny_data_path), "--out", str(tmp_path / "ml-tiny.sid")]
+    assert tokenize_main([*command, "--source", "checkpoint", "--checkpoint", checkpoint, "--codebook-size", "8"]) == 0
+    tokens, codes = read_sid_file(tmp_path / "ml-tiny.sid")
+    dataset = create_dataset(Config("HSTU", "ml-tiny", config_dict=tiny_config))
+    assert tokens == list(dataset.field2id_token["item_id"][1:])  # the table's rows 1.. in internal-id order
+    table = checkpoint_item_table(checkpoint)
+    rebuilt = fit_semantic_ids(table[1:], TokenizerConfig(codebook_size=8)).codes  # the same vectors, same codes
+    assert torch.equal(codes, rebuilt)
+    assert torch.equal(load_dataset_sids(dataset, tmp_path / "ml-tiny.sid")[1:], codes)
 
 
 def test_the_item_table_key_is_found_by_its_suffix_when_unambiguous(tmp_path):

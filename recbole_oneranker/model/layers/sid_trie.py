@@ -118,7 +118,10 @@ def exact_item_log_probs(step: StepFunction, trie: SIDTrie, batch_size: int) -> 
 
     Level ``l`` calls ``step`` once on all ``P_l`` prefixes of depth ``l`` (``(B, P_l, l)``); each item then gathers
     its code's log-probability at its own prefix, and the levels add up. Cost: ``sum_l P_l`` prefixes per request
-    (1 + 256 + ~12k for Beauty at 3 x 256), so large catalogues should call this on a few requests at a time.
+    (at most one per item at each level), so large catalogues should call this on a few requests at a time.
+
+    Returns:
+        ``(B, N)`` float32, column ``n`` the item in row ``n`` of ``trie.codes``; each row's ``exp`` sums to 1.
     """
     total = torch.zeros(batch_size, len(trie.codes))
     for level in range(trie.num_levels):
