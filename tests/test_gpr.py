@@ -6,11 +6,10 @@ import pandas as pd
 import pytest
 import torch
 from recbole.data import data_preparation
-from recbole_oneranker.data.sid import write_sid_file
-from recbole_oneranker.model.layers.sid_trie import SIDTrie, constrained_beam_search, exact_item_log_probs
 
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset
+from recbole_oneranker.data.sid import write_sid_file
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.layers import (
     HSTUConfig,
@@ -21,6 +20,7 @@ from recbole_oneranker.model.layers import (
     segment_logsumexp,
     sid_level_structure,
 )
+from recbole_oneranker.model.layers.sid_trie import SIDTrie, constrained_beam_search, exact_item_log_probs
 from recbole_oneranker.model.sequential_recommender import GPR
 from recbole_oneranker.quick_start import run
 

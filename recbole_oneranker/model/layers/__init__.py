@@ -1,6 +1,6 @@
 """Pure-PyTorch layers (no RecBole imports): the HSTU block and stack with their relative attention biases and
-masks, the item-sequence encoder, the next-item softmax and repeat shift, and OneRanker's step-2 and step-3
-decoders."""
+masks, the item-sequence encoder, the next-item softmax and repeat shift, OneRanker's step-2 and step-3 decoders,
+and for semantic IDs the trie with its constrained beam search and GPR's level-wise generator and value estimator."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ from .relative_bias import (
     bucketize_time_deltas,
 )
 from .sequence_encoder import SequenceEncoder, SequenceEncoderConfig
+from .sid_generation import (
+    SIDGenerator,
+    SIDGeneratorConfig,
+    SIDLevelStructure,
+    ValueEstimator,
+    segment_logsumexp,
+    sid_level_structure,
+)
+from .sid_trie import SIDTrie, StepFunction, constrained_beam_search, exact_item_log_probs
 from .softmax import LOSS_TYPES, NextItemSoftmax, RepeatShift, SoftmaxConfig, distinct_items, seen_before
 from .task_tokens import TaskTokenConfig, TaskTokenDecoder, heterogeneous_mask
 
@@ -49,21 +58,31 @@ __all__ = [
     "RelativeBucketedTimeAndPositionBias",
     "RelativePositionBias",
     "RepeatShift",
+    "SIDGenerator",
+    "SIDGeneratorConfig",
+    "SIDLevelStructure",
+    "SIDTrie",
     "SequenceEncoder",
     "SequenceEncoderConfig",
     "SoftmaxConfig",
+    "StepFunction",
     "TaskTokenConfig",
     "TaskTokenDecoder",
     "TokenTypeFFN",
+    "ValueEstimator",
     "build_relative_bias",
     "bucketize_time_deltas",
     "candidate_mask",
     "causal_padding_mask",
+    "constrained_beam_search",
     "distinct_items",
+    "exact_item_log_probs",
     "heterogeneous_mask",
     "load_official_hstu_weights",
     "lookup",
     "prefix_causal_mask",
     "seen_before",
+    "segment_logsumexp",
+    "sid_level_structure",
     "visible_states",
 ]

@@ -205,7 +205,9 @@ class GPR(GenerativeRecommender):
     def _stages_reached(self, interaction, seq_len: int, valid: Tensor) -> Tensor:
         """``[P]`` how many cascade stages the next interaction of each valid position reached."""
         stages = [self.next_field(interaction, field, seq_len)[valid] > 0 for field in self.cascade_fields]
-        return sum((stage.long() for stage in stages), torch.zeros(int(valid.sum()), dtype=torch.long, device=valid.device))
+        return sum(
+            (stage.long() for stage in stages), torch.zeros(int(valid.sum()), dtype=torch.long, device=valid.device)
+        )
 
     def _normalised_values(self, interaction, seq_len: int, valid: Tensor) -> Tensor | None:
         """``[P]`` the next interaction's value over the batch's mean value, or None without a value field."""
