@@ -151,7 +151,10 @@ class SIDGenerator(nn.Module):
         self.prefix_embeddings: nn.ModuleList = nn.ModuleList(
             nn.Embedding(size, dim) for size in config.codebook_sizes[:-1]
         )
-        self.prefix_projections: nn.ModuleList = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(levels))
+        # A_l for levels 1..L-1 (level 0 has no prefix)
+        self.prefix_projections: nn.ModuleList = nn.ModuleList(
+            nn.Linear(dim, dim, bias=False) for _ in range(levels - 1)
+        )
         self.code_embeddings: nn.ModuleList = nn.ModuleList(nn.Embedding(size, dim) for size in config.codebook_sizes)
         for table in (*self.prefix_embeddings, *self.code_embeddings):
             nn.init.normal_(table.weight, std=1.0 / math.sqrt(dim))
@@ -178,7 +181,7 @@ class SIDGenerator(nn.Module):
         if level == 0:
             return prefixes.new_zeros(*prefixes.shape[:-1], self.config.hidden_size, dtype=torch.float)
         embedded = sum(self.prefix_embeddings[m](prefixes[..., m]) for m in range(level))
-        return self.prefix_projections[level](embedded)
+        return self.prefix_projections[level - 1](embedded)
 
     def level_logits(self, intents: Tensor, prefixes: Tensor, level: int) -> Tensor:
         """``[P, H, K_level]`` logits of level ``level``'s code for ``intents`` (``[P, H, D]``) after ``prefixes``
