@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -52,8 +52,7 @@ class TokenizerConfig:
 
     def autoencoder_config(self) -> RQVAEConfig:
         """:attr:`autoencoder` with this config's levels, codebook size and seed."""
-        settings = {**self.autoencoder.__dict__, "levels": self.levels, "codebook_size": self.codebook_size}
-        return RQVAEConfig(**{**settings, "seed": self.seed})
+        return replace(self.autoencoder, levels=self.levels, codebook_size=self.codebook_size, seed=self.seed)
 
 
 @dataclass(frozen=True)
