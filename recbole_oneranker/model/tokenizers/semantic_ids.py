@@ -98,7 +98,7 @@ def code_metrics(vectors: Tensor, codes: Tensor, reconstruction: Tensor, codeboo
     """Quality of ``(N, L)`` codes of ``(N, D)`` vectors reconstructed as ``(N, D)``.
 
     Returns:
-        ``collision_rate``: share of items whose tuple another item also has, ``1 - unique tuples / N``;
+        ``collision_rate``: ``1 - distinct tuples / N`` (0 when every item has a tuple of its own);
         ``max_items_per_tuple``; per level (lists of ``L``): ``utilisation`` (share of the ``K`` codes used),
         ``max_load_ratio`` (largest code's items over the balanced ``N / K``) and ``entropy`` (of the codes'
         distribution, over ``log K``: 1 is perfectly balanced); ``reconstruction_error``: squared error over the
