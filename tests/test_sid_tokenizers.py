@@ -5,6 +5,7 @@ count what they say, and a seed fixes the codes. Small shapes: the file runs in 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -107,7 +108,7 @@ def test_every_method_gives_unique_codes_and_the_same_codes_for_the_same_seed(me
     assert len(torch.unique(ids.codes, dim=0)) == 200  # zero collisions after disambiguation
     assert ids.codebook_sizes[-1] == ids.metrics["max_items_per_tuple"]
     assert torch.equal(fit_semantic_ids(vectors, config).codes, ids.codes)
-    other_seed = fit_semantic_ids(vectors, TokenizerConfig(**{**config.__dict__, "seed": 1}))
+    other_seed = fit_semantic_ids(vectors, replace(config, seed=1))
     assert not torch.equal(other_seed.codes, ids.codes)
 
 

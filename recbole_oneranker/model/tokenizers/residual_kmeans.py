@@ -157,17 +157,19 @@ def balanced_kmeans(points: Tensor, num_clusters: int, seed: int = 0, num_iters:
         ``(K, D)`` centroids (the means of their points) and ``(N,)`` codes, each code used by
         ``floor(N/K)`` or ``ceil(N/K)`` points.
     """
-    centroids = sklearn_kmeans(points, num_clusters, seed)
-    codes = balanced_assignment(points, centroids)
+    codes = balanced_assignment(points, sklearn_kmeans(points, num_clusters, seed))
     for _ in range(num_iters):
-        counts = torch.bincount(codes, minlength=num_clusters).unsqueeze(1)  # every count >= 1: capacities >= 1
-        centroids = torch.zeros_like(centroids).index_add_(0, codes, points) / counts
-        new_codes = balanced_assignment(points, centroids)
+        new_codes = balanced_assignment(points, _cluster_means(points, codes, num_clusters))
         if torch.equal(new_codes, codes):
             break
         codes = new_codes
+    return _cluster_means(points, codes, num_clusters), codes
+
+
+def _cluster_means(points: Tensor, codes: Tensor, num_clusters: int) -> Tensor:
+    """``(K, D)`` means of the points of each code; every code has points (balanced capacities are >= 1)."""
     counts = torch.bincount(codes, minlength=num_clusters).unsqueeze(1)
-    return torch.zeros_like(centroids).index_add_(0, codes, points) / counts, codes
+    return points.new_zeros(num_clusters, points.shape[1]).index_add_(0, codes, points) / counts
 
 
 def balanced_rq_kmeans(

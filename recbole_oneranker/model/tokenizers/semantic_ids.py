@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -52,8 +52,7 @@ class TokenizerConfig:
 
     def autoencoder_config(self) -> RQVAEConfig:
         """:attr:`autoencoder` with this config's levels, codebook size and seed."""
-        settings = {**self.autoencoder.__dict__, "levels": self.levels, "codebook_size": self.codebook_size}
-        return RQVAEConfig(**{**settings, "seed": self.seed})
+        return replace(self.autoencoder, levels=self.levels, codebook_size=self.codebook_size, seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ def code_metrics(vectors: Tensor, codes: Tensor, reconstruction: Tensor, codeboo
     """Quality of ``(N, L)`` codes of ``(N, D)`` vectors reconstructed as ``(N, D)``.
 
     Returns:
-        ``collision_rate``: share of items whose tuple another item also has, ``1 - unique tuples / N``;
+        ``collision_rate``: ``1 - distinct tuples / N`` (0 when every item has a tuple of its own);
         ``max_items_per_tuple``; per level (lists of ``L``): ``utilisation`` (share of the ``K`` codes used),
         ``max_load_ratio`` (largest code's items over the balanced ``N / K``) and ``entropy`` (of the codes'
         distribution, over ``log K``: 1 is perfectly balanced); ``reconstruction_error``: squared error over the
