@@ -102,6 +102,8 @@ class SequenceEncoder(nn.Module):
         Returns:
             ``[B, N, D]`` states of the history positions, not normalised (0 past each length).
         """
+        if self.item_embedding is None:
+            raise ValueError("this encoder has no item table (num_items=0): call encode_tokens with embedded tokens")
         x = self.item_embedding(item_seq) * math.sqrt(self.hidden_size)  # [B, N, D]
         if token_features is not None:
             x = x + token_features

@@ -166,7 +166,7 @@ class SIDGenerator(nn.Module):
             states: ``[B, N, D]`` trunk states; visible: ``[B, R, N]`` the states each position may read (the last
                 of them is the position's own state).
         """
-        if self.thinking is None:
+        if self.thinking is None or self.thinking_tokens is None:
             last = visible.long().cumsum(-1).argmax(-1)  # [B, R] the last visible state
             pooled = states.gather(1, last.unsqueeze(-1).expand(-1, -1, states.shape[-1]))  # [B, R, D]
         else:
@@ -175,6 +175,16 @@ class SIDGenerator(nn.Module):
             everyone = torch.ones(len(tokens[0, 0]), len(tokens[0, 0]), dtype=torch.bool, device=states.device)
             pooled = self.thinking(tokens, states, visible, everyone).sum(dim=2)  # sum-pooled, as GPR's Refining reads
         return self.head_intents(pooled).unflatten(-1, (self.config.num_heads, self.config.hidden_size))
+
+    def _level_query(self, level: int, intents: Tensor) -> Tensor:
+        """``W_level intents``: ``[..., D]``."""
+        layer: nn.Linear = self.level_queries[level]  # type: ignore[assignment]  # ModuleList items are Modules
+        return layer(intents)
+
+    def _code_table(self, level: int) -> Tensor:
+        """``O_level``: ``[K_level, D]``."""
+        table: nn.Embedding = self.code_embeddings[level]  # type: ignore[assignment]  # ModuleList items are Modules
+        return table.weight
 
     def prefix_vectors(self, prefixes: Tensor, level: int) -> Tensor:
         """``[..., D]`` ``A_level e(prefix)`` of code prefixes ``[..., level]``."""
@@ -186,8 +196,8 @@ class SIDGenerator(nn.Module):
     def level_logits(self, intents: Tensor, prefixes: Tensor, level: int) -> Tensor:
         """``[P, H, K_level]`` logits of level ``level``'s code for ``intents`` (``[P, H, D]``) after ``prefixes``
         (``[P, H, level]``, one per head, or ``[P, 1, level]`` shared)."""
-        query = self.level_queries[level](intents) + self.prefix_vectors(prefixes, level)
-        return query @ self.code_embeddings[level].weight.t()
+        query = self._level_query(level, intents) + self.prefix_vectors(prefixes, level)
+        return query @ self._code_table(level).t()
 
     def path_log_probs(self, intents: Tensor, codes: Tensor) -> Tensor:
         """``[P, H, L]`` each head's log-probability of each level's code of ``codes`` (``[P, H, L]`` or
@@ -212,7 +222,7 @@ class SIDGenerator(nn.Module):
         flat = intents.reshape(num_positions * num_heads, dim)
         total = flat.new_zeros(len(flat), len(structure.codes))
         for level in range(self.config.levels):
-            user_code = self.level_queries[level](flat) @ self.code_embeddings[level].weight.t()  # [PH, K]
+            user_code = self._level_query(level, flat) @ self._code_table(level).t()  # [PH, K]
             pair_codes = structure.pair_code[level]
             prefixes = structure.codes[structure.pair_item[level], :level]  # [Q, level]
             prefix_code = (self.prefix_vectors(prefixes, level) * self.code_embeddings[level](pair_codes)).sum(-1)

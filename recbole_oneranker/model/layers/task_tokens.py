@@ -109,7 +109,7 @@ class TaskTokenDecoder(nn.Module):
 
     def forward(self, states: Tensor, visible: Tensor) -> Tensor:
         batch, ranked = visible.shape[:2]
-        queries = self.task_tokens
+        queries: Tensor = self.task_tokens
         if self.num_fake_items:
             fake = self.fake_centroids * math.sqrt(self.config.decoder.hidden_size) + self.fake_type
             queries = torch.cat([queries, fake], dim=0)
