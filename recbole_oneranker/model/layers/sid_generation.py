@@ -254,9 +254,15 @@ class ValueEstimator(nn.Module):
         )
         self.code_embeddings: nn.ModuleList = nn.ModuleList(nn.Embedding(size, dim) for size in config.codebook_sizes)
 
+    @staticmethod
+    def _read(users: Tensor) -> Tensor:
+        """The trunk's states, detached (no gradient into the trunk) and layer-normalised (their scale grows with
+        depth and width; the value heads should not have to learn it)."""
+        return F.layer_norm(users.detach(), users.shape[-1:])
+
     def forward(self, users: Tensor, codes: Tensor) -> Tensor:
         """``[P, L]`` the value estimate after each level of ``codes`` (``[P, L]``) for ``users`` (``[P, D]``)."""
-        users = users.detach()
+        users = self._read(users)
         prefix = torch.zeros_like(users)
         columns = []
         for level in range(self.levels):
@@ -268,7 +274,7 @@ class ValueEstimator(nn.Module):
 
     def catalogue_values(self, users: Tensor, codes: Tensor) -> Tensor:
         """``[P, N]`` the final-level value of every item (``codes``, ``[N, L]``) for ``users`` (``[P, D]``)."""
-        users = users.detach()
+        users = self._read(users)
         last = self.levels - 1
         prefix = sum(
             (self.prefix_embeddings[level](codes[:, level]) for level in range(last)),
