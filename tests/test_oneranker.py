@@ -328,3 +328,23 @@ def test_sampled_evaluation_encodes_each_history_once(build, assert_candidate_co
     torch.nn.init.constant_(model.repeat_shift.shift, -0.2)
     torch.nn.init.constant_(model.rank_gate, 0.5)  # the ranker's score counts in predict
     assert_candidate_copies_encoded_once(model, next(iter(test))[0])
+
+
+def test_a_checkpoint_saved_before_the_reshaping_still_loads(build):
+    model, _, _ = build(repeat_bias=True, history_negatives=True)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    state = model.state_dict()
+    legacy = {}
+    for key, value in state.items():  # the names the parameters had before the model was split into parts
+        for old, new in reversed(OneRanker.LEGACY_KEYS):
+            if key == new or (new.endswith(".") and key.startswith(new)):
+                key = old + key.removeprefix(new)
+                break
+        legacy[key] = value
+    assert "item_embedding.weight" in legacy and "ranker.layers.0.self_qkv.weight" in legacy
+    fresh, _, _ = build(repeat_bias=True, history_negatives=True)
+    fresh.load_state_dict(legacy)
+    for key, value in state.items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)

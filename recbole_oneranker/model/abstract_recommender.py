@@ -66,9 +66,14 @@ class GenerativeRecommender(SequentialRecommender):
     """
 
     input_type = InputType.POINTWISE
+    # (old prefix, new prefix) of parameter names a model renamed; a checkpoint holding ``LEGACY_MARKER`` is read
+    # through them, so checkpoints saved before a reshaping keep loading.
+    LEGACY_KEYS: tuple[tuple[str, str], ...] = ()
+    LEGACY_MARKER = "item_embedding.weight"
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
+        self.register_load_state_dict_pre_hook(self._rename_legacy_keys)
         self.hidden_size = config["hidden_size"]
         self.dropout_prob = config["dropout_prob"]
         self.temperature = config["temperature"]
@@ -98,6 +103,17 @@ class GenerativeRecommender(SequentialRecommender):
             )
         self.repeat_shift = RepeatShift() if config["repeat_bias"] else None
         self.softmax = NextItemSoftmax(softmax_config, self.item_vectors, self.repeat_shift)
+
+    def _rename_legacy_keys(self, module, state_dict, prefix, *args) -> None:
+        """Load hook: rename the parameters of a checkpoint saved before the model's reshaping (``LEGACY_KEYS``)."""
+        if prefix + self.LEGACY_MARKER not in state_dict:
+            return
+        for key in list(state_dict):
+            name = key.removeprefix(prefix)
+            for old, new in self.LEGACY_KEYS:
+                if name == old or (old.endswith(".") and name.startswith(old)):
+                    state_dict[prefix + new + name.removeprefix(old)] = state_dict.pop(key)
+                    break
 
     # -- what a model implements ------------------------------------------------------------------------------
 

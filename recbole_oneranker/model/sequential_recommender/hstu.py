@@ -43,6 +43,13 @@ class HSTU(GenerativeRecommender):
           as the reference does with the next event's time.
     """
 
+    LEGACY_KEYS = (
+        ("item_embedding.", "encoder.item_embedding."),
+        ("position_embedding.", "encoder.position_embedding."),
+        ("stack.", "encoder.stack."),
+        ("repeat_shift", "repeat_shift.shift"),
+    )
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
 

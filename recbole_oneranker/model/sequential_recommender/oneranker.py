@@ -155,6 +155,21 @@ class OneRanker(GenerativeRecommender):
     ``decoder_positions`` positions per sequence in training (always including the last), at the last at inference.
     """
 
+    LEGACY_KEYS = (
+        ("item_embedding.", "encoder.item_embedding."),
+        ("position_embedding.", "encoder.position_embedding."),
+        ("stack.", "encoder.stack."),
+        ("repeat_shift", "repeat_shift.shift"),
+        ("task_tokens", "task_decoder.task_tokens"),
+        ("fake_type", "task_decoder.fake_type"),
+        ("fake_centroids", "task_decoder.fake_centroids"),
+        ("step2.", "task_decoder.decoder."),
+        ("rank_token", "ranker.rank_token"),
+        ("ranker.", "ranker.decoder."),
+        ("task_heads.", "ranker.stage_heads."),
+        ("value_head.", "ranker.value_head."),
+    )
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
 
