@@ -75,6 +75,8 @@ class GenerativeRecommender(SequentialRecommender):
         super().__init__(config, dataset)
         self.register_load_state_dict_pre_hook(self._rename_legacy_keys)
         self.hidden_size = config["hidden_size"]
+        self.cascade_fields = list(config["cascade_fields"] or [])  # task labels from interest to value; [] = none
+        self.value_field = config["value_field"]
         self.dropout_prob = config["dropout_prob"]
         self.temperature = config["temperature"]
         self.length_bucket_size = config["length_bucket_size"]
@@ -151,6 +153,29 @@ class GenerativeRecommender(SequentialRecommender):
         """``[B, N]`` the item ``offset`` steps after each position (1: the next history item, then the target);
         0 = none."""
         return self.next_field(interaction, self.ITEM_ID, seq_len, offset)
+
+    def feedback_levels(self, interaction, seq_len: int) -> Tensor:
+        """``[B, N]`` feedback level of each history token: 1 + the number of cascade stages its interaction
+        reached; 0 = padding."""
+        history = interaction[self.ITEM_SEQ][:, :seq_len]
+        reached = sum((interaction[f + self.LIST_SUFFIX][:, :seq_len] > 0).long() for f in self.cascade_fields)
+        return torch.where(history > 0, 1 + reached, torch.zeros_like(history))
+
+    def stage_labels(self, interaction, seq_len: int) -> Tensor:
+        """``[B, N, S]``: for each position, which cascade stages the next interaction reached (one stage, 1 for
+        every real position, without a cascade)."""
+        if not self.cascade_fields:
+            return (self.next_items(interaction, seq_len) > 0).float().unsqueeze(-1)
+        return torch.stack([self.next_field(interaction, f, seq_len).float() for f in self.cascade_fields], dim=-1)
+
+    def normalised_values(self, interaction, seq_len: int) -> Tensor | None:
+        """``[B, N]`` value of the next interaction, scaled to mean 1 over the batch's real positions; None without
+        a value field."""
+        if not self.value_field:
+            return None
+        values = self.next_field(interaction, self.value_field, seq_len).float()
+        real = self.next_items(interaction, seq_len) > 0
+        return values / values[real].mean().clamp(min=1e-6)
 
     def request_timestamps(self, interaction, seq_len: int) -> Tensor | None:
         """``[B, N + 1]``: the history's times, with the target's time (the request) at each row's length; None

@@ -66,8 +66,6 @@ class GPR(GenerativeRecommender):
         super().__init__(config, dataset)
 
         # load parameters info
-        self.cascade_fields = list(config["cascade_fields"] or [])
-        self.value_field = config["value_field"]
         self.user_token_fields = check_user_token_fields(config, dataset)
         self.mtp_heads = config["mtp_heads"]
         self.vaft = config["vaft"]
@@ -137,12 +135,6 @@ class GPR(GenerativeRecommender):
 
     # -- HSD: the unified sequence ----------------------------------------------------------------------------
 
-    def _actions(self, interaction, seq_len: int) -> Tensor:
-        """``[B, N]`` action of each history token: 1 + the number of cascade stages reached; 0 = padding."""
-        history = interaction[self.ITEM_SEQ][:, :seq_len]
-        reached = sum((interaction[f + self.LIST_SUFFIX][:, :seq_len] > 0).long() for f in self.cascade_fields)
-        return torch.where(history > 0, 1 + reached, torch.zeros_like(history))
-
     def item_tokens(self, item_ids: Tensor) -> Tensor:
         """``[..., D]`` the input token of items: the sum of their semantic-ID code embeddings."""
         codes = self.item_codes[item_ids]  # [..., L]
@@ -152,7 +144,7 @@ class GPR(GenerativeRecommender):
         seq_len = int(interaction[self.ITEM_SEQ_LEN].max())
         item_seq = interaction[self.ITEM_SEQ][:, :seq_len]
         tokens = self.item_tokens(item_seq) * math.sqrt(self.hidden_size)
-        tokens = tokens + self.action_embedding(self._actions(interaction, seq_len))
+        tokens = tokens + self.action_embedding(self.feedback_levels(interaction, seq_len))
         prefix = None
         if self.user_token_fields:
             users = [self.user_token_embeddings[field](interaction[field]) for field in self.user_token_fields]
@@ -203,18 +195,15 @@ class GPR(GenerativeRecommender):
         return (generation / positions, value / positions) if self.hte is not None else generation / positions
 
     def _stages_reached(self, interaction, seq_len: int, valid: Tensor) -> Tensor:
-        """``[P]`` how many cascade stages the next interaction of each valid position reached."""
-        stages = [self.next_field(interaction, field, seq_len)[valid] > 0 for field in self.cascade_fields]
-        return sum(
-            (stage.long() for stage in stages), torch.zeros(int(valid.sum()), dtype=torch.long, device=valid.device)
-        )
+        """``[P]`` how many cascade stages the next interaction of each valid position reached (0 without one)."""
+        if not self.cascade_fields:
+            return torch.zeros(int(valid.sum()), dtype=torch.long, device=valid.device)
+        return self.stage_labels(interaction, seq_len)[valid].sum(-1).long()
 
     def _normalised_values(self, interaction, seq_len: int, valid: Tensor) -> Tensor | None:
         """``[P]`` the next interaction's value over the batch's mean value, or None without a value field."""
-        if not self.value_field:
-            return None
-        values = self.next_field(interaction, self.value_field, seq_len)[valid].float()
-        return values / values.mean().clamp(min=1e-6)
+        values = self.normalised_values(interaction, seq_len)
+        return None if values is None else values[valid]
 
     def _vaft_weights(self, interaction, seq_len: int, valid: Tensor) -> Tensor:
         """``[P]`` VAFT's weight of each valid position: its action's weight, times its normalised value."""

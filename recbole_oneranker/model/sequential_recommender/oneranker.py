@@ -174,8 +174,6 @@ class OneRanker(GenerativeRecommender):
         super().__init__(config, dataset)
 
         # load parameters info
-        self.cascade_fields = list(config["cascade_fields"] or [])
-        self.value_field = config["value_field"]
         self.tasks = resolve_task_order(config["task_order"], task_names(self.cascade_fields, self.value_field))
         self.n_gen_heads = config["n_gen_heads"]
         self.n_fake_items = config["n_fake_items"]
@@ -273,12 +271,6 @@ class OneRanker(GenerativeRecommender):
     def item_vectors(self, item_ids: Tensor | None = None) -> Tensor:
         return self.encoder.item_vectors(item_ids)
 
-    def _levels(self, interaction, seq_len: int) -> Tensor:
-        """``[B, N]`` feedback level of each history token: 1 + the number of cascade stages reached; 0 = padding."""
-        history = interaction[self.ITEM_SEQ][:, :seq_len]
-        reached = sum((interaction[f + self.LIST_SUFFIX][:, :seq_len] > 0).long() for f in self.cascade_fields)
-        return torch.where(history > 0, 1 + reached, torch.zeros_like(history))
-
     def encode(self, interaction) -> Tensor:
         seq_len = int(interaction[self.ITEM_SEQ_LEN].max())
         prefix = None
@@ -289,7 +281,7 @@ class OneRanker(GenerativeRecommender):
             interaction[self.ITEM_SEQ][:, :seq_len],
             interaction[self.ITEM_SEQ_LEN],
             self.request_timestamps(interaction, seq_len),
-            token_features=self.level_embedding(self._levels(interaction, seq_len)),
+            token_features=self.level_embedding(self.feedback_levels(interaction, seq_len)),
             prefix=prefix,
         )
 
@@ -407,20 +399,6 @@ class OneRanker(GenerativeRecommender):
         draws = torch.rand(len(seq_lens), self.decoder_positions - 1, device=seq_lens.device)
         return torch.cat([last, (draws * seq_lens.unsqueeze(1)).long()], dim=1)
 
-    def _stage_labels(self, interaction, seq_len: int) -> Tensor:
-        """``[B, N, S]``: for each position, which cascade stages the next interaction reached (1 without a cascade)."""
-        if not self.cascade_fields:
-            return (self.next_items(interaction, seq_len) > 0).float().unsqueeze(-1)
-        return torch.stack([self.next_field(interaction, f, seq_len).float() for f in self.cascade_fields], dim=-1)
-
-    def _value_weights(self, interaction, seq_len: int) -> Tensor | None:
-        """``[B, N]`` value of the next interaction, scaled to mean 1 over the batch's real positions."""
-        if not self.value_field:
-            return None
-        values = self.next_field(interaction, self.value_field, seq_len).float()
-        real = self.next_items(interaction, seq_len) > 0
-        return values / values[real].mean().clamp(min=1e-6)
-
     def _task_weights(self, stage_labels: Tensor, value_weights: Tensor | None) -> Tensor:
         """``[P, T]`` weight of each position in each step-2 task's loss, in ``self.tasks`` order."""
         columns = []
@@ -505,9 +483,9 @@ class OneRanker(GenerativeRecommender):
         inputs = self.decoder_inputs(interaction, states)
         batch, ranked = inputs.positions.shape
         losses: dict[str, Tensor] = {}
-        stage_labels = self._stage_labels(interaction, seq_len)  # [B, N, S]
+        stage_labels = self.stage_labels(interaction, seq_len)  # [B, N, S]
         stage_labels = stage_labels.gather(1, inputs.positions.unsqueeze(-1).expand(-1, -1, stage_labels.shape[-1]))
-        value_weights = self._value_weights(interaction, seq_len)
+        value_weights = self.normalised_values(interaction, seq_len)
         position_values = value_weights.gather(1, inputs.positions).flatten() if value_weights is not None else None
 
         if self.use_step2:
