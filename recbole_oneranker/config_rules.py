@@ -51,7 +51,7 @@ class Check:
         high_open: ``high`` itself is refused (``dropout_prob < 1``).
         choices: the allowed values (strings compared in lower case).
         optional: None is allowed (``~`` in yaml: the feature is off).
-        why: appended to the message, for a rule whose reason is not obvious from its range.
+        why: the reason, added to the message where the range alone does not tell it.
     """
 
     kind: type | None = None
@@ -103,7 +103,7 @@ class Check:
         kind = {int: "an int", float: "a number", str: "a string", list: "a list", bool: "True or False"}
         text = kind.get(self.kind, "a value")  # type: ignore[arg-type]
         if self.choices is not None and len(self.choices) == 1:
-            return f"{self.choices[0]}: {self.why}" if self.why else str(self.choices[0])
+            return str(self.choices[0])
         if self.choices is not None:
             text = "one of " + ", ".join(str(choice) for choice in self.choices)
         elif self.low is not None and self.high is not None:
@@ -113,9 +113,7 @@ class Check:
             text += f" {'>' if self.low_open else '>='} {_bound_text(self.low, n_items)}"
         elif self.high is not None:
             text += f" {'<' if self.high_open else '<='} {_bound_text(self.high, n_items)}"
-        if self.optional:
-            text += " (or ~ for off)"
-        return text + (f": {self.why}" if self.why else "")
+        return text + (" or ~ (off)" if self.optional and self.choices is None else "")
 
 
 def _bound_text(bound: Bound, n_items: int | None) -> str:
@@ -133,7 +131,7 @@ POSITIVE = Check(float, low=0, low_open=True)
 PROBABILITY = Check(float, low=0, high=1, high_open=True)
 PICKLE_CACHE = (
     "RecBole's dataset and dataloader caches are pickles, which run code when read; this package neither writes "
-    "nor reads them (docs/security.md)"
+    "nor reads them; see docs/security.md"
 )
 
 # key -> (check, whether only models whose yaml (properties/model/) defines the key are checked). Generic names such
@@ -238,5 +236,8 @@ def _check_rules(values: Mapping[str, Any], model_keys: set[str], n_items: int |
         if n_items is not None and not check.needs_dataset:
             continue  # checked in the first pass
         if not check.holds(values[key], n_items):
-            items = f" (the dataset has {n_items} items)" if check.needs_dataset and n_items is not None else ""
-            raise ConfigError(f"'{key}' must be {check.describe(n_items)}, got {shorten(repr(values[key]))}{items}")
+            reasons = [check.why] if check.why else []
+            if check.needs_dataset and n_items is not None:
+                reasons.append(f"the dataset has {n_items} items")
+            why = f" ({'; '.join(reasons)})" if reasons else ""
+            raise ConfigError(f"'{key}' must be {check.describe(n_items)}, got {shorten(repr(values[key]))}{why}")

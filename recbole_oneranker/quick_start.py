@@ -28,7 +28,7 @@ from recbole.utils.logger import RemoveColorFilter, log_colors_config
 from recbole_oneranker import compat
 from recbole_oneranker.config import RUNTIME_KEYS, Config, known_keys
 from recbole_oneranker.data import create_dataset, data_preparation
-from recbole_oneranker.errors import ConfigError, RunFileError
+from recbole_oneranker.errors import RunFileError
 from recbole_oneranker.evaluator import ValueCollector
 from recbole_oneranker.evaluator.protocol import Protocol
 from recbole_oneranker.registry import get_model
@@ -113,7 +113,6 @@ def run(
     logger.info(dataset)
     config.check_dataset_rules(n_items=dataset.item_num - 1)  # item 0 is padding
     train_data, valid_data, test_data = data_preparation(config, dataset)
-    check_splits(config, train_data, valid_data, test_data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
@@ -185,21 +184,6 @@ def prepare_output_dirs(config: Config) -> None:
             raise RunFileError(f"{key}: cannot create folder {folder!r}: {error.strerror}") from None
         if not os.access(folder, os.W_OK | os.X_OK):
             raise RunFileError(f"{key}: folder {folder!r} is not writable")
-
-
-def check_splits(config: Config, *loaders) -> None:
-    """Stop before training when a split has no rows (too few interactions per user for the split, or filtering
-    left nothing): RecBole would train on nothing or fail in its first evaluation.
-
-    Raises:
-        ConfigError: naming the empty split and the split in use.
-    """
-    for phase, loader in zip(("training", "validation", "test"), loaders, strict=True):
-        if len(loader._dataset) == 0:
-            raise ConfigError(
-                f"the {phase} split of dataset '{config['dataset']}' is empty (eval_args.split: "
-                f"{config['eval_args']['split']}); leave-one-out needs users with at least 3 interactions"
-            )
 
 
 @contextmanager

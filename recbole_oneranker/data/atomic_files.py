@@ -91,7 +91,7 @@ def _check_numbers(rows: Rows, column: str, values: pd.Series, missing: np.ndarr
     if bad.size:
         row = int(bad[0])
         raise AtomicFileError(
-            f"{rows.path}, line {rows.lines[row]}: column {column!r} is a float column, "
+            f"{rows.path}, line {rows.lines[row]}: column {column.partition(':')[0]!r} is a float column, "
             f"got {shorten(repr(values.iloc[row]))}"
         )
 
@@ -104,7 +104,7 @@ def _report_missing(
     if name in required:
         raise AtomicFileError(
             f"{rows.path}, line {first_line}: column {name!r} is empty or NaN "
-            f"({int(missing.sum())} rows); an id or the time cannot be filled in"
+            f"({int(missing.sum())} such rows); an id or the time cannot be filled in"
         )
     if kind == "float":
         fill = f"the column mean {pd.to_numeric(values[~missing]).mean():.6g}"

@@ -18,7 +18,7 @@ from recbole.sampler import KGSampler
 from recbole.utils import ModelType
 
 from recbole_oneranker.data.atomic_files import check_atomic_files
-from recbole_oneranker.data.dataset import SequentialDataset
+from recbole_oneranker.data.dataset import DatasetConfigError, SequentialDataset
 
 # RecBole's dataset class of a non-sequential model type whose class is not plain Dataset (recbole.data.utils).
 _RECBOLE_DATASET_CLASSES = {ModelType.KNOWLEDGE: "KnowledgeBasedDataset"}
@@ -45,6 +45,7 @@ def data_preparation(config, dataset):
     """``(train, valid, test)`` loaders of ``dataset``'s split, as RecBole's ``data_preparation`` builds them when
     it finds no cached loaders."""
     built = dataset.build()
+    check_splits(config, built)
     train_sampler, valid_sampler, test_sampler = create_samplers(config, dataset, built)
     train_dataset, valid_dataset, test_dataset = built
     train_loader = get_dataloader(config, "train")
@@ -64,3 +65,19 @@ def data_preparation(config, dataset):
         f"[Evaluation]: eval_batch_size = [{config['eval_batch_size']}] eval_args: [{config['eval_args']}]"
     )
     return train_data, valid_data, test_data
+
+
+def check_splits(config, splits) -> None:
+    """Stop before any loader is built when a split has no rows (too few interactions per user for the split, or
+    filtering left nothing): RecBole would fail in torch's sampler with a message about ``num_samples``.
+
+    Raises:
+        DatasetConfigError: naming the empty split and the split in use.
+    """
+    for phase, split in zip(("training", "validation", "test"), splits, strict=True):
+        if len(split) == 0:
+            raise DatasetConfigError(
+                f"the {phase} split of dataset '{config['dataset']}' is empty (eval_args.split: "
+                f"{config['eval_args']['split']}): too few interactions for this split (leave-one-out needs users "
+                "with at least 3)"
+            )
