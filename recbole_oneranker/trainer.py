@@ -232,10 +232,11 @@ def save_atomically(state: dict[str, Any], path: str) -> None:
         torch.save(state, partial)
         os.replace(partial, path)
     except (OSError, RuntimeError) as error:  # torch's zip writer reports a failed write as a RuntimeError
-        with contextlib.suppress(OSError):
-            os.remove(partial)
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
         raise RunFileError(f"{path}: cannot write: {shorten(reason)}; the previous file is kept") from None
+    finally:  # after a failure or an interrupt (gone after a success)
+        with contextlib.suppress(OSError):
+            os.remove(partial)
 
 
 def describe_device(device: torch.device | str) -> str:
