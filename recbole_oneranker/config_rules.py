@@ -1,8 +1,9 @@
 """The rules a configuration must meet before anything trains: one table, checked in two passes.
 
 :data:`RULES` maps each checked key to its :class:`Check` (a type and a range; a bound may be the dataset's item
-count). ``Config`` applies :func:`check_config` once it is built, and the run applies :func:`check_dataset_rules`
-once the dataset is loaded and ``n_items`` is known, both before training starts: a value that cannot mean
+count) and :data:`CROSS_RULES` relate keys. ``Config`` applies :func:`check_config` once it is built, and the run
+applies :func:`check_dataset_rules` once the dataset is loaded and ``n_items`` is known, both before training
+starts: a value that cannot mean
 anything (``--epochs=0``, ``--num_negatives=0``, ``--train_batch_size=1.5``) fails in one line instead of
 training a useless model, or failing after training and losing the result.
 
@@ -16,7 +17,8 @@ True/False takes only True/False: RecBole keeps ``--use_step2=maybe`` as the tru
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,7 @@ class Check:
         low_open: ``low`` itself is refused (``learning_rate > 0``).
         high_open: ``high`` itself is refused (``dropout_prob < 1``).
         choices: the allowed values (strings compared in lower case).
+        pattern: a regular expression a string must match as a whole.
         optional: None is allowed (``~`` in yaml: the feature is off).
         why: the reason, added to the message where the range alone does not tell it.
     """
@@ -60,6 +63,7 @@ class Check:
     low_open: bool = False
     high_open: bool = False
     choices: tuple[Any, ...] | None = None
+    pattern: str | None = None
     optional: bool = False
     why: str = ""
 
@@ -75,6 +79,8 @@ class Check:
             return False
         if self.choices is not None:
             return _lowered(value) in {_lowered(choice) for choice in self.choices}
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            return False
         return self._within(value, self.low, n_items, below=False) and self._within(value, self.high, n_items, True)
 
     def _has_kind(self, value: Any) -> bool:
@@ -113,6 +119,8 @@ class Check:
             text += f" {'>' if self.low_open else '>='} {_bound_text(self.low, n_items)}"
         elif self.high is not None:
             text += f" {'<' if self.high_open else '<='} {_bound_text(self.high, n_items)}"
+        elif self.pattern is not None:
+            text += f" matching {self.pattern}"
         return text + (" or ~ (off)" if self.optional and self.choices is None else "")
 
 
@@ -124,72 +132,98 @@ def _lowered(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
+# Which models a rule applies to. Generic names such as gamma or alpha mean other things in RecBole's models, so a
+# model's own keys are checked for its own runs only; a few rules are RecBole's own models' constraints.
+ANY = "any model"
+OWN = "models whose yaml in properties/model/ defines the key"
+RECBOLE = "RecBole's models (no yaml of this package)"
+
 POSITIVE_INT = Check(int, low=1)
 COUNT = Check(int, low=0)
 WEIGHT = Check(float, low=0)
 POSITIVE = Check(float, low=0, low_open=True)
 PROBABILITY = Check(float, low=0, high=1, high_open=True)
+FILE_NAME = r"(?!\.\.?$)[^/\\\x00]+"  # a file name: no folder separator, no NUL, not . or ..
 PICKLE_CACHE = (
     "RecBole's dataset and dataloader caches are pickles, which run code when read; this package neither writes "
     "nor reads them; see docs/security.md"
 )
 
-# key -> (check, whether only models whose yaml (properties/model/) defines the key are checked). Generic names such
-# as gamma or alpha mean other things in RecBole's models, so a model's own keys are checked for its own runs only.
-RULES: dict[str, tuple[Check, bool]] = {
+# key -> (check, the models it applies to).
+RULES: dict[str, tuple[Check, str]] = {
     # training, any model
-    "epochs": (POSITIVE_INT, False),
-    "train_batch_size": (POSITIVE_INT, False),
-    "eval_batch_size": (POSITIVE_INT, False),
-    "learning_rate": (POSITIVE, False),
-    "weight_decay": (WEIGHT, False),
+    "epochs": (POSITIVE_INT, ANY),
+    "train_batch_size": (POSITIVE_INT, ANY),
+    "eval_batch_size": (POSITIVE_INT, ANY),
+    "learning_rate": (POSITIVE, ANY),
+    "weight_decay": (WEIGHT, ANY),
     "learner": (Check(str, choices=("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam"),
-                      why="RecBole silently trains with adam on any other name"), False),
-    "adam_betas": (Check(list, optional=True), False),
-    "stopping_step": (COUNT, False),
-    "hidden_size": (POSITIVE_INT, False),
-    "n_heads": (POSITIVE_INT, False),
-    "dropout_prob": (PROBABILITY, False),
-    "attn_dropout_prob": (PROBABILITY, False),
-    "MAX_ITEM_LIST_LENGTH": (POSITIVE_INT, False),
+                      why="RecBole silently trains with adam on any other name"), ANY),
+    "adam_betas": (Check(list, optional=True), ANY),
+    "stopping_step": (COUNT, ANY),
+    "hidden_size": (POSITIVE_INT, ANY),
+    "n_heads": (POSITIVE_INT, ANY),
+    "dropout_prob": (PROBABILITY, ANY),
+    "attn_dropout_prob": (PROBABILITY, ANY),
+    "MAX_ITEM_LIST_LENGTH": (POSITIVE_INT, ANY),
     # run files
-    "run_id": (Check(str, optional=True), False),
-    "log_dir": (Check(str), False),
-    "checkpoint_dir": (Check(str), False),
-    "save_dataset": (Check(bool, choices=(False,), why=PICKLE_CACHE), False),
-    "save_dataloaders": (Check(bool, choices=(False,), why=PICKLE_CACHE), False),
-    "dataset_save_path": (Check(choices=(None,), optional=True, why=PICKLE_CACHE), False),
-    "dataloaders_save_path": (Check(choices=(None,), optional=True, why=PICKLE_CACHE), False),
+    "run_id": (Check(str, optional=True, pattern=FILE_NAME, why="it names the run's files"), ANY),
+    "log_dir": (Check(str), ANY),
+    "checkpoint_dir": (Check(str), ANY),
+    "save_dataset": (Check(bool, choices=(False,), why=PICKLE_CACHE), ANY),
+    "save_dataloaders": (Check(bool, choices=(False,), why=PICKLE_CACHE), ANY),
+    "dataset_save_path": (Check(choices=(None,), optional=True, why=PICKLE_CACHE), ANY),
+    "dataloaders_save_path": (Check(choices=(None,), optional=True, why=PICKLE_CACHE), ANY),
     # evaluation protocols
     "candidate_negatives": (Check(int, low=0, high=ItemsMinus(1), optional=True,
-                                  why="negatives are drawn among the items other than the target"), False),
-    "candidate_sampling": (Check(str, choices=("uniform", "popularity")), False),
-    "cascade_fields": (Check(list), False),
+                                  why="negatives are drawn among the items other than the target"), ANY),
+    "candidate_sampling": (Check(str, choices=("uniform", "popularity")), ANY),
+    "cascade_fields": (Check(list), ANY),
     # the HSTU backbone (HSTU and the models that extend it)
-    "n_layers": (POSITIVE_INT, True),
-    "attention_dim": (POSITIVE_INT, True),
-    "linear_hidden_dim": (POSITIVE_INT, True),
-    "relative_bias": (Check(str, choices=("time_and_position", "position", "none")), True),
-    "num_time_buckets": (POSITIVE_INT, True),
-    "loss_type": (Check(str, choices=("sampled_softmax", "full_softmax")), True),
-    "num_negatives": (Check(int, low=1, why="0 negatives give a loss of 0 that trains nothing"), True),
-    "temperature": (POSITIVE, True),
-    "length_bucket_size": (COUNT, True),
+    "n_layers": (POSITIVE_INT, OWN),
+    "attention_dim": (POSITIVE_INT, OWN),
+    "linear_hidden_dim": (POSITIVE_INT, OWN),
+    "relative_bias": (Check(str, choices=("time_and_position", "position", "none")), OWN),
+    "num_time_buckets": (POSITIVE_INT, OWN),
+    "loss_type": (Check(str, choices=("sampled_softmax", "full_softmax")), OWN),
+    "num_negatives": (Check(int, low=1, why="0 negatives give a loss of 0 that trains nothing"), OWN),
+    "temperature": (POSITIVE, OWN),
+    "length_bucket_size": (COUNT, OWN),
     # OneRanker
-    "user_token_fields": (Check(list), True),
-    "n_gen_heads": (POSITIVE_INT, True),
-    "n_fake_items": (Check(int, low=0, high=ItemsMinus(1), why="k-means centroids of the items; 0 = none"), True),
-    "fake_refresh_epochs": (COUNT, True),
-    "task_decoder_layers": (POSITIVE_INT, True),
-    "decoder_heads": (POSITIVE_INT, True),
-    "num_candidates": (Check(int, low=2, high=ItemsMinus(1)), True),
-    "rank_decoder_layers": (POSITIVE_INT, True),
-    "decoder_positions": (POSITIVE_INT, True),
-    "alpha": (WEIGHT, True),
-    "beta": (WEIGHT, True),
-    "gamma": (WEIGHT, True),
-    "dc_temperature": (POSITIVE, True),
+    "user_token_fields": (Check(list), OWN),
+    "n_gen_heads": (POSITIVE_INT, OWN),
+    "n_fake_items": (Check(int, low=0, high=ItemsMinus(1), why="k-means centroids of the items; 0 = none"), OWN),
+    "fake_refresh_epochs": (COUNT, OWN),
+    "task_decoder_layers": (POSITIVE_INT, OWN),
+    "decoder_heads": (POSITIVE_INT, OWN),
+    "num_candidates": (Check(int, low=2, high=ItemsMinus(1)), OWN),
+    "rank_decoder_layers": (POSITIVE_INT, OWN),
+    "decoder_positions": (POSITIVE_INT, OWN),
+    "alpha": (WEIGHT, OWN),
+    "beta": (WEIGHT, OWN),
+    "gamma": (WEIGHT, OWN),
+    "dc_temperature": (POSITIVE, OWN),
 }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CrossRule:
+    """A rule between keys: ``holds(*values)`` over the values of ``keys``, checked when all are set."""
+
+    keys: tuple[str, ...]
+    holds: Callable[..., bool]
+    requirement: str
+    scope: str
+
+
+def _divides(whole: int, part: int) -> bool:
+    return whole % part == 0
+
+
+CROSS_RULES = (
+    CrossRule(("hidden_size", "n_heads"), _divides, "hidden_size must be a multiple of n_heads", RECBOLE),
+    CrossRule(("hidden_size", "decoder_heads"), _divides, "hidden_size must be a multiple of decoder_heads", OWN),
+)
 
 # Keys of properties/ with no rule here, and what checks them instead.
 FREE_KEYS = {
@@ -209,7 +243,8 @@ def check_config(values: Mapping[str, Any], defaults: Mapping[str, Any], model_k
     Args:
         values: the final configuration.
         defaults: the values of the yaml layers (RecBole's and this package's), before user overrides.
-        model_keys: the keys the model's own yaml chain defines (its model-only rules apply).
+        model_keys: the keys the model's own yaml chain defines (the rules of scope :data:`OWN` apply to them;
+            empty for RecBole's models, which the rules of scope :data:`RECBOLE` apply to).
 
     Raises:
         ConfigError: one line naming the first key that breaks its rule, the rule and the value.
@@ -230,8 +265,8 @@ def check_dataset_rules(values: Mapping[str, Any], model_keys: set[str], n_items
 
 
 def _check_rules(values: Mapping[str, Any], model_keys: set[str], n_items: int | None) -> None:
-    for key, (check, model_only) in RULES.items():
-        if key not in values or (model_only and key not in model_keys):
+    for key, (check, scope) in RULES.items():
+        if key not in values or not _applies(scope, (key,), model_keys):
             continue
         if n_items is not None and not check.needs_dataset:
             continue  # checked in the first pass
@@ -241,3 +276,18 @@ def _check_rules(values: Mapping[str, Any], model_keys: set[str], n_items: int |
                 reasons.append(f"the dataset has {n_items} items")
             why = f" ({'; '.join(reasons)})" if reasons else ""
             raise ConfigError(f"'{key}' must be {check.describe(n_items)}, got {shorten(repr(values[key]))}{why}")
+    if n_items is not None:
+        return
+    for rule in CROSS_RULES:  # the single-key rules above already hold: types and ranges are right
+        if all(values.get(key) is not None for key in rule.keys) and _applies(rule.scope, rule.keys, model_keys):
+            if not rule.holds(*(values[key] for key in rule.keys)):
+                got = ", ".join(f"{key}={shorten(repr(values[key]))}" for key in rule.keys)
+                raise ConfigError(f"{rule.requirement}, got {got}")
+
+
+def _applies(scope: str, keys: tuple[str, ...], model_keys: set[str]) -> bool:
+    if scope == OWN:
+        return all(key in model_keys for key in keys)
+    if scope == RECBOLE:
+        return not model_keys
+    return True

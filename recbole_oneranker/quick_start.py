@@ -28,7 +28,7 @@ from recbole.utils.logger import RemoveColorFilter, log_colors_config
 from recbole_oneranker import compat
 from recbole_oneranker.config import RUNTIME_KEYS, Config, known_keys
 from recbole_oneranker.data import create_dataset, data_preparation
-from recbole_oneranker.errors import RunFileError
+from recbole_oneranker.errors import RunFileError, shorten
 from recbole_oneranker.evaluator import ValueCollector
 from recbole_oneranker.evaluator.protocol import Protocol
 from recbole_oneranker.registry import get_model
@@ -180,10 +180,11 @@ def prepare_output_dirs(config: Config) -> None:
     for key, folder in folders.items():
         try:
             os.makedirs(folder, exist_ok=True)
-        except OSError as error:
-            raise RunFileError(f"{key}: cannot create folder {folder!r}: {error.strerror}") from None
+        except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+            reason = error.strerror if isinstance(error, OSError) else str(error)
+            raise RunFileError(f"{key}: cannot create folder {shorten(repr(folder))}: {reason}") from None
         if not os.access(folder, os.W_OK | os.X_OK):
-            raise RunFileError(f"{key}: folder {folder!r} is not writable")
+            raise RunFileError(f"{key}: folder {shorten(repr(folder))} is not writable")
 
 
 @contextmanager

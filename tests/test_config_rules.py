@@ -35,6 +35,9 @@ from recbole_oneranker.quick_start import run
         ("SASRec", "--candidate_sampling=popular", "'candidate_sampling' must be one of uniform, popularity"),
         ("SASRec", "--learner=adamm", "got 'adamm' (RecBole silently trains with adam on any other name)"),
         ("SASRec", "--use_gpu=maybe", "'use_gpu' must be True or False, got 'maybe'"),
+        ("SASRec", "--n_heads=3", "hidden_size must be a multiple of n_heads, got hidden_size=64, n_heads=3"),
+        ("OneRanker", "--decoder_heads=3", "hidden_size must be a multiple of decoder_heads, got hidden_size=50"),
+        ("SASRec", "--run_id=../elsewhere", "'run_id' must be a string matching"),
         ("SASRec", "--epochs=" + "x" * 10_000, "xxx... (10,002 characters)"),  # repr's quotes count
     ],
 )  # fmt: skip
@@ -47,7 +50,7 @@ def test_value_outside_its_rule_is_one_line(model, override, message):
 
 def test_rules_of_a_model_do_not_apply_to_another_models_key():
     """gamma is OneRanker's DC-loss weight here, but means other things in RecBole's models: not checked for them."""
-    assert config_rules.RULES["gamma"][1] is True
+    assert config_rules.RULES["gamma"][1] == config_rules.OWN
     Config("SASRec", config_dict={"hidden_size": 8})  # no gamma rule for SASRec (RecBole defines no gamma for it)
 
 
