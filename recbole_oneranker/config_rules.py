@@ -53,6 +53,7 @@ class Check:
         high_open: ``high`` itself is refused (``dropout_prob < 1``).
         choices: the allowed values (strings compared in lower case).
         pattern: a regular expression a string must match as a whole.
+        length, items: a list's length and the check each of its items passes.
         optional: None is allowed (``~`` in yaml: the feature is off).
         why: the reason, added to the message where the range alone does not tell it.
     """
@@ -64,6 +65,8 @@ class Check:
     high_open: bool = False
     choices: tuple[Any, ...] | None = None
     pattern: str | None = None
+    length: int | None = None
+    items: Check | None = None
     optional: bool = False
     why: str = ""
 
@@ -80,6 +83,10 @@ class Check:
         if self.choices is not None:
             return _lowered(value) in {_lowered(choice) for choice in self.choices}
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            return False
+        if self.length is not None and len(value) != self.length:
+            return False
+        if self.items is not None and not all(self.items.holds(item, n_items) for item in value):
             return False
         return self._within(value, self.low, n_items, below=False) and self._within(value, self.high, n_items, True)
 
@@ -121,6 +128,9 @@ class Check:
             text += f" {'<' if self.high_open else '<='} {_bound_text(self.high, n_items)}"
         elif self.pattern is not None:
             text += f" matching {self.pattern}"
+        elif self.items is not None:
+            count = f"{self.length} " if self.length is not None else ""
+            text += f" of {count}items, each {self.items.describe(n_items)}"
         return text + (" or ~ (off)" if self.optional and self.choices is None else "")
 
 
@@ -159,7 +169,7 @@ RULES: dict[str, tuple[Check, str]] = {
     "weight_decay": (WEIGHT, ANY),
     "learner": (Check(str, choices=("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam"),
                       why="RecBole silently trains with adam on any other name"), ANY),
-    "adam_betas": (Check(list, optional=True), ANY),
+    "adam_betas": (Check(list, length=2, items=PROBABILITY, optional=True, why="a beta of 1 divides by zero"), ANY),
     "stopping_step": (COUNT, ANY),
     "hidden_size": (POSITIVE_INT, ANY),
     "n_heads": (POSITIVE_INT, ANY),

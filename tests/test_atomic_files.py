@@ -49,6 +49,7 @@ def _file(header: str, rows: list[str]) -> str:
         (_file(HEADER.replace("rating:float", "rating:floatt"), ROWS), "line 1: column 'rating' has unknown type"),
         (_file(HEADER, _with_field(5, 2, "abc")), "line 7: column 'rating' is a float column, got 'abc'"),
         ("", "file is empty"),
+        (_file(HEADER.replace("user_id", "u\x05ser_id"), ROWS), "line 1: no column 'user_id' (the config's id field)"),
         (HEADER + "\n", "file has no data rows"),
         (_file(HEADER, ROWS).encode() + b"1\t\xff\t3\t4\n", "line 17: not utf-8 text"),
     ],
@@ -56,7 +57,7 @@ def _file(header: str, rows: list[str]) -> str:
 def test_malformed_atomic_file_is_one_line_with_file_and_line(tmp_path, content, message):
     path = _write(tmp_path, content)
     with pytest.raises(AtomicFileError) as raised:
-        check_atomic_file(path, "\t", "utf-8", IDS_AND_TIME)
+        check_atomic_file(path, "\t", "utf-8", IDS_AND_TIME, columns=["user_id", "item_id"])
     assert str(raised.value).startswith(str(path)) and message in str(raised.value)
     assert "\n" not in str(raised.value)
 

@@ -38,6 +38,7 @@ from recbole_oneranker.quick_start import run
         ("SASRec", "--n_heads=3", "hidden_size must be a multiple of n_heads, got hidden_size=64, n_heads=3"),
         ("OneRanker", "--decoder_heads=3", "hidden_size must be a multiple of decoder_heads, got hidden_size=50"),
         ("SASRec", "--run_id=../elsewhere", "'run_id' must be a string matching"),
+        ("SASRec", "--adam_betas=[0.9, 1]", "'adam_betas' must be a list of 2 items, each a number in [0, 1)"),
         ("SASRec", "--epochs=" + "x" * 10_000, "xxx... (10,002 characters)"),  # repr's quotes count
     ],
 )  # fmt: skip

@@ -11,6 +11,7 @@ value in a column that is not an id or the time).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from logging import getLogger
 from pathlib import Path
 
@@ -40,25 +41,35 @@ def check_atomic_files(config) -> None:
     be missing; a missing value elsewhere is filled by RecBole and logged here as a warning.
 
     Raises:
-        AtomicFileError: a file with no typed header, a duplicate or unknown column type, a line whose field count
+        AtomicFileError: a file with no typed header, a duplicate or unknown column type, an ``.inter`` file without
+            the user or item id column, a line whose field count
             differs from the header's, a NUL byte, text that is not UTF-8, a non-number in a float column, a
             missing id or time, or no data rows.
     """
     folder = Path(config["data_path"])
     required = {config[key] for key in ("USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "HEAD_ENTITY_ID_FIELD",
                                         "TAIL_ENTITY_ID_FIELD") if config[key]}  # fmt: skip
+    interaction_ids = [config[key] for key in ("USER_ID_FIELD", "ITEM_ID_FIELD") if config[key]]
     for path in sorted(folder.glob(f"{config['dataset']}.*")):
         if path.suffix in ATOMIC_SUFFIXES and path.is_file():
-            check_atomic_file(path, config["field_separator"], config["encoding"] or "utf-8", required)
+            columns = interaction_ids if path.suffix == ".inter" else []
+            check_atomic_file(path, config["field_separator"], config["encoding"] or "utf-8", required, columns)
 
 
-def check_atomic_file(path: Path, separator: str, encoding: str, required: set[str]) -> None:
-    """Check one atomic file (see :func:`check_atomic_files`)."""
+def check_atomic_file(
+    path: Path, separator: str, encoding: str, required: set[str], columns: Sequence[str] = ()
+) -> None:
+    """Check one atomic file (see :func:`check_atomic_files`); ``columns`` must be in its header."""
     try:
         rows = read_delimited(path, separator, encoding=encoding)
     except ConversionError as error:
         raise AtomicFileError(str(error)) from None
     types = _header_types(path, list(rows.frame.columns))
+    names = [field.partition(":")[0] for field in types]
+    for column in columns:
+        if column not in names:
+            listed = ", ".join(shorten(repr(name), 30) for name in names)
+            raise AtomicFileError(f"{path}, line 1: no column {column!r} (the config's id field); columns: {listed}")
     for column, kind in types.items():
         values = rows.frame[column].str.strip()
         missing = values.isin(MISSING).to_numpy()
