@@ -1,6 +1,6 @@
 """The rules a configuration must meet before anything trains: one table, checked in two passes.
 
-:data:`RULES` maps each checked key to its :class:`Check` (a type and a range; a bound may be the dataset's item
+:data:`RULES` gives each checked key its :class:`Check` (a type and a range; a bound may be the dataset's item
 count) and :data:`CROSS_RULES` relate keys. ``Config`` applies :func:`check_config` once it is built, and the run
 applies :func:`check_dataset_rules` once the dataset is loaded and ``n_items`` is known, both before training
 starts: a value that cannot mean
@@ -72,7 +72,8 @@ class Check:
 
     @property
     def needs_dataset(self) -> bool:
-        return isinstance(self.low, ItemsMinus) or isinstance(self.high, ItemsMinus)
+        bounded = isinstance(self.low, ItemsMinus) or isinstance(self.high, ItemsMinus)
+        return bounded or (self.items is not None and self.items.needs_dataset)
 
     def holds(self, value: Any, n_items: int | None) -> bool:
         """Whether ``value`` passes; a bound on ``n_items`` holds by default while ``n_items`` is None."""
@@ -159,61 +160,85 @@ PICKLE_CACHE = (
     "nor reads them; see docs/security.md"
 )
 
-# key -> (check, the models it applies to).
-RULES: dict[str, tuple[Check, str]] = {
+
+@dataclass(frozen=True)
+class Rule:
+    """``key``'s value must pass ``check`` in runs of the models of ``scope`` (:data:`ANY`, :data:`OWN`,
+    :data:`RECBOLE`)."""
+
+    key: str
+    check: Check
+    scope: str = ANY
+
+
+# One key may have a rule per scope: loss_type names other losses in RecBole's models than in this package's.
+RULES: tuple[Rule, ...] = (
     # training, any model
-    "epochs": (POSITIVE_INT, ANY),
-    "train_batch_size": (POSITIVE_INT, ANY),
-    "eval_batch_size": (POSITIVE_INT, ANY),
-    "learning_rate": (POSITIVE, ANY),
-    "weight_decay": (WEIGHT, ANY),
-    "learner": (Check(str, choices=("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam"),
-                      why="RecBole silently trains with adam on any other name"), ANY),
-    "adam_betas": (Check(list, length=2, items=PROBABILITY, optional=True, why="a beta of 1 divides by zero"), ANY),
-    "stopping_step": (COUNT, ANY),
-    "hidden_size": (POSITIVE_INT, ANY),
-    "n_heads": (POSITIVE_INT, ANY),
-    "dropout_prob": (PROBABILITY, ANY),
-    "attn_dropout_prob": (PROBABILITY, ANY),
-    "MAX_ITEM_LIST_LENGTH": (POSITIVE_INT, ANY),
+    Rule("epochs", POSITIVE_INT),
+    Rule("train_batch_size", POSITIVE_INT),
+    Rule("eval_batch_size", POSITIVE_INT),
+    Rule("learning_rate", POSITIVE),
+    Rule("weight_decay", WEIGHT),
+    Rule("learner", Check(str, choices=("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam"),
+                          why="RecBole silently trains with adam on any other name")),
+    Rule("adam_betas", Check(list, length=2, items=PROBABILITY, optional=True, why="a beta of 1 divides by zero")),
+    Rule("stopping_step", COUNT),
+    Rule("hidden_size", POSITIVE_INT),
+    Rule("n_heads", POSITIVE_INT),
+    Rule("dropout_prob", PROBABILITY),
+    Rule("attn_dropout_prob", PROBABILITY),
+    Rule("MAX_ITEM_LIST_LENGTH", POSITIVE_INT),
+    Rule("n_layers", POSITIVE_INT),
+    Rule("topk", Check(list, items=Check(int, low=1, high=ItemsMinus(0)), why="top-K of the ranked items")),
     # run files
-    "run_id": (Check(str, optional=True, pattern=FILE_NAME, why="it names the run's files"), ANY),
-    "log_dir": (Check(str), ANY),
-    "checkpoint_dir": (Check(str), ANY),
-    "save_dataset": (Check(bool, choices=(False,), why=PICKLE_CACHE), ANY),
-    "save_dataloaders": (Check(bool, choices=(False,), why=PICKLE_CACHE), ANY),
-    "dataset_save_path": (Check(choices=(None,), optional=True, why=PICKLE_CACHE), ANY),
-    "dataloaders_save_path": (Check(choices=(None,), optional=True, why=PICKLE_CACHE), ANY),
+    Rule("run_id", Check(str, optional=True, pattern=FILE_NAME, why="it names the run's files")),
+    Rule("log_dir", Check(str)),
+    Rule("checkpoint_dir", Check(str)),
+    Rule("save_dataset", Check(bool, choices=(False,), why=PICKLE_CACHE)),
+    Rule("save_dataloaders", Check(bool, choices=(False,), why=PICKLE_CACHE)),
+    Rule("dataset_save_path", Check(choices=(None,), optional=True, why=PICKLE_CACHE)),
+    Rule("dataloaders_save_path", Check(choices=(None,), optional=True, why=PICKLE_CACHE)),
     # evaluation protocols
-    "candidate_negatives": (Check(int, low=0, high=ItemsMinus(1), optional=True,
-                                  why="negatives are drawn among the items other than the target"), ANY),
-    "candidate_sampling": (Check(str, choices=("uniform", "popularity")), ANY),
-    "cascade_fields": (Check(list), ANY),
+    Rule("candidate_negatives", Check(int, low=0, high=ItemsMinus(1), optional=True,
+                                      why="negatives are drawn among the items other than the target")),
+    Rule("candidate_sampling", Check(str, choices=("uniform", "popularity"))),
+    Rule("cascade_fields", Check(list)),
     # the HSTU backbone (HSTU and the models that extend it)
-    "n_layers": (POSITIVE_INT, OWN),
-    "attention_dim": (POSITIVE_INT, OWN),
-    "linear_hidden_dim": (POSITIVE_INT, OWN),
-    "relative_bias": (Check(str, choices=("time_and_position", "position", "none")), OWN),
-    "num_time_buckets": (POSITIVE_INT, OWN),
-    "loss_type": (Check(str, choices=("sampled_softmax", "full_softmax")), OWN),
-    "num_negatives": (Check(int, low=1, why="0 negatives give a loss of 0 that trains nothing"), OWN),
-    "temperature": (POSITIVE, OWN),
-    "length_bucket_size": (COUNT, OWN),
+    Rule("attention_dim", POSITIVE_INT, OWN),
+    Rule("linear_hidden_dim", POSITIVE_INT, OWN),
+    Rule("relative_bias", Check(str, choices=("time_and_position", "position", "none")), OWN),
+    Rule("num_time_buckets", POSITIVE_INT, OWN),
+    Rule("loss_type", Check(str, choices=("sampled_softmax", "full_softmax")), OWN),
+    Rule("num_negatives", Check(int, low=1, why="0 negatives give a loss of 0 that trains nothing"), OWN),
+    Rule("temperature", POSITIVE, OWN),
+    Rule("length_bucket_size", COUNT, OWN),
     # OneRanker
-    "user_token_fields": (Check(list), OWN),
-    "n_gen_heads": (POSITIVE_INT, OWN),
-    "n_fake_items": (Check(int, low=0, high=ItemsMinus(1), why="k-means centroids of the items; 0 = none"), OWN),
-    "fake_refresh_epochs": (COUNT, OWN),
-    "task_decoder_layers": (POSITIVE_INT, OWN),
-    "decoder_heads": (POSITIVE_INT, OWN),
-    "num_candidates": (Check(int, low=2, high=ItemsMinus(1)), OWN),
-    "rank_decoder_layers": (POSITIVE_INT, OWN),
-    "decoder_positions": (POSITIVE_INT, OWN),
-    "alpha": (WEIGHT, OWN),
-    "beta": (WEIGHT, OWN),
-    "gamma": (WEIGHT, OWN),
-    "dc_temperature": (POSITIVE, OWN),
-}  # fmt: skip
+    Rule("user_token_fields", Check(list), OWN),
+    Rule("n_gen_heads", POSITIVE_INT, OWN),
+    Rule("n_fake_items", Check(int, low=0, high=ItemsMinus(1), why="k-means centroids of the items; 0 = none"), OWN),
+    Rule("fake_refresh_epochs", COUNT, OWN),
+    Rule("task_decoder_layers", POSITIVE_INT, OWN),
+    Rule("decoder_heads", POSITIVE_INT, OWN),
+    Rule("num_candidates", Check(int, low=2, high=ItemsMinus(1)), OWN),
+    Rule("rank_decoder_layers", POSITIVE_INT, OWN),
+    Rule("decoder_positions", POSITIVE_INT, OWN),
+    Rule("alpha", WEIGHT, OWN),
+    Rule("beta", WEIGHT, OWN),
+    Rule("gamma", WEIGHT, OWN),
+    Rule("dc_temperature", POSITIVE, OWN),
+    # GPR (its yaml arrives with the GPR model; the rules apply once a model's yaml defines the keys)
+    Rule("attention", Check(str, choices=("softmax", "silu")), OWN),
+    Rule("num_thinking_tokens", COUNT, OWN),
+    Rule("thinking_layers", POSITIVE_INT, OWN),
+    Rule("thinking_heads", POSITIVE_INT, OWN),
+    Rule("mtp_heads", POSITIVE_INT, OWN),
+    Rule("beam_size", POSITIVE_INT, OWN),
+    Rule("vaft_action_weights", Check(list, items=WEIGHT, optional=True), OWN),
+    Rule("hte_weight", WEIGHT, OWN),
+    # RecBole's models
+    Rule("loss_type", Check(str, choices=("CE", "BPR", "BCE", "MSE")), RECBOLE),
+)  # fmt: skip
+RULED_KEYS = frozenset(rule.key for rule in RULES)
 
 
 @dataclass(frozen=True)
@@ -243,6 +268,8 @@ FREE_KEYS = {
     "value_note": "free text, printed with results",
     "task_order": "OneRanker checks that it is a permutation of the dataset's tasks",
     "train_neg_sample_args": "RecBole validates its distribution and sample count",
+    "sid_file": "a path; GPR's loader says when it is missing or does not match the dataset",
+    "init_checkpoint": "a path; GPR loads it with weights_only=True and names a checkpoint of another shape",
 }
 
 
@@ -275,17 +302,19 @@ def check_dataset_rules(values: Mapping[str, Any], model_keys: set[str], n_items
 
 
 def _check_rules(values: Mapping[str, Any], model_keys: set[str], n_items: int | None) -> None:
-    for key, (check, scope) in RULES.items():
-        if key not in values or not _applies(scope, (key,), model_keys):
+    for rule in RULES:
+        check = rule.check
+        if rule.key not in values or not _applies(rule.scope, (rule.key,), model_keys):
             continue
         if n_items is not None and not check.needs_dataset:
             continue  # checked in the first pass
-        if not check.holds(values[key], n_items):
+        value = values[rule.key]
+        if not check.holds(value, n_items):
             reasons = [check.why] if check.why else []
             if check.needs_dataset and n_items is not None:
                 reasons.append(f"the dataset has {n_items} items")
             why = f" ({'; '.join(reasons)})" if reasons else ""
-            raise ConfigError(f"'{key}' must be {check.describe(n_items)}, got {shorten(repr(values[key]))}{why}")
+            raise ConfigError(f"'{rule.key}' must be {check.describe(n_items)}, got {shorten(repr(value))}{why}")
     if n_items is not None:
         return
     for rule in CROSS_RULES:  # the single-key rules above already hold: types and ranges are right

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recbole_oneranker.cli import main
-from recbole_oneranker.config_rules import RULES
+from recbole_oneranker.config_rules import RULED_KEYS, RULES
 
 HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
 # 4 users x 40 interactions over 60 items: enough items for OneRanker's defaults (30 candidates, 32 fake items).
@@ -85,7 +85,7 @@ def test_malformed_atomic_files_are_one_line_or_a_valid_run(tmp_path_factory, mu
 
 # -- bad --key=value pairs -------------------------------------------------------------------------------------
 
-DATASET_BOUNDED = sorted(key for key, (check, _) in RULES.items() if check.needs_dataset)
+DATASET_BOUNDED = sorted({rule.key for rule in RULES if rule.check.needs_dataset})
 # Small values only: a large valid width (hidden_size=100000) is a valid, and huge, model.
 bad_value = st.one_of(
     st.integers(-3, 3).map(str),
@@ -94,7 +94,7 @@ bad_value = st.one_of(
     st.text(alphabet=string.printable + "\x00", max_size=10),
 )
 pair = st.one_of(
-    st.tuples(st.sampled_from(sorted(RULES)), bad_value),
+    st.tuples(st.sampled_from(sorted(RULED_KEYS)), bad_value),
     st.tuples(st.sampled_from(DATASET_BOUNDED), st.sampled_from(["100000", "-1", "59", "60", "61"])),
 )
 

@@ -38,6 +38,9 @@ from recbole_oneranker.quick_start import run
         ("SASRec", "--n_heads=3", "hidden_size must be a multiple of n_heads, got hidden_size=64, n_heads=3"),
         ("OneRanker", "--decoder_heads=3", "hidden_size must be a multiple of decoder_heads, got hidden_size=50"),
         ("SASRec", "--run_id=../elsewhere", "'run_id' must be a string matching"),
+        ("SASRec", "--loss_type=2", "'loss_type' must be one of CE, BPR, BCE, MSE, got 2"),
+        ("HSTU", "--loss_type=CE", "'loss_type' must be one of sampled_softmax, full_softmax, got 'CE'"),
+        ("SASRec", "--n_layers=0", "'n_layers' must be an int >= 1, got 0"),
         ("SASRec", "--adam_betas=[0.9, 1]", "'adam_betas' must be a list of 2 items, each a number in [0, 1)"),
         ("SASRec", "--epochs=" + "x" * 10_000, "xxx... (10,002 characters)"),  # repr's quotes count
     ],
@@ -51,7 +54,7 @@ def test_value_outside_its_rule_is_one_line(model, override, message):
 
 def test_rules_of_a_model_do_not_apply_to_another_models_key():
     """gamma is OneRanker's DC-loss weight here, but means other things in RecBole's models: not checked for them."""
-    assert config_rules.RULES["gamma"][1] == config_rules.OWN
+    assert [rule.scope for rule in config_rules.RULES if rule.key == "gamma"] == [config_rules.OWN]
     Config("SASRec", config_dict={"hidden_size": 8})  # no gamma rule for SASRec (RecBole defines no gamma for it)
 
 
@@ -63,7 +66,7 @@ def test_every_key_of_properties_is_ruled_a_flag_or_free():
     uncovered = []
     for path in properties_dir().rglob("*.yaml"):
         for key, default in read_yaml_layer(path).items():
-            if key not in config_rules.RULES and key not in config_rules.FREE_KEYS and not isinstance(default, bool):
+            if key not in config_rules.RULED_KEYS | set(config_rules.FREE_KEYS) and not isinstance(default, bool):
                 uncovered.append(f"{path.name}: {key}")
     assert not uncovered
 
@@ -74,6 +77,7 @@ def test_every_key_of_properties_is_ruled_a_flag_or_free():
         ("SASRec", "--candidate_negatives=100000", "'candidate_negatives' must be an int in [0, n_items - 1 = "),
         ("OneRanker", "--n_fake_items=100000", "'n_fake_items' must be an int in [0, n_items - 1 = "),
         ("OneRanker", "--num_candidates=100000", "'num_candidates' must be an int in [2, n_items - 1 = "),
+        ("SASRec", "--topk=[10, 100000]", "'topk' must be a list of items, each an int in [1, n_items = "),
     ],
 )
 def test_dataset_bounded_rules_stop_the_run_before_training(tiny_config, tmp_path, model, override, message):
