@@ -3,9 +3,8 @@
 :data:`RULES` gives each checked key its :class:`Check` (a type and a range; a bound may be the dataset's item
 count) and :data:`CROSS_RULES` relate keys. ``Config`` applies :func:`check_config` once it is built, and the run
 applies :func:`check_dataset_rules` once the dataset is loaded and ``n_items`` is known, both before training
-starts: a value that cannot mean
-anything (``--epochs=0``, ``--num_negatives=0``, ``--train_batch_size=1.5``) fails in one line instead of
-training a useless model, or failing after training and losing the result.
+starts: a value that cannot mean anything (``--epochs=0``, ``--num_negatives=0``, ``--train_batch_size=1.5``)
+fails in one line instead of training a useless model, or failing after training and losing the result.
 
 ``n_items`` in a bound is the number of real items (RecBole's ``item_num`` less the padding id 0).
 
@@ -51,8 +50,9 @@ class Check:
         low, high: inclusive bounds (None: unbounded); an :class:`ItemsMinus` bound waits for the dataset.
         low_open: ``low`` itself is refused (``learning_rate > 0``).
         high_open: ``high`` itself is refused (``dropout_prob < 1``).
-        choices: the allowed values (strings compared in lower case).
-        pattern: a regular expression a string must match as a whole.
+        choices: the allowed values.
+        ignore_case: strings are compared with ``choices`` in lower case (RecBole lower-cases ``learner``).
+        pattern: a regular expression a string must match as a whole, and what it means (``a file name``).
         length, items: a list's length and the check each of its items passes.
         optional: None is allowed (``~`` in yaml: the feature is off).
         why: the reason, added to the message where the range alone does not tell it.
@@ -64,7 +64,8 @@ class Check:
     low_open: bool = False
     high_open: bool = False
     choices: tuple[Any, ...] | None = None
-    pattern: str | None = None
+    ignore_case: bool = False
+    pattern: tuple[str, str] | None = None
     length: int | None = None
     items: Check | None = None
     optional: bool = False
@@ -82,8 +83,9 @@ class Check:
         if not self._has_kind(value):
             return False
         if self.choices is not None:
-            return _lowered(value) in {_lowered(choice) for choice in self.choices}
-        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            lowered = self.ignore_case and isinstance(value, str)
+            return (value.lower() if lowered else value) in self.choices
+        if self.pattern is not None and not re.fullmatch(self.pattern[0], value):
             return False
         if self.length is not None and len(value) != self.length:
             return False
@@ -128,7 +130,7 @@ class Check:
         elif self.high is not None:
             text += f" {'<' if self.high_open else '<='} {_bound_text(self.high, n_items)}"
         elif self.pattern is not None:
-            text += f" matching {self.pattern}"
+            text = self.pattern[1]
         elif self.items is not None:
             count = f"{self.length} " if self.length is not None else ""
             text += f" of {count}items, each {self.items.describe(n_items)}"
@@ -137,10 +139,6 @@ class Check:
 
 def _bound_text(bound: Bound, n_items: int | None) -> str:
     return bound.describe(n_items) if isinstance(bound, ItemsMinus) else str(bound)
-
-
-def _lowered(value: Any) -> Any:
-    return value.lower() if isinstance(value, str) else value
 
 
 # Which models a rule applies to. Generic names such as gamma or alpha mean other things in RecBole's models, so a
@@ -154,7 +152,7 @@ COUNT = Check(int, low=0)
 WEIGHT = Check(float, low=0)
 POSITIVE = Check(float, low=0, low_open=True)
 PROBABILITY = Check(float, low=0, high=1, high_open=True)
-FILE_NAME = r"(?!\.\.?$)[^/\\\x00]+"  # a file name: no folder separator, no NUL, not . or ..
+FILE_NAME = (r"(?!\.\.?$)[^/\\\x00]+", "a file name (no folder separator, no NUL byte, not . or ..)")
 PICKLE_CACHE = (
     "RecBole's dataset and dataloader caches are pickles, which run code when read; this package neither writes "
     "nor reads them; see docs/security.md"
@@ -179,7 +177,7 @@ RULES: tuple[Rule, ...] = (
     Rule("eval_batch_size", POSITIVE_INT),
     Rule("learning_rate", POSITIVE),
     Rule("weight_decay", WEIGHT),
-    Rule("learner", Check(str, choices=("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam"),
+    Rule("learner", Check(str, choices=("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam"), ignore_case=True,
                           why="RecBole silently trains with adam on any other name")),
     Rule("adam_betas", Check(list, length=2, items=PROBABILITY, optional=True, why="a beta of 1 divides by zero")),
     Rule("stopping_step", COUNT),

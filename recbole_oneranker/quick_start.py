@@ -111,8 +111,8 @@ def run(
 
     dataset = create_dataset(config)
     logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)  # an empty split stops here
     config.check_dataset_rules(n_items=dataset.item_num - 1)  # item 0 is padding
-    train_data, valid_data, test_data = data_preparation(config, dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
@@ -202,7 +202,7 @@ def results_reported_on_failure(computed: dict[str, Any]) -> Iterator[None]:
 def candidate_sampler(config: Config) -> tuple[str, str]:
     """RecBole's distribution and evaluation-mode prefix for the config's ``candidate_sampling`` (one of
     ``uniform`` and ``popularity``: :mod:`~recbole_oneranker.config_rules`)."""
-    return CANDIDATE_SAMPLERS[config["candidate_sampling"].lower()]
+    return CANDIDATE_SAMPLERS[config["candidate_sampling"]]
 
 
 def candidate_set_loader(config: Config, dataset, splits, negatives: int) -> tuple[Config, NegSampleEvalDataLoader]:
