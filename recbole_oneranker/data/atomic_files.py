@@ -71,7 +71,7 @@ def check_atomic_file(
             listed = ", ".join(shorten(repr(name), 30) for name in names)
             raise AtomicFileError(f"{path}, line 1: no column {column!r} (the config's id field); columns: {listed}")
     for column, kind in types.items():
-        values = rows.frame[column].str.strip()
+        values = rows.frame[column]
         missing = values.isin(MISSING).to_numpy()
         if kind == "float":
             _check_numbers(rows, column, values, missing)
