@@ -5,7 +5,8 @@
 
 ``--model``, ``--dataset`` and ``--config_files`` are read here; every other ``--key=value`` is a RecBole config
 override (values are Python literals, as in RecBole: ``--topk=[10,20]``). Mistakes in the command (unknown model,
-dataset or key, malformed value) print one line and exit with status 2.
+dataset or key, a value outside its rule, a malformed data file) and files that cannot be read or written (an
+unwritable folder, a truncated resume snapshot) print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from recbole_oneranker.compat import IncompatibleEnvironmentError
-from recbole_oneranker.errors import ConfigError, UnknownModelError
+from recbole_oneranker.errors import ConfigError, RunFileError, UnknownModelError
 from recbole_oneranker.registry import model_names
 
 USAGE_ERROR = 2
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from recbole_oneranker.quick_start import run
 
         result = run(args.model, args.dataset, config_file_list=config_files, cmd_args=overrides)
-    except (ConfigError, UnknownModelError, IncompatibleEnvironmentError) as error:
+    except (ConfigError, UnknownModelError, IncompatibleEnvironmentError, RunFileError) as error:
         print(f"run_recbole: error: {error}", file=sys.stderr)
         return USAGE_ERROR
     print(summary(result))

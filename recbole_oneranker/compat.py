@@ -51,6 +51,13 @@ logger call, and :func:`apply` runs the import-time ones once when ``recbole_one
    trained on the GPU anyway (seen on an H100). ``gpu_id: ''`` does keep a run on the CPU, but by setting
    ``CUDA_VISIBLE_DEVICES`` for the whole process. -> :func:`honour_use_gpu` puts a ``use_gpu: False`` run on the
    CPU and leaves the GPUs visible to the rest of the process.
+11. ``create_dataset`` and ``data_preparation`` unpickle ``<checkpoint_dir>/<dataset>-<DatasetClass>.pth`` and
+   ``<checkpoint_dir>/<dataset>-for-<model>-dataloader.pth`` whenever those files exist, even with
+   ``save_dataset`` and ``save_dataloaders`` off; a pickle runs the code it names when read, so a file copied into
+   ``saved/`` ran inside every later run. -> the run path builds datasets and loaders with
+   :func:`recbole_oneranker.data.create_dataset` and :func:`recbole_oneranker.data.data_preparation`, which never
+   look for either file, and :mod:`recbole_oneranker.config_rules` refuses the four cache keys in one line
+   (``docs/security.md``).
 """
 
 from __future__ import annotations

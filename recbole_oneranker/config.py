@@ -10,7 +10,9 @@ Priority, lowest first (RecBole's own order, with the plugin layers right after 
 
 Unlike RecBole's, this ``Config`` reads ``--key=value`` arguments only from ``cmd_args`` (the CLI passes them),
 never from ``sys.argv``, so a test runner's or a tuning script's own flags cannot leak into a run. It also
-rejects keys that no layer defines (a typo would otherwise be silently ignored) and a dataset with no files.
+rejects keys that no layer defines (a typo would otherwise be silently ignored), values that break the rules of
+:mod:`~recbole_oneranker.config_rules` (types, ranges; the dataset-bounded ones once the dataset is loaded) and a
+dataset with no files.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from recbole.utils.argument_list import (
     training_arguments,
 )
 
-from recbole_oneranker import compat
+from recbole_oneranker import compat, config_rules
 from recbole_oneranker.errors import ConfigError, UnknownModelError
 from recbole_oneranker.overrides import parse_assignments
 from recbole_oneranker.registry import get_model
@@ -176,9 +178,18 @@ class Config(RecBoleConfig):
         except (ValueError, TypeError, KeyError, NotImplementedError, FileNotFoundError, yaml.YAMLError) as error:
             # RecBole validates while it builds the config; its messages are good but its types are generic.
             raise ConfigError(f"invalid configuration: {error}") from error
-        self._check_flags()
+        config_rules.check_config(self.final_config_dict, self.internal_config_dict, self.model_keys())
         self._check_valid_metric()
         self._check_dataset_files()
+
+    def model_keys(self) -> set[str]:
+        """The keys the model's own yaml chain defines (``properties/model/``): its model-only rules apply."""
+        return {key for path in model_layers(self.model) for key in read_yaml_layer(path)}
+
+    def check_dataset_rules(self, n_items: int) -> None:
+        """The rules bounded by the dataset's item count (``n_items``: real items, padding excluded), checked
+        once the dataset is loaded and before training (:mod:`~recbole_oneranker.config_rules`)."""
+        config_rules.check_dataset_rules(self.final_config_dict, self.model_keys(), n_items)
 
     def _load_cmd_line(self) -> dict[str, Any]:
         return parse_assignments(self._cmd_args, "argument", prefix="--")
@@ -229,14 +240,6 @@ class Config(RecBoleConfig):
                 )
             final_config["run_id"] = compat.unique_run_id(self.model, self.dataset)
         return final_config
-
-    def _check_flags(self) -> None:
-        """A key whose default is True/False takes only True/False: RecBole keeps ``--use_step2=maybe`` as the
-        string 'maybe', which is truthy, so a typo would silently switch the flag on."""
-        for key, default in self.internal_config_dict.items():
-            value = self.final_config_dict.get(key)
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise ConfigError(f"'{key}' must be True or False, got {value!r}")
 
     def _check_valid_metric(self) -> None:
         """RecBole only finds out after the first training epoch that ``valid_metric`` is not computed."""

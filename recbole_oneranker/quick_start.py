@@ -12,13 +12,13 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from logging import getLogger
 from typing import Any
 
 import colorlog
 from colorama import init as init_colorama
-from recbole.data import data_preparation
 from recbole.data.dataloader import NegSampleEvalDataLoader
 from recbole.data.utils import create_samplers
 from recbole.evaluator import Evaluator
@@ -27,8 +27,8 @@ from recbole.utils.logger import RemoveColorFilter, log_colors_config
 
 from recbole_oneranker import compat
 from recbole_oneranker.config import RUNTIME_KEYS, Config, known_keys
-from recbole_oneranker.data import create_dataset
-from recbole_oneranker.errors import ConfigError
+from recbole_oneranker.data import create_dataset, data_preparation
+from recbole_oneranker.errors import RunFileError, shorten
 from recbole_oneranker.evaluator import ValueCollector
 from recbole_oneranker.evaluator.protocol import Protocol
 from recbole_oneranker.registry import get_model
@@ -102,9 +102,8 @@ def run(
     """
     start = time.perf_counter()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
-    if config["candidate_negatives"]:
-        candidate_sampler(config)  # a bad value fails now, not after training
     init_seed(config["seed"], config["reproducibility"])
+    prepare_output_dirs(config)
     log_file = init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
@@ -112,7 +111,8 @@ def run(
 
     dataset = create_dataset(config)
     logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)  # an empty split stops here
+    config.check_dataset_rules(n_items=dataset.item_num - 1)  # item 0 is padding
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
@@ -123,17 +123,22 @@ def run(
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=show_progress, callback_fn=callback_fn
     )
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show_progress)
-    test_ranks = trainer.eval_collector.last_ranks if test_result else None
-    test_users = trainer.eval_collector.last_users if test_ranks is not None else None
+    computed = {"best valid": best_valid_result}
+    with results_reported_on_failure(computed):
+        test_result = computed["test"] = trainer.evaluate(test_data, load_best_model=saved, show_progress=show_progress)
+        test_ranks = trainer.eval_collector.last_ranks if test_result else None
+        test_users = trainer.eval_collector.last_users if test_ranks is not None else None
 
-    candidate_result = None
-    if config["candidate_negatives"] and test_result:
-        splits = (train_data._dataset, valid_data._dataset, test_data._dataset)
-        candidate_result = evaluate_candidate_set(config, trainer, dataset, splits, config["candidate_negatives"])
-        logger.info(set_color("candidate-set test", "yellow") + f": {candidate_result}")
+        candidate_result = None
+        if config["candidate_negatives"] and test_result:
+            splits = (train_data._dataset, valid_data._dataset, test_data._dataset)
+            negatives = config["candidate_negatives"]
+            candidate_result = computed["candidate-set test"] = evaluate_candidate_set(
+                config, trainer, dataset, splits, negatives
+            )
+            logger.info(set_color("candidate-set test", "yellow") + f": {candidate_result}")
 
-    protocol = Protocol.of(config, dataset)
+        protocol = Protocol.of(config, dataset)
     logger.info(set_color("protocol", "yellow") + f": {protocol.render()}")
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
@@ -158,16 +163,46 @@ def run(
     }
 
 
-def candidate_sampler(config: Config) -> tuple[str, str]:
-    """RecBole's distribution and evaluation-mode prefix for the config's ``candidate_sampling``.
+def prepare_output_dirs(config: Config) -> None:
+    """Create the folders a run writes to, or stop with one line before anything else runs.
+
+    They are ``checkpoint_dir``, ``<log_dir>/<model>`` and RecBole's ``log_tensorboard`` (a fixed name in the working
+    directory, so a read-only working directory fails here, not at the trainer's first write).
 
     Raises:
-        ConfigError: for a value other than ``uniform`` or ``popularity``.
+        RunFileError: a folder that cannot be created or written to.
     """
-    sampling = config["candidate_sampling"]
-    if sampling not in CANDIDATE_SAMPLERS:
-        raise ConfigError(f"candidate_sampling must be one of {', '.join(CANDIDATE_SAMPLERS)}, got {sampling!r}")
-    return CANDIDATE_SAMPLERS[sampling]
+    folders = {
+        "checkpoint_dir": config["checkpoint_dir"],
+        "log_dir": os.path.join(config["log_dir"], config["model"]),
+        "log_tensorboard (RecBole's, in the working directory)": "log_tensorboard",
+    }
+    for key, folder in folders.items():
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+            reason = error.strerror if isinstance(error, OSError) else str(error)
+            raise RunFileError(f"{key}: cannot create folder {shorten(repr(folder))}: {reason}") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise RunFileError(f"{key}: folder {shorten(repr(folder))} is not writable")
+
+
+@contextmanager
+def results_reported_on_failure(computed: dict[str, Any]) -> Iterator[None]:
+    """On an exception inside the block, log the results in ``computed`` (to the console and the log file) before
+    it propagates: a failure after training must not lose what training and testing measured."""
+    try:
+        yield
+    except BaseException:
+        results = "; ".join(f"{name}: {result}" for name, result in computed.items() if result is not None)
+        getLogger().error(f"the run failed after training; results computed so far: {results}")
+        raise
+
+
+def candidate_sampler(config: Config) -> tuple[str, str]:
+    """RecBole's distribution and evaluation-mode prefix for the config's ``candidate_sampling`` (one of
+    ``uniform`` and ``popularity``: :mod:`~recbole_oneranker.config_rules`)."""
+    return CANDIDATE_SAMPLERS[config["candidate_sampling"]]
 
 
 def candidate_set_loader(config: Config, dataset, splits, negatives: int) -> tuple[Config, NegSampleEvalDataLoader]:

@@ -6,7 +6,9 @@ with :class:`RunSafetyMixin` mixed in), so all rows of a comparison share checkp
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import random
 import time
 from typing import Any
@@ -17,6 +19,7 @@ from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import ModelType, set_color
 
 from recbole_oneranker import compat
+from recbole_oneranker.errors import RunFileError, shorten
 from recbole_oneranker.evaluator import ValueCollector, ranking
 
 
@@ -124,13 +127,18 @@ class RunSafetyMixin:
             callback_state=compat.plain_value(callback_fn.state_dict()) if hasattr(callback_fn, "state_dict") else None,
             best_checkpoint=self.best_checkpoint,
         )
-        partial = self.resume_file + ".partial"  # a kill while writing leaves the previous snapshot intact
-        torch.save(state, partial)
-        os.replace(partial, self.resume_file)
+        save_atomically(state, self.resume_file)
 
     def _restore_snapshot(self, train_data, callback_fn) -> bool:
         """Load the snapshot into this trainer; returns whether its training had already finished."""
-        snapshot = self.resume_checkpoint(self.resume_file)
+        try:
+            snapshot = self.resume_checkpoint(self.resume_file)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, OSError) as error:
+            reason = shorten(str(error).splitlines()[0] if str(error) else type(error).__name__)
+            raise RunFileError(
+                f"{self.resume_file}: the resume snapshot of run '{self.config['run_id']}' cannot be read ({reason}); "
+                f"to start this run afresh, delete it: rm '{self.resume_file}'"
+            ) from None
         self.saved_model_file = self.resume_file.removesuffix("-resume.pth") + ".pth"  # the best, not the snapshot
         self.best_valid_result = snapshot["best_valid_result"]
         self.elapsed_before_s = float(snapshot["elapsed_s"])
@@ -150,7 +158,7 @@ class RunSafetyMixin:
                 f"{self.resume_file} continues a run whose best checkpoint {self.saved_model_file} is missing, and "
                 "the snapshot (written by an older version) does not hold it: copy that file beside the snapshot"
             )
-        torch.save(self.best_checkpoint, self.saved_model_file)
+        save_atomically(self.best_checkpoint, self.saved_model_file)
         self.logger.info(f"Best checkpoint (epoch {self.best_checkpoint['epoch']}) restored from the snapshot")
 
     def discard_snapshot(self) -> None:
@@ -163,7 +171,7 @@ class RunSafetyMixin:
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         state = self._checkpoint_state(epoch)
-        torch.save(state, saved_model_file)
+        save_atomically(state, saved_model_file)
         if self.resume_file is not None:  # kept for the snapshots; copied, since state_dict() shares the weights
             best = {key: value for key, value in state.items() if key != "optimizer"}
             for part in ("state_dict", "other_parameter"):
@@ -210,6 +218,25 @@ class RunSafetyMixin:
             # consumption.
             scores = ranking.mask_seen_items(scores, interaction[self.model.ITEM_SEQ])
         return interaction, scores, positive_u, positive_i
+
+
+def save_atomically(state: dict[str, Any], path: str) -> None:
+    """``torch.save`` to ``path`` through a temporary file renamed over it: a kill or a full disk during the write
+    leaves the previous file intact, never a truncated one.
+
+    Raises:
+        RunFileError: the file cannot be written (the disk is full, the folder is gone or read-only).
+    """
+    partial = f"{path}.partial"
+    try:
+        torch.save(state, partial)
+        os.replace(partial, path)
+    except (OSError, RuntimeError) as error:  # torch's zip writer reports a failed write as a RuntimeError
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+        raise RunFileError(f"{path}: cannot write: {shorten(reason)}; the previous file is kept") from None
+    finally:  # after a failure or an interrupt (gone after a success)
+        with contextlib.suppress(OSError):
+            os.remove(partial)
 
 
 def describe_device(device: torch.device | str) -> str:

@@ -458,3 +458,39 @@ def test_recbole_loads_the_atomic_files(tmp_path, request, converter):
     else:
         assert (dataset.user_num, dataset.item_num) == (summary.users + 1, summary.items + 1)
         assert len(dataset.user_feat) == 25 and dataset.field2type["pvalue_level"].value == "token"
+
+
+def test_a_killed_conversions_folders_are_removed_by_the_next(tmp_path):
+    out = tmp_path / "out"
+    abandoned = [out / ".taobao.tmp-999999999-0abc", out / ".taobao.old-999999999-0abc"]  # no such process
+    live = out / f".taobao.tmp-{os.getpid()}-0abc"  # a conversion still running
+    for folder in [*abandoned, live]:
+        folder.mkdir(parents=True)
+    convert_dataset("taobao-userbehavior", src=taobao_src(tmp_path, TAOBAO_ROWS), out=out)
+    assert leftovers(out) == [live.name, "taobao"]
+
+
+def test_the_dataset_folder_honours_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        convert_dataset("taobao-userbehavior", src=taobao_src(tmp_path, TAOBAO_ROWS), out=tmp_path / "out")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out" / "taobao").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (TAOBAO_ROWS[0].encode() + b"\n1,11,\xff,buy,1\n", r"line 2: not utf-8 text: invalid start byte \(byte 0xff\)"),
+        (TAOBAO_ROWS[0].encode() + b"\n1,1\x001,100,buy,1\n", r"line 2: a NUL byte"),
+        (f"{TAOBAO_ROWS[0]}\n1,11,100,buy,{'9x' * 50_000}\n".encode(), r"got '9x9x9x.*\.\.\. \(100,002 characters\)$"),
+    ],
+)
+def test_bytes_and_long_values_are_named_by_line_and_cut(tmp_path, content, message):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "UserBehavior.csv").write_bytes(content)
+    with pytest.raises(ConversionError, match=message) as raised:
+        convert_dataset("taobao-userbehavior", src=src, out=tmp_path / "out")
+    assert len(str(raised.value)) < 300

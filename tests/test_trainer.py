@@ -123,7 +123,7 @@ def test_popularity_sampled_candidates_are_drawn_by_popularity(tiny_config):
 def test_an_unknown_candidate_sampling_fails_before_training(tiny_config):
     from recbole_oneranker.quick_start import run
 
-    with pytest.raises(ConfigError, match="candidate_sampling must be one of uniform, popularity, got 'pop'"):
+    with pytest.raises(ConfigError, match="'candidate_sampling' must be one of uniform, popularity, got 'pop'"):
         run("SASRec", "ml-tiny", config_dict={**tiny_config, "candidate_negatives": 9, "candidate_sampling": "pop"})
 
 

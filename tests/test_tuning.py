@@ -240,6 +240,7 @@ def test_report_gives_a_retry_the_time_of_its_whole_run():
         (["--objective", "ndgc@10"], "unknown objective 'ndgc@10'"),
         (["--storage", "postgresql://nobody@127.0.0.1:1/x"], "cannot open storage postgresql://nobody@127.0.0.1:1/x"),
         (["--pruner", "median", "--objectives", "ndcg@10", "gmv@10"], "cannot prune multi-objective trials"),
+        (["--out", "/proc/nope"], "/proc/nope: cannot write the study there"),  # read-only even for root
     ],
 )
 def test_mistakes_print_one_line_and_exit_2(tmp_path, tiny_data_path, capsys, extra, message):

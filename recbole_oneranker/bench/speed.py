@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from recbole_oneranker.bench.common import DEFAULT_DATA_PATH, EMBEDDED_DATASET, REPO, ensure_dataset
 from recbole_oneranker.config import Config
-from recbole_oneranker.data import create_dataset
+from recbole_oneranker.data import create_dataset, data_preparation
 from recbole_oneranker.overrides import parse_assignments
 from recbole_oneranker.registry import get_model
 from recbole_oneranker.trainer_lookup import get_trainer
@@ -109,8 +109,6 @@ def ranking_operators(model: torch.nn.Module, interaction) -> int:
 
 def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train and time one model in this process; returns the measurements."""
-    from recbole.data import data_preparation
-
     config = Config(model_name, args.dataset, config_dict=equal_size_settings(model_name, args))
     train_data, _, test_data = data_preparation(config, create_dataset(config))
     model = get_model(model_name)(config, train_data._dataset).to(config["device"])

@@ -62,6 +62,11 @@ class SequentialDataset(RecBoleSequentialDataset):
     # -- cascade and value ------------------------------------------------------------------------------------
 
     def _data_processing(self):
+        if self.time_field not in self.inter_feat:  # RecBole's sort fails on it later, with the whole batch printed
+            raise DatasetConfigError(
+                f"time field '{self.time_field}' is not loaded from {self.dataset_name}.inter, and sequential models "
+                f"order each user's history by it: add it to load_col (inter), or load every column with load_col: ~"
+            )
         self._rebase_timestamps()
         self._prepare_cascade()
         self._check_value_field()

@@ -617,6 +617,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError, UnknownModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except OSError as error:  # the study folder cannot be made or written (--out on a read-only path)
+        print(f"error: {args.out}: cannot write the study there: {error.strerror or error}", file=sys.stderr)
+        return USAGE_ERROR
     except SystemExit as error:  # bench.common.ensure_dataset says what is missing this way
         if isinstance(error.code, str):
             print(error.code if error.code.startswith("error:") else f"error: {error.code}", file=sys.stderr)

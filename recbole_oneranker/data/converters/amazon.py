@@ -18,6 +18,7 @@ from recbole_oneranker.data.converters.base import (
     input_error,
     read_text,
 )
+from recbole_oneranker.errors import shorten
 
 INTER_TYPES = {"user_id": "token", "item_id": "token", "timestamp": "float"}
 ITEM_TYPES = {"item_id": "token", "attributes": "token_seq"}
@@ -67,7 +68,7 @@ def read_sequences(path: Path) -> pd.DataFrame:
     repeated = users.duplicated().to_numpy()
     if repeated.any():
         row = int(np.flatnonzero(repeated)[0])
-        raise input_error(path, f"user {users.iloc[row]!r} already has a line", int(numbers[row]))
+        raise input_error(path, f"user {shorten(repr(users.iloc[row]))} already has a line", int(numbers[row]))
     is_item = np.ones(len(flat), dtype=bool)
     is_item[starts] = False
     counts = lengths - 1
@@ -91,7 +92,7 @@ def read_attributes(path: Path) -> pd.DataFrame:
         raise input_error(path, "expected one JSON object mapping item ids to attribute lists")
     bad = next((item for item, attrs in mapping.items() if not isinstance(attrs, list)), None)
     if bad is not None:
-        raise input_error(path, f"item {bad!r}: expected a list of attribute ids")
+        raise input_error(path, f"item {shorten(repr(bad))}: expected a list of attribute ids")
     return pd.DataFrame(
         {"item_id": list(mapping), "attributes": [" ".join(map(str, attrs)) for attrs in mapping.values()]}
     )

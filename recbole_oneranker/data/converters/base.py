@@ -22,6 +22,8 @@ from typing import TextIO
 import numpy as np
 import pandas as pd
 
+from recbole_oneranker.errors import shorten
+
 ATOMIC_TYPES = ("token", "float", "token_seq", "float_seq")
 
 
@@ -117,12 +119,19 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
         raise input_error(path, "file not found")
     try:
         if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding=encoding, newline="") as handle:
-                text = handle.read()
+            with gzip.open(path, "rb") as handle:
+                raw = handle.read()
         else:
-            text = path.read_text(encoding=encoding)
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
         raise input_error(path, f"cannot read: {exc}") from exc
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise input_error(path, f"not {encoding} text: {exc.reason} (byte {raw[exc.start]:#04x})", line) from None
+    if path.suffix != ".gz":  # plain files are read with universal newlines, as open() in text mode does
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
         raise input_error(path, "file is empty")
     return text
@@ -169,7 +178,7 @@ class Rows:
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             kind = "an integer" if integer else "a number"
-            raise self.fail(row, f"column {column!r} must be {kind}, got {raw.iloc[row]!r}")
+            raise self.fail(row, f"column {column!r} must be {kind}, got {shorten(repr(raw.iloc[row]))}")
         return values
 
     def one_of(self, column: str, allowed: Mapping[str, int]) -> np.ndarray:
@@ -179,7 +188,7 @@ class Rows:
         if mapped.isna().any():
             row = int(np.flatnonzero(mapped.isna().to_numpy())[0])
             expected = ", ".join(allowed)
-            raise self.fail(row, f"column {column!r} must be one of {expected}, got {raw.iloc[row]!r}")
+            raise self.fail(row, f"column {column!r} must be one of {expected}, got {shorten(repr(raw.iloc[row]))}")
         return mapped.to_numpy(dtype=np.int64)
 
     def unix_seconds(self, column: str) -> np.ndarray:
@@ -191,7 +200,7 @@ class Rows:
         parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="ISO8601")
         if parsed.isna().any():
             row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-            raise self.fail(row, f"column {column!r} must be a date-time, got {raw.iloc[row]!r}")
+            raise self.fail(row, f"column {column!r} must be a date-time, got {shorten(repr(raw.iloc[row]))}")
         seconds = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
         return seconds.to_numpy(dtype=np.float64)
 
@@ -214,6 +223,9 @@ def read_delimited(
         text, sep = text.replace(sep, stand_in), stand_in
     data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     ends = np.flatnonzero(data == ord("\n"))
+    nul = np.flatnonzero(data == 0)
+    if nul.size:  # pandas would cut the value at it, silently shortening an id
+        raise input_error(path, "a NUL byte (\\x00)", int(np.searchsorted(ends, nul[0])) + 1)
     if data[-1] != ord("\n"):
         ends = np.append(ends, len(data))
     starts = np.concatenate(([0], ends[:-1] + 1))
@@ -225,7 +237,9 @@ def read_delimited(
         columns, header_lines = text.split("\n", 1)[0].split(sep), 1
         duplicated = pd.Index(columns).duplicated()
         if duplicated.any():
-            raise input_error(path, f"column {columns[int(np.flatnonzero(duplicated)[0])]!r} appears twice", 1)
+            raise input_error(
+                path, f"column {shorten(repr(columns[int(np.flatnonzero(duplicated)[0])]))} appears twice", 1
+            )
     data_line = (ends > starts) & (numbers > header_lines)  # blank lines are skipped
     fields, numbers = fields[data_line], numbers[data_line]
     if not len(numbers):

@@ -13,7 +13,7 @@ import csv
 import os
 import re
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,12 +96,15 @@ def write_atomic(converted: Converted, out: Path, name: str, progress: Progress)
     """Write ``<out>/<name>/<name>.<suffix>`` for every table, replacing an older folder only once all are written.
 
     Files go to a temporary folder inside ``out`` that is renamed into place at the end, so a failure leaves
-    neither a half-written dataset nor a stray folder behind.
+    neither a half-written dataset nor a stray folder behind; the folders of a conversion killed mid-way are
+    removed by the next conversion of ``name`` (:func:`remove_abandoned_folders`). The dataset folder gets the
+    permissions of the umask, as ``mkdir`` gives them.
     """
     final = out / name
     try:
         out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out))
+        remove_abandoned_folders(out, name)
+        staging = _work_folder(out, name, "tmp")
     except OSError as exc:
         raise ConversionError(f"{out}: cannot create the output folder: {exc}") from exc
     try:
@@ -127,12 +130,42 @@ def write_atomic(converted: Converted, out: Path, name: str, progress: Progress)
     )
 
 
+def _work_folder(out: Path, name: str, kind: str) -> Path:
+    """A new hidden folder ``.<name>.<kind>-<pid>-<random>`` in ``out``.
+
+    Made with ``mkdir``, which honours the umask (``tempfile.mkdtemp`` would make it ``drwx------``, and the staging
+    folder becomes the dataset folder); the pid lets a later conversion tell an abandoned folder from a live one.
+    """
+    folder = out / f".{name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    return folder
+
+
+def remove_abandoned_folders(out: Path, name: str) -> None:
+    """Delete the work folders of conversions of ``name`` into ``out`` whose process is gone (killed mid-way)."""
+    for folder in out.glob(f".{name}.*-*-*"):
+        kind, _, rest = folder.name.removeprefix(f".{name}.").partition("-")
+        pid = rest.partition("-")[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
 def _swap_into_place(staging: Path, final: Path) -> None:
     """Rename ``staging`` to ``final``; an existing ``final`` is moved aside first and deleted afterwards."""
     if not final.exists():
         os.replace(staging, final)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+    old = _work_folder(final.parent, final.name, "old")
     os.replace(final, old / final.name)
     try:
         os.replace(staging, final)
