@@ -1,10 +1,12 @@
 """Pure-PyTorch layers (no RecBole imports): the HSTU block and stack with their relative attention biases and
 masks, the item-sequence encoder, the next-item softmax and repeat shift, OneRanker's step-2 and step-3 decoders,
-and for semantic IDs the trie with its constrained beam search and GPR's level-wise generator and value estimator."""
+for semantic IDs the trie with its constrained beam search and GPR's level-wise generator and value estimator, and
+OneRec's encoder-decoder with its mixture-of-experts feed-forward block."""
 
 from __future__ import annotations
 
 from .decoders import PositionwiseCrossAttention, QueryDecoder, QueryDecoderConfig, QueryDecoderLayer, visible_states
+from .encoder_decoder import EncoderDecoderConfig, HistoryEncoder, SessionDecoder
 from .hstu import (
     ATTENTION_KINDS,
     RELATIVE_BIAS_MODES,
@@ -18,6 +20,7 @@ from .hstu import (
     prefix_causal_mask,
 )
 from .lookup import lookup
+from .moe import FeedForward, MixtureOfExperts, MoEConfig, feed_forward
 from .ranking_decoder import RankingDecoder, RankingDecoderConfig, candidate_mask
 from .relative_bias import (
     DEFAULT_BUCKET_DIVISOR,
@@ -40,6 +43,13 @@ from .softmax import LOSS_TYPES, NextItemSoftmax, RepeatShift, SoftmaxConfig, di
 from .task_tokens import TaskTokenConfig, TaskTokenDecoder, heterogeneous_mask
 
 __all__ = [
+    "feed_forward",
+    "SessionDecoder",
+    "MoEConfig",
+    "MixtureOfExperts",
+    "HistoryEncoder",
+    "FeedForward",
+    "EncoderDecoderConfig",
     "ATTENTION_KINDS",
     "DEFAULT_BUCKET_DIVISOR",
     "LOSS_TYPES",
