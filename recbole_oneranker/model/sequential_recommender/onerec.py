@@ -142,9 +142,9 @@ class OneRec(GenerativeRecommender):
         history = interaction[self.ITEM_SEQ][rows, :seq_len]
         readable = self.readable_history(interaction, seq_len)[rows]
         readable &= visible_states(seq_len, positions.unsqueeze(1), seq_lens[rows])[:, 0]  # the prefix up to p
-        prefix = [self.context_token.expand(len(rows), 1, -1)]
-        prefix += [self.user_token_embeddings[field](interaction[field][rows]).unsqueeze(1) for field in self.user_token_fields]  # fmt: skip
-        tokens = torch.cat([*prefix, self.item_tokens(history)], dim=1)  # [C, 1 + U + n, D]
+        users = [self.user_token_embeddings[field](interaction[field][rows]) for field in self.user_token_fields]
+        prefix = torch.stack([self.context_token.expand(len(rows), -1), *users], dim=1)  # [C, 1 + U, D]
+        tokens = torch.cat([prefix, self.item_tokens(history)], dim=1)  # [C, 1 + U + n, D]
         visible = F.pad(readable, (tokens.shape[1] - seq_len, 0), value=True)
         return self.encoder(tokens, visible), visible
 
