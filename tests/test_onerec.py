@@ -249,7 +249,8 @@ def test_gradients_reach_every_parameter(build) -> None:
 def test_dense_switch_replaces_every_mixture(build) -> None:
     model, train, _ = build(moe=False)
     assert model.routing_load() is None
-    assert all(isinstance(ffn, FeedForward) and ffn.inner.out_features == 16 for ffn in model.decoder.ffns)
+    ffns = [layer.ffn for layer in model.decoder.layers]
+    assert all(isinstance(ffn, FeedForward) and ffn.inner.out_features == 16 for ffn in ffns)  # 2 x expert width
     assert torch.isfinite(model.calculate_loss(next(iter(train))))
 
 

@@ -197,16 +197,18 @@ class OneRec(GenerativeRecommender):
     def routing_load(self) -> Tensor | None:
         """``[decoder_layers, E]`` each expert's share of the routed tokens since :meth:`reset_routing_load` (rows
         sum to 1; uniform is ``1 / E``); None for the dense ablation."""
-        mixtures = [ffn for ffn in self.decoder.ffns if isinstance(ffn, MixtureOfExperts)]
+        mixtures = self._mixtures()
         if not mixtures:
             return None
         load = torch.stack([mixture.expert_load() for mixture in mixtures])
         return load / load.sum(dim=1, keepdim=True).clamp(min=1)
 
     def reset_routing_load(self) -> None:
-        for ffn in self.decoder.ffns:
-            if isinstance(ffn, MixtureOfExperts):
-                ffn.reset_load()
+        for mixture in self._mixtures():
+            mixture.reset_load()
+
+    def _mixtures(self) -> list[MixtureOfExperts]:
+        return [layer.ffn for layer in self.decoder.layers if isinstance(layer.ffn, MixtureOfExperts)]
 
     # -- inference --------------------------------------------------------------------------------------------
 
