@@ -156,6 +156,24 @@ def test_decoder_is_causal_and_reads_only_visible_memory() -> None:
         assert not torch.allclose(decoder(tokens, hidden_memory, torch.ones_like(visible))[0], states[0])
 
 
+def test_decoding_from_the_cache_equals_a_full_run() -> None:
+    decoder = SessionDecoder(_sizes()).eval()
+    tokens, memory = torch.randn(3, 4, 8), torch.randn(3, 5, 8)
+    visible = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 1, 0, 1]]).bool()
+    with torch.no_grad():
+        whole = decoder(tokens, memory, visible)
+        cache, steps = decoder.start(memory, visible), []
+        for t in range(4):
+            state, cache = decoder.extend(cache, tokens[:, t : t + 1])
+            steps.append(state)
+        torch.testing.assert_close(torch.cat(steps, dim=1), whole)
+        reordered = decoder.start(memory, visible)
+        _, reordered = decoder.extend(reordered, tokens[:, :2])
+        rows = torch.tensor([2, 0, 2])  # a beam keeps row 2 twice and drops row 1
+        state, _ = decoder.extend(reordered.select(rows), tokens[rows, 2:3])
+        torch.testing.assert_close(state[:, 0], whole[rows, 2])
+
+
 # -- the model ----------------------------------------------------------------------------------------------------
 
 
@@ -233,6 +251,22 @@ def test_exact_scores_equal_the_generic_trie_scores_and_the_beam(build) -> None:
     torch.testing.assert_close(scores.exp().sum(1), torch.ones(6))
     torch.testing.assert_close(item_scores, scores.gather(1, items), rtol=1e-5, atol=1e-5)
     assert torch.equal(items, scores.topk(5, dim=1).indices)  # the beam finds the exact top here
+
+
+def test_session_beam_emits_real_items_scored_as_a_full_rerun_scores_them(build) -> None:
+    model, _, test = build()
+    model.eval()
+    batch = next(iter(test))[0][:4]
+    with torch.no_grad():
+        sessions, scores = model.generate_sessions(batch, beam_size=6)  # [B, 6, m], [B, 6]
+        assert sessions.shape == (4, 6, 3) and (sessions > 0).all() and (scores.diff(dim=1) <= 0).all()
+        memory, visible = model.encode(batch)
+        paths = sessions.flatten(0, 1)  # [B * 6, m]
+        rows = torch.arange(4).repeat_interleave(6)
+        intents = model.intents(memory[rows], visible[rows], paths[:, :-1])  # [B * 6, m, D]: no cache
+        per_item = model.generator.catalogue_log_probs(intents, model.structure)  # [B * 6, m, N]
+        rescored = per_item.gather(2, (paths - 1).unsqueeze(-1)).sum(dim=(1, 2))
+    torch.testing.assert_close(scores.flatten(), rescored, rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_reach_every_parameter(build) -> None:

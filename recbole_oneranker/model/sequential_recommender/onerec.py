@@ -29,7 +29,7 @@ from recbole_oneranker.model.layers import (
     sid_level_structure,
     visible_states,
 )
-from recbole_oneranker.model.layers.sid_trie import SIDTrie, constrained_beam_search
+from recbole_oneranker.model.layers.sid_trie import SIDTrie, StepFunction, constrained_beam_search
 from recbole_oneranker.model.serving import ServingResult
 
 
@@ -49,7 +49,8 @@ class OneRec(GenerativeRecommender):
     - **Training**: one row per user; the encoder re-reads the prefix at ``decoder_positions`` positions of the row
       (the last and uniform draws), each with the next ``session_length`` items as its target session.
     - **Serving**: every item's exact log-probability as the session's first item (each level normalised over the
-      trie's valid codes), from one decoder step on BOS; :meth:`generate` is the trie-constrained beam over it.
+      trie's valid codes), from one decoder step on BOS; :meth:`generate` is the trie-constrained beam over it and
+      :meth:`generate_sessions` the beam over whole sessions, decoding from a key/value cache.
 
     NOTE (deviations; docs/onerec.md): one decoder token per item, not per code, with the codes of an item read
     from that token through an additive prefix term, which makes exact full-catalogue scores a product and gathers;
@@ -154,9 +155,20 @@ class OneRec(GenerativeRecommender):
         """``[C, T, D]`` the decoder's intent for each next item after BOS and ``generated`` items (``[C, T - 1]``):
         intent ``t`` generates item ``t``'s codes."""
         tokens = torch.cat([self.bos_token.expand(len(generated), 1, -1), self.item_tokens(generated)], dim=1)
-        states = self.decoder(tokens, memory, visible)  # [C, T, D]
+        return self._intents_of(self.decoder(tokens, memory, visible))
+
+    def _intents_of(self, states: Tensor) -> Tensor:
+        """``[C, T, D]`` the generator's (one head's) intent read from each decoder state ``[C, T, D]``."""
         own_state = torch.eye(states.shape[1], dtype=torch.bool, device=states.device).expand(len(states), -1, -1)
-        return self.generator.intents(states, own_state)[:, :, 0]  # one generator head
+        return self.generator.intents(states, own_state)[:, :, 0]
+
+    def _code_logits(self, intents: Tensor) -> StepFunction:
+        """The trie beam's step for requests with ``intents`` ``[C, 1, D]``: next-code logits of their prefixes."""
+
+        def step(prefixes: Tensor, level: int) -> Tensor:  # [C, P, level] -> [C, P, K_level]
+            return self.generator.level_logits(intents.expand(-1, prefixes.shape[1], -1), prefixes, level)
+
+        return step
 
     def session_log_probs(self, interaction, rows: Tensor, positions: Tensor, sessions: Tensor) -> Tensor:
         """``[C, m]`` teacher-forced log-probability of each item of ``sessions`` (``[C, m]`` item ids) after the
@@ -243,11 +255,38 @@ class OneRec(GenerativeRecommender):
             each equal to the item's :meth:`full_sort_predict` score.
         """
         intents = self.first_item_intents(interaction)  # [B, 1, D]
-
-        def step(prefixes: Tensor, level: int) -> Tensor:  # [B, P, level] -> [B, P, K_level]
-            return self.generator.level_logits(intents.expand(-1, prefixes.shape[1], -1), prefixes, level)
-
-        _, scores, found = constrained_beam_search(
-            step, self.trie.to(intents.device), len(intents), k or self.beam_size
-        )
+        trie = self.trie.to(intents.device)
+        _, scores, found = constrained_beam_search(self._code_logits(intents), trie, len(intents), k or self.beam_size)
         return found + 1, scores  # trie rows -> internal item ids; a missing item (-1) becomes the padding item
+
+    @torch.no_grad()
+    def generate_sessions(self, interaction, beam_size: int | None = None) -> tuple[Tensor, Tensor]:
+        """The ``beam_size`` most likely sessions of ``session_length`` items for each request: a beam over items,
+        each item a trie-constrained beam over its codes, the decoder stepping from its key/value cache.
+
+        Returns:
+            ``sessions`` ``[B, beam, m]`` internal item ids (0 on a path that found no item) and their
+            log-probabilities ``[B, beam]`` (the sum of each item's constrained log-probability), best first.
+        """
+        beam = beam_size or self.beam_size
+        memory, visible = self.encode(interaction)
+        batch = len(memory)
+        trie = self.trie.to(memory.device)
+        cache = self.decoder.start(memory, visible)
+        tokens = self.bos_token.expand(batch, 1, -1)  # [B * paths, 1, D]: what each path decodes next
+        sessions = visible.new_zeros(batch, 1, 0, dtype=torch.long)  # [B, paths, items so far]
+        scores = memory.new_zeros(batch, 1)
+        for _ in range(self.session_length):
+            states, cache = self.decoder.extend(cache, tokens)
+            intents = self._intents_of(states)  # [B * paths, 1, D]
+            _, item_scores, items = constrained_beam_search(self._code_logits(intents), trie, len(intents), beam)
+            paths = sessions.shape[1]
+            candidates = (scores.unsqueeze(-1) + item_scores.view(batch, paths, beam)).flatten(1)  # [B, paths x beam]
+            scores, flat = candidates.topk(min(beam, candidates.shape[1]), dim=1)
+            parent = flat // beam
+            chosen = (items.view(batch, -1) + 1).gather(1, flat)  # [B, paths']
+            earlier = sessions.gather(1, parent.unsqueeze(-1).expand(-1, -1, sessions.shape[-1]))
+            sessions = torch.cat([earlier, chosen.unsqueeze(-1)], dim=-1)
+            cache = cache.select((torch.arange(batch, device=flat.device).unsqueeze(1) * paths + parent).flatten())
+            tokens = self.item_tokens(chosen.flatten()).unsqueeze(1)
+        return sessions, scores
