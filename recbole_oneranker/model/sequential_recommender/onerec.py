@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recbole_oneranker.data.sid import load_dataset_sids
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.abstract_recommender import GenerativeRecommender, check_user_token_fields
 from recbole_oneranker.model.layers import (
@@ -26,10 +25,9 @@ from recbole_oneranker.model.layers import (
     SessionDecoder,
     SIDGenerator,
     SIDGeneratorConfig,
-    sid_level_structure,
     visible_states,
 )
-from recbole_oneranker.model.layers.sid_trie import SIDTrie, StepFunction, constrained_beam_search
+from recbole_oneranker.model.layers.sid_trie import StepFunction, constrained_beam_search
 from recbole_oneranker.model.serving import ServingResult
 
 
@@ -74,12 +72,7 @@ class OneRec(GenerativeRecommender):
             )
         if self.session_length < 1 or self.decoder_positions < 1:
             raise ConfigError("session_length and decoder_positions must be at least 1")
-        codes = load_dataset_sids(dataset, config["sid_file"])  # [n_items, L], row 0 the padding item
-        self.register_buffer("item_codes", codes.clamp(min=0), persistent=False)
-        catalogue = codes[1:]
-        self.trie = SIDTrie(catalogue)
-        self.structure = sid_level_structure(catalogue)
-        codebook_sizes = [int(catalogue[:, level].max()) + 1 for level in range(catalogue.shape[1])]
+        codebook_sizes = self.load_semantic_ids(config, dataset)
 
         # define layers
         d = self.hidden_size
@@ -240,11 +233,6 @@ class OneRec(GenerativeRecommender):
         scores = self.generator.catalogue_log_probs(intents, self.structure.to(intents.device))[:, 0]  # [B, N]
         scores = F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
         return ServingResult(retrieval_scores=scores, final_scores=scores)
-
-    def predict(self, interaction):
-        requests, request_of_row = self.distinct_requests(interaction)
-        scores = self.serve(requests).final_scores[request_of_row]  # [B, n_items]
-        return scores.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
 
     @torch.no_grad()
     def generate(self, interaction, k: int | None = None) -> tuple[Tensor, Tensor]:
