@@ -21,6 +21,7 @@ from recbole_oneranker.model.layers import (
 from recbole_oneranker.model.layers.sid_trie import exact_item_log_probs
 from recbole_oneranker.model.sequential_recommender import OneRec
 from recbole_oneranker.quick_start import run
+from recbole_oneranker.tuning import spaces
 
 ONEREC_TINY = {
     "hidden_size": 16,
@@ -275,6 +276,11 @@ def test_dense_switch_replaces_every_mixture(build) -> None:
     ffns = [layer.ffn for layer in model.decoder.layers]
     assert all(isinstance(ffn, FeedForward) and ffn.inner.out_features == 16 for ffn in ffns)  # 2 x expert width
     assert torch.isfinite(model.calculate_loss(next(iter(train))))
+
+
+def test_search_space_names_only_known_keys() -> None:
+    space = spaces.load_space("OneRec", spaces.SPACES_DIR)  # raises on a key no yaml defines
+    assert {"num_experts", "positive_stages", "session_length"} <= set(space)
 
 
 @pytest.mark.parametrize("overrides", [{}, {"moe": False, "cascade_fields": [], "session_length": 1}])
