@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from recbole.data import data_preparation
@@ -268,6 +270,17 @@ def test_gradients_reach_every_parameter(build) -> None:
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
     load = model.routing_load()  # [layers, E]
     assert load.shape == (1, 4) and torch.allclose(load.sum(1), torch.ones(1))
+
+
+def test_routing_load_is_logged_and_reset_every_epoch(build, caplog) -> None:
+    model, train, _ = build()
+    model.calculate_loss(next(iter(train)))
+    with caplog.at_level(logging.INFO):
+        model.on_train_epoch_start(1)
+    assert "expert load over epoch 0, per decoder layer (uniform 0.250):" in caplog.text
+    assert model.routing_load().sum() == 0  # counting afresh
+    with pytest.raises(ConfigError, match="top_k"):
+        build(experts_per_token=5)
 
 
 def test_dense_switch_replaces_every_mixture(build) -> None:

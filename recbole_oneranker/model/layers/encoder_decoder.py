@@ -49,6 +49,8 @@ class EncoderDecoderConfig:
         sizes = (self.encoder_layers, self.decoder_layers, self.encoder_inner_size, self.max_memory_len)
         if min(sizes) < 1 or self.max_session_len < 1:
             raise ValueError(f"layer counts and sizes must be positive: {self}")
+        if self.num_heads < 1 or self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if self.feed_forward.hidden_size != self.hidden_size:
             raise ValueError(f"feed_forward.hidden_size must be hidden_size={self.hidden_size}")
 

@@ -11,6 +11,8 @@ every deviation from them.
 
 from __future__ import annotations
 
+from logging import getLogger
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,7 +42,7 @@ class OneRec(GenerativeRecommender):
     - **Decoder**: from a BOS token, a causal decoder generates a session of the next ``session_length`` items
       (the paper's 5), cross-attending to the encoder; its feed-forward blocks are a sparse mixture of
       ``num_experts`` experts with top-``experts_per_token`` routing and loss-free bias balancing (``moe: False``:
-      a dense block of the same active width). :meth:`routing_load` reports the experts' load.
+      a dense block of the same active width). :meth:`routing_load` reports the experts' load, logged every epoch.
     - **Codes**: decoder step ``j`` (BOS, then item ``j - 1``) yields item ``j``'s ``L`` codes coarse to fine with
       the additive prefix term of :class:`~recbole_oneranker.model.layers.SIDGenerator`; next-token cross-entropy
       over every code of every session item.
@@ -76,25 +78,7 @@ class OneRec(GenerativeRecommender):
 
         # define layers
         d = self.hidden_size
-        experts = MoEConfig(
-            hidden_size=d,
-            expert_inner_size=config["expert_inner_size"],
-            num_experts=config["num_experts"],
-            top_k=config["experts_per_token"],
-            bias_update_rate=config["balancing_rate"],
-            sparse=config["moe"],
-        )
-        sizes = EncoderDecoderConfig(
-            hidden_size=d,
-            feed_forward=experts,
-            num_heads=config["n_heads"],
-            encoder_layers=config["encoder_layers"],
-            decoder_layers=config["decoder_layers"],
-            encoder_inner_size=config["encoder_inner_size"],
-            max_memory_len=1 + len(self.user_token_fields) + self.max_seq_length,
-            max_session_len=self.session_length,
-            dropout=self.dropout_prob,
-        )
+        sizes = self._layer_sizes(config)
         self.encoder = HistoryEncoder(sizes)
         self.decoder = SessionDecoder(sizes)
         self.code_inputs = nn.ModuleList(nn.Embedding(size, d) for size in codebook_sizes)
@@ -112,6 +96,32 @@ class OneRec(GenerativeRecommender):
             nn.init.normal_(embedding.weight, std=0.02)
         for token in (self.context_token, self.bos_token, self.encoder.positions.weight, self.decoder.positions.weight):
             nn.init.normal_(token, std=0.02)
+
+    def _layer_sizes(self, config) -> EncoderDecoderConfig:
+        """The encoder's and decoder's sizes from the config; a size the layers refuse is a config error."""
+        try:
+            experts = MoEConfig(
+                hidden_size=self.hidden_size,
+                expert_inner_size=config["expert_inner_size"],
+                num_experts=config["num_experts"],
+                top_k=config["experts_per_token"],
+                bias_update_rate=config["balancing_rate"],
+                sparse=config["moe"],
+            )
+            sizes = EncoderDecoderConfig(
+                hidden_size=self.hidden_size,
+                feed_forward=experts,
+                num_heads=config["n_heads"],
+                encoder_layers=config["encoder_layers"],
+                decoder_layers=config["decoder_layers"],
+                encoder_inner_size=config["encoder_inner_size"],
+                max_memory_len=1 + len(self.user_token_fields) + self.max_seq_length,
+                max_session_len=self.session_length,
+                dropout=self.dropout_prob,
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        return sizes
 
     # -- encoder ----------------------------------------------------------------------------------------------
 
@@ -211,6 +221,16 @@ class OneRec(GenerativeRecommender):
     def reset_routing_load(self) -> None:
         for mixture in self._mixtures():
             mixture.reset_load()
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Trainer hook: log each expert's share of the tokens routed since the previous epoch began (its training
+        and validation), then count afresh."""
+        load = self.routing_load()
+        if load is not None and epoch > 0:
+            shares = "; ".join(" ".join(f"{share:.3f}" for share in layer) for layer in load.tolist())
+            uniform = 1 / load.shape[1]
+            getLogger().info(f"expert load over epoch {epoch - 1}, per decoder layer (uniform {uniform:.3f}): {shares}")
+        self.reset_routing_load()
 
     def _mixtures(self) -> list[MixtureOfExperts]:
         return [layer.ffn for layer in self.decoder.layers if isinstance(layer.ffn, MixtureOfExperts)]
