@@ -78,7 +78,7 @@ class HistoryEncoder(nn.Module):
         layer = nn.TransformerEncoderLayer(
             d, config.num_heads, config.encoder_inner_size, config.dropout, "gelu", batch_first=True, norm_first=True
         )
-        # No nested-tensor fast path: it returns zeros at masked tokens in eval but not in training.
+        # No nested tensors: PyTorch cannot use them with pre-norm layers and warns when asked to.
         self.layers: nn.TransformerEncoder = nn.TransformerEncoder(
             layer, config.encoder_layers, enable_nested_tensor=False
         )
