@@ -10,6 +10,8 @@ import recbole
 import torch
 from recbole.data.interaction import Interaction, cat_interactions
 
+from recbole_oneranker.data.sid import write_sid_file
+
 EMBEDDED_ML100K = Path(recbole.__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
 TINY_CONFIG = {
     # Tiny model and run settings: every end-to-end test trains for seconds, not minutes.
@@ -52,6 +54,18 @@ def tiny_data_path(tmp_path_factory) -> Path:
     users = pd.read_csv(EMBEDDED_ML100K.with_suffix(".user"), sep="\t")
     users[users["user_id:token"] <= 60].to_csv(root / "ml-tiny" / "ml-tiny.user", sep="\t", index=False)
     return root
+
+
+@pytest.fixture
+def tiny_sid_file(tiny_data_path) -> Path:
+    """``<data_path>/ml-tiny/ml-tiny.sid``: unique 3-level semantic IDs for every ml-tiny item (4 x 4 codes, then a
+    last level that tells apart the items sharing them)."""
+    inter = pd.read_csv(tiny_data_path / "ml-tiny" / "ml-tiny.inter", sep="\t", dtype=str)
+    items = list(inter["item_id:token"].unique())
+    ids = torch.arange(len(items))
+    sid_file = tiny_data_path / "ml-tiny" / "ml-tiny.sid"
+    write_sid_file(sid_file, items, torch.stack([ids % 4, (ids // 4) % 4, ids // 16], dim=1))
+    return sid_file
 
 
 @pytest.fixture

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 from recbole.data import data_preparation
 
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset
-from recbole_oneranker.data.sid import write_sid_file
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.layers import (
     HSTUConfig,
@@ -42,12 +40,9 @@ def _codes_of(num_items: int) -> torch.Tensor:
 
 
 @pytest.fixture
-def sid_config(tiny_config, tiny_data_path):
+def sid_config(tiny_config, tiny_sid_file):
     """``tiny_config`` with a SID file for every ml-tiny item."""
-    items = pd.read_csv(tiny_data_path / "ml-tiny" / "ml-tiny.inter", sep="\t", dtype=str)["item_id:token"].unique()
-    sid_file = tiny_data_path / "ml-tiny" / "ml-tiny.sid"
-    write_sid_file(sid_file, list(items), _codes_of(len(items)))
-    return {**tiny_config, **GPR_TINY, "sid_file": str(sid_file)}
+    return {**tiny_config, **GPR_TINY, "sid_file": str(tiny_sid_file)}
 
 
 @pytest.fixture

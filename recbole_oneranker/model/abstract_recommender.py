@@ -17,8 +17,17 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import FeatureSource, FeatureType, InputType
 from torch import Tensor
 
+from recbole_oneranker.data.sid import load_dataset_sids
 from recbole_oneranker.errors import ConfigError
-from recbole_oneranker.model.layers import HSTUConfig, NextItemSoftmax, RepeatShift, SoftmaxConfig, seen_before
+from recbole_oneranker.model.layers import (
+    HSTUConfig,
+    NextItemSoftmax,
+    RepeatShift,
+    SIDTrie,
+    SoftmaxConfig,
+    seen_before,
+    sid_level_structure,
+)
 from recbole_oneranker.model.serving import ServingResult
 
 __all__ = ["GenerativeRecommender", "check_user_token_fields", "hstu_config"]
@@ -133,6 +142,30 @@ class GenerativeRecommender(SequentialRecommender):
 
     def full_sort_predict(self, interaction):
         return self.serve(interaction).final_scores
+
+    def predict(self, interaction):
+        """``[B]`` each row's item as :meth:`serve` scores it, each distinct request served once (a model that
+        scores its candidates more cheaply than the whole catalogue overrides this)."""
+        requests, request_of_row = self.distinct_requests(interaction)
+        scores = self.serve(requests).final_scores[request_of_row]  # [B, n_items]
+        return scores.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
+
+    # -- semantic IDs -----------------------------------------------------------------------------------------
+
+    def load_semantic_ids(self, config, dataset) -> list[int]:
+        """Read the items' semantic IDs (``sid_file``) for a model that generates them: the ``item_codes`` buffer
+        (``[n_items, L]``; the padding item's codes are 0, never generated), the catalogue's ``trie`` (beam search)
+        and its ``structure`` (exact scores, :func:`~recbole_oneranker.model.layers.sid_level_structure`).
+
+        Returns:
+            ``K_l``, the codebook size of each level (its largest code + 1).
+        """
+        codes = load_dataset_sids(dataset, config["sid_file"])  # [n_items, L], row 0 the padding item
+        self.register_buffer("item_codes", codes.clamp(min=0), persistent=False)
+        catalogue = codes[1:]
+        self.trie = SIDTrie(catalogue)
+        self.structure = sid_level_structure(catalogue)
+        return [int(catalogue[:, level].max()) + 1 for level in range(catalogue.shape[1])]
 
     # -- targets ----------------------------------------------------------------------------------------------
 

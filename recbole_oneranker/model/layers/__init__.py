@@ -1,10 +1,12 @@
 """Pure-PyTorch layers (no RecBole imports): the HSTU block and stack with their relative attention biases and
 masks, the item-sequence encoder, the next-item softmax and repeat shift, OneRanker's step-2 and step-3 decoders,
-and for semantic IDs the trie with its constrained beam search and GPR's level-wise generator and value estimator."""
+for semantic IDs the trie with its constrained beam search and GPR's level-wise generator and value estimator, and
+OneRec's encoder-decoder with its mixture-of-experts feed-forward block."""
 
 from __future__ import annotations
 
 from .decoders import PositionwiseCrossAttention, QueryDecoder, QueryDecoderConfig, QueryDecoderLayer, visible_states
+from .encoder_decoder import DecoderCache, EncoderDecoderConfig, HistoryEncoder, SessionDecoder, SessionDecoderLayer
 from .hstu import (
     ATTENTION_KINDS,
     RELATIVE_BIAS_MODES,
@@ -18,6 +20,7 @@ from .hstu import (
     prefix_causal_mask,
 )
 from .lookup import lookup
+from .moe import FeedForward, MixtureOfExperts, MoEConfig, feed_forward
 from .ranking_decoder import RankingDecoder, RankingDecoderConfig, candidate_mask
 from .relative_bias import (
     DEFAULT_BUCKET_DIVISOR,
@@ -42,16 +45,22 @@ from .task_tokens import TaskTokenConfig, TaskTokenDecoder, heterogeneous_mask
 __all__ = [
     "ATTENTION_KINDS",
     "DEFAULT_BUCKET_DIVISOR",
-    "LOSS_TYPES",
-    "RELATIVE_BIAS_MODES",
+    "DecoderCache",
+    "EncoderDecoderConfig",
+    "FeedForward",
     "HSTUBlock",
     "HSTUConfig",
     "HSTUStack",
+    "HistoryEncoder",
+    "LOSS_TYPES",
+    "MixtureOfExperts",
+    "MoEConfig",
     "NextItemSoftmax",
     "PositionwiseCrossAttention",
     "QueryDecoder",
     "QueryDecoderConfig",
     "QueryDecoderLayer",
+    "RELATIVE_BIAS_MODES",
     "RankingDecoder",
     "RankingDecoderConfig",
     "RelativeAttentionBias",
@@ -64,19 +73,22 @@ __all__ = [
     "SIDTrie",
     "SequenceEncoder",
     "SequenceEncoderConfig",
+    "SessionDecoder",
+    "SessionDecoderLayer",
     "SoftmaxConfig",
     "StepFunction",
     "TaskTokenConfig",
     "TaskTokenDecoder",
     "TokenTypeFFN",
     "ValueEstimator",
-    "build_relative_bias",
     "bucketize_time_deltas",
+    "build_relative_bias",
     "candidate_mask",
     "causal_padding_mask",
     "constrained_beam_search",
     "distinct_items",
     "exact_item_log_probs",
+    "feed_forward",
     "heterogeneous_mask",
     "load_official_hstu_weights",
     "lookup",

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recbole_oneranker.data.sid import load_dataset_sids
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.abstract_recommender import GenerativeRecommender, check_user_token_fields, hstu_config
 from recbole_oneranker.model.layers import (
@@ -26,10 +25,9 @@ from recbole_oneranker.model.layers import (
     SIDGenerator,
     SIDGeneratorConfig,
     ValueEstimator,
-    sid_level_structure,
     visible_states,
 )
-from recbole_oneranker.model.layers.sid_trie import SIDTrie, constrained_beam_search
+from recbole_oneranker.model.layers.sid_trie import constrained_beam_search
 from recbole_oneranker.model.serving import ServingResult
 
 USER_TOKEN, ITEM_TOKEN = 0, 1  # token types of the heterogeneous decoder: U (user features) and I (items)
@@ -79,12 +77,7 @@ class GPR(GenerativeRecommender):
                 f"vaft_action_weights needs one weight per cascade depth (0 to {depths - 1} stages reached): "
                 f"{depths} values, got {self.action_weights}"
             )
-        codes = load_dataset_sids(dataset, config["sid_file"])  # [n_items, L], row 0 the padding item
-        self.register_buffer("item_codes", codes.clamp(min=0), persistent=False)
-        catalogue = codes[1:]
-        self.trie = SIDTrie(catalogue)
-        self._structure = sid_level_structure(catalogue)
-        codebook_sizes = [int(catalogue[:, level].max()) + 1 for level in range(catalogue.shape[1])]
+        codebook_sizes = self.load_semantic_ids(config, dataset)
 
         # define layers
         d = self.hidden_size
@@ -228,9 +221,9 @@ class GPR(GenerativeRecommender):
         return self.gather_indexes(states, seq_lens - 1), intents
 
     def _structure_on(self, device: torch.device):
-        if self._structure.codes.device != device:
-            self._structure = self._structure.to(device)
-        return self._structure
+        if self.structure.codes.device != device:
+            self.structure = self.structure.to(device)
+        return self.structure
 
     def serve(self, interaction) -> ServingResult:
         """Every item's log-probability under the heads' mixture (+ ``hte_weight`` x the HTE's final value)."""
@@ -241,11 +234,6 @@ class GPR(GenerativeRecommender):
             scores = scores + self.hte_weight * self.hte.catalogue_values(users, self.item_codes[1:])
         scores = F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
         return ServingResult(retrieval_scores=scores, final_scores=scores)
-
-    def predict(self, interaction):
-        requests, request_of_row = self.distinct_requests(interaction)
-        scores = self.serve(requests).final_scores[request_of_row]  # [B, n_items]
-        return scores.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
 
     @torch.no_grad()
     def generate(self, interaction, k: int | None = None) -> tuple[Tensor, Tensor]:
