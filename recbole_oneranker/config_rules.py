@@ -224,7 +224,7 @@ RULES: tuple[Rule, ...] = (
     Rule("beta", WEIGHT, OWN),
     Rule("gamma", WEIGHT, OWN),
     Rule("dc_temperature", POSITIVE, OWN),
-    # GPR (its yaml arrives with the GPR model; the rules apply once a model's yaml defines the keys)
+    # GPR
     Rule("attention", Check(str, choices=("softmax", "silu")), OWN),
     Rule("num_thinking_tokens", COUNT, OWN),
     Rule("thinking_layers", POSITIVE_INT, OWN),
@@ -233,6 +233,16 @@ RULES: tuple[Rule, ...] = (
     Rule("beam_size", POSITIVE_INT, OWN),
     Rule("vaft_action_weights", Check(list, items=WEIGHT, optional=True), OWN),
     Rule("hte_weight", WEIGHT, OWN),
+    # OneRec
+    Rule("positive_stages", COUNT, OWN),
+    Rule("encoder_layers", POSITIVE_INT, OWN),
+    Rule("encoder_inner_size", POSITIVE_INT, OWN),
+    Rule("decoder_layers", POSITIVE_INT, OWN),
+    Rule("session_length", POSITIVE_INT, OWN),
+    Rule("num_experts", POSITIVE_INT, OWN),
+    Rule("experts_per_token", POSITIVE_INT, OWN),
+    Rule("expert_inner_size", POSITIVE_INT, OWN),
+    Rule("balancing_rate", WEIGHT, OWN),
     # RecBole's models
     Rule("loss_type", Check(str, choices=("CE", "BPR", "BCE", "MSE")), RECBOLE),
 )  # fmt: skip
@@ -256,6 +266,12 @@ def _divides(whole: int, part: int) -> bool:
 CROSS_RULES = (
     CrossRule(("hidden_size", "n_heads"), _divides, "hidden_size must be a multiple of n_heads", RECBOLE),
     CrossRule(("hidden_size", "decoder_heads"), _divides, "hidden_size must be a multiple of decoder_heads", OWN),
+    CrossRule(
+        ("num_experts", "experts_per_token"),
+        lambda experts, chosen: chosen <= experts,
+        "experts_per_token must not exceed num_experts",
+        OWN,
+    ),
 )
 
 # Keys of properties/ with no rule here, and what checks them instead.
@@ -266,7 +282,7 @@ FREE_KEYS = {
     "value_note": "free text, printed with results",
     "task_order": "OneRanker checks that it is a permutation of the dataset's tasks",
     "train_neg_sample_args": "RecBole validates its distribution and sample count",
-    "sid_file": "a path; GPR's loader says when it is missing or does not match the dataset",
+    "sid_file": "a path; the SID loader (GPR, OneRec) says when it is missing or does not match the dataset",
     "init_checkpoint": "a path; GPR loads it with weights_only=True and names a checkpoint of another shape",
 }
 
