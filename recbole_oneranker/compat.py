@@ -221,7 +221,10 @@ def check_recbole() -> None:
             f"RecBole is not installed: run '{RECBOLE_INSTALL}' (on Python >= 3.12 pip cannot install it with its "
             "dependencies, since its ray <= 2.6.3 has no wheels there; this package declares the others)"
         )
-    version = importlib.metadata.version("recbole")
+    try:
+        version = importlib.metadata.version("recbole")
+    except importlib.metadata.PackageNotFoundError:  # importable without installed metadata (a source checkout)
+        return
     if version != RECBOLE_VERSION:
         raise IncompatibleEnvironmentError(
             f"RecBole {version} is installed; this package is written for RecBole {RECBOLE_VERSION}: "
