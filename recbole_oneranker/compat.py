@@ -57,8 +57,8 @@ logger call, and :func:`apply` runs the import-time ones once when ``recbole_one
    (``pyproject.toml``; the README's set-up does both). Without ray, RecBole's ``recbole.quick_start`` (its
    ``run_recbole``, ``run_recboles`` and the ``objective_function`` of its ray hyper-parameter tuning) would fail
    with a bare "No module named 'ray'". -> :func:`check_recbole` refuses a missing RecBole, or another version, with
-   one line naming the install command, and :func:`explain_missing_ray` makes an import of a missing ray fail with
-   one line naming the fix (Python 3.11 with ray, or this package's own entry points, which need no ray).
+   one line naming the install command, and :func:`explain_missing_ray` makes an import of ``recbole.quick_start``
+   without ray fail with one line naming the fix (Python 3.11, or this package's own entry points, which need no ray).
 """
 
 from __future__ import annotations
@@ -233,19 +233,21 @@ def check_recbole() -> None:
 
 
 class _MissingRay(importlib.abc.MetaPathFinder):
-    """Last on ``sys.meta_path``: reached only when no other finder found ``ray``, and then says what to do."""
+    """First on ``sys.meta_path``: an import of ``recbole.quick_start``, RecBole's only module that imports ray, fails
+    with :data:`MISSING_RAY` when ray cannot be found. Everything else, a probe such as ``find_spec("ray")`` and the
+    import itself where ray is installed included, goes on to the usual finders."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
-        if fullname == "ray":
+        if fullname == "recbole.quick_start" and importlib.util.find_spec("ray") is None:
             raise ModuleNotFoundError(MISSING_RAY, name="ray")
         return None
 
 
 def explain_missing_ray() -> None:
-    """Fix 11: importing ray where it is not installed fails with :data:`MISSING_RAY` (an installed ray is found
-    first and imports as usual)."""
+    """Fix 11: where ray is not installed, importing RecBole's ``recbole.quick_start`` fails with :data:`MISSING_RAY`
+    instead of a bare "No module named 'ray'"."""
     if not any(isinstance(finder, _MissingRay) for finder in sys.meta_path):
-        sys.meta_path.append(_MissingRay())
+        sys.meta_path.insert(0, _MissingRay())
 
 
 def apply() -> None:

@@ -81,7 +81,8 @@ def test_recbole_features_that_need_ray_fail_with_one_line_naming_the_fix():
         "m.PathFinder.find_spec = lambda name, path=None, target=None: (\n"
         "    None if name == 'ray' else find(name, path, target)\n"
         ")\n"
-        "import recbole_oneranker\n"
+        "import importlib.util, recbole_oneranker\n"
+        "assert importlib.util.find_spec('ray') is None\n"  # a probe for ray still answers None
         "from recbole.quick_start import run_recbole\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
