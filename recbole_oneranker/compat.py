@@ -51,7 +51,7 @@ logger call, and :func:`apply` runs the import-time ones once when ``recbole_one
    trained on the GPU anyway (seen on an H100). ``gpu_id: ''`` does keep a run on the CPU, but by setting
    ``CUDA_VISIBLE_DEVICES`` for the whole process. -> :func:`honour_use_gpu` puts a ``use_gpu: False`` run on the
    CPU and leaves the GPUs visible to the rest of the process.
-11. RecBole 1.2.1 declares ``ray (<=2.6.3,>=1.13.0)``, and ray 2.6.3 has wheels for CPython <= 3.11 only, so pip
+12. RecBole 1.2.1 declares ``ray (<=2.6.3,>=1.13.0)``, and ray 2.6.3 has wheels for CPython <= 3.11 only, so pip
    cannot install RecBole with its dependencies on Python 3.12 or 3.13. There RecBole is installed with
    ``pip install --no-deps recbole==1.2.1`` and this package declares RecBole's other runtime dependencies
    (``pyproject.toml``; the README's set-up does both). Without ray, RecBole's ``recbole.quick_start`` (its
@@ -211,7 +211,7 @@ MISSING_RAY = (
 
 
 def check_recbole() -> None:
-    """Fix 11: refuse a missing RecBole or another version than 1.2.1 with one line naming the install command.
+    """Fix 12: refuse a missing RecBole or another version than 1.2.1 with one line naming the install command.
 
     On Python <= 3.11 pip installs RecBole as a dependency of this package; on 3.12 and later the set-up installs it
     with ``--no-deps`` (ray cannot install there), so pip does not hold its version.
@@ -244,14 +244,14 @@ class _MissingRay(importlib.abc.MetaPathFinder):
 
 
 def explain_missing_ray() -> None:
-    """Fix 11: where ray is not installed, importing RecBole's ``recbole.quick_start`` fails with :data:`MISSING_RAY`
+    """Fix 12: where ray is not installed, importing RecBole's ``recbole.quick_start`` fails with :data:`MISSING_RAY`
     instead of a bare "No module named 'ray'"."""
     if not any(isinstance(finder, _MissingRay) for finder in sys.meta_path):
         sys.meta_path.insert(0, _MissingRay())
 
 
 def apply() -> None:
-    """Apply the import-time fixes (1, 2, 6 and 11). Safe to call more than once."""
+    """Apply the import-time fixes (1, 2, 6 and 12). Safe to call more than once."""
     check_recbole()
     restore_numpy_aliases()
     check_pandas()
