@@ -58,12 +58,24 @@ logger call, and :func:`apply` runs the import-time ones once when ``recbole_one
    :func:`recbole_oneranker.data.create_dataset` and :func:`recbole_oneranker.data.data_preparation`, which never
    look for either file, and :mod:`recbole_oneranker.config_rules` refuses the four cache keys in one line
    (``docs/security.md``).
+12. RecBole 1.2.1 declares ``ray (<=2.6.3,>=1.13.0)``, and ray 2.6.3 has wheels for CPython <= 3.11 only, so pip
+   cannot install RecBole with its dependencies on Python 3.12 or 3.13. There RecBole is installed with
+   ``pip install --no-deps recbole==1.2.1`` and this package declares RecBole's other runtime dependencies
+   (``pyproject.toml``; the README's set-up does both). Without ray, RecBole's ``recbole.quick_start`` (its
+   ``run_recbole``, ``run_recboles`` and the ``objective_function`` of its ray hyper-parameter tuning) would fail
+   with a bare "No module named 'ray'". -> :func:`check_recbole` refuses a missing RecBole, or another version, with
+   one line naming the install command, and :func:`explain_missing_ray` makes an import of ``recbole.quick_start``
+   without ray fail with one line naming the fix (Python 3.11, or this package's own entry points, which need no ray).
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.metadata
+import importlib.util
 import math
 import os
+import sys
 import uuid
 import warnings
 from datetime import datetime
@@ -195,8 +207,60 @@ def honour_use_gpu(final_config: dict[str, Any]) -> None:
         final_config["device"] = torch.device("cpu")
 
 
+RECBOLE_VERSION = "1.2.1"
+RECBOLE_INSTALL = f"pip install --no-deps recbole=={RECBOLE_VERSION}"
+MISSING_RAY = (
+    "ray is not installed: RecBole's recbole.quick_start (run_recbole, run_recboles and the objective_function of "
+    "its ray hyper-parameter tuning) needs ray>=1.13,<=2.6.3, which installs on Python <= 3.11 only: use a Python "
+    "3.11 virtualenv, where this package's set-up installs ray, or this package's run_recbole command, "
+    "recbole_oneranker.quick_start.run and tuning/search.py (Optuna), which need no ray"
+)
+
+
+def check_recbole() -> None:
+    """Fix 12: refuse a missing RecBole or another version than 1.2.1 with one line naming the install command.
+
+    On Python <= 3.11 pip installs RecBole as a dependency of this package; on 3.12 and later the set-up installs it
+    with ``--no-deps`` (ray cannot install there), so pip does not hold its version.
+    """
+    if importlib.util.find_spec("recbole") is None:
+        raise IncompatibleEnvironmentError(
+            f"RecBole is not installed: run '{RECBOLE_INSTALL}' (on Python >= 3.12 pip cannot install it with its "
+            "dependencies, since its ray <= 2.6.3 has no wheels there; this package declares the others)"
+        )
+    try:
+        version = importlib.metadata.version("recbole")
+    except importlib.metadata.PackageNotFoundError:  # importable without installed metadata (a source checkout)
+        return
+    if version != RECBOLE_VERSION:
+        raise IncompatibleEnvironmentError(
+            f"RecBole {version} is installed; this package is written for RecBole {RECBOLE_VERSION}: "
+            f"run '{RECBOLE_INSTALL}'"
+        )
+
+
+class _MissingRay(importlib.abc.MetaPathFinder):
+    """First on ``sys.meta_path``: an import of ``recbole.quick_start``, RecBole's only module that imports ray, fails
+    with :data:`MISSING_RAY` when ray cannot be found. Everything else, a probe such as ``find_spec("ray")`` and the
+    import itself where ray is installed included, goes on to the usual finders."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        if fullname == "recbole.quick_start" and importlib.util.find_spec("ray") is None:
+            raise ModuleNotFoundError(MISSING_RAY, name="ray")
+        return None
+
+
+def explain_missing_ray() -> None:
+    """Fix 12: where ray is not installed, importing RecBole's ``recbole.quick_start`` fails with :data:`MISSING_RAY`
+    instead of a bare "No module named 'ray'"."""
+    if not any(isinstance(finder, _MissingRay) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _MissingRay())
+
+
 def apply() -> None:
-    """Apply the import-time fixes (1, 2 and 6). Safe to call more than once."""
+    """Apply the import-time fixes (1, 2, 6 and 12). Safe to call more than once."""
+    check_recbole()
     restore_numpy_aliases()
     check_pandas()
     silence_recbole_future_warnings()
+    explain_missing_ray()
