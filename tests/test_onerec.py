@@ -279,7 +279,7 @@ def test_routing_load_is_logged_and_reset_every_epoch(build, caplog) -> None:
         model.on_train_epoch_start(1)
     assert "expert load over epoch 0, per decoder layer (uniform 0.250):" in caplog.text
     assert model.routing_load().sum() == 0  # counting afresh
-    with pytest.raises(ConfigError, match="top_k"):
+    with pytest.raises(ConfigError, match="experts_per_token must not exceed num_experts"):
         build(experts_per_token=5)
 
 
