@@ -237,7 +237,7 @@ def default_study_name(model: str, dataset: str, objectives: list[str]) -> str:
 
 # Fixed settings that say how one machine runs a trial, not what the trial is: workers elsewhere may set them
 # otherwise and still join the study (each trial's command records them).
-MACHINE_SETTINGS = frozenset({"data_path", "compile_model"})
+MACHINE_SETTINGS = frozenset({"data_path", "compile_model", "threads"})
 
 
 def check_same_study(study: optuna.Study, identity: dict[str, Any]) -> None:
