@@ -97,13 +97,15 @@ def recommend(
     """
     uid_field, iid_field = dataset.uid_field, dataset.iid_field
     total = test_data.sample_size if users is None else len(users)
+    device = next(model.parameters()).device
     with torch.no_grad(), tqdm(total=total, unit="user", file=sys.stderr, disable=None) as progress:
         for interaction, *_ in test_data:
             if users is not None:
-                wanted = torch.isin(interaction[uid_field], users.to(interaction[uid_field].device))
+                wanted = torch.isin(interaction[uid_field], users)
                 if not wanted.any():
                     continue
                 interaction = interaction[wanted.nonzero().squeeze(1)]
+            interaction = interaction.to(device)
             scores, items, ranked = (
                 None if tensor is None else tensor.cpu() for tensor in top_k(model, interaction, k, keep_seen)
             )
