@@ -145,12 +145,13 @@ def run(
 
     dataset = create_dataset(config)
     logger.info(dataset, extra=LOG_FILE_ONLY)
+    sizes = dataset_sizes(dataset)  # before the splits: a whole-sequence layout rewrites the dataset's rows
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model, extra=LOG_FILE_ONLY)
-    logger.info(run_header(config, dataset, model, threads, log_file))
+    logger.info(run_header(config, sizes, model, threads, log_file))
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     show_progress = bool(config["show_progress"])
@@ -194,13 +195,17 @@ def run(
     }
 
 
-def run_header(config: Config, dataset, model: torch.nn.Module, threads: int, log_file: str) -> str:
+def dataset_sizes(dataset) -> str:
+    """``943 users, 1,682 items, 100,000 interactions`` (the padding user and item left out)."""
+    return f"{dataset.user_num - 1:,} users, {dataset.item_num - 1:,} items, {dataset.inter_num:,} interactions"
+
+
+def run_header(config: Config, sizes: str, model: torch.nn.Module, threads: int, log_file: str) -> str:
     """The run in three lines, what the terminal shows instead of the config and the model's structure."""
     parameters = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
     return "\n".join(
         [
-            f"{config['model']} on {config['dataset']}: {dataset.user_num - 1:,} users, {dataset.item_num - 1:,} "
-            f"items, {dataset.inter_num:,} interactions; {parameters:,} trainable parameters",
+            f"{config['model']} on {config['dataset']}: {sizes}; {parameters:,} trainable parameters",
             f"device {config['device']}, {threads} torch thread(s) (--threads=N or OMP_NUM_THREADS to change), "
             f"seed {config['seed']}, up to {config['epochs']} epochs",
             f"config, dataset and model structure: {log_file} (--verbose=True prints them here)",
