@@ -39,8 +39,8 @@ CANDIDATE_TOPK = (1, 3, 5, 10, 15)
 # candidate_sampling -> RecBole's negative-sampling distribution and the prefix of its evaluation mode (uni29, pop29)
 CANDIDATE_SAMPLERS = {"uniform": ("uniform", "uni"), "popularity": ("popularity", "pop")}
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-# One torch thread unless asked: on a 2-core machine a 2-thread OneRanker epoch on ml-100k went from 4 s to 35-164 s
-# beside one other busy process, a 1-thread one stayed at 6-9 s (README, "Threads").
+# One torch thread unless asked: on a 2-core machine beside other work, 2-thread OneRanker epochs on ml-100k went from
+# 4-12 s to 35-164 s (issue 36); beside a 2-thread benchmark, 1-thread ones took 6-9 s (README, "The main job").
 DEFAULT_THREADS = 1
 # ``logger.info(..., extra=LOG_FILE_ONLY)``: a record the terminal shows only with ``verbose`` (the log file has all).
 LOG_FILE_ONLY = {"file_only": True}
