@@ -201,6 +201,7 @@ RULES: tuple[Rule, ...] = (
                                       why="negatives are drawn among the items other than the target")),
     Rule("candidate_sampling", Check(str, choices=("uniform", "popularity"))),
     Rule("cascade_fields", Check(list)),
+    Rule("threads", Check(int, low=1, optional=True)),
     # the HSTU backbone (HSTU and the models that extend it)
     Rule("attention_dim", POSITIVE_INT, OWN),
     Rule("linear_hidden_dim", POSITIVE_INT, OWN),

@@ -18,6 +18,7 @@ from logging import getLogger
 from typing import Any
 
 import colorlog
+import torch
 from colorama import init as init_colorama
 from recbole.data.dataloader import NegSampleEvalDataLoader
 from recbole.data.utils import create_samplers
@@ -28,7 +29,7 @@ from recbole.utils.logger import RemoveColorFilter, log_colors_config
 from recbole_oneranker import compat
 from recbole_oneranker.config import RUNTIME_KEYS, Config, known_keys
 from recbole_oneranker.data import create_dataset, data_preparation
-from recbole_oneranker.errors import RunFileError, shorten
+from recbole_oneranker.errors import ConfigError, RunFileError, shorten
 from recbole_oneranker.evaluator import ValueCollector
 from recbole_oneranker.evaluator.protocol import Protocol
 from recbole_oneranker.registry import get_model
@@ -38,10 +39,38 @@ CANDIDATE_TOPK = (1, 3, 5, 10, 15)
 # candidate_sampling -> RecBole's negative-sampling distribution and the prefix of its evaluation mode (uni29, pop29)
 CANDIDATE_SAMPLERS = {"uniform": ("uniform", "uni"), "popularity": ("popularity", "pop")}
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# One torch thread unless asked: on a 2-core machine beside other work, 2-thread OneRanker epochs on ml-100k went from
+# 4-12 s to 35-164 s (issue 36); beside a 2-thread benchmark, 1-thread ones took 6-9 s (README, "The main job").
+DEFAULT_THREADS = 1
+# ``logger.info(..., extra=LOG_FILE_ONLY)``: a record the terminal shows only with ``verbose`` (the log file has all).
+LOG_FILE_ONLY = {"file_only": True}
+
+
+def cpu_threads(config: Config) -> int:
+    """torch's CPU threads for a run: the ``threads`` key when set, else ``$OMP_NUM_THREADS`` when set, else
+    :data:`DEFAULT_THREADS`.
+
+    Raises:
+        ConfigError: for a ``threads`` value that is not a positive integer.
+    """
+    threads = config["threads"]
+    if threads is None:
+        from_environment = os.environ.get("OMP_NUM_THREADS", "").strip()
+        return int(from_environment) if from_environment.isdigit() and int(from_environment) > 0 else DEFAULT_THREADS
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be a positive integer or ~, got {threads!r}")
+    return threads
+
+
+def _shown_on_terminal(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
 
 
 def init_logger(config: Config) -> str:
     """Log to the console and to ``<log_dir>/<model>/<run_id>.log``; returns the log file's path.
+
+    Records logged with ``extra=LOG_FILE_ONLY`` (the config, the dataset, the model's structure: 170-240 lines) go
+    to the file only, unless ``verbose``.
 
     Replaces RecBole's ``init_logger``, whose file name is only unique to the second and which does nothing
     when the root logger already has handlers (a second run in the same process would log nowhere new).
@@ -60,6 +89,8 @@ def init_logger(config: Config) -> str:
             "%(log_color)s%(asctime)-15s %(levelname)s  %(message)s", "%d %b %H:%M", log_colors=log_colors_config
         )
     )
+    if not config["verbose"]:
+        console_handler.addFilter(_shown_on_terminal)
     root = logging.getLogger()
     for handler in root.handlers[:]:
         root.removeHandler(handler)
@@ -102,21 +133,25 @@ def run(
     """
     start = time.perf_counter()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
+    threads = cpu_threads(config)
+    torch.set_num_threads(threads)
     init_seed(config["seed"], config["reproducibility"])
     prepare_output_dirs(config)
     log_file = init_logger(config)
     logger = getLogger()
-    logger.info(sys.argv)
-    logger.info(config)
+    logger.info(sys.argv, extra=LOG_FILE_ONLY)
+    logger.info(config, extra=LOG_FILE_ONLY)
 
     dataset = create_dataset(config)
-    logger.info(dataset)
+    logger.info(dataset, extra=LOG_FILE_ONLY)
+    sizes = dataset_sizes(dataset)  # before the splits: a whole-sequence layout rewrites the dataset's rows
     train_data, valid_data, test_data = data_preparation(config, dataset)  # an empty split stops here
     config.check_dataset_rules(n_items=dataset.item_num - 1)  # item 0 is padding
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    logger.info(model)
+    logger.info(model, extra=LOG_FILE_ONLY)
+    logger.info(run_header(config, sizes, model, threads, log_file))
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     show_progress = bool(config["show_progress"])
@@ -139,9 +174,10 @@ def run(
             logger.info(set_color("candidate-set test", "yellow") + f": {candidate_result}")
 
         protocol = Protocol.of(config, dataset)
-    logger.info(set_color("protocol", "yellow") + f": {protocol.render()}")
-    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
-    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    # The terminal's closing summary (cli.summary) says the same; the log file keeps them with the run
+    logger.info(set_color("protocol", "yellow") + f": {protocol.render()}", extra=LOG_FILE_ONLY)
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}", extra=LOG_FILE_ONLY)
+    logger.info(set_color("test result", "yellow") + f": {test_result}", extra=LOG_FILE_ONLY)
     trainer.discard_snapshot()  # the results are complete: a re-run with this run_id trains afresh
     return {
         "model": config["model"],
@@ -160,7 +196,26 @@ def run(
         "log_file": log_file,
         "wall_time_s": time.perf_counter() - start + trainer.elapsed_before_s,
         "device": ", then ".join(trainer.devices),
+        "threads": threads,
     }
+
+
+def dataset_sizes(dataset) -> str:
+    """``943 users, 1,682 items, 100,000 interactions`` (the padding user and item left out)."""
+    return f"{dataset.user_num - 1:,} users, {dataset.item_num - 1:,} items, {dataset.inter_num:,} interactions"
+
+
+def run_header(config: Config, sizes: str, model: torch.nn.Module, threads: int, log_file: str) -> str:
+    """The run in three lines, what the terminal shows instead of the config and the model's structure."""
+    parameters = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    return "\n".join(
+        [
+            f"{config['model']} on {config['dataset']}: {sizes}; {parameters:,} trainable parameters",
+            f"device {config['device']}, {threads} torch thread(s) (--threads=N or OMP_NUM_THREADS to change), "
+            f"seed {config['seed']}, up to {config['epochs']} epochs",
+            f"config, dataset and model structure: {log_file} (--verbose=True prints them here)",
+        ]
+    )
 
 
 def prepare_output_dirs(config: Config) -> None:
@@ -242,7 +297,7 @@ def evaluate_candidate_set(config: Config, trainer, dataset, splits, negatives: 
 # takes them from where it is loaded (RecBole derives RUNTIME_KEYS itself).
 _RUN_KEYS = frozenset(
     {"data_path", "run_id", "resume_training", "checkpoint_dir", "log_dir", "state", "show_progress", "gpu_id",
-     "use_gpu", "worker", "compile_model"}
+     "use_gpu", "worker", "compile_model", "threads"}
 )  # fmt: skip
 
 

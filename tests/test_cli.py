@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from recbole_oneranker.cli import main
+from recbole_oneranker.errors import ConfigError
+from recbole_oneranker.quick_start import DEFAULT_THREADS, cpu_threads
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -18,6 +21,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     "args, message",
     [
         (["--model=NoSuchModel"], "unknown model 'NoSuchModel'"),
+        (["--model=GPR"], "model 'GPR' is planned (issue 30) but not implemented yet"),
+        (["--model=onerec"], "model 'OneRec' is planned (issue 31) but not implemented yet"),
         (["--model=SASRec", "--dataset=no-such-data"], "dataset 'no-such-data' not found"),
         (["--model=SASRec", "--epochz=1"], "unknown config key 'epochz'"),
         ([], "no model given"),
@@ -38,3 +43,32 @@ def test_sasrec_end_to_end_reloads_best_and_prints_summary(tiny_config, capsys):
     assert "== SASRec on ml-tiny" in out
     assert "protocol   : leave-one-out (valid_and_test), full ranking over all" in out
     assert "test       : hit@5" in out and "gmv@10" in out and "checkpoint : saved/SASRec-ml-tiny-" in out
+
+
+@pytest.mark.parametrize(
+    "threads, environment, expected",
+    [(None, None, DEFAULT_THREADS), (None, "3", 3), (None, "", DEFAULT_THREADS), (2, "3", 2)],
+)
+def test_thread_count_is_the_key_else_omp_num_threads_else_one(monkeypatch, threads, environment, expected):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    if environment is not None:
+        monkeypatch.setenv("OMP_NUM_THREADS", environment)
+    assert cpu_threads({"threads": threads}) == expected
+    with pytest.raises(ConfigError, match="threads must be a positive integer"):
+        cpu_threads({"threads": 0})
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_terminal_shows_a_short_header_and_the_log_file_everything(tiny_config, tiny_data_path, capsys, verbose):
+    # HSTU: its whole-sequence layout rewrites the dataset's rows, which the header must not count
+    config = {**tiny_config, "attention_dim": 8, "linear_hidden_dim": 8, "state": "INFO", "threads": 1}
+    args = [f"--{key}={value}" if isinstance(value, str) else f"--{key}={value!r}" for key, value in config.items()]
+    assert main(["--model=HSTU", "--dataset=ml-tiny", f"--verbose={verbose}", *args]) == 0
+    terminal = capsys.readouterr().err
+    log_file = next(Path("log", "HSTU").glob("*.log"))
+    assert "1 torch thread(s)" in terminal and f"model structure: {log_file}" in terminal
+    interactions = len((tiny_data_path / "ml-tiny" / "ml-tiny.inter").read_text().splitlines()) - 1  # the header
+    assert "HSTU on ml-tiny: 60 users, " in terminal and f" items, {interactions:,} interactions; " in terminal
+    for detail in ("General Hyper Parameters", "HSTU(\n"):  # the config dump, the model's structure
+        assert detail in log_file.read_text()
+        assert (detail in terminal) == verbose

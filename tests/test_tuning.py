@@ -18,7 +18,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from recbole_oneranker.config import Config, known_keys
-from recbole_oneranker.tuning import report, search, spaces
+from recbole_oneranker.tuning import report, search, spaces, storage
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SET = [
@@ -312,3 +312,30 @@ def test_a_study_continues_under_other_machine_settings_but_not_other_trial_sett
                                                                   "compile_model": True}})  # fmt: skip
     with pytest.raises(search.UsageError, match=r"settings \{'epochs': 1\}.* \{'epochs': 2\}"):
         search.check_same_study(study, {"model": "HSTU", "settings": {"epochs": 2, "data_path": "/here"}})
+
+
+def test_a_refused_rerun_leaves_the_study_untouched(tmp_path, tiny_data_path, capsys):
+    journal = tmp_path / "out" / "clash" / "journal.log"
+    journal.parent.mkdir(parents=True)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    optuna.create_study(study_name="clash", storage=storage).set_user_attr("model", "SASRec")
+    before = journal.read_bytes()
+    assert search.main(search_args(tiny_data_path, tmp_path / "out", "clash", 1)) == 2  # an HSTU command
+    assert "was run with model 'SASRec'" in capsys.readouterr().err
+    assert journal.read_bytes() == before
+    assert sorted(path.name for path in journal.parent.iterdir()) == ["journal.log"]
+
+
+def test_a_committed_study_is_reported_elsewhere_unless_asked(tmp_path, monkeypatch):
+    committed = storage.COMMITTED_STUDIES / "OneRanker-ml-100k-ndcg10"
+    files_before = {path.name: path.read_bytes() for path in committed.iterdir()}
+    studies = tmp_path / "studies"
+    monkeypatch.setattr(storage, "DEFAULT_OUT", studies)
+    monkeypatch.setattr(report, "DEFAULT_OUT", studies)
+    assert report.main(["--study", "OneRanker-ml-100k-ndcg10"]) == 0
+    assert {path.name: path.read_bytes() for path in committed.iterdir()} == files_before
+    text = (studies / "OneRanker-ml-100k-ndcg10" / "report.md").read_text()
+    study = report.load_study("OneRanker-ml-100k-ndcg10", None, studies)  # read from results/tuning
+    complete = len(study.get_trials(states=[TrialState.COMPLETE]))
+    assert complete < report.MIN_TRIALS_FOR_IMPORTANCES  # else the caveat below would be wrong
+    assert f"parameter importances (caveat: from {complete} complete trials" in text

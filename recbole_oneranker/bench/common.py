@@ -87,10 +87,11 @@ def run_command(model: str, dataset: str, settings: dict[str, Any]) -> str:
     return "run_recbole " + " ".join(_shell_word(arg) for arg in args)
 
 
-# Keys that decide how a run is kept or how fast it goes, not what it computes: left out of a row's identity, so
-# adding one to the defaults does not make every row stale. (run_id and log_dir are of the kind too, but stay in:
+# Keys that decide how a run is kept, shown or how fast it goes, not what it computes: left out of a row's identity,
+# so adding one to the defaults does not make every row stale. (``threads`` changes the order floats are summed in,
+# as the machine does, which is not in the identity either.) (run_id and log_dir are of the kind too, but stay in:
 # they were part of every identity made so far.)
-RESULT_NEUTRAL_KEYS = frozenset({"resume_training", "length_buckets_on_gpu"})
+RESULT_NEUTRAL_KEYS = frozenset({"resume_training", "length_buckets_on_gpu", "verbose", "threads"})
 # Keys added to the defaults after rows were made, each with the value that does what the code did before it
 # existed: a row run with that value is the row it was, so the key stays out of its identity; any other value
 # (a row's setting, or a later default) enters it.

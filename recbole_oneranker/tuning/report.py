@@ -1,6 +1,7 @@
 """Reports of the Optuna studies made by ``tuning/search.py``: markdown tables and plots.
 
-    python tuning/report.py --study OneRanker-ml-100k-ndcg10             # -> results/tuning/<study>/report.md
+    python tuning/report.py --study OneRanker-ml-100k-ndcg10             # -> studies/<study>/report.md
+    python tuning/report.py --study OneRanker-ml-100k-ndcg10 --out results/tuning   # rewrites the committed report
     python tuning/report.py --study S --storage postgresql://user:pw@db/optuna
     python tuning/report.py --compare OneRanker-ml-100k-ndcg10 HSTU-ml-100k-ndcg10 SASRec-ml-100k-ndcg10
 
@@ -9,6 +10,9 @@ top trials with their validation objective(s) and the test metrics stored with e
 and the counts by state. Plots (``optuna.visualization``: HTML with plotly, PNG with matplotlib): optimisation
 history, parameter importances and, for several objectives, the Pareto front. ``--compare`` puts several studies
 side by side under the same trial budget: the first N finished trials of each, N the smallest study's count.
+
+A study is read from ``<out>/<study>/`` (default ``studies/``), else from the committed ``results/tuning/<study>/``,
+which is only read: its report and plots are rewritten only when ``--out results/tuning`` asks for it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from optuna.trial import FrozenTrial, TrialState
 from recbole_oneranker.tuning.storage import DEFAULT_OUT, FINISHED, USAGE_ERROR, UsageError, load_study, state_counts
 
 TOP_TRIALS = 10
+# Parameter importances fitted on fewer complete trials than this are mostly noise (a rule of thumb: the committed
+# ml-100k studies search 6-10 parameters); their plots say so.
+MIN_TRIALS_FOR_IMPORTANCES = 20
 
 
 # -- reading studies -------------------------------------------------------------------------------------------------
@@ -66,12 +73,24 @@ def _params(trial: FrozenTrial) -> str:
 Plot = tuple[str, str, str, dict[str, Any]]
 
 
-def _save(study: optuna.Study, folder: Path, stem: str, function: str, kwargs: dict[str, Any]) -> list[str]:
-    """Draw one plot as ``<stem>.html`` (plotly) and ``<stem>.png`` (matplotlib), each
-    when its library is installed; returns the files written."""
+def importance_caveat(study: optuna.Study) -> str | None:
+    """The warning a parameter-importance plot carries when too few trials completed to trust it, or None."""
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if complete >= MIN_TRIALS_FOR_IMPORTANCES:
+        return None
+    return f"caveat: from {complete} complete trials (< {MIN_TRIALS_FOR_IMPORTANCES}), mostly noise"
+
+
+def _save(
+    study: optuna.Study, folder: Path, stem: str, function: str, kwargs: dict[str, Any], caveat: str | None = None
+) -> list[str]:
+    """Draw one plot as ``<stem>.html`` (plotly) and ``<stem>.png`` (matplotlib), each when its library is installed,
+    with ``caveat`` under its title; returns the files written."""
     files = []
     if importlib.util.find_spec("plotly") is not None:
         figure = getattr(optuna.visualization, function)(study, **kwargs)
+        if caveat:
+            figure.update_layout(title_text=f"{figure.layout.title.text}<br><sup>{caveat}</sup>")
         # plotly.js from its CDN: a 4.6 MB copy beside every committed report would bloat the repository
         figure.write_html(folder / f"{stem}.html", include_plotlyjs="cdn")
         files.append(f"{stem}.html")
@@ -84,6 +103,8 @@ def _save(study: optuna.Study, folder: Path, stem: str, function: str, kwargs: d
 
         axes = getattr(optuna_matplotlib, function)(study, **kwargs)
         figure = axes.flat[0].figure if hasattr(axes, "flat") else axes.figure
+        if caveat:  # above the axes' own (left-aligned) title
+            figure.suptitle(caveat, y=1.02, color="firebrick")
         figure.savefig(folder / f"{stem}.png", dpi=110, bbox_inches="tight")
         pyplot.close(figure)
         files.append(f"{stem}.png")
@@ -120,12 +141,14 @@ def write_plots(study: optuna.Study, folder: Path) -> list[tuple[str, list[str] 
     """The plots of ``study`` in ``folder``: (title, files written, or the reason it was skipped)."""
     written: list[tuple[str, list[str] | str]] = []
     for title, stem, function, kwargs in study_plots(study):
+        caveat = importance_caveat(study) if function == "plot_param_importances" else None
+        title = f"{title} ({caveat})" if caveat else title
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the matplotlib module
                 warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes the importances")
                 warnings.filterwarnings("ignore", message="The number of trials is too small to compute importances")
-                written.append((title, _save(study, folder, stem, function, kwargs)))
+                written.append((title, _save(study, folder, stem, function, kwargs, caveat)))
         except (ValueError, RuntimeError, ZeroDivisionError) as error:
             written.append((title, f"skipped: {error}"))
     return written
@@ -259,7 +282,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     which.add_argument("--study", help="the study to report on")
     which.add_argument("--compare", nargs="+", metavar="STUDY", help="several studies side by side")
     parser.add_argument("--storage", help="RDB URL or journal file path (default: <out>/<study>/journal.log)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: results/tuning)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="output folder (default: studies/; committed studies in "
+        "results/tuning are read from there and reported here unless --out results/tuning)",
+    )
     return parser.parse_args(argv)
 
 

@@ -10,7 +10,8 @@ Run it from the repository root. Each trial trains the model with the real packa
 run``), early-stopped and scored on **validation** (``--objective``, default ndcg@10); its test metrics are stored as
 trial user attributes and never steer the search. Search spaces are ``tuning/spaces/<Model>.yaml``.
 
-Storage: by default the journal file ``<out>/<study>/journal.log``, so several processes on one machine (one per GPU)
+Storage: by default the journal file ``<out>/<study>/journal.log`` (``studies/<study>/``; the committed studies under
+``results/tuning`` are continued with ``--out results/tuning``), so several processes on one machine (one per GPU)
 can run this same command at once and share the study; ``--storage URL`` takes an RDB URL (postgresql://, mysql://)
 for many machines, or a journal file path on a shared file system. ``--n-trials`` is the study's total of finished
 (complete + pruned) trials: a re-run of the same command runs only the missing ones. A trial whose process died
@@ -119,7 +120,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data-path", type=Path, default=DEFAULT_DATA_PATH, help="converted datasets (default: dataset/)"
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: results/tuning)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="folder of the studies (default: studies/; results/tuning holds "
+        "the committed ones: give it to continue one of them)",
+    )
     parser.add_argument("--spaces-dir", type=Path, default=SPACES_DIR, help="folder of <Model>.yaml search spaces")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="fixed config for every trial")
     parser.add_argument("--verbose", action="store_true", help="show RecBole's console log of each trial")
@@ -231,13 +238,22 @@ def make_pruner(name: str | None, multi: bool, warmup_epochs: int) -> optuna.pru
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup_epochs)
 
 
+def existing_study(storage: BaseStorage, name: str, pruner: optuna.pruners.BasePruner) -> optuna.Study | None:
+    """The study ``name`` in ``storage``, or None; unlike ``create_study(load_if_exists=True)``, which appends a
+    create-study record to a journal before finding the study there, it writes nothing."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+    except KeyError:
+        return None
+
+
 def default_study_name(model: str, dataset: str, objectives: list[str]) -> str:
     return "-".join([model, dataset, *(objective.replace("@", "") for objective in objectives)])
 
 
 # Fixed settings that say how one machine runs a trial, not what the trial is: workers elsewhere may set them
 # otherwise and still join the study (each trial's command records them).
-MACHINE_SETTINGS = frozenset({"data_path", "compile_model"})
+MACHINE_SETTINGS = frozenset({"data_path", "compile_model", "threads"})
 
 
 def check_same_study(study: optuna.Study, identity: dict[str, Any]) -> None:
@@ -599,13 +615,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"study name '{study_name}' must be a non-empty name without '{os.sep}'")
         study_dir = args.out / study_name
         storage = open_storage(args.storage, study_dir / "journal.log")
-        study = optuna.create_study(
-            storage=storage,
-            study_name=study_name,
-            directions=[direction(objective) for objective in objectives],
-            pruner=pruner,
-            load_if_exists=True,
-        )
         identity = {
             "model": args.model,
             "dataset": args.dataset,
@@ -613,7 +622,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": settings,
             "space": space,
         }
-        check_same_study(study, identity)
+        study = existing_study(storage, study_name, pruner)
+        if study is None:
+            directions = [direction(objective) for objective in objectives]
+            study = optuna.create_study(storage=storage, study_name=study_name, directions=directions, pruner=pruner)
+        check_same_study(study, identity)  # before anything is written to an existing study: a refusal writes nothing
     except (UsageError, ConfigError, UnknownModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR

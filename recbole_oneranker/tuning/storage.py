@@ -16,7 +16,10 @@ from optuna.trial import TrialState
 
 from recbole_oneranker.bench.common import REPO
 
-DEFAULT_OUT = REPO / "results" / "tuning"
+# A user's studies live apart from the committed ones (git ignores studies/), which are read-only inputs: a search
+# or a report writes into results/tuning only when given --out results/tuning.
+DEFAULT_OUT = REPO / "studies"
+COMMITTED_STUDIES = REPO / "results" / "tuning"
 USAGE_ERROR = 2
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 RDB_MAX_RETRIES = 3  # RDB storages: Optuna's heartbeat retries a stale trial this many times in all, blind to progress
@@ -54,9 +57,17 @@ def open_storage(url: str | None, default_journal: Path, heartbeat: bool = True)
     return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
 
 
-def load_study(name: str, storage_url: str | None, out: Path) -> optuna.Study:
-    """The study ``name`` from ``storage_url``, or from its default journal ``<out>/<name>/journal.log``."""
+def study_journal(name: str, out: Path) -> Path:
+    """The journal of study ``name``: ``<out>/<name>/journal.log``, or when that is missing and ``out`` is the
+    default, the committed study's (``results/tuning/<name>/journal.log``), read as an input."""
     journal = out / name / "journal.log"
+    committed = COMMITTED_STUDIES / name / "journal.log"
+    return committed if out == DEFAULT_OUT and not journal.is_file() and committed.is_file() else journal
+
+
+def load_study(name: str, storage_url: str | None, out: Path) -> optuna.Study:
+    """The study ``name`` from ``storage_url``, or from its journal (:func:`study_journal`); loading writes nothing."""
+    journal = study_journal(name, out)
     if not (storage_url and "://" in storage_url) and not Path(storage_url or journal).is_file():
         raise UsageError(f"no study '{name}': no journal {storage_url or journal} (give --out or --storage)")
     try:
