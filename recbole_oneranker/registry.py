@@ -18,9 +18,6 @@ PLUGIN_MODEL_PACKAGES = ("recbole_oneranker.model.sequential_recommender",)
 RECBOLE_MODEL_PACKAGES = tuple(
     f"recbole.model.{kind}_recommender" for kind in ("general", "context_aware", "sequential", "knowledge_aware")
 )
-# Models this package will have, with the issue that builds each: asked for before then, they are named as planned
-# rather than answered with a close spelling of another model (GPR -> BPR). Remove a name when its model lands.
-PLANNED_MODELS = {"GPR": "issue 30", "OneRec": "issue 31"}
 
 
 def _model_class_in(package: str, name: str) -> type | None:
@@ -53,13 +50,6 @@ def get_model(name: str) -> type:
 
 
 def _unknown_model_message(name: str) -> str:
-    planned = {planned.lower(): (planned, issue) for planned, issue in PLANNED_MODELS.items()}
-    if name.lower() in planned:
-        planned_name, issue = planned[name.lower()]
-        return (
-            f"model '{planned_name}' is planned ({issue}) but not implemented yet; "
-            "run_recbole --list-models lists the models available now"
-        )
     names = model_names()
     by_lower = {candidate.lower(): candidate for candidate in names}
     if name.lower() in by_lower:

@@ -21,8 +21,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     "args, message",
     [
         (["--model=NoSuchModel"], "unknown model 'NoSuchModel'"),
-        (["--model=GPR"], "model 'GPR' is planned (issue 30) but not implemented yet"),
-        (["--model=onerec"], "model 'OneRec' is planned (issue 31) but not implemented yet"),
+        (["--model=onerec"], "unknown model 'onerec': did you mean 'OneRec'"),
         (["--model=SASRec", "--dataset=no-such-data"], "dataset 'no-such-data' not found"),
         (["--model=SASRec", "--epochz=1"], "unknown config key 'epochz'"),
         ([], "no model given"),
