@@ -57,13 +57,14 @@ def tiny_data_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def tiny_sid_file(tiny_data_path) -> Path:
-    """``<data_path>/ml-tiny/ml-tiny.sid``: unique 3-level semantic IDs for every ml-tiny item (4 x 4 codes, then a
-    last level that tells apart the items sharing them)."""
+def tiny_sid_file(tiny_data_path, tmp_path) -> Path:
+    """A SID file of unique 3-level semantic IDs for every ml-tiny item (4 x 4 codes, then a last level that tells
+    apart the items sharing them), outside the shared data folder: models name it with ``sid_file``, and tests of a
+    missing default file still find none."""
     inter = pd.read_csv(tiny_data_path / "ml-tiny" / "ml-tiny.inter", sep="\t", dtype=str)
     items = list(inter["item_id:token"].unique())
     ids = torch.arange(len(items))
-    sid_file = tiny_data_path / "ml-tiny" / "ml-tiny.sid"
+    sid_file = tmp_path / "ml-tiny.sid"
     write_sid_file(sid_file, items, torch.stack([ids % 4, (ids // 4) % 4, ids // 16], dim=1))
     return sid_file
 
