@@ -187,7 +187,7 @@ def test_session_targets_are_the_next_items_after_each_position(build) -> None:
 def test_training_positions_are_the_last_and_draws_inside_the_history(build) -> None:
     model, _, _ = build()
     seq_lens = torch.tensor([1, 4, 20])
-    positions = model.training_positions(seq_lens)
+    positions = model.sample_positions(seq_lens, model.decoder_positions)
     assert positions.shape == (3, 3) and positions[:, 0].tolist() == [0, 3, 19]
     assert (positions >= 0).all() and (positions < seq_lens.unsqueeze(1)).all()
 

@@ -23,6 +23,7 @@ from recbole_oneranker.model.layers import (
     HSTUConfig,
     NextItemSoftmax,
     RepeatShift,
+    SIDLevelStructure,
     SIDTrie,
     SoftmaxConfig,
     seen_before,
@@ -167,6 +168,18 @@ class GenerativeRecommender(SequentialRecommender):
         self.structure = sid_level_structure(catalogue)
         return [int(catalogue[:, level].max()) + 1 for level in range(catalogue.shape[1])]
 
+    def semantic_ids_on(self, device: torch.device) -> tuple[SIDTrie, SIDLevelStructure]:
+        """The catalogue's ``trie`` and ``structure`` on ``device``, moved there once rather than every batch."""
+        if self.structure.codes.device != device:
+            self.trie, self.structure = self.trie.to(device), self.structure.to(device)
+        return self.trie, self.structure
+
+    def item_tokens(self, item_ids: Tensor) -> Tensor:
+        """``[..., D]`` the input token of items: the sum of their semantic-ID code embeddings, one table per level
+        in ``self.code_inputs`` (the model's own ``nn.ModuleList``)."""
+        codes = self.item_codes[item_ids]  # [..., L]
+        return sum(table(codes[..., level]) for level, table in enumerate(self.code_inputs))
+
     # -- targets ----------------------------------------------------------------------------------------------
 
     def next_field(self, interaction, field: str, seq_len: int, offset: int = 1) -> Tensor:
@@ -186,6 +199,16 @@ class GenerativeRecommender(SequentialRecommender):
         """``[B, N]`` the item ``offset`` steps after each position (1: the next history item, then the target);
         0 = none."""
         return self.next_field(interaction, self.ITEM_ID, seq_len, offset)
+
+    @staticmethod
+    def sample_positions(seq_lens: Tensor, count: int) -> Tensor:
+        """``[B, count]`` training positions of each row: its last, then ``count - 1`` uniform draws (with
+        replacement) among its positions."""
+        last = (seq_lens - 1).unsqueeze(1)
+        if count <= 1:
+            return last
+        draws = torch.rand(len(seq_lens), count - 1, device=seq_lens.device)
+        return torch.cat([last, (draws * seq_lens.unsqueeze(1)).long()], dim=1)
 
     def feedback_levels(self, interaction, seq_len: int) -> Tensor:
         """``[B, N]`` feedback level of each history token: 1 + the number of cascade stages its interaction

@@ -128,11 +128,6 @@ class GPR(GenerativeRecommender):
 
     # -- HSD: the unified sequence ----------------------------------------------------------------------------
 
-    def item_tokens(self, item_ids: Tensor) -> Tensor:
-        """``[..., D]`` the input token of items: the sum of their semantic-ID code embeddings."""
-        codes = self.item_codes[item_ids]  # [..., L]
-        return sum(table(codes[..., level]) for level, table in enumerate(self.code_inputs))
-
     def encode(self, interaction) -> Tensor:
         seq_len = int(interaction[self.ITEM_SEQ_LEN].max())
         item_seq = interaction[self.ITEM_SEQ][:, :seq_len]
@@ -220,20 +215,19 @@ class GPR(GenerativeRecommender):
         intents = self.generator.intents(states, visible_states(states.shape[1], positions, seq_lens))[:, 0]
         return self.gather_indexes(states, seq_lens - 1), intents
 
-    def _structure_on(self, device: torch.device):
-        if self.structure.codes.device != device:
-            self.structure = self.structure.to(device)
-        return self.structure
-
     def serve(self, interaction) -> ServingResult:
         """Every item's log-probability under the heads' mixture (+ ``hte_weight`` x the HTE's final value)."""
-        users, intents = self._last_intents(interaction)
-        per_head = self.generator.catalogue_log_probs(intents, self._structure_on(users.device))  # [B, H, N]
+        scores = self._catalogue_scores(*self._last_intents(interaction))
+        return ServingResult(retrieval_scores=scores, final_scores=scores)
+
+    def _catalogue_scores(self, users: Tensor, intents: Tensor) -> Tensor:
+        """``[B, n_items]`` the served score of every item for HSD states ``[B, D]`` and intents ``[B, H, D]``."""
+        _, structure = self.semantic_ids_on(users.device)
+        per_head = self.generator.catalogue_log_probs(intents, structure)  # [B, H, N]
         scores = torch.logsumexp(per_head, dim=1) - math.log(self.mtp_heads)  # [B, N]
         if self.hte is not None and self.hte_weight:
             scores = scores + self.hte_weight * self.hte.catalogue_values(users, self.item_codes[1:])
-        scores = F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
-        return ServingResult(retrieval_scores=scores, final_scores=scores)
+        return F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
 
     @torch.no_grad()
     def generate(self, interaction, k: int | None = None) -> tuple[Tensor, Tensor]:
@@ -246,7 +240,7 @@ class GPR(GenerativeRecommender):
         k = k or self.beam_size
         users, intents = self._last_intents(interaction)
         batch, heads, _ = intents.shape
-        trie = self.trie.to(users.device)
+        trie, _ = self.semantic_ids_on(users.device)
         flat = intents.reshape(batch * heads, 1, -1)
 
         def step(prefixes: Tensor, level: int) -> Tensor:  # [BH, P, level] -> [BH, P, K_level]
@@ -254,7 +248,7 @@ class GPR(GenerativeRecommender):
 
         _, _, found = constrained_beam_search(step, trie, batch * heads, k)
         found = found.view(batch, heads * k) + 1  # trie rows -> internal item ids (0: no item)
-        served = self.serve(interaction).final_scores.gather(1, found).masked_fill(found == 0, float("-inf"))
+        served = self._catalogue_scores(users, intents).gather(1, found).masked_fill(found == 0, float("-inf"))
         order = served.argsort(dim=1, descending=True)
         items, scores = found.gather(1, order), served.gather(1, order)
         keep = torch.cat([torch.ones_like(items[:, :1], dtype=torch.bool), items[:, 1:] != items[:, :-1]], 1)

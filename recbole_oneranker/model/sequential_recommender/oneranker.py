@@ -391,14 +391,6 @@ class OneRanker(GenerativeRecommender):
 
     # -- training ---------------------------------------------------------------------------------------------
 
-    def _decoder_positions(self, seq_lens: Tensor) -> Tensor:
-        """``[B, R]`` positions where steps 2-3 run in training: each row's last, plus uniform draws before it."""
-        last = (seq_lens - 1).unsqueeze(1)
-        if self.decoder_positions <= 1:
-            return last
-        draws = torch.rand(len(seq_lens), self.decoder_positions - 1, device=seq_lens.device)
-        return torch.cat([last, (draws * seq_lens.unsqueeze(1)).long()], dim=1)
-
     def _task_weights(self, stage_labels: Tensor, value_weights: Tensor | None) -> Tensor:
         """``[P, T]`` weight of each position in each step-2 task's loss, in ``self.tasks`` order."""
         columns = []
@@ -449,7 +441,7 @@ class OneRanker(GenerativeRecommender):
         """Draw the training decoding positions of each row and run step 2 there (``states``: ``[B, N, D]``)."""
         seq_lens = interaction[self.ITEM_SEQ_LEN]
         targets = self.next_items(interaction, states.shape[1])  # [B, N]
-        positions = self._decoder_positions(seq_lens)  # [B, R]
+        positions = self.sample_positions(seq_lens, self.decoder_positions)  # [B, R]
         rows = torch.arange(len(positions), device=states.device).unsqueeze(1)
         flat_states = states[rows, positions].flatten(0, 1)  # [BR, D]
         # The decoders' memory; detached, their losses train only them (the generator still learns from L_DC).

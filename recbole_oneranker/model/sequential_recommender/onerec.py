@@ -125,11 +125,6 @@ class OneRec(GenerativeRecommender):
 
     # -- encoder ----------------------------------------------------------------------------------------------
 
-    def item_tokens(self, item_ids: Tensor) -> Tensor:
-        """``[..., D]`` the input token of items: the sum of their semantic-ID code embeddings."""
-        codes = self.item_codes[item_ids]  # [..., L]
-        return sum(table(codes[..., level]) for level, table in enumerate(self.code_inputs))
-
     def readable_history(self, interaction, seq_len: int) -> Tensor:
         """``[B, N]`` the history entries the encoder reads: real ones that reached ``positive_stages`` stages."""
         history = interaction[self.ITEM_SEQ][:, :seq_len]
@@ -189,18 +184,12 @@ class OneRec(GenerativeRecommender):
         offsets = range(1, self.session_length + 1)
         return torch.stack([self.next_items(interaction, seq_len, offset) for offset in offsets], dim=-1)
 
-    def training_positions(self, seq_lens: Tensor) -> Tensor:
-        """``[B, R]`` the prefixes a row trains on: its last position, then ``R - 1`` uniform draws (with
-        replacement) among all of its positions."""
-        draws = torch.rand(len(seq_lens), self.decoder_positions - 1, device=seq_lens.device)
-        return torch.cat([(seq_lens - 1).unsqueeze(1), (draws * seq_lens.unsqueeze(1)).long()], dim=1)
-
     def calculate_loss(self, interaction):
         loss, targets = 0.0, 0
         for rows in self.length_buckets(interaction[self.ITEM_SEQ_LEN]):
             bucket = interaction[rows]
             seq_lens = bucket[self.ITEM_SEQ_LEN]
-            positions = self.training_positions(seq_lens)  # [b, R]
+            positions = self.sample_positions(seq_lens, self.decoder_positions)  # [b, R]
             row = torch.arange(len(bucket), device=positions.device).repeat_interleave(positions.shape[1])
             position = positions.flatten()
             sessions = self.session_targets(bucket, int(seq_lens.max()))[row, position]  # [C, m]
@@ -250,7 +239,7 @@ class OneRec(GenerativeRecommender):
     def serve(self, interaction) -> ServingResult:
         """Every item's exact log-probability as the first item of the generated session."""
         intents = self.first_item_intents(interaction)
-        scores = self.generator.catalogue_log_probs(intents, self.structure.to(intents.device))[:, 0]  # [B, N]
+        scores = self.generator.catalogue_log_probs(intents, self.semantic_ids_on(intents.device)[1])[:, 0]  # [B, N]
         scores = F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
         return ServingResult(retrieval_scores=scores, final_scores=scores)
 
@@ -263,7 +252,7 @@ class OneRec(GenerativeRecommender):
             each equal to the item's :meth:`full_sort_predict` score.
         """
         intents = self.first_item_intents(interaction)  # [B, 1, D]
-        trie = self.trie.to(intents.device)
+        trie, _ = self.semantic_ids_on(intents.device)
         _, scores, found = constrained_beam_search(self._code_logits(intents), trie, len(intents), k or self.beam_size)
         return found + 1, scores  # trie rows -> internal item ids; a missing item (-1) becomes the padding item
 
@@ -279,7 +268,7 @@ class OneRec(GenerativeRecommender):
         beam = beam_size or self.beam_size
         memory, visible = self.encode(interaction)
         batch = len(memory)
-        trie = self.trie.to(memory.device)
+        trie, _ = self.semantic_ids_on(memory.device)
         cache = self.decoder.start(memory, visible)
         tokens = self.bos_token.expand(batch, 1, -1)  # [B * paths, 1, D]: what each path decodes next
         sessions = visible.new_zeros(batch, 1, 0, dtype=torch.long)  # [B, paths, items so far]
