@@ -45,13 +45,14 @@ def default_sid_file(data_path: str | Path, dataset_name: str) -> Path:
     return folder / f"{dataset_name}.sid"
 
 
-def tokenize_command(dataset_name: str, sid_file: Path) -> str:
-    """The command that writes ``sid_file`` for ``dataset_name`` (from the item side features)."""
-    data_path = sid_file.parent.parent
-    return (
-        f"python -m recbole_oneranker.tokenize --dataset {dataset_name} --data-path {data_path} "
+def tokenize_command(dataset_name: str, sid_file: Path, default_file: Path) -> str:
+    """The command that writes ``sid_file`` for ``dataset_name`` (from the item side features); ``default_file`` is
+    the dataset's :func:`default_sid_file`, whose folder's parent is the tokenizer's ``--data-path``."""
+    command = (
+        f"python -m recbole_oneranker.tokenize --dataset {dataset_name} --data-path {default_file.parent.parent} "
         f"--method rq-kmeans --source attributes"
     )
+    return command if sid_file == default_file else f"{command} --out {sid_file}"
 
 
 def write_sid_file(path: Path, tokens: Sequence[str], codes: Tensor) -> None:
@@ -107,13 +108,12 @@ def load_dataset_sids(dataset, sid_file: str | Path | None = None) -> Tensor:
         SIDFileError: the file is missing (the message names the command that makes it), malformed, or lacks
         some of the dataset's items.
     """
-    path = (
-        Path(sid_file) if sid_file is not None else default_sid_file(dataset.config["data_path"], dataset.dataset_name)
-    )
+    default_file = default_sid_file(dataset.config["data_path"], dataset.dataset_name)
+    path = Path(sid_file) if sid_file is not None else default_file
+    command = tokenize_command(dataset.dataset_name, path, default_file)
     if not path.is_file():
         raise SIDFileError(
-            f"no semantic IDs for dataset '{dataset.dataset_name}': {path} does not exist; "
-            f"make it with: {tokenize_command(dataset.dataset_name, path)}"
+            f"no semantic IDs for dataset '{dataset.dataset_name}': {path} does not exist; make it with: {command}"
         )
     tokens, codes = read_sid_file(path)
     row_of = {token: row for row, token in enumerate(tokens)}
@@ -122,7 +122,7 @@ def load_dataset_sids(dataset, sid_file: str | Path | None = None) -> Tensor:
     if missing:
         raise SIDFileError(
             f"{path} has no codes for {len(missing):,} of the dataset's {len(dataset_tokens):,} items "
-            f"(e.g. {', '.join(missing[:3])}); make it again with: {tokenize_command(dataset.dataset_name, path)}"
+            f"(e.g. {', '.join(missing[:3])}); make it again with: {command}"
         )
     table = torch.full((len(dataset_tokens) + 1, codes.shape[1]), PAD_CODE, dtype=torch.int64)
     table[1:] = codes[torch.tensor([row_of[token] for token in dataset_tokens], dtype=torch.int64)]
