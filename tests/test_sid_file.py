@@ -190,3 +190,9 @@ def test_item_features_come_from_inter_columns_constant_within_items(tmp_path):
     table = item_feature_table(tmp_path, "shop")
     assert list(table.columns) == ["item_id", "category_id:token"]  # shop varies within item 10, value is a float
     assert table.values.tolist() == [["10", "c1"], ["11", "c2"]]
+
+
+def test_a_missing_file_given_by_path_names_the_command_that_writes_that_path(tiny_dataset, tmp_path):
+    wanted = tmp_path / "elsewhere" / "ids.sid"
+    with pytest.raises(SIDFileError, match=f"--out {wanted}$"):
+        load_dataset_sids(tiny_dataset, wanted)
