@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from recbole.utils import init_seed
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
@@ -179,6 +180,7 @@ def median_and_p90(latencies: list[float]) -> dict[str, float]:
 def measure(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train and time one model in this process; returns the measurements."""
     config = Config(model_name, args.dataset, config_dict=equal_size_settings(model_name, args))
+    init_seed(config["seed"], config["reproducibility"])  # the batches and weights of a run: counts reproduce
     train_data, _, test_data = data_preparation(config, create_dataset(config))
     model = get_model(model_name)(config, train_data._dataset).to(config["device"])
 
