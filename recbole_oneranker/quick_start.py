@@ -32,23 +32,23 @@ from recbole_oneranker.data import create_dataset, data_preparation
 from recbole_oneranker.errors import ConfigError, RunFileError, shorten
 from recbole_oneranker.evaluator import ValueCollector
 from recbole_oneranker.evaluator.protocol import Protocol
+from recbole_oneranker.log_records import LOG_FILE_ONLY, shown_on_terminal
 from recbole_oneranker.registry import get_model
+from recbole_oneranker.threads import ContentionGuard, auto_threads, idle_cores, usable_cores
 from recbole_oneranker.trainer_lookup import get_trainer
 
 CANDIDATE_TOPK = (1, 3, 5, 10, 15)
 # candidate_sampling -> RecBole's negative-sampling distribution and the prefix of its evaluation mode (uni29, pop29)
 CANDIDATE_SAMPLERS = {"uniform": ("uniform", "uni"), "popularity": ("popularity", "pop")}
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-# One torch thread unless asked: on a 2-core machine beside other work, 2-thread OneRanker epochs on ml-100k went from
-# 4-12 s to 35-164 s (issue 36); beside a 2-thread benchmark, 1-thread ones took 6-9 s (README, "The main job").
-DEFAULT_THREADS = 1
-# ``logger.info(..., extra=LOG_FILE_ONLY)``: a record the terminal shows only with ``verbose`` (the log file has all).
-LOG_FILE_ONLY = {"file_only": True}
+# Where a run's thread count came from when neither the threads key nor OMP_NUM_THREADS set it
+IDLE_CORES = "the idle cores"
 
 
-def cpu_threads(config: Config) -> int:
-    """torch's CPU threads for a run: the ``threads`` key when set, else ``$OMP_NUM_THREADS`` when set, else
-    :data:`DEFAULT_THREADS`.
+def cpu_threads(config: Config) -> tuple[int, str]:
+    """torch's CPU threads for a run and where the count came from: the ``threads`` key when set, else
+    ``$OMP_NUM_THREADS`` when set, else the cores idle now (:func:`~recbole_oneranker.threads.auto_threads`,
+    :data:`IDLE_CORES`).
 
     Raises:
         ConfigError: for a ``threads`` value that is not a positive integer.
@@ -56,14 +56,12 @@ def cpu_threads(config: Config) -> int:
     threads = config["threads"]
     if threads is None:
         from_environment = os.environ.get("OMP_NUM_THREADS", "").strip()
-        return int(from_environment) if from_environment.isdigit() and int(from_environment) > 0 else DEFAULT_THREADS
+        if from_environment.isdigit() and int(from_environment) > 0:
+            return int(from_environment), "OMP_NUM_THREADS"
+        return auto_threads(usable_cores(), idle_cores()), IDLE_CORES
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads must be a positive integer or ~, got {threads!r}")
-    return threads
-
-
-def _shown_on_terminal(record: logging.LogRecord) -> bool:
-    return not getattr(record, "file_only", False)
+    return threads, "--threads"
 
 
 def init_logger(config: Config) -> str:
@@ -90,7 +88,7 @@ def init_logger(config: Config) -> str:
         )
     )
     if not config["verbose"]:
-        console_handler.addFilter(_shown_on_terminal)
+        console_handler.addFilter(shown_on_terminal)
     root = logging.getLogger()
     for handler in root.handlers[:]:
         root.removeHandler(handler)
@@ -126,14 +124,15 @@ def run(
         all items: :func:`~recbole_oneranker.evaluator.ranking.target_ranks`), ``test_users`` (their user ids, in
         the same order), ``candidate_result`` (:func:`evaluate_candidate_set`, or None), ``protocol`` (its
         line) and ``protocol_fields`` (the :class:`~recbole_oneranker.evaluator.protocol.Protocol` as plain
-        values), ``saved_model_file``, ``log_file``,
-        ``wall_time_s`` (with ``resume_training``, also the training seconds of the earlier processes of this
-        ``run_id``) and ``device`` (what it trained on, e.g. ``'cuda: NVIDIA H100 80GB HBM3, then cpu'`` for a run
-        resumed on another machine; see :func:`~recbole_oneranker.trainer.describe_device`).
+        values), ``saved_model_file``, ``log_file``, ``wall_time_s`` (with ``resume_training``, also the training
+        seconds of the earlier processes of this ``run_id``), ``device`` (what it trained on, e.g.
+        ``'cuda: NVIDIA H100 80GB HBM3, then cpu'`` for a run resumed on another machine; see
+        :func:`~recbole_oneranker.trainer.describe_device`) and ``threads`` (the torch threads it trained on, e.g.
+        ``'2, then 1 from epoch 7'``: :meth:`~recbole_oneranker.trainer.RunSafetyMixin.threads_used`).
     """
     start = time.perf_counter()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
-    threads = cpu_threads(config)
+    threads, threads_from = cpu_threads(config)
     torch.set_num_threads(threads)
     init_seed(config["seed"], config["reproducibility"])
     prepare_output_dirs(config)
@@ -151,9 +150,11 @@ def run(
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model, extra=LOG_FILE_ONLY)
-    logger.info(run_header(config, sizes, model, threads, log_file))
+    logger.info(run_header(config, sizes, model, threads, threads_from, log_file))
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if threads_from == IDLE_CORES and threads > 1:  # a count the user chose is kept, whatever the load
+        trainer.contention_guard = ContentionGuard(threads, usable_cores())
     show_progress = bool(config["show_progress"])
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=show_progress, callback_fn=callback_fn
@@ -196,7 +197,7 @@ def run(
         "log_file": log_file,
         "wall_time_s": time.perf_counter() - start + trainer.elapsed_before_s,
         "device": ", then ".join(trainer.devices),
-        "threads": threads,
+        "threads": trainer.threads_used(),
     }
 
 
@@ -205,13 +206,16 @@ def dataset_sizes(dataset) -> str:
     return f"{dataset.user_num - 1:,} users, {dataset.item_num - 1:,} items, {dataset.inter_num:,} interactions"
 
 
-def run_header(config: Config, sizes: str, model: torch.nn.Module, threads: int, log_file: str) -> str:
+def run_header(
+    config: Config, sizes: str, model: torch.nn.Module, threads: int, threads_from: str, log_file: str
+) -> str:
     """The run in three lines, what the terminal shows instead of the config and the model's structure."""
     parameters = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    how = "; one when other processes want the cores" if threads_from == IDLE_CORES and threads > 1 else ""
     return "\n".join(
         [
             f"{config['model']} on {config['dataset']}: {sizes}; {parameters:,} trainable parameters",
-            f"device {config['device']}, {threads} torch thread(s) (--threads=N or OMP_NUM_THREADS to change), "
+            f"device {config['device']}, {threads} torch thread(s) (from {threads_from}{how}; --threads=N to fix), "
             f"seed {config['seed']}, up to {config['epochs']} epochs",
             f"config, dataset and model structure: {log_file} (--verbose=True prints them here)",
         ]

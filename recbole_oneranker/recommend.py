@@ -179,7 +179,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse
 def main(argv: Sequence[str] | None = None) -> int:
     args, parser = parse_args(argv)
     config, model, dataset, _, _, test_data = load_data_and_model(args.checkpoint, args.data_path)
-    torch.set_num_threads(cpu_threads(config))  # as a run: one thread unless OMP_NUM_THREADS says otherwise
+    torch.set_num_threads(cpu_threads(config)[0])  # as a run: the idle cores unless told otherwise
     if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
         parser.error(f"{config['model']} is not a sequential model: recommend serves sequential models only")
     tokens = args.users_file.read_text().split() if args.users_file else args.users

@@ -21,6 +21,7 @@ from recbole.utils import ModelType, set_color
 from recbole_oneranker import compat
 from recbole_oneranker.errors import RunFileError, shorten
 from recbole_oneranker.evaluator import ValueCollector, ranking
+from recbole_oneranker.threads import ContentionGuard
 
 
 class RunSafetyMixin:
@@ -35,7 +36,9 @@ class RunSafetyMixin:
       refreshes its Fake Item Tokens there);
     - ``resume_training: True`` snapshots the whole training state after every validation and continues from the
       snapshot in a later process (see :meth:`fit`);
-    - ``compile_model: True`` runs the model's ``forward`` through ``torch.compile`` (see :func:`compile_forward`).
+    - ``compile_model: True`` runs the model's ``forward`` through ``torch.compile`` (see :func:`compile_forward`);
+    - a :class:`~recbole_oneranker.threads.ContentionGuard` set as ``contention_guard`` is checked before every
+      training epoch, and drops the run to one torch thread when other processes want its cores.
     """
 
     def __init__(self, config, model):
@@ -58,6 +61,9 @@ class RunSafetyMixin:
         if config["compile_model"]:
             compile_forward(model)
         self._clock_start = time.perf_counter()
+        self.contention_guard: ContentionGuard | None = None
+        self.threads_at_start = torch.get_num_threads()
+        self.thread_drop_epoch: int | None = None  # the epoch from which the guard left one thread
 
     def _build_optimizer(self, **kwargs):
         optimizer = super()._build_optimizer(**kwargs)
@@ -68,10 +74,29 @@ class RunSafetyMixin:
         return optimizer
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._give_back_contended_threads(epoch_idx)
         hook = getattr(self.model, "on_train_epoch_start", None)
         if hook is not None:
             hook(epoch_idx)
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+
+    def _give_back_contended_threads(self, epoch_idx: int) -> None:
+        drop = None if self.contention_guard is None else self.contention_guard.check()
+        if drop is None:
+            return
+        threads, other_cores = drop
+        self.logger.warning(
+            f"other processes used {other_cores:.1f} cores while this run's {torch.get_num_threads()} threads wanted "
+            f"them: continuing on {threads} torch thread from epoch {epoch_idx} (--threads=N keeps a count)"
+        )
+        torch.set_num_threads(threads)
+        self.thread_drop_epoch = epoch_idx
+
+    def threads_used(self) -> str:
+        """The torch threads this run trained on: ``'2'``, or ``'2, then 1 from epoch 7'``."""
+        if self.thread_drop_epoch is None:
+            return str(self.threads_at_start)
+        return f"{self.threads_at_start}, then 1 from epoch {self.thread_drop_epoch}"
 
     def fit(self, train_data, valid_data=None, *args, **kwargs):
         """RecBole's ``fit``; with ``resume_training``, continued from this run's snapshot when it has one.

@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 import yaml
 
 from recbole_oneranker.bench import common, quality, speed, summary
@@ -83,6 +85,40 @@ def test_speed_smoke(tmp_path):
     assert "operators / full-sort batch" in table
 
 
+def test_the_flop_counter_counts_the_cpus_fused_attention():
+    query = torch.randn(2, 1, 5, 8)  # [B, H, N, dh]
+    with speed.flop_counter() as flops:  # no dropout, a boolean mask: the CPU's fused kernel
+        F.scaled_dot_product_attention(query, query, query, attn_mask=torch.ones(5, 5, dtype=torch.bool).tril())
+    assert flops.get_total_flops() == 2 * (2 * 2 * 5 * 5 * 8)  # q k^T and weights v, 2 FLOPs per multiply-add
+
+
+def test_sid_models_read_the_committed_semantic_ids_unless_told_otherwise():
+    committed = Path("results/sids/ml-100k/ml-100k.sid")  # in the test's own folder
+    committed.parent.mkdir(parents=True)
+    committed.touch()
+    args = speed.parse_args([])
+    assert speed.equal_size_settings("GPR", args)["sid_file"] == str(committed)
+    assert speed.equal_size_settings("OneRec", args)["sid_file"] == str(committed)
+    assert "sid_file" not in speed.equal_size_settings("HSTU", args)
+    assert speed.equal_size_settings("GPR", speed.parse_args(["--set", "sid_file=x.sid"]))["sid_file"] == "x.sid"
+
+
+def test_speed_smoke_of_the_sid_models_and_their_beams(tmp_path, tiny_data_path, tiny_sid_file):
+    out = tmp_path / "speed.md"
+    argv = ["--dataset", "ml-tiny", "--data-path", str(tiny_data_path), "--models", "GPR", "OneRec",
+            "--baseline", "GPR", "--hidden-size", "16", "--max-len", "10", "--max-batches", "1",
+            "--flop-batches", "1", "--eval-batch", "8", "--beam", "4", "--out", str(out),
+            "--set", f"sid_file={tiny_sid_file}", "load_col=None"]  # fmt: skip
+    assert speed.main(argv) == 0
+    report = out.read_text()
+    assert f"Semantic IDs: GPR, OneRec read `{tiny_sid_file}`." in report
+    assert "## Beam search: top 4 per batch of 8 test users" in report
+    for row in ("| GPR | generate |", "| OneRec | generate |", "| OneRec | generate_sessions, KV cache |",
+                "| OneRec | generate_sessions, no cache |"):  # fmt: skip
+        assert row in report and row not in report.split("##")[0]
+    assert "latency median / p90 (ms)" in report
+
+
 def _ml100k_variants(model_name: str, settings: dict, split: int):
     """``(batch, build)``: the first batch of an ml-100k split (``split`` 0: training, 2: test), one for every
     variant since costs depend on its lengths, and ``build(**overrides)``: the model with ``settings`` + overrides."""
@@ -108,7 +144,10 @@ def test_length_buckets_multiply_the_operators_of_ranking():
     settings = {"hidden_size": 16, "attention_dim": 16, "linear_hidden_dim": 16, "MAX_ITEM_LIST_LENGTH": 10,
                 "eval_batch_size": 64, "state": "ERROR"}  # fmt: skip
     batch, build = _ml100k_variants("HSTU", settings, split=2)
-    operators = {size: speed.ranking_operators(build(length_bucket_size=size), batch[0]) for size in (0, 16)}
+    models = {size: build(length_bucket_size=size) for size in (0, 16)}
+    operators = {
+        size: speed.inference_cost(model, model.full_sort_predict, batch[0])[1] for size, model in models.items()
+    }
     assert 0 < operators[0] and 3 * operators[0] < operators[16]  # 4 buckets of 16: about 4x the stack's operators
 
 

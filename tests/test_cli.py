@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 
 from recbole_oneranker.cli import main
-from recbole_oneranker.errors import ConfigError
-from recbole_oneranker.quick_start import DEFAULT_THREADS, cpu_threads
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -44,19 +42,6 @@ def test_sasrec_end_to_end_reloads_best_and_prints_summary(tiny_config, capsys):
     assert "test       : hit@5" in out and "gmv@10" in out and "checkpoint : saved/SASRec-ml-tiny-" in out
 
 
-@pytest.mark.parametrize(
-    "threads, environment, expected",
-    [(None, None, DEFAULT_THREADS), (None, "3", 3), (None, "", DEFAULT_THREADS), (2, "3", 2)],
-)
-def test_thread_count_is_the_key_else_omp_num_threads_else_one(monkeypatch, threads, environment, expected):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    if environment is not None:
-        monkeypatch.setenv("OMP_NUM_THREADS", environment)
-    assert cpu_threads({"threads": threads}) == expected
-    with pytest.raises(ConfigError, match="threads must be a positive integer"):
-        cpu_threads({"threads": 0})
-
-
 @pytest.mark.parametrize("verbose", [False, True])
 def test_terminal_shows_a_short_header_and_the_log_file_everything(tiny_config, tiny_data_path, capsys, verbose):
     # HSTU: its whole-sequence layout rewrites the dataset's rows, which the header must not count
@@ -68,6 +53,7 @@ def test_terminal_shows_a_short_header_and_the_log_file_everything(tiny_config, 
     assert "1 torch thread(s)" in terminal and f"model structure: {log_file}" in terminal
     interactions = len((tiny_data_path / "ml-tiny" / "ml-tiny.inter").read_text().splitlines()) - 1  # the header
     assert "HSTU on ml-tiny: 60 users, " in terminal and f" items, {interactions:,} interactions; " in terminal
-    for detail in ("General Hyper Parameters", "HSTU(\n"):  # the config dump, the model's structure
+    # the config dump, the model's structure, the loaders' settings
+    for detail in ("General Hyper Parameters", "HSTU(\n", "[Training]: train_batch_size"):
         assert detail in log_file.read_text()
         assert (detail in terminal) == verbose

@@ -261,6 +261,16 @@ def test_session_beam_emits_real_items_scored_as_a_full_rerun_scores_them(build)
     torch.testing.assert_close(scores.flatten(), rescored, rtol=1e-5, atol=1e-5)
 
 
+def test_session_beam_without_the_cache_finds_the_same_sessions(build) -> None:
+    model, _, test = build()
+    model.eval()
+    batch = next(iter(test))[0][:4]
+    cached_sessions, cached_scores = model.generate_sessions(batch, beam_size=6)
+    sessions, scores = model.generate_sessions(batch, beam_size=6, use_kv_cache=False)
+    assert torch.equal(sessions, cached_sessions)
+    torch.testing.assert_close(scores, cached_scores)
+
+
 def test_gradients_reach_every_parameter(build) -> None:
     model, train, _ = build(user_token_fields=["gender", "occupation"],
                             load_col={"inter": ["user_id", "item_id", "rating", "timestamp", "click", "conversion"],

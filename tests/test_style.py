@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CODE = ["recbole_oneranker", "tests", "bench", "tuning"]
-TYPED = ["recbole_oneranker/model/layers", "recbole_oneranker/model/tokenizers"]
+TYPED = ["recbole_oneranker/model/layers", "recbole_oneranker/model/tokenizers", "recbole_oneranker/threads.py"]
 
 
 def _run(*command: str) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@
     python bench/diagnose.py alignment --checkpoint saved/FULL.pth saved/NO_DC.pth [--split valid]
     python bench/diagnose.py candidates --checkpoint saved/A.pth saved/B.pth [--negatives 29] [--seed 2020]
     python bench/diagnose.py popularity --checkpoint saved/RUN.pth [--split valid] [--top 30] [--weights -0.1 0.1]
+    python bench/diagnose.py repeats --dataset taobao [--bench-config bench/configs/X.yaml] [--k 10]
 
 ``seen``: the share of the model's top-K slots that are items already in the user's history (the model's input
 window), the share of targets that are, and NDCG@K of the same scores with seen items kept (RecBole's protocol)
@@ -46,6 +47,10 @@ of each user is reordered by its standardised score plus ``w`` times its standar
 several weights, and by popularity alone; the target's rank within the set and NDCG@K are compared with the
 model's own order.
 
+``repeats``: every benchmark row of a dataset (its committed rank files, no checkpoint), its test HR@K and NDCG@K
+split by whether the target is among the items of the history the model read (a repeat) or not: on Taobao most
+targets are repeats, and a model's score there says whether it can point back at a seen item.
+
 Each prints a markdown report (``--out FILE`` also writes it).
 """
 
@@ -65,6 +70,8 @@ import torch.nn.functional as F
 from recbole.utils import init_seed
 from torch import Tensor, nn
 
+from recbole_oneranker.bench.common import DEFAULT_DATA_PATH, EMBEDDED_DATASET, REPO
+from recbole_oneranker.bench.repeats import repeats_markdown, repeats_report
 from recbole_oneranker.evaluator.ranking import mask_seen_items, rank_metrics, seen_items, target_ranks
 from recbole_oneranker.quick_start import (
     CANDIDATE_SAMPLERS,
@@ -523,6 +530,13 @@ def main(argv: list[str] | None = None) -> int:
     alignment = sub.add_parser("alignment", help="OneRanker: the ranker's order against the generator's (Figure 3)")
     candidates = sub.add_parser("candidates", help="candidate-set HR/NDCG@K, uniform and popularity negatives")
     popularity = sub.add_parser("popularity", help="the model's top-N reordered with the items' popularity")
+    repeats = sub.add_parser("repeats", help="benchmark rows' test metrics on repeat and on new targets")
+    repeats.add_argument("--dataset", default="taobao", help="its rows are in bench/configs/<dataset>.yaml")
+    repeats.add_argument("--bench-config", type=Path, help="another bench config file (e.g. an ablation)")
+    repeats.add_argument("--results", type=Path, default=REPO / "results", help="where the rows' CSV is")
+    repeats.add_argument("--data-path", help="folder holding <dataset>/ (default: dataset/)")
+    repeats.add_argument("--k", type=int, default=10, help="cut-off of HR@K and NDCG@K")
+    repeats.add_argument("--out", type=Path, help="also write the report to this file")
     for p in (seen, ranker, gates, alignment, candidates, popularity):
         p.add_argument("--checkpoint", required=True, nargs="+" if p in (alignment, candidates) else None,
                        help="a checkpoint saved by this package (saved/<run_id>.pth)")  # fmt: skip
@@ -551,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     ranker.add_argument("--heldout-every", type=int, default=5, help="hold out users with user_id %% N == 0")
     ranker.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.report == "repeats":
+        return repeats_main(args, argv)
     for checkpoint in args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]:
         if not Path(checkpoint).is_file():
             parser.error(f"no checkpoint at {checkpoint}")
@@ -602,6 +618,17 @@ def main(argv: list[str] | None = None) -> int:
         curves = refit(model, sets, args.refit_epochs, args.lr, log=lambda line: print(line, flush=True))
         report = ranker_markdown(model, as_trained, curves, args, argv)
     return _write(report, args.out)
+
+
+def repeats_main(args, argv: list[str]) -> int:
+    data_path = args.data_path
+    if data_path is None and args.dataset != EMBEDDED_DATASET:
+        data_path = str(DEFAULT_DATA_PATH)
+    share, report = repeats_report(args.dataset, args.bench_config, args.results, data_path, args.k)
+    if not report:
+        print(f"error: no finished row with rank files for {args.dataset} under {args.results}", file=sys.stderr)
+        return 2
+    return _write(repeats_markdown(args.dataset, share, report, args.k, _command(argv)), args.out)
 
 
 def alignment_main(parser: argparse.ArgumentParser, args, argv: list[str]) -> str:

@@ -19,6 +19,7 @@ from recbole.utils import ModelType
 
 from recbole_oneranker.data.atomic_files import check_atomic_files
 from recbole_oneranker.data.dataset import DatasetConfigError, SequentialDataset
+from recbole_oneranker.log_records import LOG_FILE_ONLY
 
 # RecBole's dataset class of a non-sequential model type whose class is not plain Dataset (recbole.data.utils).
 _RECBOLE_DATASET_CLASSES = {ModelType.KNOWLEDGE: "KnowledgeBasedDataset"}
@@ -59,10 +60,12 @@ def data_preparation(config, dataset):
     test_data = get_dataloader(config, "test")(config, test_dataset, test_sampler, shuffle=False)
     getLogger().info(
         f"[Training]: train_batch_size = [{config['train_batch_size']}] "
-        f"train_neg_sample_args: [{config['train_neg_sample_args']}]"
+        f"train_neg_sample_args: [{config['train_neg_sample_args']}]",
+        extra=LOG_FILE_ONLY,
     )
     getLogger().info(
-        f"[Evaluation]: eval_batch_size = [{config['eval_batch_size']}] eval_args: [{config['eval_args']}]"
+        f"[Evaluation]: eval_batch_size = [{config['eval_batch_size']}] eval_args: [{config['eval_args']}]",
+        extra=LOG_FILE_ONLY,
     )
     return train_data, valid_data, test_data
 

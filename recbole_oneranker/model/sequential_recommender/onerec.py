@@ -152,8 +152,11 @@ class OneRec(GenerativeRecommender):
     def intents(self, memory: Tensor, visible: Tensor, generated: Tensor) -> Tensor:
         """``[C, T, D]`` the decoder's intent for each next item after BOS and ``generated`` items (``[C, T - 1]``):
         intent ``t`` generates item ``t``'s codes."""
-        tokens = torch.cat([self.bos_token.expand(len(generated), 1, -1), self.item_tokens(generated)], dim=1)
-        return self._intents_of(self.decoder(tokens, memory, visible))
+        return self._intents_of(self.decoder(self.decoder_tokens(generated), memory, visible))
+
+    def decoder_tokens(self, generated: Tensor) -> Tensor:
+        """``[C, T, D]`` the decoder's input: BOS, then the tokens of the ``generated`` items (``[C, T - 1]``)."""
+        return torch.cat([self.bos_token.expand(len(generated), 1, -1), self.item_tokens(generated)], dim=1)
 
     def _intents_of(self, states: Tensor) -> Tensor:
         """``[C, T, D]`` the generator's (one head's) intent read from each decoder state ``[C, T, D]``."""
@@ -257,9 +260,13 @@ class OneRec(GenerativeRecommender):
         return found + 1, scores  # trie rows -> internal item ids; a missing item (-1) becomes the padding item
 
     @torch.no_grad()
-    def generate_sessions(self, interaction, beam_size: int | None = None) -> tuple[Tensor, Tensor]:
+    def generate_sessions(
+        self, interaction, beam_size: int | None = None, use_kv_cache: bool = True
+    ) -> tuple[Tensor, Tensor]:
         """The ``beam_size`` most likely sessions of ``session_length`` items for each request: a beam over items,
-        each item a trie-constrained beam over its codes, the decoder stepping from its key/value cache.
+        each item a trie-constrained beam over its codes, the decoder stepping from its key/value cache
+        (``use_kv_cache=False``: every step decodes each path's whole session again, the memory's keys and values
+        included; the same beams, at the cost the cache saves).
 
         Returns:
             ``sessions`` ``[B, beam, m]`` internal item ids (0 on a path that found no item) and their
@@ -269,21 +276,26 @@ class OneRec(GenerativeRecommender):
         memory, visible = self.encode(interaction)
         batch = len(memory)
         trie, _ = self.semantic_ids_on(memory.device)
-        cache = self.decoder.start(memory, visible)
+        cache = self.decoder.start(memory, visible) if use_kv_cache else None
         tokens = self.bos_token.expand(batch, 1, -1)  # [B * paths, 1, D]: what each path decodes next
         sessions = visible.new_zeros(batch, 1, 0, dtype=torch.long)  # [B, paths, items so far]
         scores = memory.new_zeros(batch, 1)
         for _ in range(self.session_length):
-            states, cache = self.decoder.extend(cache, tokens)
+            paths = sessions.shape[1]
+            if cache is not None:
+                states, cache = self.decoder.extend(cache, tokens)
+            else:
+                rows = torch.arange(batch, device=memory.device).repeat_interleave(paths)
+                states = self.decoder(self.decoder_tokens(sessions.flatten(0, 1)), memory[rows], visible[rows])[:, -1:]
             intents = self._intents_of(states)  # [B * paths, 1, D]
             _, item_scores, items = constrained_beam_search(self._code_logits(intents), trie, len(intents), beam)
-            paths = sessions.shape[1]
             candidates = (scores.unsqueeze(-1) + item_scores.view(batch, paths, beam)).flatten(1)  # [B, paths x beam]
             scores, flat = candidates.topk(min(beam, candidates.shape[1]), dim=1)
             parent = flat // beam
             chosen = (items.view(batch, -1) + 1).gather(1, flat)  # [B, paths']
             earlier = sessions.gather(1, parent.unsqueeze(-1).expand(-1, -1, sessions.shape[-1]))
             sessions = torch.cat([earlier, chosen.unsqueeze(-1)], dim=-1)
-            cache = cache.select((torch.arange(batch, device=flat.device).unsqueeze(1) * paths + parent).flatten())
-            tokens = self.item_tokens(chosen.flatten()).unsqueeze(1)
+            if cache is not None:
+                cache = cache.select((torch.arange(batch, device=flat.device).unsqueeze(1) * paths + parent).flatten())
+                tokens = self.item_tokens(chosen.flatten()).unsqueeze(1)
         return sessions, scores

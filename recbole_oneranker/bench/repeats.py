@@ -1,0 +1,110 @@
+"""Benchmark rows' test metrics split by whether the target repeats an item of the history the model read.
+
+On the Taobao funnel most test targets are items the user has viewed before; a model that can point back at a
+history item scores there, one that cannot scores little anywhere (new items are rarely hit by any model). This
+split, from the rank files the benchmark rows already wrote, says which part of a row's NDCG@K comes from repeats.
+Used by ``python bench/diagnose.py repeats``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recbole_oneranker.bench.common import (
+    REPO,
+    ResultTable,
+    config_hashes,
+    current_rows,
+    load_bench_config,
+    mean_ci,
+    row_settings,
+)
+from recbole_oneranker.config import Config
+from recbole_oneranker.data import create_dataset, data_preparation
+from recbole_oneranker.evaluator.ranking import rank_metrics
+
+__all__ = ["repeat_targets", "repeats_markdown", "repeats_report", "split_by_repeats"]
+
+
+def repeat_targets(model: str, dataset: str, settings: dict[str, Any]) -> dict[int, bool]:
+    """Test user id -> whether the user's test target is among the history items of the test row (the model's
+    input window: the last ``MAX_ITEM_LIST_LENGTH`` interactions before the target)."""
+    config = Config(model, dataset, None, {**settings, "show_progress": False, "state": "ERROR"})
+    _, _, test_data = data_preparation(config, create_dataset(config))
+    repeats: dict[int, bool] = {}
+    for batch in test_data:
+        interaction = batch[0]  # full-ranking loaders give (interaction, history index, positive u, positive i)
+        items = config["ITEM_ID_FIELD"]
+        history, target = interaction[items + config["LIST_SUFFIX"]], interaction[items]
+        is_repeat = (history == target.unsqueeze(1)).any(dim=1)
+        repeats.update(zip(interaction[config["USER_ID_FIELD"]].tolist(), is_repeat.tolist(), strict=True))
+    return repeats
+
+
+def split_by_repeats(rows: list[dict[str, Any]], repeats: dict[int, bool], k: int) -> dict[str, tuple[float, float]]:
+    """Mean and t-interval over the rows' seeds of HR@k and NDCG@k on all test users, on those whose target
+    repeats a history item and on the others."""
+    per_seed: dict[str, list[float]] = {}
+    for row in rows:
+        ranks, users = np.load(REPO / row["ranks_file"]), np.load(REPO / row["users_file"])
+        is_repeat = np.array([repeats[int(user)] for user in users])
+        metrics = rank_metrics(ranks, k)
+        for name in ("hit", "ndcg"):
+            for part, chosen in (("all", slice(None)), ("repeat", is_repeat), ("new", ~is_repeat)):
+                per_seed.setdefault(f"{name}_{part}", []).append(float(metrics[name][chosen].mean()))
+    return {name: mean_ci(values) for name, values in per_seed.items()}
+
+
+def repeats_report(
+    dataset: str, bench_config_path: Path | None, results: Path, data_path: str | None, k: int
+) -> tuple[float, list[tuple[str, int, dict[str, tuple[float, float]]]]]:
+    """The share of test targets that repeat, and per current row with rank files: ``(label, seeds, split)``."""
+    bench_config = load_bench_config(dataset, bench_config_path)
+    dataset = bench_config.get("dataset", dataset)
+    extra = {"data_path": data_path} if data_path else {}
+    table = ResultTable(results / f"{bench_config_path.stem if bench_config_path else dataset}.csv")
+    rows = [row for row in current_rows(table, config_hashes(bench_config, dataset, extra)) if row.get("users_file")]
+    windows: dict[Any, dict[int, bool]] = {}  # the history a test row holds depends on its window alone
+    report = []
+    for label in dict.fromkeys(row["label"] for row in rows):
+        model, settings = row_settings(bench_config, label, extra)
+        window = settings.get("MAX_ITEM_LIST_LENGTH")
+        if window not in windows:
+            print(f"repeats: test histories of length {window or 'default'} ...", flush=True)
+            windows[window] = repeat_targets(model, dataset, settings)
+        own = [row for row in rows if row["label"] == label]
+        report.append((label, len(own), split_by_repeats(own, windows[window], k)))
+    first = next(iter(windows.values()), {})
+    share = float(np.mean(list(first.values()))) if first else float("nan")
+    return share, report
+
+
+def repeats_markdown(
+    dataset: str, share: float, report: list[tuple[str, int, dict[str, tuple[float, float]]]], k: int, command: str
+) -> str:
+    """The report as a markdown table: per row, HR@k and NDCG@k on all, repeat and new targets."""
+
+    def cell(value: tuple[float, float], seeds: int) -> str:
+        mean, half = value
+        return f"{mean:.4f} ± {half:.4f}" if seeds > 1 else f"{mean:.4f}"
+
+    parts = ("all", "repeat", "new")
+    header = ["row", "seeds", *(f"NDCG@{k} {part}" for part in parts), *(f"HR@{k} {part}" for part in parts)]
+    lines = [
+        f"# Test metrics by repeat and new targets: {dataset}",
+        "",
+        f"Produced by {command} from the rank files of the benchmark rows (no training).",
+        f"{share:.1%} of the test users' targets are among the items of the history their test row holds "
+        "(the model's input window); *repeat* columns average over those users, *new* over the others; mean ± "
+        "95% t-interval over seeds.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for label, seeds, split in report:
+        values = [cell(split[f"{name}_{part}"], seeds) for name in ("ndcg", "hit") for part in parts]
+        lines.append("| " + " | ".join([label, str(seeds), *values]) + " |")
+    return "\n".join(lines) + "\n"

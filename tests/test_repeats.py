@@ -1,0 +1,48 @@
+"""diagnose repeats: which test targets repeat a history item, and the rows' metrics split by it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recbole_oneranker.bench.repeats import repeat_targets, split_by_repeats
+from recbole_oneranker.config import Config
+from recbole_oneranker.data import create_dataset
+
+# user -> items in time order; the last is the test target, the one before it the valid target
+HISTORIES = {"1": [1, 2, 3, 4, 3], "2": [5, 6, 7, 8, 5], "3": [1, 2, 5, 6, 9]}
+
+
+@pytest.fixture
+def repeat_data(tmp_path):
+    (tmp_path / "rep-tiny").mkdir()
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    lines += [f"{user}\t{item}\t{t}" for user, items in HISTORIES.items() for t, item in enumerate(items)]
+    (tmp_path / "rep-tiny" / "rep-tiny.inter").write_text("\n".join(lines) + "\n")
+    return str(tmp_path)
+
+
+def test_a_repeat_is_a_target_inside_the_window_the_model_reads(repeat_data):
+    settings = {"data_path": repeat_data, "load_col": None, "MAX_ITEM_LIST_LENGTH": 2}
+    repeats = repeat_targets("SASRec", "rep-tiny", settings)
+    dataset = create_dataset(Config("SASRec", "rep-tiny", None, {**settings, "state": "ERROR"}))
+    by_token = {user: repeats[int(dataset.token2id("user_id", user))] for user in HISTORIES}
+    # user 1's 3 is in its last two items (3, 4); user 2's 5 is older than them; user 3's 9 is new
+    assert by_token == {"1": True, "2": False, "3": False}
+
+
+def test_split_by_repeats_averages_each_part_per_seed_then_over_seeds(tmp_path):
+    repeats = {10: True, 11: True, 12: False, 13: False}
+    rows = []
+    for seed, ranks in enumerate([[1, 3, 2, 50], [1, 20, 1, 1]]):
+        np.save(tmp_path / f"ranks{seed}.npy", np.array(ranks))
+        np.save(tmp_path / f"users{seed}.npy", np.array([10, 11, 12, 13]))
+        rows.append(
+            {"ranks_file": str(tmp_path / f"ranks{seed}.npy"), "users_file": str(tmp_path / f"users{seed}.npy")}
+        )
+    split = split_by_repeats(rows, repeats, k=10)
+    ndcg = {1: 1.0, 2: 1 / np.log2(3), 3: 0.5}
+    assert split["hit_repeat"][0] == pytest.approx((1.0 + 0.5) / 2)
+    assert split["ndcg_repeat"][0] == pytest.approx(((ndcg[1] + ndcg[3]) / 2 + ndcg[1] / 2) / 2)
+    assert split["ndcg_new"][0] == pytest.approx((ndcg[2] / 2 + 1.0) / 2)
+    assert split["hit_all"][0] == pytest.approx((0.75 + 0.75) / 2) and split["hit_all"][1] == 0.0
