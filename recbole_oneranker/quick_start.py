@@ -217,7 +217,8 @@ def _train_and_test(
     logger.info(run_header(config, sizes, model, threads, threads_from, log_file))
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    if threads_from == IDLE_CORES and threads > 1 and not distributed.is_distributed():  # a chosen count is kept
+    # A count the user chose is kept, whatever the load; DDP processes share the cores on purpose.
+    if threads_from == IDLE_CORES and threads > 1 and not distributed.is_distributed():
         trainer.contention_guard = ContentionGuard(threads, usable_cores())
     show_progress = bool(config["show_progress"])
     best_valid_score, best_valid_result = trainer.fit(
@@ -276,10 +277,12 @@ def run_header(
     """The run in three lines, what the terminal shows instead of the config and the model's structure."""
     parameters = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
     how = "; one when other processes want the cores" if threads_from == IDLE_CORES and threads > 1 else ""
+    processes = f" in each of {distributed.world_size()} DDP processes" if distributed.is_distributed() else ""
     return "\n".join(
         [
             f"{config['model']} on {config['dataset']}: {sizes}; {parameters:,} trainable parameters",
-            f"device {config['device']}, {threads} torch thread(s) (from {threads_from}{how}; --threads=N to fix), "
+            f"device {config['device']}{processes}, {threads} torch thread(s) "
+            f"(from {threads_from}{how}; --threads=N to fix), "
             f"seed {config['seed']}, up to {config['epochs']} epochs",
             f"config, dataset and model structure: {log_file} (--verbose=True prints them here)",
         ]

@@ -277,8 +277,8 @@ class RunSafetyMixin:
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
     def _map_reduce(self, result, num_sample):
-        """RecBole's average of the processes' metrics, weighted wrongly; the collector already computed the
-        metrics of the whole split in every process (``compat`` fix 15)."""
+        """``result`` as it is: the collector already computed the whole split's metrics in every process, where
+        RecBole averages the processes' own metrics with wrong weights (``compat`` fix 15)."""
         return result
 
     def _full_sort_batch_eval(self, batched_data):
