@@ -2,6 +2,8 @@
 
     run_recbole --model=SASRec                       # the ml-100k copy shipped inside recbole
     run_recbole --model=SASRec --dataset=beauty --config_files="a.yaml b.yaml" --epochs=20 --hidden_size=64
+    run_recbole --model=HSTU --nproc=2                # DDP: 2 processes (gloo on the CPU, nccl on GPUs)
+    torchrun --nproc_per_node=2 -m recbole_oneranker --model=HSTU   # the same, started by torchrun
 
 ``--model``, ``--dataset`` and ``--config_files`` are read here; every other ``--key=value`` is a RecBole config
 override (values are Python literals, as in RecBole: ``--topk=[10,20]``). Mistakes in the command (unknown model,
@@ -16,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from recbole_oneranker import distributed
 from recbole_oneranker.compat import IncompatibleEnvironmentError
 from recbole_oneranker.errors import ConfigError, RunFileError, UnknownModelError
 from recbole_oneranker.registry import model_names
@@ -74,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UnknownModelError, IncompatibleEnvironmentError, RunFileError) as error:
         print(f"run_recbole: error: {error}", file=sys.stderr)
         return USAGE_ERROR
-    print(summary(result))
+    if distributed.is_first_here():  # torchrun runs this command once per process
+        print(summary(result))
     return 0
 
 

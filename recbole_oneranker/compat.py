@@ -66,6 +66,24 @@ logger call, and :func:`apply` runs the import-time ones once when ``recbole_one
    with a bare "No module named 'ray'". -> :func:`check_recbole` refuses a missing RecBole, or another version, with
    one line naming the install command, and :func:`explain_missing_ray` makes an import of ``recbole.quick_start``
    without ray fail with one line naming the fix (Python 3.11, or this package's own entry points, which need no ray).
+13. RecBole's distributed runs need a GPU per process: ``Config._init_device`` starts an NCCL group (asserting that
+   ``gpu_id`` lists ``nproc`` GPUs) and puts each process on ``cuda:<local_rank>``; a CPU run cannot be distributed.
+   -> :func:`distributed_device` gives each process of a run started by torchrun or ``--nproc`` (the group is up
+   already, gloo on the CPU, nccl on CUDA: :mod:`recbole_oneranker.distributed`) its device and RecBole's
+   distributed flags (``single_spec: False``; ranks other than 0 quiet).
+14. RecBole's trainer wraps the model as ``DistributedDataParallel(model, device_ids=[local_rank])`` after
+   converting its batch norms to ``SyncBatchNorm``; torch refuses ``device_ids`` for a CPU module and
+   ``SyncBatchNorm`` trains on CUDA only. -> :func:`ddp_wrapping_deferred` keeps RecBole's trainer from wrapping,
+   and :func:`distributed_model` wraps as torch wants for the device. RecBole's gradient sync itself is kept: it
+   calls ``model.calculate_loss`` directly (not through DDP's forward), after a dummy DDP forward that arms the
+   gradient hooks and with ``0 * sum(parameters)`` added to the loss so that every parameter's gradient is
+   averaged in every step, whatever the model's loss touches (length buckets, whole-sequence rows included).
+15. RecBole's distributed evaluation gives wrong metrics (its PR #1872, unmerged in 1.2.1): ``DistributedSampler``
+   pads each process's shard with rows of others so that all have the same count, and ``_map_reduce`` averages the
+   processes' metrics weighted by ``len(batched_data)``, the size of a batch's 4-tuple. -> :func:`rows_of_all_ranks`
+   gathers every process's evaluated rows with the loader indices they came from, keeps each index once and puts
+   them in index order: every process then computes the metrics from exactly the rows one process would have
+   evaluated, in the same order, and the trainer's ``_map_reduce`` passes them through.
 """
 
 from __future__ import annotations
@@ -78,13 +96,17 @@ import os
 import sys
 import uuid
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from enum import Enum
 from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from recbole_oneranker import distributed
 from recbole_oneranker.overrides import parse_value
 
 _NUMPY_ALIASES = {"float_": "float64", "complex_": "complex128", "unicode_": "str_", "bool8": "bool_"}
@@ -205,6 +227,80 @@ def honour_use_gpu(final_config: dict[str, Any]) -> None:
     """Fix 10: a single-process run with ``use_gpu: False`` gets the CPU as its device, in place."""
     if not final_config["use_gpu"] and final_config["single_spec"]:
         final_config["device"] = torch.device("cpu")
+
+
+def distributed_device(final_config: dict[str, Any], place: distributed.Place) -> None:
+    """Fix 13: the device and RecBole's distributed flags of the process at ``place``, in place.
+
+    The process takes ``cuda:<local_rank>`` when the run uses the GPU (``use_gpu``, and torch sees one), else the
+    CPU; ranks other than 0 log errors only and show no progress bars.
+
+    Raises:
+        ValueError: a GPU run with more processes on this machine than GPUs.
+    """
+    on_gpu = bool(final_config["use_gpu"]) and torch.cuda.is_available()
+    if on_gpu and place.local_world_size > torch.cuda.device_count():
+        raise ValueError(
+            f"{place.local_world_size} processes on this machine need as many GPUs, torch sees "
+            f"{torch.cuda.device_count()}; run fewer, or --use_gpu=False to train on the CPU (gloo)"
+        )
+    final_config["device"] = torch.device("cuda", place.local_rank) if on_gpu else torch.device("cpu")
+    final_config.update(
+        single_spec=False,
+        local_rank=place.local_rank,
+        world_size=place.world_size,
+        offset=place.rank - place.local_rank,
+    )
+    if place.rank != 0:
+        final_config.update(state="error", show_progress=False, verbose=False)
+
+
+@contextmanager
+def ddp_wrapping_deferred(config: Any) -> Iterator[None]:
+    """Fix 14: inside the block (RecBole's trainer constructor), the config reads as single-process, so RecBole
+    does not wrap the model in a way torch refuses on the CPU; :func:`distributed_model` wraps it after."""
+    single_spec = config.final_config_dict["single_spec"]
+    config.final_config_dict["single_spec"] = True
+    try:
+        yield
+    finally:
+        config.final_config_dict["single_spec"] = single_spec
+
+
+def distributed_model(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    """Fix 14: ``model`` wrapped for DDP on ``device`` (its GPU named on CUDA, where batch norms become
+    ``SyncBatchNorm`` as in RecBole; nothing named on the CPU). Wrapping gives every process rank 0's parameters
+    and buffers."""
+    if device.type == "cuda":
+        return DistributedDataParallel(torch.nn.SyncBatchNorm.convert_sync_batchnorm(model), device_ids=[device])
+    return DistributedDataParallel(model)
+
+
+# The entries of RecBole's evaluation data struct with one row per evaluated loader index, in loader order.
+EVALUATION_ROW_KEYS = ("rec.items", "rec.topk", "rec.meanrank", "rec.score", "data.label")
+
+
+def rows_of_all_ranks(rows: dict[str, torch.Tensor], indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Fix 15: every process's evaluated ``rows``, each loader index once, in index order.
+
+    Args:
+        rows: this process's rows of each kind (``rec.topk``, the users, ...), one per index of ``indices``.
+        indices: the loader indices this process evaluated, in order (its ``DistributedSampler``'s, padding
+            included).
+
+    Raises:
+        RuntimeError: a kind of rows whose count is not that of ``indices``: rows cannot be matched to users.
+    """
+    for key, values in rows.items():
+        if len(values) != len(indices):
+            raise RuntimeError(
+                f"distributed evaluation: {len(values)} rows of {key} for the {len(indices)} loader indices of this "
+                "process; rows cannot be matched to users"
+            )
+    shards = distributed.gathered((np.asarray(indices), {key: values.cpu() for key, values in rows.items()}))
+    _, first_of_each = np.unique(np.concatenate([shard_indices for shard_indices, _ in shards]), return_index=True)
+    keep = torch.from_numpy(first_of_each)
+    return {key: torch.cat([shard_rows[key] for _, shard_rows in shards])[keep] for key in rows}
 
 
 RECBOLE_VERSION = "1.2.1"

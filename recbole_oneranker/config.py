@@ -34,7 +34,7 @@ from recbole.utils.argument_list import (
     training_arguments,
 )
 
-from recbole_oneranker import compat, config_rules
+from recbole_oneranker import compat, config_rules, distributed
 from recbole_oneranker.errors import ConfigError, UnknownModelError
 from recbole_oneranker.overrides import parse_assignments
 from recbole_oneranker.registry import get_model
@@ -227,7 +227,11 @@ class Config(RecBoleConfig):
 
     def _init_device(self) -> None:
         super()._init_device()
-        compat.honour_use_gpu(self.final_config_dict)
+        place = distributed.place_from_environment()
+        if place is None:
+            compat.honour_use_gpu(self.final_config_dict)
+        else:
+            compat.distributed_device(self.final_config_dict, place)
 
     def _get_final_config_dict(self) -> dict[str, Any]:
         final_config = super()._get_final_config_dict()

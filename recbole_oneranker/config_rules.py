@@ -202,6 +202,12 @@ RULES: tuple[Rule, ...] = (
     Rule("candidate_sampling", Check(str, choices=("uniform", "popularity"))),
     Rule("cascade_fields", Check(list)),
     Rule("threads", Check(int, low=1, optional=True)),
+    # DDP (docs/scale.md): processes on this machine, on all machines, this machine's first rank, rank 0's address
+    Rule("nproc", Check(int, low=1, optional=True)),
+    Rule("world_size", Check(int, low=1, optional=True)),
+    Rule("offset", Check(int, low=0, optional=True)),
+    Rule("ip", Check(str, optional=True)),
+    Rule("port", Check(int, low=1, high=65535, optional=True)),
     # the HSTU backbone (HSTU and the models that extend it)
     Rule("attention_dim", POSITIVE_INT, OWN),
     Rule("linear_hidden_dim", POSITIVE_INT, OWN),
@@ -264,7 +270,23 @@ def _divides(whole: int, part: int) -> bool:
     return whole % part == 0
 
 
+def _machine_fits(nproc: int, offset: int, world_size: int) -> bool:
+    return offset + nproc <= world_size
+
+
 CROSS_RULES = (
+    CrossRule(
+        ("nproc", "world_size"),
+        lambda nproc, world_size: nproc <= world_size,
+        "world_size (the processes of all machines) must be at least nproc (this machine's)",
+        ANY,
+    ),
+    CrossRule(
+        ("nproc", "offset", "world_size"),
+        _machine_fits,
+        "this machine's processes (ranks offset to offset + nproc - 1) must be among the world_size processes",
+        ANY,
+    ),
     CrossRule(("hidden_size", "n_heads"), _divides, "hidden_size must be a multiple of n_heads", RECBOLE),
     CrossRule(("hidden_size", "decoder_heads"), _divides, "hidden_size must be a multiple of decoder_heads", OWN),
     CrossRule(

@@ -3,6 +3,9 @@
 ``recbole.quick_start`` imports ray (for ``tune.report``), finds models only inside ``recbole.model`` and names
 checkpoints by the second. ``run`` follows the same steps (config, seed, logger, dataset, split, model,
 trainer, fit, test) with this package's ``Config``, dataset, model lookup and trainer.
+
+With ``nproc`` above 1 (``run_recbole --nproc=2``), or in each process torchrun starts, ``run`` trains with
+DDP (:mod:`recbole_oneranker.distributed`, ``docs/scale.md``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from recbole.evaluator import Evaluator
 from recbole.utils import init_seed, set_color
 from recbole.utils.logger import RemoveColorFilter, log_colors_config
 
-from recbole_oneranker import compat
+from recbole_oneranker import compat, distributed
 from recbole_oneranker.config import RUNTIME_KEYS, Config, known_keys
 from recbole_oneranker.data import create_dataset, data_preparation
 from recbole_oneranker.errors import ConfigError, RunFileError, shorten
@@ -58,14 +61,21 @@ def cpu_threads(config: Config) -> tuple[int, str]:
         from_environment = os.environ.get("OMP_NUM_THREADS", "").strip()
         if from_environment.isdigit() and int(from_environment) > 0:
             return int(from_environment), "OMP_NUM_THREADS"
-        return auto_threads(usable_cores(), idle_cores()), IDLE_CORES
+        return max(1, auto_threads(usable_cores(), idle_cores()) // _processes_on_this_machine()), IDLE_CORES
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads must be a positive integer or ~, got {threads!r}")
     return threads, "--threads"
 
 
+def _processes_on_this_machine() -> int:
+    place = distributed.place_from_environment()
+    return 1 if place is None else place.local_world_size
+
+
 def init_logger(config: Config) -> str:
     """Log to the console and to ``<log_dir>/<model>/<run_id>.log``; returns the log file's path.
+
+    In a distributed run, ranks other than 0 log (errors only: ``compat`` fix 13) to ``<run_id>-rank<r>.log``.
 
     Records logged with ``extra=LOG_FILE_ONLY`` (the config, the dataset, the model's structure: 170-240 lines) go
     to the file only, unless ``verbose``.
@@ -75,7 +85,8 @@ def init_logger(config: Config) -> str:
     """
     init_colorama(autoreset=True)
     level = _LOG_LEVELS.get(str(config["state"] or "info").lower(), logging.INFO)
-    log_file = os.path.join(config["log_dir"], config["model"], f"{config['run_id']}.log")
+    rank = "" if distributed.is_first() else f"-rank{distributed.rank()}"
+    log_file = os.path.join(config["log_dir"], config["model"], f"{config['run_id']}{rank}.log")
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
 
     file_handler = logging.FileHandler(log_file)
@@ -129,9 +140,62 @@ def run(
         ``'cuda: NVIDIA H100 80GB HBM3, then cpu'`` for a run resumed on another machine; see
         :func:`~recbole_oneranker.trainer.describe_device`) and ``threads`` (the torch threads it trained on, e.g.
         ``'2, then 1 from epoch 7'``: :meth:`~recbole_oneranker.trainer.RunSafetyMixin.threads_used`).
+
+    With ``nproc`` N > 1 the run trains in N new processes (DDP) and returns what the first of this machine
+    returned (the metrics are those of the whole split in every process); in a process torchrun started, ``run``
+    joins the others.
+
+    Raises:
+        ConfigError: a configuration that cannot run, a ``callback_fn`` with ``nproc`` > 1 among them.
     """
     start = time.perf_counter()
     config = Config(model, dataset, config_file_list, config_dict, cmd_args)
+    launch = distributed_launch(config, callback_fn)
+    if launch is not None:
+        return distributed.spawn(launch, run, (model, dataset, config_file_list, config_dict, tuple(cmd_args), saved))
+    with distributed.process_group(config["device"]):
+        return _train_and_test(config, saved, callback_fn, start)
+
+
+def distributed_launch(config: Config, callback_fn: Callable | None) -> distributed.Launch | None:
+    """How this process starts the ``nproc`` processes of a DDP run; None when it trains itself (``nproc`` unset
+    or 1, or it is one of a distributed run's processes already).
+
+    Raises:
+        ConfigError: a ``callback_fn`` (it could not run in the new processes), a run on several machines without
+            the address of rank 0's, or torchrun's processes on this machine told another ``nproc``.
+    """
+    nproc = config["nproc"] or 1
+    place = distributed.place_from_environment()
+    if place is not None:
+        if nproc not in (1, place.local_world_size):
+            raise ConfigError(
+                f"--nproc={nproc} in a process of a distributed run of {place.local_world_size} processes on this "
+                "machine (torchrun's --nproc_per_node): leave --nproc out under torchrun"
+            )
+        return None
+    if nproc == 1:
+        return None
+    if callback_fn is not None:
+        raise ConfigError(
+            "a callback_fn runs in the calling process, and --nproc > 1 trains in new ones: start the processes "
+            "with torchrun and call run in each (docs/scale.md)"
+        )
+    world_size = config["world_size"] or nproc
+    if world_size > nproc and (config["ip"] is None or config["port"] is None):
+        raise ConfigError(
+            f"a run on several machines (world_size={world_size} > nproc={nproc}) needs --ip and --port of the "
+            "machine of rank 0, the same on every machine"
+        )
+    port = config["port"] or distributed.free_port()
+    return distributed.Launch(nproc, world_size, config["offset"] or 0, config["ip"] or "localhost", port)
+
+
+def _train_and_test(
+    config: Config, saved: bool, callback_fn: Callable[[int, float], None] | None, start: float
+) -> dict[str, Any]:
+    """:func:`run` in this process, once its config is built (and its process group joined, in a DDP run)."""
+    config["run_id"] = distributed.from_first(config["run_id"])  # every rank names its files after rank 0's run
     threads, threads_from = cpu_threads(config)
     torch.set_num_threads(threads)
     init_seed(config["seed"], config["reproducibility"])
@@ -147,13 +211,14 @@ def run(
     train_data, valid_data, test_data = data_preparation(config, dataset)  # an empty split stops here
     config.check_dataset_rules(n_items=dataset.item_num - 1)  # item 0 is padding
 
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    init_seed(config["seed"] + distributed.rank(), config["reproducibility"])  # DDP: rank 0's weights win
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model, extra=LOG_FILE_ONLY)
     logger.info(run_header(config, sizes, model, threads, threads_from, log_file))
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    if threads_from == IDLE_CORES and threads > 1:  # a count the user chose is kept, whatever the load
+    # A count the user chose is kept, whatever the load; DDP processes share the cores on purpose.
+    if threads_from == IDLE_CORES and threads > 1 and not distributed.is_distributed():
         trainer.contention_guard = ContentionGuard(threads, usable_cores())
     show_progress = bool(config["show_progress"])
     best_valid_score, best_valid_result = trainer.fit(
@@ -212,10 +277,12 @@ def run_header(
     """The run in three lines, what the terminal shows instead of the config and the model's structure."""
     parameters = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
     how = "; one when other processes want the cores" if threads_from == IDLE_CORES and threads > 1 else ""
+    processes = f" in each of {distributed.world_size()} DDP processes" if distributed.is_distributed() else ""
     return "\n".join(
         [
             f"{config['model']} on {config['dataset']}: {sizes}; {parameters:,} trainable parameters",
-            f"device {config['device']}, {threads} torch thread(s) (from {threads_from}{how}; --threads=N to fix), "
+            f"device {config['device']}{processes}, {threads} torch thread(s) "
+            f"(from {threads_from}{how}; --threads=N to fix), "
             f"seed {config['seed']}, up to {config['epochs']} epochs",
             f"config, dataset and model structure: {log_file} (--verbose=True prints them here)",
         ]

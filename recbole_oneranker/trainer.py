@@ -18,7 +18,7 @@ import torch
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import ModelType, set_color
 
-from recbole_oneranker import compat
+from recbole_oneranker import compat, distributed
 from recbole_oneranker.errors import RunFileError, shorten
 from recbole_oneranker.evaluator import ValueCollector, ranking
 from recbole_oneranker.threads import ContentionGuard
@@ -38,11 +38,20 @@ class RunSafetyMixin:
       snapshot in a later process (see :meth:`fit`);
     - ``compile_model: True`` runs the model's ``forward`` through ``torch.compile`` (see :func:`compile_forward`);
     - a :class:`~recbole_oneranker.threads.ContentionGuard` set as ``contention_guard`` is checked before every
-      training epoch, and drops the run to one torch thread when other processes want its cores.
+      training epoch, and drops the run to one torch thread when other processes want its cores;
+    - in a distributed run (:mod:`recbole_oneranker.distributed`): the model is wrapped for DDP on the CPU as on
+      CUDA (``compat`` fix 14), each user is evaluated once and every process gets the metrics of the whole split
+      (fix 15), only rank 0 writes and reads checkpoints and snapshots (it sends what it reads to the others, so
+      the other machines need no shared disk), a snapshot holds every rank's random generators, and the ranks'
+      parameters are checked to be equal after training.
     """
 
     def __init__(self, config, model):
-        super().__init__(config, model)
+        with compat.ddp_wrapping_deferred(config):
+            super().__init__(config, model)
+        self.distributed = not config["single_spec"]
+        if self.distributed:
+            self.distributed_model = compat.distributed_model(model, self.device)
         run_id = config["run_id"] or compat.unique_run_id(config["model"], config["dataset"])
         self.saved_model_file = os.path.join(self.checkpoint_dir, f"{run_id}.pth")
         self.mask_seen_items = bool(config["mask_seen_items"])
@@ -78,6 +87,7 @@ class RunSafetyMixin:
         hook = getattr(self.model, "on_train_epoch_start", None)
         if hook is not None:
             hook(epoch_idx)
+            distributed.broadcast_buffers(self.model)  # e.g. centroids: every rank keeps rank 0's
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
 
     def _give_back_contended_threads(self, epoch_idx: int) -> None:
@@ -111,9 +121,12 @@ class RunSafetyMixin:
         removes the file once the caller has tested.
         """
         if self.resume_file is None:  # special trainers' fit take other arguments: pass them through untouched
-            return super().fit(train_data, valid_data, *args, **kwargs)
+            fitted = super().fit(train_data, valid_data, *args, **kwargs)
+            self._check_ranks_agree()
+            return fitted
         callback_fn = kwargs.pop("callback_fn", None)
-        finished = os.path.exists(self.resume_file) and self._restore_snapshot(train_data, callback_fn)
+        has_snapshot = distributed.from_first(os.path.exists(self.resume_file))  # rank 0's disk holds it
+        finished = has_snapshot and self._restore_snapshot(train_data, callback_fn)
         if finished:
             self.logger.info(f"Training had finished before ({self.resume_file}): only testing")
             return self.best_valid_score, self.best_valid_result
@@ -123,7 +136,22 @@ class RunSafetyMixin:
                 callback_fn(epoch_idx, valid_score)
             self._save_snapshot(epoch_idx, train_data, callback_fn)
 
-        return super().fit(train_data, valid_data, *args, callback_fn=after_validation, **kwargs)
+        fitted = super().fit(train_data, valid_data, *args, callback_fn=after_validation, **kwargs)
+        self._check_ranks_agree()
+        return fitted
+
+    def _check_ranks_agree(self) -> None:
+        """In a distributed run, stop when the processes ended training with different parameters or buffers
+        (a step whose gradients were not averaged): their checkpoint would not be the model they evaluated."""
+        if not self.distributed:
+            return
+        digests = distributed.gathered(distributed.state_digest(self.model))
+        differing = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+        if differing:
+            raise RuntimeError(
+                f"DDP: ranks {differing} ended training with other parameters than rank 0 (their gradients were not "
+                "averaged in some step); please report the model and the config"
+            )
 
     @property
     def elapsed_s(self) -> float:
@@ -141,6 +169,9 @@ class RunSafetyMixin:
         )
 
     def _save_snapshot(self, epoch_idx: int, train_data, callback_fn) -> None:
+        rank_random_states = distributed.gathered(_random_states(train_data))  # every rank takes part
+        if not distributed.is_first():
+            return
         state = self._checkpoint_state(epoch_idx)
         state.update(
             best_valid_result={name: float(value) for name, value in (self.best_valid_result or {}).items()},
@@ -148,7 +179,8 @@ class RunSafetyMixin:
             finished=self.cur_step > self.stopping_step or epoch_idx + 1 >= self.epochs,
             elapsed_s=self.elapsed_s,
             devices=self.devices,
-            random_states=_random_states(train_data),
+            random_states=rank_random_states[0],
+            rank_random_states=rank_random_states,
             callback_state=compat.plain_value(callback_fn.state_dict()) if hasattr(callback_fn, "state_dict") else None,
             best_checkpoint=self.best_checkpoint,
         )
@@ -168,11 +200,11 @@ class RunSafetyMixin:
         self.best_valid_result = snapshot["best_valid_result"]
         self.elapsed_before_s = float(snapshot["elapsed_s"])
         self.devices = list(dict.fromkeys([*snapshot.get("devices", []), *self.devices]))  # older snapshots: none
-        _set_random_states(snapshot["random_states"], train_data)
+        _set_random_states(_own_random_states(snapshot), train_data)
         if snapshot["callback_state"] is not None and hasattr(callback_fn, "load_state_dict"):
             callback_fn.load_state_dict(snapshot["callback_state"])
         self.best_checkpoint = snapshot.get("best_checkpoint")  # older snapshots: none
-        if not os.path.exists(self.saved_model_file):
+        if not os.path.exists(self.saved_model_file) and distributed.is_first():
             self._restore_best_checkpoint()
         return bool(snapshot["finished"])
 
@@ -188,7 +220,7 @@ class RunSafetyMixin:
 
     def discard_snapshot(self) -> None:
         """Remove this run's snapshot (``resume_training``): call once the run's results are safe."""
-        if self.resume_file is not None and os.path.exists(self.resume_file):
+        if self.resume_file is not None and distributed.is_first() and os.path.exists(self.resume_file):
             os.remove(self.resume_file)
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
@@ -207,7 +239,13 @@ class RunSafetyMixin:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
     def _load_model_state(self, checkpoint_file):
-        checkpoint = compat.load_checkpoint(checkpoint_file, self.device)
+        """Load ``checkpoint_file`` into the model; returns the checkpoint. In a distributed run rank 0 reads the
+        file and sends it to the others, so only rank 0's machine needs it."""
+        if self.distributed:
+            checkpoint = compat.load_checkpoint(checkpoint_file, "cpu") if distributed.is_first() else None
+            checkpoint = distributed.from_first(checkpoint)
+        else:
+            checkpoint = compat.load_checkpoint(checkpoint_file, self.device)
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         return checkpoint
@@ -234,7 +272,14 @@ class RunSafetyMixin:
             checkpoint_file = model_file or self.saved_model_file
             self._load_model_state(checkpoint_file)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        if self.distributed and eval_data:
+            self.eval_collector.shard_indices = list(eval_data.sampler)
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def _map_reduce(self, result, num_sample):
+        """``result`` as it is: the collector already computed the whole split's metrics in every process, where
+        RecBole averages the processes' own metrics with wrong weights (``compat`` fix 15)."""
+        return result
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
@@ -312,6 +357,13 @@ def _random_states(train_data) -> dict[str, Any]:
     if getattr(train_data, "generator", None) is not None:  # RecBole's loaders shuffle with their own generator
         states["loader"] = train_data.generator.get_state()
     return states
+
+
+def _own_random_states(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """This process's random generators in ``snapshot``: its rank's when the snapshot holds one per rank of a run
+    of this size, else rank 0's (a snapshot of a run with another number of processes, or an older one)."""
+    per_rank = snapshot.get("rank_random_states") or []
+    return per_rank[distributed.rank()] if len(per_rank) == distributed.world_size() else snapshot["random_states"]
 
 
 def _set_random_states(states: dict[str, Any], train_data) -> None:

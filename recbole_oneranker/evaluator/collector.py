@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from recbole.evaluator import Collector
 
+from recbole_oneranker import compat
 from recbole_oneranker.evaluator.metrics import VALUE_DATA_KEY
 from recbole_oneranker.evaluator.ranking import target_ranks
 
@@ -15,7 +16,12 @@ class ValueCollector(Collector):
     """Collects ``interaction[value_field]`` of every evaluated row when a metric needs ``data.value``, and keeps
     the last ranking evaluation's users and the rank of each one's target (:func:`~.ranking.target_ranks`) in row
     order (``last_users``, ``last_ranks``), so per-user results can be read, and paired across models, after
-    ``Trainer.evaluate``."""
+    ``Trainer.evaluate``.
+
+    In a distributed run the trainer sets ``shard_indices`` to the loader indices this process evaluates; the
+    collected rows of every process are then put together, each user once (``compat`` fix 15), so that every
+    process computes the metrics of the whole split.
+    """
 
     def __init__(self, config):
         super().__init__(config)
@@ -23,6 +29,7 @@ class ValueCollector(Collector):
         self.last_ranks: np.ndarray | None = None
         self._users: list[torch.Tensor] = []
         self._ranks: list[torch.Tensor] = []
+        self.shard_indices: list[int] | None = None
         self.uid_field = config["USER_ID_FIELD"]
         self.value_field = config["value_field"]
         if self.register.need(VALUE_DATA_KEY) and not self.value_field:
@@ -49,11 +56,26 @@ class ValueCollector(Collector):
 
     def get_data_struct(self):
         returned = super().get_data_struct()
-        self.last_users = torch.cat(self._users).numpy() if self._users else None
-        self.last_ranks = torch.cat(self._ranks).numpy() if self._ranks else None
+        users = torch.cat(self._users) if self._users else None
+        ranks = torch.cat(self._ranks) if self._ranks else None
         self._users, self._ranks = [], []
+        if self.shard_indices is not None:
+            users, ranks = self._gather_shards(returned, users, ranks)
+        self.last_users = None if users is None else users.numpy()
+        self.last_ranks = None if ranks is None else ranks.numpy()
         # RecBole resets only rec.* and data.label between evaluations; without this, values would pile up
         # across epochs and the second evaluation would compare n users with 2n values.
         if VALUE_DATA_KEY in self.data_struct:
             del self.data_struct[VALUE_DATA_KEY]
         return returned
+
+    def _gather_shards(self, struct, users: torch.Tensor | None, ranks: torch.Tensor | None):
+        """Replace the per-row entries of ``struct`` by those of every process (:func:`compat.rows_of_all_ranks`);
+        returns the users and ranks of every process alike."""
+        rows = {key: struct[key] for key in (*compat.EVALUATION_ROW_KEYS, VALUE_DATA_KEY) if key in struct}
+        rows.update({name: value for name, value in (("users", users), ("ranks", ranks)) if value is not None})
+        merged = compat.rows_of_all_ranks(rows, self.shard_indices)
+        for key, values in merged.items():
+            if key not in ("users", "ranks"):
+                struct[key] = values
+        return merged.get("users"), merged.get("ranks")
