@@ -1,10 +1,10 @@
 """tuning/search.py on PostgreSQL: two workers share one study; one is SIGKILLed in the middle of a trial, Optuna's
 heartbeat fails that trial after the grace period, and the other worker runs its retry, so that every planned trial
-completes exactly once.
+completes exactly once. Workers that start together on an empty database all open it.
 
 They need a server: ``RECBOLE_ONERANKER_TEST_POSTGRES=postgresql://user@host:port/db``, a database whose user may
-create databases (``.ci/run`` starts a throwaway server; README, "Run the tests"). Each test module run works in a
-new database of its own, dropped at the end. Without the variable, or with the server unreachable, the tests skip.
+create databases (``.ci/run`` starts a throwaway server; README, "Run the tests"). Each test works in a new database
+of its own, dropped at the end. Without the variable, or with the server unreachable, the tests skip.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,12 +23,14 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 from test_tuning import DEADLINE_S, finish, search_args, start
 
+from recbole_oneranker.tuning.storage import open_storage
+
 POSTGRES_ENV = "RECBOLE_ONERANKER_TEST_POSTGRES"
 HEARTBEAT_S = 1
 GRACE_S = 4
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def database() -> Iterator[str]:
     """The URL of a new database on the server of ``RECBOLE_ONERANKER_TEST_POSTGRES``, dropped afterwards."""
     server = os.environ.get(POSTGRES_ENV)
@@ -100,3 +103,10 @@ def test_a_killed_worker_trial_is_failed_by_its_heartbeat_and_completed_once_by_
     assert "the last 1 trial(s) are running in other processes: waiting, to retry any that dies" in output
     assert any(line.startswith("trial 2  COMPLETE") and line.endswith("(retry of 0)") for line in output.splitlines())
     assert "== study killed-on-postgres: 2 finished of 2 (COMPLETE 2, FAIL 1)" in output
+
+
+def test_workers_starting_together_on_an_empty_database_all_open_it(database):
+    # each creates Optuna's tables; without a second try, all but one failed with a unique violation
+    with ThreadPoolExecutor(4) as pool:
+        storages = list(pool.map(lambda _: open_storage(database, Path("unused")), range(4)))
+    assert all(storage.get_all_studies() == [] for storage in storages)

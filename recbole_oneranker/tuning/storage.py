@@ -3,6 +3,7 @@ its trials, and the one-line usage error both print."""
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -25,6 +26,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 RDB_MAX_RETRIES = 3  # RDB storages: Optuna's heartbeat retries a stale trial this many times in all, blind to progress
 HEARTBEAT_INTERVAL_S = 60  # RDB storages only
 GRACE_PERIOD_S = 180
+TABLE_CREATION_TRIES = 3
 
 
 class UsageError(Exception):
@@ -70,7 +72,7 @@ def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int) -> RD
                 kwargs["heartbeat_interval"] = heartbeat_interval
                 kwargs["grace_period"] = grace_period
                 kwargs["heartbeat_stale_trial_callback"] = RetryHeartbeatStaleTrialCallback(max_retry=RDB_MAX_RETRIES)
-            return RDBStorage(url, **kwargs)
+            return _rdb_storage(url, kwargs)
     except ImportError as error:
         driver = error.__cause__ or error
         raise UsageError(
@@ -78,6 +80,17 @@ def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int) -> RD
         ) from error
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as error:
         raise UsageError(f"cannot open storage {without_password(url)}: {str(error).splitlines()[0]}") from error
+
+
+def _rdb_storage(url: str, kwargs: dict[str, Any]) -> RDBStorage:
+    """``RDBStorage(url, **kwargs)``. Workers that start together on an empty database race to create Optuna's
+    tables; the losers' creation fails (PostgreSQL: a unique violation) and a later try finds the tables."""
+    for attempt in range(1, TABLE_CREATION_TRIES):
+        try:
+            return RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(attempt)
+    return RDBStorage(url, **kwargs)
 
 
 def without_password(url: str) -> str:
