@@ -254,6 +254,12 @@ def test_mistakes_print_one_line_and_exit_2(tmp_path, tiny_data_path, capsys, ex
     assert not (tmp_path / "out" / "bad" / "journal.log").exists()
 
 
+def test_workers_of_different_seeds_never_share_a_sampler_seed():
+    seeds = {search.worker_seed(seed, trials) for seed in range(4) for trials in range(20)}
+    assert len(seeds) == 80  # a sum gave --seed 0 after one trial the seed of --seed 1 after none
+    assert search.worker_seed(0, 1) == search.worker_seed(0, 1)
+
+
 def test_a_worker_creating_a_study_another_has_just_created_joins_it():
     storage = optuna.storages.InMemoryStorage()
     theirs = optuna.create_study(study_name="both", storage=storage, direction="maximize")

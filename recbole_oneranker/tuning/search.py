@@ -47,6 +47,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
@@ -131,7 +132,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="EPOCHS",
         help=f"prune no trial before this many epochs (default: {DEFAULT_PRUNER_WARMUP})",
     )
-    parser.add_argument("--seed", type=int, help="sampler seed (offset by the study's trial count at start-up)")
+    parser.add_argument("--seed", type=int, help="sampler seed (mixed with the study's trial count at start-up)")
     objective = parser.add_mutually_exclusive_group()
     objective.add_argument("--objective", help="validation metric to optimise (default: ndcg@10)")
     objective.add_argument("--objectives", nargs="+", help="several validation metrics: a Pareto front")
@@ -254,6 +255,13 @@ def make_sampler(name: str | None, seed: int | None, multi: bool) -> optuna.samp
             raise UsageError("the cmaes sampler needs the 'cmaes' package (pip install cmaes)")
         return optuna.samplers.CmaEsSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
+
+
+def worker_seed(seed: int, trials_at_start: int) -> int:
+    """The sampler seed of a process: ``--seed`` mixed with the study's trial count at start-up, so that a resumed
+    run does not replay earlier draws and workers of different seeds draw differently (a sum, ``--seed 0`` after one
+    trial and ``--seed 1`` after none, gave two workers started together the same parameters)."""
+    return int(np.random.SeedSequence([seed, trials_at_start]).generate_state(1)[0])
 
 
 def make_pruner(name: str | None, multi: bool, warmup_epochs: int) -> optuna.pruners.BasePruner:
@@ -708,8 +716,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     command = "python tuning/search.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     record_command(study, command)
-    offset = len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(args.sampler, None if args.seed is None else args.seed + offset, multi)
+    trials_at_start = len(study.get_trials(deepcopy=False))
+    seed = None if args.seed is None else worker_seed(args.seed, trials_at_start)
+    study.sampler = make_sampler(args.sampler, seed, multi)
     quiet_optuna_failures()
 
     directions = ", ".join(f"{objective} ({direction(objective)})" for objective in objectives)
