@@ -105,6 +105,8 @@ def test_a_killed_worker_trial_is_failed_by_its_heartbeat_and_completed_once_by_
     assert "== study killed-on-postgres: 2 finished of 2 (COMPLETE 2, FAIL 1)" in output
 
 
+# catch_warnings (hiding the heartbeat's ExperimentalWarning) is not thread-safe; workers are processes, not threads
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_workers_starting_together_on_an_empty_database_all_open_it(database):
     # each creates Optuna's tables; without a second try, all but one failed with a unique violation
     with ThreadPoolExecutor(4) as pool:
