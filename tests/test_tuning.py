@@ -238,7 +238,9 @@ def test_report_gives_a_retry_the_time_of_its_whole_run():
         (["--model", "NoSuchModel"], "no search space for model 'NoSuchModel'"),
         (["--spaces-dir", "spaces"], "'learning_rte' is not a config key (did you mean 'learning_rate'?)"),
         (["--objective", "ndgc@10"], "unknown objective 'ndgc@10'"),
-        (["--storage", "postgresql://nobody@127.0.0.1:1/x"], "cannot open storage postgresql://nobody@127.0.0.1:1/x"),
+        (["--storage", "postgresql://u:pw@127.0.0.1:1/x"], "cannot open storage postgresql://u@127.0.0.1:1/x: "),
+        (["--heartbeat-interval", "5"], "--heartbeat-interval and --grace-period need an RDB --storage"),
+        (["--storage", "sqlite:///x.db", "--grace-period", "60"], "grace period (60 s) must exceed the heartbeat"),
         (["--pruner", "median", "--objectives", "ndcg@10", "gmv@10"], "cannot prune multi-objective trials"),
         (["--out", "/proc/nope"], "/proc/nope: cannot write the study there"),  # read-only even for root
     ],
@@ -250,6 +252,19 @@ def test_mistakes_print_one_line_and_exit_2(tmp_path, tiny_data_path, capsys, ex
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out" / "bad" / "journal.log").exists()
+
+
+def test_workers_of_different_seeds_never_share_a_sampler_seed():
+    seeds = {search.worker_seed(seed, trials) for seed in range(4) for trials in range(20)}
+    assert len(seeds) == 80  # a sum gave --seed 0 after one trial the seed of --seed 1 after none
+    assert search.worker_seed(0, 1) == search.worker_seed(0, 1)
+
+
+def test_a_worker_creating_a_study_another_has_just_created_joins_it():
+    storage = optuna.storages.InMemoryStorage()
+    theirs = optuna.create_study(study_name="both", storage=storage, direction="maximize")
+    ours = search.new_study(storage, "both", ["maximize"], optuna.pruners.NopPruner())
+    assert ours._study_id == theirs._study_id and len(storage.get_all_studies()) == 1
 
 
 def test_task_order_is_a_categorical_over_the_dataset_task_orders(tiny_data_path):

@@ -15,8 +15,10 @@ Storage: by default the journal file ``<out>/<study>/journal.log`` (``studies/<s
 can run this same command at once and share the study; ``--storage URL`` takes an RDB URL (postgresql://, mysql://)
 for many machines, or a journal file path on a shared file system. ``--n-trials`` is the study's total of finished
 (complete + pruned) trials: a re-run of the same command runs only the missing ones. A trial whose process died
-(kill, crash) is marked FAIL and its parameters are queued again: on start-up and before each trial for dead
-processes of this host (the journal storage has no heartbeat), and through Optuna's heartbeat for RDB storages.
+(kill, crash) is marked FAIL and its parameters are queued again. With the journal file (no heartbeat), on start-up
+and before each trial, for dead processes of this host; with an RDB storage, through Optuna's heartbeat for any host
+(``--heartbeat-interval``, ``--grace-period``), and its workers, once no trial is left to start, wait for the last
+running ones so that they retry any whose process dies.
 Every trial trains with ``resume_training`` under a run id its retry inherits, so the retry continues the cut run
 from its last validation rather than from scratch.
 
@@ -39,15 +41,17 @@ import socket
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RDBStorage, fail_stale_trials
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from recbole_oneranker import compat
@@ -68,10 +72,14 @@ from recbole_oneranker.tuning.spaces import (
 from recbole_oneranker.tuning.storage import (
     DEFAULT_OUT,
     FINISHED,
+    GRACE_PERIOD_S,
+    HEARTBEAT_INTERVAL_S,
     USAGE_ERROR,
     UsageError,
+    is_rdb_url,
     open_storage,
     state_counts,
+    without_password,
 )
 
 TRIALS_FAILING = 1
@@ -102,6 +110,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-trials", type=int, default=50, help="finished trials the study should hold in total")
     parser.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
     parser.add_argument("--storage", help="RDB URL (postgresql://...) or a journal file path (default: per study)")
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        metavar="S",
+        help=f"RDB storage: a running trial's heartbeat period (default: {HEARTBEAT_INTERVAL_S} s)",
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=int,
+        metavar="S",
+        help=f"RDB storage: a trial without heartbeat this long is failed and retried (default: {GRACE_PERIOD_S} s)",
+    )
     parser.add_argument("--study-name", help="default: <model>-<dataset>-<objectives>")
     parser.add_argument("--sampler", choices=SAMPLERS, help="default: tpe, or nsga2 with several objectives")
     parser.add_argument("--pruner", choices=PRUNERS, help="default: median, or none with several objectives")
@@ -112,7 +132,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="EPOCHS",
         help=f"prune no trial before this many epochs (default: {DEFAULT_PRUNER_WARMUP})",
     )
-    parser.add_argument("--seed", type=int, help="sampler seed (offset by the study's trial count at start-up)")
+    parser.add_argument("--seed", type=int, help="sampler seed (mixed with the study's trial count at start-up)")
     objective = parser.add_mutually_exclusive_group()
     objective.add_argument("--objective", help="validation metric to optimise (default: ndcg@10)")
     objective.add_argument("--objectives", nargs="+", help="several validation metrics: a Pareto front")
@@ -133,6 +153,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n_trials < 1:
         parser.error("--n-trials must be at least 1")
+    for option in ("heartbeat_interval", "grace_period"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1 second")
     return args
 
 
@@ -144,6 +167,16 @@ def parse_settings(items: Sequence[str]) -> dict[str, Any]:
     if "valid_metric" in settings:
         raise UsageError("the validation metric is the objective: use --objective, not --set valid_metric")
     return settings
+
+
+def heartbeat_options(args: argparse.Namespace) -> dict[str, int]:
+    """``--heartbeat-interval`` and ``--grace-period`` as :func:`open_storage` arguments; only an RDB storage takes
+    them (the journal file has no heartbeat)."""
+    given = {"heartbeat_interval": args.heartbeat_interval, "grace_period": args.grace_period}
+    options = {name: value for name, value in given.items() if value is not None}
+    if options and not is_rdb_url(args.storage):
+        raise UsageError("--heartbeat-interval and --grace-period need an RDB --storage (postgresql://...)")
+    return options
 
 
 def parse_objective(text: str) -> str:
@@ -224,6 +257,13 @@ def make_sampler(name: str | None, seed: int | None, multi: bool) -> optuna.samp
     return optuna.samplers.TPESampler(seed=seed)
 
 
+def worker_seed(seed: int, trials_at_start: int) -> int:
+    """The sampler seed of a process: ``--seed`` mixed with the study's trial count at start-up, so that a resumed
+    run does not replay earlier draws and workers of different seeds draw differently (a sum, ``--seed 0`` after one
+    trial and ``--seed 1`` after none, gave two workers started together the same parameters)."""
+    return int(np.random.SeedSequence([seed, trials_at_start]).generate_state(1)[0])
+
+
 def make_pruner(name: str | None, multi: bool, warmup_epochs: int) -> optuna.pruners.BasePruner:
     """The pruner; no trial is judged before ``warmup_epochs`` epochs (early epochs rank runs poorly: a slow but
     good learning rate starts low)."""
@@ -245,6 +285,16 @@ def existing_study(storage: BaseStorage, name: str, pruner: optuna.pruners.BaseP
         return optuna.load_study(study_name=name, storage=storage, pruner=pruner)
     except KeyError:
         return None
+
+
+def new_study(
+    storage: BaseStorage, name: str, directions: list[str], pruner: optuna.pruners.BasePruner
+) -> optuna.Study:
+    """A new study ``name``, or the one another worker created in the meantime (both found none and created it)."""
+    try:
+        return optuna.create_study(storage=storage, study_name=name, directions=directions, pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=storage, pruner=pruner)
 
 
 def default_study_name(model: str, dataset: str, objectives: list[str]) -> str:
@@ -346,8 +396,8 @@ def requeue_note(requeued: bool) -> str:
 def recover_orphans(study: optuna.Study, storage: BaseStorage) -> list[int]:
     """Mark the RUNNING trials of dead processes of this host FAILED and queue their parameters again.
 
-    The journal storage has no heartbeat; this is its equivalent (for RDB storages Optuna's heartbeat also does it,
-    across hosts). Two processes may find the same orphan: only the one whose FAIL lands first queues it.
+    The journal storage has no heartbeat; this is its equivalent (with an RDB storage Optuna's heartbeat does it
+    instead, across hosts). Two processes may find the same orphan: only the one whose FAIL lands first queues it.
     """
     recovered = []
     study_id = storage.get_study_id_from_name(study.study_name)
@@ -520,11 +570,19 @@ def trial_line(trial: FrozenTrial, objectives: list[str]) -> str:
         values = " ".join(f"{name}={value:.4f}" for name, value in zip(objectives, trial.values, strict=False))
     else:
         values = trial.user_attrs.get("error", "-")
-    retry = f"  (retry of {trial.user_attrs['retry_of']})" if "retry_of" in trial.user_attrs else ""
+    retry_of = retried_trial(trial)
+    retry = f"  (retry of {retry_of})" if retry_of is not None else ""
     elapsed = f"{seconds:.0f} s"
     if retry and "wall_time_s" in trial.user_attrs:  # a retry continues its run: say what the run took in all
         elapsed += f", {trial.user_attrs['wall_time_s']:.0f} s with its earlier attempts"
     return f"trial {trial.number}  {trial.state.name}  {values}  ({elapsed})  {params}{retry}"
+
+
+def retried_trial(trial: FrozenTrial) -> int | None:
+    """The number of the attempt this trial retries: queued by Optuna's heartbeat callback (its system attribute,
+    the trial right before in the series), or by :func:`requeue`; None for a first attempt."""
+    history = trial.system_attrs.get("retry_history")
+    return history[-1] if history else trial.user_attrs.get("retry_of")
 
 
 def summary(study: optuna.Study, objectives: list[str], n_trials: int, report_file: Path | None) -> str:
@@ -564,24 +622,43 @@ def optimize(
         finished_trials.append(trial)
         print(trial_line(trial, objective.objectives), flush=True)
 
+    heartbeat = storage.heartbeat_interval if isinstance(storage, RDBStorage) else None  # seconds; None: none
+    waiting = False
     while True:
-        recover_orphans(study, storage)
+        if heartbeat is None:  # with a heartbeat, Optuna fails the dead trials of any host (in study.optimize)
+            recover_orphans(study, storage)
         counts = state_counts(study)
         finished = sum(counts[state] for state in FINISHED)
         if finished >= n_trials:
             return
-        if finished + counts[TrialState.RUNNING] >= n_trials:
-            print(f"the last {counts[TrialState.RUNNING]} trial(s) are running in other processes")
-            return
         if timeout is not None and time.monotonic() - start >= timeout:
             print(f"timeout: no new trial after {timeout:g} s")
             return
+        others = counts[TrialState.RUNNING]
+        if finished + others >= n_trials:
+            if heartbeat is None:
+                print(f"the last {others} trial(s) are running in other processes")
+                return
+            if not waiting:  # a heartbeat tells when another host's trial dies: stay to retry it
+                print(f"the last {others} trial(s) are running in other processes: waiting, to retry any that dies")
+            waiting = True
+            wait_for_heartbeats(study, heartbeat)
+            continue
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[progress], gc_after_trial=True)
         last = finished_trials[-1]
         failed = last.state == TrialState.FAIL and not last.user_attrs.get("surplus")
         failures = failures + 1 if failed else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:
             raise RuntimeError(f"{failures} trials failed in a row; see the errors above and the logs")
+
+
+def wait_for_heartbeats(study: optuna.Study, interval: float) -> None:
+    """Sleep one heartbeat ``interval``, then fail the running trials without a heartbeat for the grace period;
+    Optuna's callback queues them again (:func:`~recbole_oneranker.tuning.storage.open_storage`)."""
+    time.sleep(interval)
+    with warnings.catch_warnings():  # marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)
 
 
 def requeue_interrupted(study: optuna.Study, storage: BaseStorage, trial: Trial | None) -> None:
@@ -614,7 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not study_name or os.sep in study_name:
             raise UsageError(f"study name '{study_name}' must be a non-empty name without '{os.sep}'")
         study_dir = args.out / study_name
-        storage = open_storage(args.storage, study_dir / "journal.log")
+        storage = open_storage(args.storage, study_dir / "journal.log", **heartbeat_options(args))
         identity = {
             "model": args.model,
             "dataset": args.dataset,
@@ -622,10 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": settings,
             "space": space,
         }
-        study = existing_study(storage, study_name, pruner)
-        if study is None:
-            directions = [direction(objective) for objective in objectives]
-            study = optuna.create_study(storage=storage, study_name=study_name, directions=directions, pruner=pruner)
+        directions = [direction(objective) for objective in objectives]
+        study = existing_study(storage, study_name, pruner) or new_study(storage, study_name, directions, pruner)
         check_same_study(study, identity)  # before anything is written to an existing study: a refusal writes nothing
     except (UsageError, ConfigError, UnknownModelError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -641,13 +716,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     command = "python tuning/search.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     record_command(study, command)
-    offset = len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(args.sampler, None if args.seed is None else args.seed + offset, multi)
+    trials_at_start = len(study.get_trials(deepcopy=False))
+    seed = None if args.seed is None else worker_seed(args.seed, trials_at_start)
+    study.sampler = make_sampler(args.sampler, seed, multi)
     quiet_optuna_failures()
 
     directions = ", ".join(f"{objective} ({direction(objective)})" for objective in objectives)
     print(f"study {study_name}: {args.model} on {args.dataset}, validation {directions}")
-    print(f"storage: {storage_label(args, study_dir)}")
+    print(f"storage: {storage_label(args, storage, study_dir)}")
     print(f"search: {', '.join(distributions)}" + (f"; fixed by --set: {', '.join(fixed)}" if fixed else ""))
     objective = Objective(
         args.model, args.dataset, settings, space, distributions, objectives, study_dir, args.n_trials, args.verbose
@@ -668,11 +744,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-def storage_label(args: argparse.Namespace, study_dir: Path) -> str:
-    if args.storage and "://" in args.storage:
-        scheme, _, rest = args.storage.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"  # no credentials in the output
-    return str(Path(args.storage) if args.storage else study_dir / "journal.log")
+def storage_label(args: argparse.Namespace, storage: BaseStorage, study_dir: Path) -> str:
+    """The storage without credentials: a journal path, or a URL and its heartbeat."""
+    if not is_rdb_url(args.storage):
+        return str(Path(args.storage) if args.storage else study_dir / "journal.log")
+    label = without_password(args.storage)
+    if isinstance(storage, RDBStorage) and storage.heartbeat_interval is not None:
+        label += f" (heartbeat every {storage.heartbeat_interval} s, a trial without one for {storage.grace_period} s"
+        label += " is failed and retried)"
+    return label
 
 
 def report_or_warn(study: optuna.Study, study_dir: Path) -> Path | None:
