@@ -1,14 +1,24 @@
 """Coarse-to-fine generation of semantic IDs by several heads (GPR's PTD + MTP), its exact catalogue scores, and
 a per-level value estimator (GPR's HTE).
 
-A head turns a user's intent into one query per SID level; level ``l``'s code logits are
+A head turns a user's intent into one query per SID level; each level reads the codes generated before it (coarse
+to fine) through one of two scorers (``SIDGeneratorConfig.scoring``):
 
-    logit_l(c | intent, prefix) = <W_l intent + A_l e(prefix), O_l[c]>,   e(prefix) = sum_{m < l} E_m[prefix_m]
+- ``additive``: ``logit_l(c | intent, prefix) = <W_l intent + A_l e(prefix), O_l[c]>`` with
+  ``e(prefix) = sum_{m < l} E_m[prefix_m]``. The user-code term ``<W_l intent, O_l[c]>`` does not depend on the
+  prefix, so a user's preference between two codes of level ``l`` is the same under every prefix: the model scores
+  a product of per-level preferences and cannot point at one path (one item) through the trie.
+- ``prefix_aware``: ``logit_l(c | intent, prefix) = <W_l intent, V_l(prefix, c)> + b_l(prefix, c)`` where the
+  pair (the trie node reached by ``c`` after ``prefix``) has the vector and bias
+  ``[V_l, b_l] = [n, 0] + MLP_l(n)``, ``n = sum_{m < l} E_m[prefix_m] + E_l[c]`` (the path's code embeddings summed;
+  the MLP makes the pair more than that sum, whose prefix part would cancel in each prefix's softmax). ``V_l`` is
+  user-independent, so the user's preference between two codes changes with the prefix.
 
-so each level reads the codes generated before it (coarse to fine). The prefix enters additively: the user-code
-term ``<W_l intent, O_l[c]>`` is one ``[B, K_l]`` product and the prefix-code term is the same for every user, so the
-exact log-probability of every item of a catalogue (normalised over the valid children of each prefix, as the trie
-beam normalises) costs a product per level and gathers, never a decoder pass per prefix.
+Both keep exact catalogue scores cheap: the pair terms are the same for every user, so the exact log-probability of
+every item (normalised over the valid children of each prefix, as the trie beam normalises) costs one product per
+level over the catalogue's ``Q_l <= N`` (prefix, code) pairs and gathers, never a decoder pass per prefix. The code
+tables ``E_l`` (and ``O_l``) may be a model's input code embeddings (``code_tables``: tied, as HSTU ties its input
+and output item embeddings).
 """
 
 from __future__ import annotations
@@ -23,7 +33,16 @@ from torch import Tensor, nn
 
 from .decoders import QueryDecoder, QueryDecoderConfig
 
-__all__ = ["SIDGenerator", "SIDGeneratorConfig", "ValueEstimator", "segment_logsumexp", "sid_level_structure"]
+__all__ = [
+    "SID_SCORINGS",
+    "SIDGenerator",
+    "SIDGeneratorConfig",
+    "ValueEstimator",
+    "segment_logsumexp",
+    "sid_level_structure",
+]
+
+SID_SCORINGS = ("additive", "prefix_aware")
 
 
 @dataclass
@@ -39,6 +58,7 @@ class SIDGeneratorConfig:
         thinking_layers: layers of the thinking tokens' decoder.
         attention_heads: attention heads of that decoder.
         dropout: dropout of that decoder.
+        scoring: how a level reads its prefix, ``additive`` or ``prefix_aware`` (module docstring).
     """
 
     hidden_size: int
@@ -48,6 +68,7 @@ class SIDGeneratorConfig:
     thinking_layers: int = 1
     attention_heads: int = 1
     dropout: float = 0.1
+    scoring: str = "additive"
     levels: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +76,8 @@ class SIDGeneratorConfig:
         self.levels = len(self.codebook_sizes)
         if self.levels < 1 or min(self.codebook_sizes) < 1 or self.num_heads < 1 or self.num_thinking_tokens < 0:
             raise ValueError(f"need at least one level of at least one code, one head, no negative counts: {self}")
+        if self.scoring not in SID_SCORINGS:
+            raise ValueError(f"scoring must be one of {SID_SCORINGS}, got {self.scoring!r}")
 
 
 def segment_logsumexp(values: Tensor, segments: Tensor, num_segments: int) -> Tensor:
@@ -126,8 +149,23 @@ def sid_level_structure(codes: Tensor) -> SIDLevelStructure:
     return SIDLevelStructure(codes, pair_of_item, pair_parent, pair_code, pair_item, num_prefixes)
 
 
+def _code_tables(sizes: Sequence[int], dim: int) -> nn.ModuleList:
+    """One ``[K, D]`` table per size, entries of standard deviation ``1 / sqrt(D)`` (unit-norm rows on average)."""
+    tables = [nn.Embedding(size, dim) for size in sizes]
+    for table in tables:
+        nn.init.normal_(table.weight, std=1.0 / math.sqrt(dim))
+    return nn.ModuleList(tables)
+
+
 class SIDGenerator(nn.Module):
     """Thinking tokens, MTP heads and the level-wise code logits (module docstring).
+
+    Constructor Args:
+        config: sizes and the scorer.
+        code_tables: ``L`` tables ``[K_l, D]`` to read the codes' vectors from instead of the generator's own (a
+            model's input code embeddings: tied); ``None`` = its own.
+        code_scale: factor on the vectors read from ``code_tables`` (a model that multiplies its input embeddings
+            by ``sqrt(D)`` passes that).
 
     >>> generator = SIDGenerator(SIDGeneratorConfig(hidden_size=8, codebook_sizes=[4, 3], num_heads=2)).eval()
     >>> intents = generator.intents(torch.randn(2, 5, 8), torch.ones(2, 1, 5, dtype=torch.bool))
@@ -135,7 +173,9 @@ class SIDGenerator(nn.Module):
     (torch.Size([2, 1, 2, 8]), torch.Size([2, 2, 3]))
     """
 
-    def __init__(self, config: SIDGeneratorConfig) -> None:
+    def __init__(
+        self, config: SIDGeneratorConfig, code_tables: Sequence[nn.Embedding] | None = None, code_scale: float = 1.0
+    ) -> None:
         super().__init__()
         self.config: SIDGeneratorConfig = config
         dim, levels = config.hidden_size, config.levels
@@ -148,16 +188,31 @@ class SIDGenerator(nn.Module):
             )
         self.head_intents: nn.Linear = nn.Linear(dim, config.num_heads * dim)
         self.level_queries: nn.ModuleList = nn.ModuleList(nn.Linear(dim, dim) for _ in range(levels))
-        self.prefix_embeddings: nn.ModuleList = nn.ModuleList(
-            nn.Embedding(size, dim) for size in config.codebook_sizes[:-1]
-        )
-        # A_l for levels 1..L-1 (level 0 has no prefix)
-        self.prefix_projections: nn.ModuleList = nn.ModuleList(
-            nn.Linear(dim, dim, bias=False) for _ in range(levels - 1)
-        )
-        self.code_embeddings: nn.ModuleList = nn.ModuleList(nn.Embedding(size, dim) for size in config.codebook_sizes)
-        for table in (*self.prefix_embeddings, *self.code_embeddings):
-            nn.init.normal_(table.weight, std=1.0 / math.sqrt(dim))
+        self.code_scale: float = code_scale if code_tables is not None else 1.0
+        if code_tables is not None:
+            if [table.weight.shape for table in code_tables] != [(size, dim) for size in config.codebook_sizes]:
+                raise ValueError(f"code_tables must be [K_l, {dim}] for K_l in {config.codebook_sizes}")
+            self.code_embeddings: nn.ModuleList = nn.ModuleList(code_tables)  # shared with the model's inputs
+        else:
+            self.code_embeddings = _code_tables(config.codebook_sizes, dim)
+        self.prefix_embeddings: nn.ModuleList | None = None
+        self.prefix_projections: nn.ModuleList | None = None
+        self.pair_mlps: nn.ModuleList | None = None
+        if config.scoring == "additive":
+            self._build_additive(code_tables is not None)
+        else:
+            self.pair_mlps = nn.ModuleList(
+                nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim + 1))
+                for _ in range(levels)
+            )  # a pair's [V - n, b] from its path's summed code embeddings n
+
+    def _build_additive(self, tied: bool) -> None:
+        """``E_m`` (own tables, or the code tables when tied) and ``A_l`` for levels 1..L-1 (level 0 has no
+        prefix)."""
+        dim, sizes = self.config.hidden_size, self.config.codebook_sizes
+        if not tied:
+            self.prefix_embeddings = _code_tables(sizes[:-1], dim)
+        self.prefix_projections = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(self.config.levels - 1))
 
     def intents(self, states: Tensor, visible: Tensor) -> Tensor:
         """``[B, R, H, D]``: each head's intent at ``R`` positions of each row.
@@ -182,22 +237,57 @@ class SIDGenerator(nn.Module):
         return layer(intents)
 
     def _code_table(self, level: int) -> Tensor:
-        """``O_level``: ``[K_level, D]``."""
+        """``O_level`` (``E_level`` for the prefix-aware scorer): ``[K_level, D]``."""
         table: nn.Embedding = self.code_embeddings[level]  # type: ignore[assignment]  # ModuleList items are Modules
-        return table.weight
+        return table.weight * self.code_scale
+
+    def _code_vectors(self, codes: Tensor, level: int) -> Tensor:
+        """``[..., D]`` the level's code vectors of ``codes`` (``[...]``)."""
+        return F.embedding(codes, self._code_table(level))
+
+    def _prefix_sum(self, prefixes: Tensor, level: int, tables: nn.ModuleList | None = None) -> Tensor:
+        """``[..., D]`` ``sum_{m < level} E_m[prefix_m]`` of code prefixes ``[..., level]`` (``tables``: the
+        additive scorer's own prefix tables; ``None``: the code tables)."""
+        total = prefixes.new_zeros(*prefixes.shape[:-1], self.config.hidden_size, dtype=torch.float)
+        for m in range(level):
+            total = total + (
+                tables[m](prefixes[..., m]) if tables is not None else self._code_vectors(prefixes[..., m], m)
+            )
+        return total
 
     def prefix_vectors(self, prefixes: Tensor, level: int) -> Tensor:
-        """``[..., D]`` ``A_level e(prefix)`` of code prefixes ``[..., level]``."""
-        if level == 0:
+        """``[..., D]`` ``A_level e(prefix)`` of code prefixes ``[..., level]`` (the additive scorer)."""
+        if level == 0 or self.prefix_projections is None:
             return prefixes.new_zeros(*prefixes.shape[:-1], self.config.hidden_size, dtype=torch.float)
-        embedded = sum(self.prefix_embeddings[m](prefixes[..., m]) for m in range(level))
-        return self.prefix_projections[level - 1](embedded)
+        return self.prefix_projections[level - 1](self._prefix_sum(prefixes, level, self.prefix_embeddings))
+
+    def _pair_terms(self, paths: Tensor, level: int) -> tuple[Tensor, Tensor]:
+        """``V_level`` ``[..., D]`` and ``b_level`` ``[...]`` of the pairs whose path sums are ``paths`` (``[..., D]``,
+        ``n`` of the module docstring)."""
+        mlp: nn.Sequential = self.pair_mlps[level]  # type: ignore[index,assignment]  # built for prefix_aware
+        out = mlp(paths)
+        return paths + out[..., :-1], out[..., -1]
+
+    def child_terms(self, prefixes: Tensor, level: int) -> tuple[Tensor, Tensor]:
+        """``V_level`` ``[U, K_level, D]`` and ``b_level`` ``[U, K_level]`` of every code after each of ``U``
+        prefixes (``[U, level]``) (the prefix-aware scorer)."""
+        paths = self._prefix_sum(prefixes, level).unsqueeze(1) + self._code_table(level)  # [U, K, D]
+        return self._pair_terms(paths, level)
 
     def level_logits(self, intents: Tensor, prefixes: Tensor, level: int) -> Tensor:
         """``[P, H, K_level]`` logits of level ``level``'s code for ``intents`` (``[P, H, D]``) after ``prefixes``
         (``[P, H, level]``, one per head, or ``[P, 1, level]`` shared)."""
-        query = self._level_query(level, intents) + self.prefix_vectors(prefixes, level)
-        return query @ self._code_table(level).t()
+        query = self._level_query(level, intents)
+        if self.pair_mlps is None:
+            return (query + self.prefix_vectors(prefixes, level)) @ self._code_table(level).t()
+        flat = prefixes.expand(*query.shape[:-1], level).flatten(0, -2)  # [PH, level]
+        if level == 0:
+            distinct, inverse = flat[:1], torch.zeros(len(flat), dtype=torch.long, device=flat.device)
+        else:
+            distinct, inverse = torch.unique(flat, dim=0, return_inverse=True)  # each prefix's pairs built once
+        vectors, biases = self.child_terms(distinct, level)  # [U, K, D], [U, K]
+        logits = torch.einsum("rd,rkd->rk", query.reshape(len(flat), -1), vectors[inverse]) + biases[inverse]
+        return logits.view(*query.shape[:-1], -1)
 
     def path_log_probs(self, intents: Tensor, codes: Tensor) -> Tensor:
         """``[P, H, L]`` each head's log-probability of each level's code of ``codes`` (``[P, H, L]`` or
@@ -211,6 +301,18 @@ class SIDGenerator(nn.Module):
         ]
         return torch.stack(columns, dim=-1)
 
+    def _pair_logits(self, queries: Tensor, structure: SIDLevelStructure, level: int) -> Tensor:
+        """``[M, Q_level]`` the logits of every (prefix, code) pair of a catalogue's level for queries ``[M, D]``."""
+        pair_codes = structure.pair_code[level]
+        prefixes = structure.codes[structure.pair_item[level], :level]  # [Q, level]
+        if self.pair_mlps is None:
+            user_code = queries @ self._code_table(level).t()  # [M, K]
+            prefix_code = (self.prefix_vectors(prefixes, level) * self._code_vectors(pair_codes, level)).sum(-1)
+            return user_code[:, pair_codes] + prefix_code
+        paths = self._prefix_sum(prefixes, level) + self._code_vectors(pair_codes, level)  # [Q, D]
+        vectors, biases = self._pair_terms(paths, level)
+        return queries @ vectors.t() + biases  # one [M, D] x [D, Q] product
+
     def catalogue_log_probs(self, intents: Tensor, structure: SIDLevelStructure) -> Tensor:
         """``[P, H, N]`` each head's log-probability of every item of a catalogue, each level normalised over the
         codes that continue the item's prefix toward some item (the trie beam's normalisation).
@@ -222,11 +324,7 @@ class SIDGenerator(nn.Module):
         flat = intents.reshape(num_positions * num_heads, dim)
         total = flat.new_zeros(len(flat), len(structure.codes))
         for level in range(self.config.levels):
-            user_code = self._level_query(level, flat) @ self._code_table(level).t()  # [PH, K]
-            pair_codes = structure.pair_code[level]
-            prefixes = structure.codes[structure.pair_item[level], :level]  # [Q, level]
-            prefix_code = (self.prefix_vectors(prefixes, level) * self.code_embeddings[level](pair_codes)).sum(-1)
-            pair_logits = user_code[:, pair_codes] + prefix_code  # [PH, Q]
+            pair_logits = self._pair_logits(self._level_query(level, flat), structure, level)  # [PH, Q]
             normaliser = segment_logsumexp(pair_logits, structure.pair_parent[level], structure.num_prefixes[level])
             parent_of_item = structure.pair_parent[level][structure.pair_of_item[level]]
             total = total + pair_logits[:, structure.pair_of_item[level]] - normaliser[:, parent_of_item]

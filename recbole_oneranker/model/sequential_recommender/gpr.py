@@ -109,8 +109,10 @@ class GPR(GenerativeRecommender):
             thinking_layers=config["thinking_layers"],
             attention_heads=config["thinking_heads"],
             dropout=self.dropout_prob,
+            scoring=config["sid_scoring"],
         )
-        self.generator = SIDGenerator(generation)
+        tied = self.code_inputs if config["tie_code_embeddings"] else None  # the history tokens' code tables
+        self.generator = SIDGenerator(generation, code_tables=tied, code_scale=math.sqrt(d))
         self.hte = ValueEstimator(generation) if self.use_hte else None
 
         # parameters initialization
