@@ -106,7 +106,7 @@ def _generator(levels=(4, 4, 8), heads: int = 2, thinking: int = 2, scoring: str
     return SIDGenerator(config, code_tables=tables, code_scale=2.0).eval()
 
 
-SCORERS = [("additive", False), ("prefix_aware", False), ("additive", True), ("prefix_aware", True)]
+SCORERS = [("additive", False), ("gated", False), ("additive", True), ("gated", True)]
 
 
 @pytest.mark.parametrize(("scoring", "tied"), SCORERS)
@@ -131,7 +131,7 @@ def test_exact_catalogue_scores_equal_the_generic_trie_scores_and_the_beam(scori
     assert torch.equal(every_item, exact[:, 0].detach().argsort(dim=1, descending=True))
 
 
-@pytest.mark.parametrize("scoring", ["additive", "prefix_aware"])
+@pytest.mark.parametrize("scoring", ["additive", "gated"])
 def test_teacher_forced_path_probabilities_read_only_the_prefix(scoring) -> None:
     generator = _generator(scoring=scoring)
     intents = torch.randn(2, 2, 8)
@@ -155,10 +155,10 @@ def _preference(generator: SIDGenerator, intents: torch.Tensor, first_code: int)
     return logits[..., 1] - logits[..., 0]
 
 
-def test_only_the_prefix_aware_scorer_changes_a_users_preference_with_the_prefix() -> None:
+def test_only_the_gated_scorer_changes_a_users_preference_with_the_prefix() -> None:
     intents = torch.randn(3, 2, 8)
     with torch.no_grad():
-        for scoring in ("additive", "prefix_aware"):
+        for scoring in ("additive", "gated"):
             generator = _generator(scoring=scoring)
             bias_free = _preference(generator, intents, 0) - _preference(generator, torch.zeros_like(intents), 0)
             other_prefix = _preference(generator, intents, 2) - _preference(generator, torch.zeros_like(intents), 2)
@@ -183,10 +183,10 @@ def _fit_crossed_paths(scoring: str) -> float:
     return float((probs[0, 1] + probs[0, 2] + probs[1, 0] + probs[1, 3]) / 2)
 
 
-def test_the_prefix_aware_scorer_fits_crossed_paths_the_additive_one_cannot() -> None:
+def test_the_gated_scorer_fits_crossed_paths_the_additive_one_cannot() -> None:
     # Additive: a user's level-1 preference for code 1 over code 0 is the same under both prefixes up to a shift
     # shared by all users, so the two users cannot both be served: at most about 3/4 of the mass.
-    assert _fit_crossed_paths("prefix_aware") > 0.95
+    assert _fit_crossed_paths("gated") > 0.95
     assert _fit_crossed_paths("additive") < 0.8
 
 
@@ -233,7 +233,7 @@ def test_hte_loss_trains_only_the_hte(build) -> None:
         assert reached == name.startswith("hte."), name
 
 
-MODEL_SCORERS = [{}, {"sid_scoring": "prefix_aware"}, {"sid_scoring": "prefix_aware", "tie_code_embeddings": True}]
+MODEL_SCORERS = [{}, {"sid_scoring": "gated"}, {"sid_scoring": "gated", "tie_code_embeddings": True}]
 
 
 @pytest.mark.parametrize("scorer", MODEL_SCORERS)
@@ -278,7 +278,7 @@ def test_a_missing_sid_file_names_the_command_that_makes_it(sid_config, tmp_path
             "attention": "silu",
             "token_type_ffn": False,
             "num_thinking_tokens": 0,
-            "sid_scoring": "prefix_aware",
+            "sid_scoring": "gated",
             "tie_code_embeddings": True,
         },
     ],

@@ -8,17 +8,17 @@ to fine) through one of two scorers (``SIDGeneratorConfig.scoring``):
   ``e(prefix) = sum_{m < l} E_m[prefix_m]``. The user-code term ``<W_l intent, O_l[c]>`` does not depend on the
   prefix, so a user's preference between two codes of level ``l`` is the same under every prefix: the model scores
   a product of per-level preferences and cannot point at one path (one item) through the trie.
-- ``prefix_aware``: ``logit_l(c | intent, prefix) = <W_l intent, V_l(prefix, c)> + b_l(prefix, c)`` where the
-  pair (the trie node reached by ``c`` after ``prefix``) has the vector and bias
-  ``[V_l, b_l] = [n, 0] + MLP_l(n)``, ``n = sum_{m < l} E_m[prefix_m] + E_l[c]`` (the path's code embeddings summed;
-  the MLP makes the pair more than that sum, whose prefix part would cancel in each prefix's softmax). ``V_l`` is
-  user-independent, so the user's preference between two codes changes with the prefix.
+- ``gated``: the prefix gates the user's query, ``logit_l(c | intent, prefix) = <W_l intent * (1 + g_l) + s_l, O_l[c]>``
+  with ``[g_l, s_l] = MLP_l(e(prefix))``, that is ``<W_l intent, V_l(prefix, c)> + b_l(prefix, c)`` with the pair's
+  vector ``V_l = (1 + g_l) * O_l[c]`` and bias ``b_l = <s_l, O_l[c]>``, both user-independent. The user's preference
+  between two codes now changes with the prefix (a prefix re-weights the dimensions of the user's query), at the
+  cost of the additive scorer in training (one ``[R, D] x [D, K_l]`` product per level).
 
 Both keep exact catalogue scores cheap: the pair terms are the same for every user, so the exact log-probability of
 every item (normalised over the valid children of each prefix, as the trie beam normalises) costs one product per
-level over the catalogue's ``Q_l <= N`` (prefix, code) pairs and gathers, never a decoder pass per prefix. The code
-tables ``E_l`` (and ``O_l``) may be a model's input code embeddings (``code_tables``: tied, as HSTU ties its input
-and output item embeddings).
+level (over the ``K_l`` codes, additive, or the catalogue's ``Q_l <= N`` (prefix, code) pairs, gated) and gathers,
+never a decoder pass per prefix. The code tables ``O_l`` and ``E_l`` may both be a model's input code embeddings
+(``code_tables``: tied, as HSTU ties its input and output item embeddings).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = [
     "sid_level_structure",
 ]
 
-SID_SCORINGS = ("additive", "prefix_aware")
+SID_SCORINGS = ("additive", "gated")
 
 
 @dataclass
@@ -58,7 +58,7 @@ class SIDGeneratorConfig:
         thinking_layers: layers of the thinking tokens' decoder.
         attention_heads: attention heads of that decoder.
         dropout: dropout of that decoder.
-        scoring: how a level reads its prefix, ``additive`` or ``prefix_aware`` (module docstring).
+        scoring: how a level reads its prefix, ``additive`` or ``gated`` (module docstring).
     """
 
     hidden_size: int
@@ -195,24 +195,18 @@ class SIDGenerator(nn.Module):
             self.code_embeddings: nn.ModuleList = nn.ModuleList(code_tables)  # shared with the model's inputs
         else:
             self.code_embeddings = _code_tables(config.codebook_sizes, dim)
-        self.prefix_embeddings: nn.ModuleList | None = None
+        self.prefix_embeddings: nn.ModuleList | None = None  # E_m (the code tables when tied)
+        if code_tables is None:
+            self.prefix_embeddings = _code_tables(config.codebook_sizes[:-1], dim)
+        # Levels 1..L-1 read their prefix (level 0 has none): A_l (additive) or MLP_l (gated)
         self.prefix_projections: nn.ModuleList | None = None
-        self.pair_mlps: nn.ModuleList | None = None
+        self.prefix_gates: nn.ModuleList | None = None
         if config.scoring == "additive":
-            self._build_additive(code_tables is not None)
+            self.prefix_projections = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(levels - 1))
         else:
-            self.pair_mlps = nn.ModuleList(
-                nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim + 1))
-                for _ in range(levels)
-            )  # a pair's [V - n, b] from its path's summed code embeddings n
-
-    def _build_additive(self, tied: bool) -> None:
-        """``E_m`` (own tables, or the code tables when tied) and ``A_l`` for levels 1..L-1 (level 0 has no
-        prefix)."""
-        dim, sizes = self.config.hidden_size, self.config.codebook_sizes
-        if not tied:
-            self.prefix_embeddings = _code_tables(sizes[:-1], dim)
-        self.prefix_projections = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(self.config.levels - 1))
+            self.prefix_gates = nn.ModuleList(
+                nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 2 * dim)) for _ in range(levels - 1)
+            )
 
     def intents(self, states: Tensor, visible: Tensor) -> Tensor:
         """``[B, R, H, D]``: each head's intent at ``R`` positions of each row.
@@ -237,7 +231,7 @@ class SIDGenerator(nn.Module):
         return layer(intents)
 
     def _code_table(self, level: int) -> Tensor:
-        """``O_level`` (``E_level`` for the prefix-aware scorer): ``[K_level, D]``."""
+        """``O_level``: ``[K_level, D]``."""
         table: nn.Embedding = self.code_embeddings[level]  # type: ignore[assignment]  # ModuleList items are Modules
         return table.weight * self.code_scale
 
@@ -245,49 +239,33 @@ class SIDGenerator(nn.Module):
         """``[..., D]`` the level's code vectors of ``codes`` (``[...]``)."""
         return F.embedding(codes, self._code_table(level))
 
-    def _prefix_sum(self, prefixes: Tensor, level: int, tables: nn.ModuleList | None = None) -> Tensor:
-        """``[..., D]`` ``sum_{m < level} E_m[prefix_m]`` of code prefixes ``[..., level]`` (``tables``: the
-        additive scorer's own prefix tables; ``None``: the code tables)."""
+    def _prefix_sum(self, prefixes: Tensor, level: int) -> Tensor:
+        """``[..., D]`` ``e(prefix) = sum_{m < level} E_m[prefix_m]`` of code prefixes ``[..., level]``."""
         total = prefixes.new_zeros(*prefixes.shape[:-1], self.config.hidden_size, dtype=torch.float)
         for m in range(level):
-            total = total + (
-                tables[m](prefixes[..., m]) if tables is not None else self._code_vectors(prefixes[..., m], m)
-            )
+            codes = prefixes[..., m]
+            total = total + (self._code_vectors(codes, m) if self.prefix_embeddings is None
+                             else self.prefix_embeddings[m](codes))  # fmt: skip
         return total
 
-    def prefix_vectors(self, prefixes: Tensor, level: int) -> Tensor:
-        """``[..., D]`` ``A_level e(prefix)`` of code prefixes ``[..., level]`` (the additive scorer)."""
-        if level == 0 or self.prefix_projections is None:
-            return prefixes.new_zeros(*prefixes.shape[:-1], self.config.hidden_size, dtype=torch.float)
-        return self.prefix_projections[level - 1](self._prefix_sum(prefixes, level, self.prefix_embeddings))
-
-    def _pair_terms(self, paths: Tensor, level: int) -> tuple[Tensor, Tensor]:
-        """``V_level`` ``[..., D]`` and ``b_level`` ``[...]`` of the pairs whose path sums are ``paths`` (``[..., D]``,
-        ``n`` of the module docstring)."""
-        mlp: nn.Sequential = self.pair_mlps[level]  # type: ignore[index,assignment]  # built for prefix_aware
-        out = mlp(paths)
-        return paths + out[..., :-1], out[..., -1]
-
-    def child_terms(self, prefixes: Tensor, level: int) -> tuple[Tensor, Tensor]:
-        """``V_level`` ``[U, K_level, D]`` and ``b_level`` ``[U, K_level]`` of every code after each of ``U``
-        prefixes (``[U, level]``) (the prefix-aware scorer)."""
-        paths = self._prefix_sum(prefixes, level).unsqueeze(1) + self._code_table(level)  # [U, K, D]
-        return self._pair_terms(paths, level)
+    def prefix_terms(self, prefixes: Tensor, level: int) -> tuple[Tensor | None, Tensor]:
+        """How code prefixes ``[..., level]`` (``level >= 1``) change the query ``q`` to ``q * gate + shift``:
+        ``gate`` ``[..., D]`` (``None``: 1, the additive scorer) and ``shift`` ``[..., D]``."""
+        prefix = self._prefix_sum(prefixes, level)
+        if self.prefix_gates is None:
+            projection: nn.Linear = self.prefix_projections[level - 1]  # type: ignore[index,assignment]
+            return None, projection(prefix)
+        gate, shift = self.prefix_gates[level - 1](prefix).chunk(2, dim=-1)
+        return 1.0 + gate, shift
 
     def level_logits(self, intents: Tensor, prefixes: Tensor, level: int) -> Tensor:
         """``[P, H, K_level]`` logits of level ``level``'s code for ``intents`` (``[P, H, D]``) after ``prefixes``
         (``[P, H, level]``, one per head, or ``[P, 1, level]`` shared)."""
         query = self._level_query(level, intents)
-        if self.pair_mlps is None:
-            return (query + self.prefix_vectors(prefixes, level)) @ self._code_table(level).t()
-        flat = prefixes.expand(*query.shape[:-1], level).flatten(0, -2)  # [PH, level]
-        if level == 0:
-            distinct, inverse = flat[:1], torch.zeros(len(flat), dtype=torch.long, device=flat.device)
-        else:
-            distinct, inverse = torch.unique(flat, dim=0, return_inverse=True)  # each prefix's pairs built once
-        vectors, biases = self.child_terms(distinct, level)  # [U, K, D], [U, K]
-        logits = torch.einsum("rd,rkd->rk", query.reshape(len(flat), -1), vectors[inverse]) + biases[inverse]
-        return logits.view(*query.shape[:-1], -1)
+        if level > 0:
+            gate, shift = self.prefix_terms(prefixes, level)
+            query = (query if gate is None else query * gate) + shift
+        return query @ self._code_table(level).t()
 
     def path_log_probs(self, intents: Tensor, codes: Tensor) -> Tensor:
         """``[P, H, L]`` each head's log-probability of each level's code of ``codes`` (``[P, H, L]`` or
@@ -302,16 +280,17 @@ class SIDGenerator(nn.Module):
         return torch.stack(columns, dim=-1)
 
     def _pair_logits(self, queries: Tensor, structure: SIDLevelStructure, level: int) -> Tensor:
-        """``[M, Q_level]`` the logits of every (prefix, code) pair of a catalogue's level for queries ``[M, D]``."""
+        """``[M, Q_level]`` the logits of every (prefix, code) pair of a catalogue's level for queries ``[M, D]``:
+        ``<q, V(prefix, c)> + b(prefix, c)`` with user-independent ``V`` and ``b`` (module docstring)."""
         pair_codes = structure.pair_code[level]
-        prefixes = structure.codes[structure.pair_item[level], :level]  # [Q, level]
-        if self.pair_mlps is None:
-            user_code = queries @ self._code_table(level).t()  # [M, K]
-            prefix_code = (self.prefix_vectors(prefixes, level) * self._code_vectors(pair_codes, level)).sum(-1)
-            return user_code[:, pair_codes] + prefix_code
-        paths = self._prefix_sum(prefixes, level) + self._code_vectors(pair_codes, level)  # [Q, D]
-        vectors, biases = self._pair_terms(paths, level)
-        return queries @ vectors.t() + biases  # one [M, D] x [D, Q] product
+        if level == 0:
+            return (queries @ self._code_table(level).t())[:, pair_codes]
+        gate, shift = self.prefix_terms(structure.codes[structure.pair_item[level], :level], level)  # [Q, D] each
+        code_vectors = self._code_vectors(pair_codes, level)  # [Q, D]
+        pair_bias = (shift * code_vectors).sum(-1)  # [Q]
+        if gate is None:  # V(prefix, c) = O[c]: a [M, K] product, then gathers
+            return (queries @ self._code_table(level).t())[:, pair_codes] + pair_bias
+        return queries @ (gate * code_vectors).t() + pair_bias  # one [M, D] x [D, Q] product
 
     def catalogue_log_probs(self, intents: Tensor, structure: SIDLevelStructure) -> Tensor:
         """``[P, H, N]`` each head's log-probability of every item of a catalogue, each level normalised over the
