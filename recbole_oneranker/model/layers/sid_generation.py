@@ -149,14 +149,6 @@ def sid_level_structure(codes: Tensor) -> SIDLevelStructure:
     return SIDLevelStructure(codes, pair_of_item, pair_parent, pair_code, pair_item, num_prefixes)
 
 
-def _code_tables(sizes: Sequence[int], dim: int) -> nn.ModuleList:
-    """One ``[K, D]`` table per size, entries of standard deviation ``1 / sqrt(D)`` (unit-norm rows on average)."""
-    tables = [nn.Embedding(size, dim) for size in sizes]
-    for table in tables:
-        nn.init.normal_(table.weight, std=1.0 / math.sqrt(dim))
-    return nn.ModuleList(tables)
-
-
 class SIDGenerator(nn.Module):
     """Thinking tokens, MTP heads and the level-wise code logits (module docstring).
 
@@ -188,16 +180,17 @@ class SIDGenerator(nn.Module):
             )
         self.head_intents: nn.Linear = nn.Linear(dim, config.num_heads * dim)
         self.level_queries: nn.ModuleList = nn.ModuleList(nn.Linear(dim, dim) for _ in range(levels))
-        self.code_scale: float = code_scale if code_tables is not None else 1.0
-        if code_tables is not None:
-            if [table.weight.shape for table in code_tables] != [(size, dim) for size in config.codebook_sizes]:
-                raise ValueError(f"code_tables must be [K_l, {dim}] for K_l in {config.codebook_sizes}")
-            self.code_embeddings: nn.ModuleList = nn.ModuleList(code_tables)  # shared with the model's inputs
-        else:
-            self.code_embeddings = _code_tables(config.codebook_sizes, dim)
-        self.prefix_embeddings: nn.ModuleList | None = None  # E_m (the code tables when tied)
-        if code_tables is None:
-            self.prefix_embeddings = _code_tables(config.codebook_sizes[:-1], dim)
+        tied = code_tables is not None
+        if code_tables is not None and [t.weight.shape for t in code_tables] != [
+            (k, dim) for k in config.codebook_sizes
+        ]:
+            raise ValueError(f"code_tables must be [K_l, {dim}] for K_l in {config.codebook_sizes}")
+        self.code_scale: float = code_scale if tied else 1.0
+        # Built in this order (prefix tables, prefix readers, code tables, then their initialisation) so that the
+        # additive scorer draws the initial weights it drew before the other options existed: committed rows rerun.
+        self.prefix_embeddings: nn.ModuleList | None = (  # E_m (the code tables when tied)
+            None if tied else nn.ModuleList(nn.Embedding(size, dim) for size in config.codebook_sizes[:-1])
+        )
         # Levels 1..L-1 read their prefix (level 0 has none): A_l (additive) or MLP_l (gated)
         self.prefix_projections: nn.ModuleList | None = None
         self.prefix_gates: nn.ModuleList | None = None
@@ -207,6 +200,12 @@ class SIDGenerator(nn.Module):
             self.prefix_gates = nn.ModuleList(
                 nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 2 * dim)) for _ in range(levels - 1)
             )
+        self.code_embeddings: nn.ModuleList = nn.ModuleList(
+            code_tables if code_tables is not None else (nn.Embedding(size, dim) for size in config.codebook_sizes)
+        )
+        if not tied:  # a tied model's input tables are initialised by their owner
+            for table in (*self.prefix_embeddings, *self.code_embeddings):  # type: ignore[misc]
+                nn.init.normal_(table.weight, std=1.0 / math.sqrt(dim))
 
     def intents(self, states: Tensor, visible: Tensor) -> Tensor:
         """``[B, R, H, D]``: each head's intent at ``R`` positions of each row.
