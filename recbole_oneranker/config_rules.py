@@ -237,6 +237,7 @@ RULES: tuple[Rule, ...] = (
     Rule("thinking_layers", POSITIVE_INT, OWN),
     Rule("thinking_heads", POSITIVE_INT, OWN),
     Rule("mtp_heads", POSITIVE_INT, OWN),
+    Rule("sid_scoring", Check(str, choices=("additive", "gated")), OWN),
     Rule("beam_size", POSITIVE_INT, OWN),
     Rule("vaft_action_weights", Check(list, items=WEIGHT, optional=True), OWN),
     Rule("hte_weight", WEIGHT, OWN),

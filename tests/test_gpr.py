@@ -98,14 +98,20 @@ def test_segment_logsumexp_matches_a_loop() -> None:
     torch.testing.assert_close(segment_logsumexp(values, segments, 3), expected)
 
 
-def _generator(levels=(4, 4, 8), heads: int = 2, thinking: int = 2) -> SIDGenerator:
+def _generator(levels=(4, 4, 8), heads: int = 2, thinking: int = 2, scoring: str = "additive", tied: bool = False):
     torch.manual_seed(0)
-    config = SIDGeneratorConfig(hidden_size=8, codebook_sizes=levels, num_heads=heads, num_thinking_tokens=thinking)
-    return SIDGenerator(config).eval()
+    config = SIDGeneratorConfig(hidden_size=8, codebook_sizes=levels, num_heads=heads, num_thinking_tokens=thinking,
+                                scoring=scoring)  # fmt: skip
+    tables = torch.nn.ModuleList(torch.nn.Embedding(size, 8) for size in levels) if tied else None
+    return SIDGenerator(config, code_tables=tables, code_scale=2.0).eval()
 
 
-def test_exact_catalogue_scores_equal_the_generic_trie_scores_and_the_beam() -> None:
-    generator = _generator()
+SCORERS = [("additive", False), ("gated", False), ("additive", True), ("gated", True)]
+
+
+@pytest.mark.parametrize(("scoring", "tied"), SCORERS)
+def test_exact_catalogue_scores_equal_the_generic_trie_scores_and_the_beam(scoring, tied) -> None:
+    generator = _generator(scoring=scoring, tied=tied)
     codes = _codes_of(40)
     trie = SIDTrie(codes, [4, 4, 8])
     intents = torch.randn(3, 2, 8)  # [B, H, D]
@@ -125,8 +131,9 @@ def test_exact_catalogue_scores_equal_the_generic_trie_scores_and_the_beam() -> 
     assert torch.equal(every_item, exact[:, 0].detach().argsort(dim=1, descending=True))
 
 
-def test_teacher_forced_path_probabilities_read_only_the_prefix() -> None:
-    generator = _generator()
+@pytest.mark.parametrize("scoring", ["additive", "gated"])
+def test_teacher_forced_path_probabilities_read_only_the_prefix(scoring) -> None:
+    generator = _generator(scoring=scoring)
     intents = torch.randn(2, 2, 8)
     codes = torch.tensor([[[1, 2, 3]], [[0, 1, 7]]])  # [P, 1, L] shared by both heads
     other_last, other_first = codes.clone(), codes.clone()
@@ -140,6 +147,47 @@ def test_teacher_forced_path_probabilities_read_only_the_prefix() -> None:
         )
     torch.testing.assert_close(by_last[..., :2], base[..., :2], rtol=0, atol=0)  # later codes change nothing before
     assert not torch.allclose(by_first[..., 1], base[..., 1])  # level 1 reads level 0's code
+
+
+def _preference(generator: SIDGenerator, intents: torch.Tensor, first_code: int) -> torch.Tensor:
+    """``[P, H]`` the logit of level-1 code 1 minus that of code 0 after level-0 code ``first_code``."""
+    logits = generator.level_logits(intents, torch.full((*intents.shape[:2], 1), first_code), 1)
+    return logits[..., 1] - logits[..., 0]
+
+
+def test_only_the_gated_scorer_changes_a_users_preference_with_the_prefix() -> None:
+    intents = torch.randn(3, 2, 8)
+    with torch.no_grad():
+        for scoring in ("additive", "gated"):
+            generator = _generator(scoring=scoring)
+            bias_free = _preference(generator, intents, 0) - _preference(generator, torch.zeros_like(intents), 0)
+            other_prefix = _preference(generator, intents, 2) - _preference(generator, torch.zeros_like(intents), 2)
+            # The user's part of the preference (the prefix-only part removed) under prefixes 0 and 2.
+            assert torch.allclose(bias_free, other_prefix, atol=1e-5) == (scoring == "additive"), scoring
+
+
+def _fit_crossed_paths(scoring: str) -> float:
+    """The mean probability two users give their own two items after fitting an intent per user and the generator:
+    user 0 takes items (0, 1) and (1, 0), user 1 items (0, 0) and (1, 1), each half the time (an XOR on the codes)."""
+    generator = _generator(levels=(2, 2), heads=1, thinking=0, scoring=scoring).train()
+    intents = torch.nn.Parameter(torch.randn(2, 1, 8))
+    optimizer = torch.optim.Adam([intents, *generator.parameters()], lr=0.05)
+    users, paths = torch.tensor([0, 0, 1, 1]), torch.tensor([[[0, 1]], [[1, 0]], [[0, 0]], [[1, 1]]])
+    for _ in range(300):
+        optimizer.zero_grad()
+        (-generator.path_log_probs(intents[users], paths).sum(-1).mean()).backward()
+        optimizer.step()
+    with torch.no_grad():
+        codes = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+        probs = generator.catalogue_log_probs(intents, sid_level_structure(codes)).exp()[:, 0]  # [2 users, 4 items]
+    return float((probs[0, 1] + probs[0, 2] + probs[1, 0] + probs[1, 3]) / 2)
+
+
+def test_the_gated_scorer_fits_crossed_paths_the_additive_one_cannot() -> None:
+    # Additive: a user's level-1 preference for code 1 over code 0 is the same under both prefixes up to a shift
+    # shared by all users, so the two users cannot both be served: at most about 3/4 of the mass.
+    assert _fit_crossed_paths("gated") > 0.95
+    assert _fit_crossed_paths("additive") < 0.8
 
 
 def test_value_estimator_sends_no_gradient_into_the_users() -> None:
@@ -185,8 +233,12 @@ def test_hte_loss_trains_only_the_hte(build) -> None:
         assert reached == name.startswith("hte."), name
 
 
-def test_gradients_reach_every_parameter(build) -> None:
-    model, train, _ = build(user_token_fields=["gender", "occupation"], n_layers=2,
+MODEL_SCORERS = [{}, {"sid_scoring": "gated"}, {"sid_scoring": "gated", "tie_code_embeddings": True}]
+
+
+@pytest.mark.parametrize("scorer", MODEL_SCORERS)
+def test_gradients_reach_every_parameter(build, scorer) -> None:
+    model, train, _ = build(**scorer, user_token_fields=["gender", "occupation"], n_layers=2,
                             load_col={"inter": ["user_id", "item_id", "rating", "timestamp", "click", "conversion"],
                                       "user": ["user_id", "gender", "occupation"]})  # fmt: skip
     sum(model.calculate_loss(next(iter(train)))).backward()
@@ -197,8 +249,9 @@ def test_gradients_reach_every_parameter(build) -> None:
         assert reached != name.startswith(unread), name
 
 
-def test_full_sort_scores_are_a_distribution_and_generate_returns_their_top(build) -> None:
-    model, _, test = build()
+@pytest.mark.parametrize("scorer", MODEL_SCORERS)
+def test_full_sort_scores_are_a_distribution_and_generate_returns_their_top(build, scorer) -> None:
+    model, _, test = build(**scorer)
     model.eval()
     batch = next(iter(test))[0]
     with torch.no_grad():
@@ -217,14 +270,27 @@ def test_a_missing_sid_file_names_the_command_that_makes_it(sid_config, tmp_path
         GPR(config, train._dataset)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"attention": "silu", "token_type_ffn": False, "num_thinking_tokens": 0}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {
+            "attention": "silu",
+            "token_type_ffn": False,
+            "num_thinking_tokens": 0,
+            "sid_scoring": "gated",
+            "tie_code_embeddings": True,
+        },
+    ],
+)
 def test_gpr_end_to_end_on_ml_tiny(sid_config, overrides) -> None:
     result = run("GPR", "ml-tiny", config_dict={**sid_config, **overrides, "epochs": 2, "candidate_negatives": 9})
     assert set(result["test_result"]) >= {"hit@10", "ndcg@10", "gmv@10"}
 
 
-def test_generation_layers_gradients() -> None:
-    generator = _generator().train()
+@pytest.mark.parametrize(("scoring", "tied"), SCORERS)
+def test_generation_layers_gradients(scoring, tied) -> None:
+    generator = _generator(scoring=scoring, tied=tied).train()
     intents = generator.intents(torch.randn(2, 5, 8), torch.ones(2, 3, 5, dtype=torch.bool))[:, 0]
     codes = torch.tensor([[[1, 2, 3]], [[0, 1, 7]]])
     loss = -generator.path_log_probs(intents, codes).sum()

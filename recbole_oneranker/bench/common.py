@@ -96,7 +96,8 @@ RESULT_NEUTRAL_KEYS = frozenset({"resume_training", "length_buckets_on_gpu", "ve
 # existed: a row run with that value is the row it was, so the key stays out of its identity; any other value
 # (a row's setting, or a later default) enters it.
 UNCHANGED_BEHAVIOUR: dict[str, Any] = {
-    "history_negatives": False, "repeat_bias": False, "compile_model": False, "candidate_sampling": "uniform"
+    "history_negatives": False, "repeat_bias": False, "compile_model": False, "candidate_sampling": "uniform",
+    "sid_scoring": "additive", "tie_code_embeddings": False,
 }  # fmt: skip
 
 

@@ -1,14 +1,24 @@
 """Coarse-to-fine generation of semantic IDs by several heads (GPR's PTD + MTP), its exact catalogue scores, and
 a per-level value estimator (GPR's HTE).
 
-A head turns a user's intent into one query per SID level; level ``l``'s code logits are
+A head turns a user's intent into one query per SID level; each level reads the codes generated before it (coarse
+to fine) through one of two scorers (``SIDGeneratorConfig.scoring``):
 
-    logit_l(c | intent, prefix) = <W_l intent + A_l e(prefix), O_l[c]>,   e(prefix) = sum_{m < l} E_m[prefix_m]
+- ``additive``: ``logit_l(c | intent, prefix) = <W_l intent + A_l e(prefix), O_l[c]>`` with
+  ``e(prefix) = sum_{m < l} E_m[prefix_m]``. The user-code term ``<W_l intent, O_l[c]>`` does not depend on the
+  prefix, so a user's preference between two codes of level ``l`` is the same under every prefix: the model scores
+  a product of per-level preferences and cannot point at one path (one item) through the trie.
+- ``gated``: the prefix gates the user's query, ``logit_l(c | intent, prefix) = <W_l intent * (1 + g_l) + s_l, O_l[c]>``
+  with ``[g_l, s_l] = MLP_l(e(prefix))``, that is ``<W_l intent, V_l(prefix, c)> + b_l(prefix, c)`` with the pair's
+  vector ``V_l = (1 + g_l) * O_l[c]`` and bias ``b_l = <s_l, O_l[c]>``, both user-independent. The user's preference
+  between two codes now changes with the prefix (a prefix re-weights the dimensions of the user's query), at the
+  cost of the additive scorer in training (one ``[R, D] x [D, K_l]`` product per level).
 
-so each level reads the codes generated before it (coarse to fine). The prefix enters additively: the user-code
-term ``<W_l intent, O_l[c]>`` is one ``[B, K_l]`` product and the prefix-code term is the same for every user, so the
-exact log-probability of every item of a catalogue (normalised over the valid children of each prefix, as the trie
-beam normalises) costs a product per level and gathers, never a decoder pass per prefix.
+Both keep exact catalogue scores cheap: the pair terms are the same for every user, so the exact log-probability of
+every item (normalised over the valid children of each prefix, as the trie beam normalises) costs one product per
+level (over the ``K_l`` codes, additive, or the catalogue's ``Q_l <= N`` (prefix, code) pairs, gated) and gathers,
+never a decoder pass per prefix. The code tables ``O_l`` and ``E_l`` may both be a model's input code embeddings
+(``code_tables``: tied, as HSTU ties its input and output item embeddings).
 """
 
 from __future__ import annotations
@@ -23,7 +33,16 @@ from torch import Tensor, nn
 
 from .decoders import QueryDecoder, QueryDecoderConfig
 
-__all__ = ["SIDGenerator", "SIDGeneratorConfig", "ValueEstimator", "segment_logsumexp", "sid_level_structure"]
+__all__ = [
+    "SID_SCORINGS",
+    "SIDGenerator",
+    "SIDGeneratorConfig",
+    "ValueEstimator",
+    "segment_logsumexp",
+    "sid_level_structure",
+]
+
+SID_SCORINGS = ("additive", "gated")
 
 
 @dataclass
@@ -39,6 +58,7 @@ class SIDGeneratorConfig:
         thinking_layers: layers of the thinking tokens' decoder.
         attention_heads: attention heads of that decoder.
         dropout: dropout of that decoder.
+        scoring: how a level reads its prefix, ``additive`` or ``gated`` (module docstring).
     """
 
     hidden_size: int
@@ -48,6 +68,7 @@ class SIDGeneratorConfig:
     thinking_layers: int = 1
     attention_heads: int = 1
     dropout: float = 0.1
+    scoring: str = "additive"
     levels: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +76,8 @@ class SIDGeneratorConfig:
         self.levels = len(self.codebook_sizes)
         if self.levels < 1 or min(self.codebook_sizes) < 1 or self.num_heads < 1 or self.num_thinking_tokens < 0:
             raise ValueError(f"need at least one level of at least one code, one head, no negative counts: {self}")
+        if self.scoring not in SID_SCORINGS:
+            raise ValueError(f"scoring must be one of {SID_SCORINGS}, got {self.scoring!r}")
 
 
 def segment_logsumexp(values: Tensor, segments: Tensor, num_segments: int) -> Tensor:
@@ -129,13 +152,22 @@ def sid_level_structure(codes: Tensor) -> SIDLevelStructure:
 class SIDGenerator(nn.Module):
     """Thinking tokens, MTP heads and the level-wise code logits (module docstring).
 
+    Constructor Args:
+        config: sizes and the scorer.
+        code_tables: ``L`` tables ``[K_l, D]`` to read the codes' vectors from instead of the generator's own (a
+            model's input code embeddings: tied); ``None`` = its own.
+        code_scale: factor on the vectors read from ``code_tables`` (a model that multiplies its input embeddings
+            by ``sqrt(D)`` passes that).
+
     >>> generator = SIDGenerator(SIDGeneratorConfig(hidden_size=8, codebook_sizes=[4, 3], num_heads=2)).eval()
     >>> intents = generator.intents(torch.randn(2, 5, 8), torch.ones(2, 1, 5, dtype=torch.bool))
     >>> intents.shape, generator.level_logits(intents[:, 0], torch.zeros(2, 2, 1, dtype=torch.long), 1).shape
     (torch.Size([2, 1, 2, 8]), torch.Size([2, 2, 3]))
     """
 
-    def __init__(self, config: SIDGeneratorConfig) -> None:
+    def __init__(
+        self, config: SIDGeneratorConfig, code_tables: Sequence[nn.Embedding] | None = None, code_scale: float = 1.0
+    ) -> None:
         super().__init__()
         self.config: SIDGeneratorConfig = config
         dim, levels = config.hidden_size, config.levels
@@ -148,16 +180,32 @@ class SIDGenerator(nn.Module):
             )
         self.head_intents: nn.Linear = nn.Linear(dim, config.num_heads * dim)
         self.level_queries: nn.ModuleList = nn.ModuleList(nn.Linear(dim, dim) for _ in range(levels))
-        self.prefix_embeddings: nn.ModuleList = nn.ModuleList(
-            nn.Embedding(size, dim) for size in config.codebook_sizes[:-1]
+        tied = code_tables is not None
+        if code_tables is not None and [t.weight.shape for t in code_tables] != [
+            (k, dim) for k in config.codebook_sizes
+        ]:
+            raise ValueError(f"code_tables must be [K_l, {dim}] for K_l in {config.codebook_sizes}")
+        self.code_scale: float = code_scale if tied else 1.0
+        # Built in this order (prefix tables, prefix readers, code tables, then their initialisation) so that the
+        # additive scorer draws the initial weights it drew before the other options existed: committed rows rerun.
+        self.prefix_embeddings: nn.ModuleList | None = (  # E_m (the code tables when tied)
+            None if tied else nn.ModuleList(nn.Embedding(size, dim) for size in config.codebook_sizes[:-1])
         )
-        # A_l for levels 1..L-1 (level 0 has no prefix)
-        self.prefix_projections: nn.ModuleList = nn.ModuleList(
-            nn.Linear(dim, dim, bias=False) for _ in range(levels - 1)
+        # Levels 1..L-1 read their prefix (level 0 has none): A_l (additive) or MLP_l (gated)
+        self.prefix_projections: nn.ModuleList | None = None
+        self.prefix_gates: nn.ModuleList | None = None
+        if config.scoring == "additive":
+            self.prefix_projections = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(levels - 1))
+        else:
+            self.prefix_gates = nn.ModuleList(
+                nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 2 * dim)) for _ in range(levels - 1)
+            )
+        self.code_embeddings: nn.ModuleList = nn.ModuleList(
+            code_tables if code_tables is not None else (nn.Embedding(size, dim) for size in config.codebook_sizes)
         )
-        self.code_embeddings: nn.ModuleList = nn.ModuleList(nn.Embedding(size, dim) for size in config.codebook_sizes)
-        for table in (*self.prefix_embeddings, *self.code_embeddings):
-            nn.init.normal_(table.weight, std=1.0 / math.sqrt(dim))
+        if not tied:  # a tied model's input tables are initialised by their owner
+            for table in (*self.prefix_embeddings, *self.code_embeddings):  # type: ignore[misc]
+                nn.init.normal_(table.weight, std=1.0 / math.sqrt(dim))
 
     def intents(self, states: Tensor, visible: Tensor) -> Tensor:
         """``[B, R, H, D]``: each head's intent at ``R`` positions of each row.
@@ -184,19 +232,38 @@ class SIDGenerator(nn.Module):
     def _code_table(self, level: int) -> Tensor:
         """``O_level``: ``[K_level, D]``."""
         table: nn.Embedding = self.code_embeddings[level]  # type: ignore[assignment]  # ModuleList items are Modules
-        return table.weight
+        return table.weight * self.code_scale
 
-    def prefix_vectors(self, prefixes: Tensor, level: int) -> Tensor:
-        """``[..., D]`` ``A_level e(prefix)`` of code prefixes ``[..., level]``."""
-        if level == 0:
-            return prefixes.new_zeros(*prefixes.shape[:-1], self.config.hidden_size, dtype=torch.float)
-        embedded = sum(self.prefix_embeddings[m](prefixes[..., m]) for m in range(level))
-        return self.prefix_projections[level - 1](embedded)
+    def _code_vectors(self, codes: Tensor, level: int) -> Tensor:
+        """``[..., D]`` the level's code vectors of ``codes`` (``[...]``)."""
+        return F.embedding(codes, self._code_table(level))
+
+    def _prefix_sum(self, prefixes: Tensor, level: int) -> Tensor:
+        """``[..., D]`` ``e(prefix) = sum_{m < level} E_m[prefix_m]`` of code prefixes ``[..., level]``."""
+        total = prefixes.new_zeros(*prefixes.shape[:-1], self.config.hidden_size, dtype=torch.float)
+        for m in range(level):
+            codes = prefixes[..., m]
+            total = total + (self._code_vectors(codes, m) if self.prefix_embeddings is None
+                             else self.prefix_embeddings[m](codes))  # fmt: skip
+        return total
+
+    def prefix_terms(self, prefixes: Tensor, level: int) -> tuple[Tensor | None, Tensor]:
+        """How code prefixes ``[..., level]`` (``level >= 1``) change the query ``q`` to ``q * gate + shift``:
+        ``gate`` ``[..., D]`` (``None``: 1, the additive scorer) and ``shift`` ``[..., D]``."""
+        prefix = self._prefix_sum(prefixes, level)
+        if self.prefix_gates is None:
+            projection: nn.Linear = self.prefix_projections[level - 1]  # type: ignore[index,assignment]
+            return None, projection(prefix)
+        gate, shift = self.prefix_gates[level - 1](prefix).chunk(2, dim=-1)
+        return 1.0 + gate, shift
 
     def level_logits(self, intents: Tensor, prefixes: Tensor, level: int) -> Tensor:
         """``[P, H, K_level]`` logits of level ``level``'s code for ``intents`` (``[P, H, D]``) after ``prefixes``
         (``[P, H, level]``, one per head, or ``[P, 1, level]`` shared)."""
-        query = self._level_query(level, intents) + self.prefix_vectors(prefixes, level)
+        query = self._level_query(level, intents)
+        if level > 0:
+            gate, shift = self.prefix_terms(prefixes, level)
+            query = (query if gate is None else query * gate) + shift
         return query @ self._code_table(level).t()
 
     def path_log_probs(self, intents: Tensor, codes: Tensor) -> Tensor:
@@ -211,6 +278,19 @@ class SIDGenerator(nn.Module):
         ]
         return torch.stack(columns, dim=-1)
 
+    def _pair_logits(self, queries: Tensor, structure: SIDLevelStructure, level: int) -> Tensor:
+        """``[M, Q_level]`` the logits of every (prefix, code) pair of a catalogue's level for queries ``[M, D]``:
+        ``<q, V(prefix, c)> + b(prefix, c)`` with user-independent ``V`` and ``b`` (module docstring)."""
+        pair_codes = structure.pair_code[level]
+        if level == 0:
+            return (queries @ self._code_table(level).t())[:, pair_codes]
+        gate, shift = self.prefix_terms(structure.codes[structure.pair_item[level], :level], level)  # [Q, D] each
+        code_vectors = self._code_vectors(pair_codes, level)  # [Q, D]
+        pair_bias = (shift * code_vectors).sum(-1)  # [Q]
+        if gate is None:  # V(prefix, c) = O[c]: a [M, K] product, then gathers
+            return (queries @ self._code_table(level).t())[:, pair_codes] + pair_bias
+        return queries @ (gate * code_vectors).t() + pair_bias  # one [M, D] x [D, Q] product
+
     def catalogue_log_probs(self, intents: Tensor, structure: SIDLevelStructure) -> Tensor:
         """``[P, H, N]`` each head's log-probability of every item of a catalogue, each level normalised over the
         codes that continue the item's prefix toward some item (the trie beam's normalisation).
@@ -222,11 +302,7 @@ class SIDGenerator(nn.Module):
         flat = intents.reshape(num_positions * num_heads, dim)
         total = flat.new_zeros(len(flat), len(structure.codes))
         for level in range(self.config.levels):
-            user_code = self._level_query(level, flat) @ self._code_table(level).t()  # [PH, K]
-            pair_codes = structure.pair_code[level]
-            prefixes = structure.codes[structure.pair_item[level], :level]  # [Q, level]
-            prefix_code = (self.prefix_vectors(prefixes, level) * self.code_embeddings[level](pair_codes)).sum(-1)
-            pair_logits = user_code[:, pair_codes] + prefix_code  # [PH, Q]
+            pair_logits = self._pair_logits(self._level_query(level, flat), structure, level)  # [PH, Q]
             normaliser = segment_logsumexp(pair_logits, structure.pair_parent[level], structure.num_prefixes[level])
             parent_of_item = structure.pair_parent[level][structure.pair_of_item[level]]
             total = total + pair_logits[:, structure.pair_of_item[level]] - normaliser[:, parent_of_item]

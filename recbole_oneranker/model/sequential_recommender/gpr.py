@@ -44,7 +44,10 @@ class GPR(GenerativeRecommender):
       token-type-aware LayerNorm + FFN after each block (``token_type_ffn``).
     - **PTD** (progressive token-wise decoder): ``num_thinking_tokens`` thinking tokens read the HSD states up to the
       position; sum-pooled, they give each of ``mtp_heads`` heads an intent, which generates the SID coarse to fine
-      (:class:`~recbole_oneranker.model.layers.SIDGenerator`).
+      (:class:`~recbole_oneranker.model.layers.SIDGenerator`). ``sid_scoring`` says how a level reads the codes
+      before it: ``additive`` (a user's code preference the same under every prefix) or ``gated`` (the prefix gates
+      and shifts the user's query, so the preference can change with the prefix); ``tie_code_embeddings`` makes the
+      generator's code vectors the history tokens' code embeddings.
     - **MTP**: head ``j`` learns the ``j``-th next item (head 1 the next one) with weight ``1 / mtp_heads``; a ranking
       serves the heads' mixture.
     - **VAFT** (``vaft: True``, e.g. from a pre-trained ``init_checkpoint``): each position's loss weighted by its
@@ -56,7 +59,8 @@ class GPR(GenerativeRecommender):
     normalises); :meth:`generate` returns top-K items by trie-constrained beam search.
 
     NOTE (deviations; docs/gpr.md): no Mixture-of-Recursions, no LLM thought tokens, no diffusion refining step; each
-    level reads its prefix through an additive term so that exact catalogue scores stay a gather; HEPO and DPO are
+    level reads its prefix through an additive term or a gate, not a decoder pass, so that exact catalogue scores
+    stay one product per level and gathers; HEPO and DPO are
     the preference-alignment issue's.
     """
 
@@ -109,8 +113,10 @@ class GPR(GenerativeRecommender):
             thinking_layers=config["thinking_layers"],
             attention_heads=config["thinking_heads"],
             dropout=self.dropout_prob,
+            scoring=config["sid_scoring"],
         )
-        self.generator = SIDGenerator(generation)
+        tied = self.code_inputs if config["tie_code_embeddings"] else None  # the history tokens' code tables
+        self.generator = SIDGenerator(generation, code_tables=tied, code_scale=math.sqrt(d))
         self.hte = ValueEstimator(generation) if self.use_hte else None
 
         # parameters initialization
