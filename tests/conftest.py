@@ -70,6 +70,26 @@ def tiny_sid_file(tiny_data_path, tmp_path) -> Path:
 
 
 @pytest.fixture
+def build_sid_model(tiny_config, tiny_sid_file):
+    """``build_sid_model(model_class, sizes, **overrides)`` -> ``(model, train, test)``: a model that reads semantic
+    IDs (GPR, OneRec) at ``sizes``, built on ml-tiny with a SID file for every item, its weights drawn after
+    ``torch.manual_seed(0)``."""
+    from recbole.data import data_preparation
+
+    from recbole_oneranker.config import Config
+    from recbole_oneranker.data import create_dataset
+
+    def make(model_class, sizes: dict, **overrides):
+        settings = {**tiny_config, **sizes, "sid_file": str(tiny_sid_file), **overrides}
+        config = Config(model_class.__name__, "ml-tiny", config_dict=settings)
+        train, _, test = data_preparation(config, create_dataset(config))
+        torch.manual_seed(0)
+        return model_class(config, train._dataset), train, test
+
+    return make
+
+
+@pytest.fixture
 def run_device() -> str:
     """How runs on this machine describe their device (RecBole trains on the GPU whenever torch sees one)."""
     from recbole_oneranker.trainer import describe_device

@@ -46,14 +46,8 @@ def sid_config(tiny_config, tiny_sid_file):
 
 
 @pytest.fixture
-def build(sid_config):
-    def make(**overrides):
-        config = Config("GPR", "ml-tiny", config_dict={**sid_config, **overrides})
-        train, _, test = data_preparation(config, create_dataset(config))
-        torch.manual_seed(0)
-        return GPR(config, train._dataset), train, test
-
-    return make
+def build(build_sid_model):
+    return lambda **overrides: build_sid_model(GPR, GPR_TINY, **overrides)
 
 
 # -- layers -------------------------------------------------------------------------------------------------------

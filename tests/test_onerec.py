@@ -6,10 +6,7 @@ import logging
 
 import pytest
 import torch
-from recbole.data import data_preparation
 
-from recbole_oneranker.config import Config
-from recbole_oneranker.data import create_dataset
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.layers import (
     EncoderDecoderConfig,
@@ -46,14 +43,8 @@ def sid_config(tiny_config, tiny_sid_file):
 
 
 @pytest.fixture
-def build(sid_config):
-    def make(**overrides):
-        config = Config("OneRec", "ml-tiny", config_dict={**sid_config, **overrides})
-        train, _, test = data_preparation(config, create_dataset(config))
-        torch.manual_seed(0)
-        return OneRec(config, train._dataset), train, test
-
-    return make
+def build(build_sid_model):
+    return lambda **overrides: build_sid_model(OneRec, ONEREC_TINY, **overrides)
 
 
 # -- mixture of experts -------------------------------------------------------------------------------------------
