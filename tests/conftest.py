@@ -56,17 +56,21 @@ def tiny_data_path(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def tiny_sid_file(tiny_data_path, tmp_path) -> Path:
-    """A SID file of unique 3-level semantic IDs for every ml-tiny item (4 x 4 codes, then a last level that tells
-    apart the items sharing them), outside the shared data folder: models name it with ``sid_file``, and tests of a
-    missing default file still find none."""
-    inter = pd.read_csv(tiny_data_path / "ml-tiny" / "ml-tiny.inter", sep="\t", dtype=str)
+def write_tiny_sid_file(data_path: Path, sid_file: Path) -> Path:
+    """Write unique 3-level semantic IDs for every ml-tiny item under ``data_path`` to ``sid_file`` (4 x 4 codes,
+    then a last level that tells apart the items sharing them)."""
+    inter = pd.read_csv(data_path / "ml-tiny" / "ml-tiny.inter", sep="\t", dtype=str)
     items = list(inter["item_id:token"].unique())
     ids = torch.arange(len(items))
-    sid_file = tmp_path / "ml-tiny.sid"
     write_sid_file(sid_file, items, torch.stack([ids % 4, (ids // 4) % 4, ids // 16], dim=1))
     return sid_file
+
+
+@pytest.fixture
+def tiny_sid_file(tiny_data_path, tmp_path) -> Path:
+    """A SID file for every ml-tiny item (:func:`write_tiny_sid_file`), outside the shared data folder: models name
+    it with ``sid_file``, and tests of a missing default file still find none."""
+    return write_tiny_sid_file(tiny_data_path, tmp_path / "ml-tiny.sid")
 
 
 @pytest.fixture

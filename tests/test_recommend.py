@@ -1,6 +1,6 @@
-"""``python -m recbole_oneranker.recommend`` on checkpoints of HSTU, OneRanker and RecBole's SASRec trained on ml-tiny
-(and of HSTU on the embedded ml-100k): the users asked for come back with their tokens, K items each, none seen, and
-OneRanker's rows say which stage placed each item."""
+"""``python -m recbole_oneranker.recommend`` on checkpoints of every model of the package (HSTU, OneRanker, GPR,
+OneRec) and RecBole's SASRec trained on ml-tiny (and of HSTU on the embedded ml-100k): the users asked for come back
+with their tokens, K items each, none seen, and OneRanker's rows say which stage placed each item."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import csv
 import json
 
 import pytest
+from conftest import write_tiny_sid_file
+from test_gpr import GPR_TINY
 from test_oneranker import ONERANKER_TINY
+from test_onerec import ONEREC_TINY
 
 from recbole_oneranker import recommend
 from recbole_oneranker.quick_start import load_data_and_model, run
 
 HSTU_TINY = {"hidden_size": 16, "attention_dim": 8, "linear_hidden_dim": 8, "n_heads": 1}
-MODELS = {"HSTU": HSTU_TINY, "OneRanker": ONERANKER_TINY, "SASRec": {}}
+MODELS = {"HSTU": HSTU_TINY, "OneRanker": ONERANKER_TINY, "GPR": GPR_TINY, "OneRec": ONEREC_TINY, "SASRec": {}}
+READS_SEMANTIC_IDS = ("GPR", "OneRec")
 USERS = ["7", "13", "42"]  # tokens of ml-tiny users, not in id order
 
 
@@ -28,8 +32,11 @@ def checkpoints(tiny_data_path, tmp_path_factory) -> dict[str, str]:
         "cascade_fields": ["click", "conversion"], "value_field": "rating",
         "checkpoint_dir": str(folder / "saved"), "log_dir": str(folder / "log"),
     }  # fmt: skip
+    sid_file = {"sid_file": str(write_tiny_sid_file(tiny_data_path, folder / "ml-tiny.sid"))}
     return {
-        name: run(name, "ml-tiny", config_dict={**settings, **overrides})["saved_model_file"]
+        name: run(
+            name, "ml-tiny", config_dict={**settings, **overrides, **(sid_file if name in READS_SEMANTIC_IDS else {})}
+        )["saved_model_file"]
         for name, overrides in MODELS.items()
     }
 
