@@ -3,12 +3,14 @@
     python bench/scale.py                                          # HSTU (sampled and full softmax), OneRanker
     python bench/scale.py --items 10000 100000 --lengths 50 200    # fewer points
     python bench/scale.py --items 200 400 --lengths 10 --users 8 --batches 1 --out /tmp/scale.md   # a smoke run
+    python bench/scale.py --curves GPR OneRec --out results/scale-sid.md   # the semantic-ID heads
 
 Two sweeps on synthetic data: the catalogue size at history length ``--base-length``, and the history length at
 catalogue size ``--base-items``. Each point is a fresh synthetic dataset in RecBole's atomic files: ``--users`` x
 (``--warmup`` + ``--batches``) users, each with a history of the point's length whose items are drawn from a Zipf
 popularity over the whole catalogue, and an ``.item`` file that lists every item (so the catalogue is the point's
-size, seen or not). Every model gets the same width, depth and heads (:func:`speed.equal_size_settings`) and is
+size, seen or not); GPR and OneRec read random unique semantic IDs written for it. Curves: a model with its
+default head, or ``<model>-full`` with ``loss_type=full_softmax``. Every model gets the same width, depth and heads (:func:`speed.equal_size_settings`) and is
 trained, each point in its own process (so its peak memory is its own), on ``--warmup`` batches of ``--users``
 users, then timed over ``--batches`` more. The model's epoch-start hook (OneRanker's k-means of its Fake Item
 Tokens over the catalogue) is timed apart: an epoch costs it once, plus one batch time per ``--users`` users.
@@ -39,22 +41,29 @@ from recbole_oneranker.bench.common import REPO, run_worker
 from recbole_oneranker.bench.speed import equal_size_settings, machine, markdown_row
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset, data_preparation
+from recbole_oneranker.data.sid import write_sid_file
 from recbole_oneranker.registry import get_model
 from recbole_oneranker.trainer_lookup import get_trainer
 
 DATASET = "synthetic"
+SID_CODEBOOK, SID_LEVELS = 256, 3  # the synthetic semantic IDs: up to 256**3 items
 # Curve label -> (model, its extra config): the same model under another head is a curve of its own.
 CURVES: dict[str, tuple[str, dict[str, Any]]] = {
     "HSTU": ("HSTU", {}),
     "HSTU-full": ("HSTU", {"loss_type": "full_softmax"}),
     "OneRanker": ("OneRanker", {}),
     "OneRanker-full": ("OneRanker", {"loss_type": "full_softmax"}),
+    "GPR": ("GPR", {}),
+    "OneRec": ("OneRec", {}),
 }
+SID_MODELS = ("GPR", "OneRec")  # they read semantic IDs: a synthetic point writes random unique ones
 HEAD_NOTES = {
     "HSTU": "sampled softmax",
     "HSTU-full": "full softmax",
     "OneRanker": "sampled softmax + full-catalogue retrieval at 2 positions per user",
     "OneRanker-full": "full softmax + full-catalogue retrieval at 2 positions per user",
+    "GPR": f"semantic IDs, {SID_LEVELS} levels of {SID_CODEBOOK} codes",
+    "OneRec": f"semantic IDs, {SID_LEVELS} levels of {SID_CODEBOOK} codes",
 }
 
 
@@ -82,11 +91,23 @@ def write_synthetic_dataset(folder: Path, n_users: int, n_items: int, length: in
     return folder
 
 
+def write_synthetic_sids(path: Path, n_items: int, seed: int = 0) -> Path:
+    """Random unique semantic IDs for the ``n_items`` synthetic items: each item's place in a random permutation,
+    written in base ``SID_CODEBOOK`` over ``SID_LEVELS`` levels."""
+    place = torch.from_numpy(np.random.default_rng(seed).permutation(n_items))
+    codes = torch.stack([(place // SID_CODEBOOK**level) % SID_CODEBOOK for level in range(SID_LEVELS)], dim=1)
+    write_sid_file(path, [str(item) for item in range(n_items)], codes)
+    return path
+
+
 def point_settings(curve: str, items: int, length: int, data_path: Path, args: argparse.Namespace) -> dict:
     """The config of one point: :func:`speed.equal_size_settings` at this history length, on the synthetic data."""
     model, extra = CURVES[curve]
     sizes = argparse.Namespace(**{**vars(args), "max_len": length, "dataset": DATASET, "data_path": data_path})
-    return equal_size_settings(model, sizes) | extra | {"train_batch_size": args.users, "load_col": None}
+    settings = equal_size_settings(model, sizes) | extra | {"train_batch_size": args.users, "load_col": None}
+    if model in SID_MODELS:
+        settings["sid_file"] = str(write_synthetic_sids(data_path / f"{DATASET}.sid", items))
+    return settings
 
 
 def peak_memory_mb() -> float:
@@ -104,7 +125,7 @@ def measure_point(curve: str, items: int, length: int, args: argparse.Namespace)
         config = Config(CURVES[curve][0], DATASET, config_dict=point_settings(curve, items, length, data_path, args))
         init_seed(config["seed"], config["reproducibility"])
         train_data, _, _ = data_preparation(config, create_dataset(config))
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+        model = get_model(config["model"])(config, train_data._dataset).to(config["device"])  # reads any SIDs
     catalogue = train_data._dataset.item_num - 1  # the padding id aside
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     batches = list(itertools.islice(train_data, args.warmup + args.batches))
