@@ -10,12 +10,13 @@ catalogue size ``--base-items``. Each point is a fresh synthetic dataset in RecB
 (``--warmup`` + ``--batches``) users, each with a history of the point's length whose items are drawn from a Zipf
 popularity over the whole catalogue, and an ``.item`` file that lists every item (so the catalogue is the point's
 size, seen or not); GPR and OneRec read random unique semantic IDs written for it. Curves: a model with its
-default head, or ``<model>-full`` with ``loss_type=full_softmax``. Every model gets the same width, depth and heads (:func:`speed.equal_size_settings`) and is
-trained, each point in its own process (so its peak memory is its own), on ``--warmup`` batches of ``--users``
-users, then timed over ``--batches`` more. The model's epoch-start hook (OneRanker's k-means of its Fake Item
-Tokens over the catalogue) is timed apart: an epoch costs it once, plus one batch time per ``--users`` users.
-The growth exponent of a model is the slope of log(time) against log(size) over its points (numpy.polyfit).
-Points over ``--point-timeout`` seconds or ``--memory-gb`` of address space are dropped and listed.
+default head, or ``<model>-full`` with ``loss_type=full_softmax``. Every model gets the same width, depth and
+heads (:func:`speed.equal_size_settings`) and is trained, each point in its own process (so its peak memory is its
+own), on ``--warmup`` batches of ``--users`` users, then timed over ``--batches`` more. The model's epoch-start
+hook (OneRanker's k-means of its Fake Item Tokens over the catalogue) is timed apart: an epoch costs it once, plus
+one batch time per ``--users`` users. The growth exponent of a model is the slope of log(time) against log(size)
+over its points (numpy.polyfit). Points over ``--point-timeout`` seconds or ``--memory-gb`` of address space are
+dropped and listed, and so are a curve's larger points in that sweep.
 """
 
 from __future__ import annotations
