@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from recbole_oneranker.bench import common, quality, speed, summary
+from recbole_oneranker.bench import common, quality, scale, speed, summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,6 +83,34 @@ def test_speed_smoke(tmp_path):
     table = out.read_text()
     assert "training GFLOPs / epoch" in table and "epoch (s)" not in table
     assert "operators / full-sort batch" in table
+
+
+def test_scale_smoke(tmp_path):
+    out = tmp_path / "scale.md"
+    argv = ["--curves", "HSTU", "HSTU-full", "--items", "200", "400", "--lengths", "10", "--base-items", "200",
+            "--base-length", "10", "--users", "8", "--batches", "1", "--hidden-size", "16",
+            "--out", str(out)]  # fmt: skip
+    assert scale.main(argv) == 0
+    report = out.read_text()
+    assert "| curve | head | 200 | 400 | time exponent | memory exponent |" in report
+    assert "| HSTU | sampled softmax |" in report and "| HSTU-full | full softmax |" in report
+    assert "- HSTU-full / HSTU, time per batch: 200 items: " in report
+    history_table = report.split("## History length")[1]
+    assert "| 10 | time exponent |" in history_table and "| – | – |" in history_table  # one point: no slope
+    assert "## Dropped points\n\nNone." in report
+
+
+def test_scale_growth_exponent_is_the_log_log_slope():
+    assert abs(scale.growth_exponent([10, 100, 1000], [3, 300, 30000]) - 2.0) < 1e-9
+    assert scale.growth_exponent([10], [3]) is None
+
+
+def test_scale_names_why_a_point_was_dropped():
+    assert scale.drop_reason("over the 300 s limit") == "over the 300 s limit"
+    failure = (
+        "exit status 1\n...\nRuntimeError: [enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"
+    )
+    assert scale.drop_reason(failure) == "out of memory (over the address-space limit)"
 
 
 def test_the_flop_counter_counts_the_cpus_fused_attention():

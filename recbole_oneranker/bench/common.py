@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,19 @@ def code_version() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("-dirty" if code_changes else "")
+
+
+def run_worker(module: str, argv: list[str], timeout: float | None = None) -> tuple[dict[str, Any] | None, str]:
+    """Run ``python -m module *argv`` (a benchmark's ``--worker`` mode) in its own process, so that its peak memory
+    is its own: ``(the JSON it printed after RESULT, '')``, or ``(None, why it failed)``."""
+    try:
+        worker = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"over the {timeout:g} s limit"
+    result_lines = [line for line in worker.stdout.splitlines() if line.startswith("RESULT ")]
+    if worker.returncode != 0 or not result_lines:
+        return None, f"exit status {worker.returncode}\n{worker.stdout[-2000:]}\n{worker.stderr[-4000:]}"
+    return json.loads(result_lines[-1][len("RESULT ") :]), ""
 
 
 def _git(*args: str) -> str:

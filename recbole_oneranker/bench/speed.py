@@ -33,7 +33,6 @@ import os
 import platform
 import resource
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from recbole.utils import init_seed
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
-from recbole_oneranker.bench.common import DEFAULT_DATA_PATH, EMBEDDED_DATASET, REPO, ensure_dataset
+from recbole_oneranker.bench.common import DEFAULT_DATA_PATH, EMBEDDED_DATASET, REPO, ensure_dataset, run_worker
 from recbole_oneranker.config import Config, package_defaults
 from recbole_oneranker.data import create_dataset, data_preparation
 from recbole_oneranker.overrides import parse_assignments
@@ -394,16 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for model in args.models:
         print(f"timing {model} ...", flush=True)
-        worker = subprocess.run(
-            [sys.executable, "-m", "recbole_oneranker.bench.speed", *raw_args, "--worker", model],
-            capture_output=True,
-            text=True,
-        )
-        result_lines = [line for line in worker.stdout.splitlines() if line.startswith("RESULT ")]
-        if worker.returncode != 0 or not result_lines:
-            print(worker.stdout[-2000:], worker.stderr[-4000:], file=sys.stderr)
+        result, failure = run_worker("recbole_oneranker.bench.speed", [*raw_args, "--worker", model])
+        if result is None:
+            print(failure, file=sys.stderr)
             return 1
-        results.append(json.loads(result_lines[-1][len("RESULT ") :]))
+        results.append(result)
         timed = f", epoch {results[-1]['epoch_time_s']:.2f} s" if "epoch_time_s" in results[-1] else ""
         print(f"  {model}: {results[-1]['epoch_gflops']:,.1f} training GFLOPs per epoch{timed}", flush=True)
     write_report(results, args, "python bench/speed.py " + " ".join(shlex.quote(a) for a in raw_args))
