@@ -71,7 +71,7 @@ from recbole.utils import init_seed
 from torch import Tensor, nn
 
 from recbole_oneranker.bench.common import DEFAULT_DATA_PATH, EMBEDDED_DATASET, REPO
-from recbole_oneranker.bench.repeats import repeats_markdown, repeats_report
+from recbole_oneranker.bench.repeats import repeats_report
 from recbole_oneranker.evaluator.ranking import mask_seen_items, rank_metrics, seen_items, target_ranks
 from recbole_oneranker.quick_start import (
     CANDIDATE_SAMPLERS,
@@ -618,6 +618,30 @@ def main(argv: list[str] | None = None) -> int:
         curves = refit(model, sets, args.refit_epochs, args.lr, log=lambda line: print(line, flush=True))
         report = ranker_markdown(model, as_trained, curves, args, argv)
     return _write(report, args.out)
+
+
+def repeats_markdown(
+    dataset: str, share: float, report: list[tuple[str, int, dict[str, tuple[float, float]]]], k: int, command: str
+) -> str:
+    """Per benchmark row, HR@k and NDCG@k on all, repeat and new targets (mean ± t-interval when several seeds)."""
+    parts = ("all", "repeat", "new")
+    header = ["row", "seeds", *(f"NDCG@{k} {part}" for part in parts), *(f"HR@{k} {part}" for part in parts)]
+    rows = [
+        [label, str(seeds), *(_mean_cell(split[f"{name}_{part}"], seeds) for name in ("ndcg", "hit") for part in parts)]
+        for label, seeds, split in report
+    ]
+    intro = (
+        f"Produced by {command} from the rank files of the benchmark rows (no training).\n"
+        f"{share:.1%} of the test users' targets are among the items of the history their test row holds "
+        "(the model's input window); *repeat* columns average over those users, *new* over the others; mean ± "
+        "95% t-interval over seeds."
+    )
+    return f"# Test metrics by repeat and new targets: {dataset}\n\n{intro}\n\n{_table(header, rows)}\n"
+
+
+def _mean_cell(value: tuple[float, float], seeds: int) -> str:
+    mean, half = value
+    return f"{mean:.4f} ± {half:.4f}" if seeds > 1 else f"{mean:.4f}"
 
 
 def repeats_main(args, argv: list[str]) -> int:

@@ -26,7 +26,7 @@ from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset, data_preparation
 from recbole_oneranker.evaluator.ranking import rank_metrics
 
-__all__ = ["repeat_targets", "repeats_markdown", "repeats_report", "split_by_repeats"]
+__all__ = ["repeat_targets", "repeats_report", "split_by_repeats"]
 
 
 def repeat_targets(model: str, dataset: str, settings: dict[str, Any]) -> dict[int, bool]:
@@ -80,31 +80,3 @@ def repeats_report(
     first = next(iter(windows.values()), {})
     share = float(np.mean(list(first.values()))) if first else float("nan")
     return share, report
-
-
-def repeats_markdown(
-    dataset: str, share: float, report: list[tuple[str, int, dict[str, tuple[float, float]]]], k: int, command: str
-) -> str:
-    """The report as a markdown table: per row, HR@k and NDCG@k on all, repeat and new targets."""
-
-    def cell(value: tuple[float, float], seeds: int) -> str:
-        mean, half = value
-        return f"{mean:.4f} ± {half:.4f}" if seeds > 1 else f"{mean:.4f}"
-
-    parts = ("all", "repeat", "new")
-    header = ["row", "seeds", *(f"NDCG@{k} {part}" for part in parts), *(f"HR@{k} {part}" for part in parts)]
-    lines = [
-        f"# Test metrics by repeat and new targets: {dataset}",
-        "",
-        f"Produced by {command} from the rank files of the benchmark rows (no training).",
-        f"{share:.1%} of the test users' targets are among the items of the history their test row holds "
-        "(the model's input window); *repeat* columns average over those users, *new* over the others; mean ± "
-        "95% t-interval over seeds.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for label, seeds, split in report:
-        values = [cell(split[f"{name}_{part}"], seeds) for name in ("ndcg", "hit") for part in parts]
-        lines.append("| " + " | ".join([label, str(seeds), *values]) + " |")
-    return "\n".join(lines) + "\n"
