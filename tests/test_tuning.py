@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -327,6 +328,34 @@ def test_a_study_continues_under_other_machine_settings_but_not_other_trial_sett
                                                                   "compile_model": True}})  # fmt: skip
     with pytest.raises(search.UsageError, match=r"settings \{'epochs': 1\}.* \{'epochs': 2\}"):
         search.check_same_study(study, {"model": "HSTU", "settings": {"epochs": 2, "data_path": "/here"}})
+
+
+def test_a_worker_waits_for_the_identity_another_worker_is_still_writing():
+    identity = {"model": "HSTU", "dataset": "ml-tiny", "settings": {"epochs": 1}}
+    study = optuna.create_study()
+    study.set_user_attr("model", "HSTU")  # the creator has written its first key only
+
+    def write_the_rest():
+        time.sleep(0.3)
+        for key in ("dataset", "settings"):
+            study.set_user_attr(key, identity[key])
+
+    creator = threading.Thread(target=write_the_rest)
+    creator.start()
+    search.check_same_study(study, identity, wait_s=10)
+    creator.join()
+    assert study.user_attrs == identity  # it waited and wrote nothing of its own
+
+
+def test_a_partial_identity_is_refused_at_once_on_a_clash_and_after_the_wait_when_it_stays_partial():
+    study = optuna.create_study()
+    study.set_user_attr("model", "SASRec")
+    started = time.monotonic()
+    with pytest.raises(search.UsageError, match="was run with model 'SASRec'"):
+        search.check_same_study(study, {"model": "HSTU", "dataset": "ml-tiny"}, wait_s=10)
+    assert time.monotonic() - started < 5
+    with pytest.raises(search.UsageError, match="has no dataset after 0 s"):
+        search.check_same_study(study, {"model": "SASRec", "dataset": "ml-tiny"}, wait_s=0.2)
 
 
 def test_a_refused_rerun_leaves_the_study_untouched(tmp_path, tiny_data_path, capsys):

@@ -306,30 +306,52 @@ def default_study_name(model: str, dataset: str, objectives: list[str]) -> str:
 MACHINE_SETTINGS = frozenset({"data_path", "compile_model", "threads"})
 
 
-def check_same_study(study: optuna.Study, identity: dict[str, Any]) -> None:
+# How long a worker waits for the identity of a study that another worker has just created: the creator writes it
+# one key at a time, so a worker that loads the study in between sees only part of it.
+IDENTITY_WAIT_S = 30.0
+
+
+def check_same_study(study: optuna.Study, identity: dict[str, Any], wait_s: float = IDENTITY_WAIT_S) -> None:
     """A re-run must continue the same experiment: model, dataset, objectives and fixed settings (machine ones
-    aside, :data:`MACHINE_SETTINGS`)."""
+    aside, :data:`MACHINE_SETTINGS`).
+
+    A study without an identity gets this one. A study whose identity is only partly there is being created by
+    another worker right now: the keys it already has must agree, and the rest are waited for up to ``wait_s``.
+    """
     stored = study.user_attrs
     if not stored:
         for key, value in identity.items():
             study.set_user_attr(key, value)
-        return
-    for key, value in identity.items():
-        old, new = stored.get(key), value
-        if key == "space":
-            if old != new:
-                print(f"warning: the search space changed since study '{study.study_name}' began", file=sys.stderr)
-            continue
-        if key == "settings":  # how a machine runs the trials may differ between machines
-            old = {k: v for k, v in (old or {}).items() if k not in MACHINE_SETTINGS}
-            new = {k: v for k, v in value.items() if k not in MACHINE_SETTINGS}
-            changed = sorted(set(old) ^ set(new) | {k for k in set(old) & set(new) if old[k] != new[k]})
-            old, new = {k: old.get(k) for k in changed}, {k: new.get(k) for k in changed}
-        if old != new:
+        stored = study.user_attrs  # another worker may have written its own identity at the same moment
+    deadline = time.monotonic() + wait_s
+    while True:
+        for key in identity.keys() & stored.keys() - {"space"}:
+            refuse_a_changed_setting(study.study_name, key, stored[key], identity[key])
+        missing = [key for key in identity if key not in stored]
+        if not missing:
+            break
+        if time.monotonic() > deadline:
             raise UsageError(
-                f"study '{study.study_name}' was run with {key} {old!r}, this command gives {new!r}: "
-                f"re-run its command or pick another --study-name"
+                f"study '{study.study_name}' has no {', '.join(missing)} after {wait_s:.0f} s: the command that "
+                f"created it stopped while writing them; delete the study or pick another --study-name"
             )
+        time.sleep(0.1)
+        stored = study.user_attrs
+    if "space" in identity and stored["space"] != identity["space"]:
+        print(f"warning: the search space changed since study '{study.study_name}' began", file=sys.stderr)
+
+
+def refuse_a_changed_setting(study_name: str, key: str, old: Any, new: Any) -> None:
+    if key == "settings":  # how a machine runs the trials may differ between machines
+        old = {k: v for k, v in (old or {}).items() if k not in MACHINE_SETTINGS}
+        new = {k: v for k, v in new.items() if k not in MACHINE_SETTINGS}
+        changed = sorted(set(old) ^ set(new) | {k for k in set(old) & set(new) if old[k] != new[k]})
+        old, new = {k: old.get(k) for k in changed}, {k: new.get(k) for k in changed}
+    if old != new:
+        raise UsageError(
+            f"study '{study_name}' was run with {key} {old!r}, this command gives {new!r}: "
+            f"re-run its command or pick another --study-name"
+        )
 
 
 def record_command(study: optuna.Study, command: str) -> None:
