@@ -217,6 +217,7 @@ RULES: tuple[Rule, ...] = (
     Rule("num_negatives", Check(int, low=1, why="0 negatives give a loss of 0 that trains nothing"), OWN),
     Rule("temperature", POSITIVE, OWN),
     Rule("length_bucket_size", COUNT, OWN),
+    Rule("item_feature_fields", Check(list), OWN),
     # OneRanker
     Rule("user_token_fields", Check(list), OWN),
     Rule("n_gen_heads", POSITIVE_INT, OWN),

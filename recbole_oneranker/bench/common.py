@@ -98,7 +98,8 @@ RESULT_NEUTRAL_KEYS = frozenset({"resume_training", "length_buckets_on_gpu", "ve
 # (a row's setting, or a later default) enters it.
 UNCHANGED_BEHAVIOUR: dict[str, Any] = {
     "history_negatives": False, "repeat_bias": False, "compile_model": False, "candidate_sampling": "uniform",
-    "sid_scoring": "additive", "tie_code_embeddings": False,
+    "sid_scoring": "additive", "tie_code_embeddings": False, "item_feature_fields": [],
+    "history_item_features": True, "candidate_item_features": True,
 }  # fmt: skip
 
 

@@ -11,6 +11,7 @@ another model.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
@@ -21,6 +22,8 @@ from recbole_oneranker.data.sid import load_dataset_sids
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.layers import (
     HSTUConfig,
+    ItemFeatureConfig,
+    ItemFeatureEmbedding,
     NextItemSoftmax,
     RepeatShift,
     SIDLevelStructure,
@@ -31,7 +34,7 @@ from recbole_oneranker.model.layers import (
 )
 from recbole_oneranker.model.serving import ServingResult
 
-__all__ = ["GenerativeRecommender", "check_user_token_fields", "hstu_config"]
+__all__ = ["GenerativeRecommender", "check_user_token_fields", "hstu_config", "item_feature_embedding"]
 
 
 def check_user_token_fields(config, dataset) -> list[str]:
@@ -44,6 +47,48 @@ def check_user_token_fields(config, dataset) -> list[str]:
                 f"(load it with load_col: {{user: [user_id, {field}, ...]}})"
             )
     return fields
+
+
+def item_feature_embedding(config, dataset) -> ItemFeatureEmbedding | None:
+    """An embedding of the items' side features named by ``item_feature_fields``, or None when it names none.
+
+    A field is a token or token-sequence column of the ``.item`` file (ml-100k's ``class`` genres, Beauty's
+    ``attributes``), or a token column of the ``.inter`` file that describes the item (Taobao's ``category_id``):
+    an item takes the value of its first interaction in ``dataset`` (the training split), and an item that split
+    never shows gets none.
+    """
+    fields = list(config["item_feature_fields"] or [])
+    tables, num_values = {}, {}
+    for field in fields:
+        source, kind = dataset.field2source.get(field), dataset.field2type.get(field)
+        if source == FeatureSource.ITEM and kind in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ):
+            tables[field] = dataset.item_feat[field]
+        elif source == FeatureSource.INTERACTION and kind == FeatureType.TOKEN:
+            tables[field] = first_value_per_item(
+                dataset.inter_feat[dataset.iid_field].numpy(), dataset.inter_feat[field].numpy(), dataset.item_num
+            )
+        else:
+            raise ConfigError(
+                f"item_feature_fields: '{field}' is not a token or token_seq column of {config['dataset']}.item, nor "
+                f"a token column of its .inter file, as loaded (load it with load_col: "
+                f"{{item: [item_id, {field}, ...]}})"
+            )
+        num_values[field] = dataset.num(field)
+    if not fields:
+        return None
+    return ItemFeatureEmbedding(ItemFeatureConfig(config["hidden_size"], num_values), tables)
+
+
+def first_value_per_item(items: np.ndarray, values: np.ndarray, num_items: int) -> Tensor:
+    """``[num_items]`` the value of each item's first row (0 for an item without rows).
+
+    >>> first_value_per_item(np.array([2, 1, 2]), np.array([5, 6, 7]), 4).tolist()
+    [0, 6, 5, 0]
+    """
+    table = np.zeros(num_items, dtype=np.int64)
+    distinct, first = np.unique(items, return_index=True)
+    table[distinct] = values[first]
+    return torch.from_numpy(table)
 
 
 def hstu_config(config, num_prefix_tokens: int, max_history: int, **options) -> HSTUConfig:
@@ -115,6 +160,17 @@ class GenerativeRecommender(SequentialRecommender):
             )
         self.repeat_shift = RepeatShift() if config["repeat_bias"] else None
         self.softmax = NextItemSoftmax(softmax_config, self.item_vectors, self.repeat_shift)
+        # Side features of the history items, added to their input tokens (a model reads them in :meth:`encode`).
+        features = item_feature_embedding(config, dataset) if config["history_item_features"] else None
+        self.history_item_features = features
+
+    def history_features(self, item_seq: Tensor) -> Tensor | None:
+        """``[B, N, D]`` the side features of the history items (``[B, N]``) to add to their input tokens, on the
+        scale of an embedding row (a model that multiplies its item embeddings by ``sqrt(D)`` does so to these
+        too); None without ``item_feature_fields`` or with ``history_item_features: False``."""
+        if self.history_item_features is None:
+            return None
+        return self.history_item_features(item_seq)
 
     def _rename_legacy_keys(self, module, state_dict, prefix, *args) -> None:
         """Load hook: rename the parameters of a checkpoint saved before the model's reshaping (``LEGACY_KEYS``)."""

@@ -1,7 +1,7 @@
 """Pure-PyTorch layers (no RecBole imports): the HSTU block and stack with their relative attention biases and
 masks, the item-sequence encoder, the next-item softmax and repeat shift, OneRanker's step-2 and step-3 decoders,
 for semantic IDs the trie with its constrained beam search and GPR's level-wise generator and value estimator, and
-OneRec's encoder-decoder with its mixture-of-experts feed-forward block."""
+OneRec's encoder-decoder with its mixture-of-experts feed-forward block, and the items' side features."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .hstu import (
     load_official_hstu_weights,
     prefix_causal_mask,
 )
+from .item_features import ItemFeatureConfig, ItemFeatureEmbedding
 from .lookup import lookup
 from .moe import FeedForward, MixtureOfExperts, MoEConfig, feed_forward
 from .ranking_decoder import RankingDecoder, RankingDecoderConfig, candidate_mask
@@ -52,6 +53,8 @@ __all__ = [
     "HSTUConfig",
     "HSTUStack",
     "HistoryEncoder",
+    "ItemFeatureConfig",
+    "ItemFeatureEmbedding",
     "LOSS_TYPES",
     "MixtureOfExperts",
     "MoEConfig",

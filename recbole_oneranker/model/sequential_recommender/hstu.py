@@ -11,6 +11,7 @@ Reference code:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -63,8 +64,12 @@ class HSTU(GenerativeRecommender):
         )
 
     def forward(self, item_seq: Tensor, item_seq_len: Tensor, timestamps: Tensor | None = None) -> Tensor:
-        """``[B, N, D]`` states of right-padded histories (see :class:`SequenceEncoder`)."""
-        return self.encoder(item_seq, item_seq_len, timestamps)
+        """``[B, N, D]`` states of right-padded histories (see :class:`SequenceEncoder`), the items' side features
+        (``item_feature_fields``) added to their tokens."""
+        features = self.history_features(item_seq)
+        if features is not None:
+            features = features * math.sqrt(self.hidden_size)  # the scale of the item embeddings
+        return self.encoder(item_seq, item_seq_len, timestamps, features)
 
     def encode(self, interaction) -> Tensor:
         item_seq_len = interaction[self.ITEM_SEQ_LEN]

@@ -19,7 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbole_oneranker.errors import ConfigError
-from recbole_oneranker.model.abstract_recommender import GenerativeRecommender, check_user_token_fields, hstu_config
+from recbole_oneranker.model.abstract_recommender import (
+    GenerativeRecommender,
+    check_user_token_fields,
+    hstu_config,
+    item_feature_embedding,
+)
 from recbole_oneranker.model.layers import (
     QueryDecoderConfig,
     RankingDecoder,
@@ -236,6 +241,10 @@ class OneRanker(GenerativeRecommender):
             # Weight of the ranker's correction over the retrieval logit (ranker_residual): it starts at 0, so the
             # candidates start in the generator's order and the ranker earns its say through the pairwise loss.
             self.rank_gate = nn.Parameter(torch.zeros(()))
+            # The candidates' side features, through the ranker's own tables: what the ranker can know of an item
+            # beyond the id the generator retrieved it by (docs/oneranker.md, "Candidate features").
+            features = item_feature_embedding(config, dataset) if config["candidate_item_features"] else None
+            self.candidate_features = features
 
         # parameters initialization (the encoder initialised the backbone) and first Fake Item Tokens
         for embedding in (self.level_embedding, *self.user_token_embeddings.values()):
@@ -277,11 +286,16 @@ class OneRanker(GenerativeRecommender):
         if self.user_token_fields:
             tokens = [self.user_token_embeddings[field](interaction[field]) for field in self.user_token_fields]
             prefix = torch.stack(tokens, dim=1) * math.sqrt(self.hidden_size)  # [B, P, D]
+        item_seq = interaction[self.ITEM_SEQ][:, :seq_len]
+        token_features = self.level_embedding(self.feedback_levels(interaction, seq_len))
+        side_features = self.history_features(item_seq)
+        if side_features is not None:
+            token_features = token_features + side_features * math.sqrt(self.hidden_size)
         return self.forward(
-            interaction[self.ITEM_SEQ][:, :seq_len],
+            item_seq,
             interaction[self.ITEM_SEQ_LEN],
             self.request_timestamps(interaction, seq_len),
-            token_features=self.level_embedding(self.feedback_levels(interaction, seq_len)),
+            token_features=token_features,
             prefix=prefix,
         )
 
@@ -354,7 +368,10 @@ class OneRanker(GenerativeRecommender):
         Returns:
             ``stage_logits`` ``[B, R, N, S]`` (one logit per cascade stage) and ``log_value`` ``[B, R, N]``.
         """
-        embedded = self._item_table_for_decoders(candidates) * math.sqrt(self.hidden_size)  # [B, R, N, D]
+        embedded = self._item_table_for_decoders(candidates)  # [B, R, N, D]
+        if self.candidate_features is not None:
+            embedded = embedded + self.candidate_features(candidates)
+        embedded = embedded * math.sqrt(self.hidden_size)
         private = tokens if self.inject_step2_kv else None  # pass-through of step 2's outputs, not recomputed
         return self.ranker(embedded, memory, visible_states(memory.shape[1], positions, seq_lens), private)
 

@@ -143,7 +143,11 @@ class OneRec(GenerativeRecommender):
         readable &= visible_states(seq_len, positions.unsqueeze(1), seq_lens[rows])[:, 0]  # the prefix up to p
         users = [self.user_token_embeddings[field](interaction[field][rows]) for field in self.user_token_fields]
         prefix = torch.stack([self.context_token.expand(len(rows), -1), *users], dim=1)  # [C, 1 + U, D]
-        tokens = torch.cat([prefix, self.item_tokens(history)], dim=1)  # [C, 1 + U + n, D]
+        history_tokens = self.item_tokens(history)
+        side_features = self.history_features(history)
+        if side_features is not None:
+            history_tokens = history_tokens + side_features
+        tokens = torch.cat([prefix, history_tokens], dim=1)  # [C, 1 + U + n, D]
         visible = F.pad(readable, (tokens.shape[1] - seq_len, 0), value=True)
         return self.encoder(tokens, visible), visible
 
