@@ -346,14 +346,14 @@ def test_summary_picks_each_models_best_row_on_validation(tmp_path, monkeypatch)
     configs = tmp_path / "configs"
     configs.mkdir()
     bench = {"rows": {"A": {"model": "HSTU", "n_layers": 1}, "B": {"model": "HSTU", "n_layers": 2},
-                      "S": {"model": "SASRec"}}}  # fmt: skip
+                      "C": {"model": "HSTU", "n_layers": 3}, "S": {"model": "SASRec"}}}  # fmt: skip
     (configs / "ml-100k.yaml").write_text(yaml.safe_dump(bench))
     monkeypatch.setattr(summary, "CONFIG_DIR", configs)
     hashes = common.config_hashes(bench, "ml-100k", {})
     fields = json.dumps({"split": {"LS": "valid_and_test"}, "ranking": "full", "n_items": 1683})
     table = common.ResultTable(tmp_path / "ml-100k.csv")
     runs = [("A", 1, 0.05, 0.04), ("A", 2, 0.07, 0.06), ("B", 1, 0.055, 0.09), ("S", 1, 0.03, 0.02)]
-    runs += [("B", 2, 0.9, 0.9, "made before a default changed")]
+    runs += [("B", 2, 0.9, 0.9, "made before a default changed"), ("C", 1, 0.08, 0.07)]
     for label, seed, valid, test, *stale in runs:
         table.append({"key": f"{label}{seed}", "config_hash": "stale" if stale else hashes[label], "label": label,
                       "model": bench["rows"][label]["model"], "seed": seed, "protocol_fields": fields,
@@ -361,8 +361,9 @@ def test_summary_picks_each_models_best_row_on_validation(tmp_path, monkeypatch)
                       "test_hit@10": test})  # fmt: skip
     text = summary.write_summary(tmp_path).read_text()
     assert "## ml-100k\n\nProtocol: leave-one-out (valid_and_test), full ranking over all 1,682 items" in text
-    # A's mean validation (0.06) beats B's (0.055): A is HSTU's best, whatever B scored on test
+    # A's mean validation (0.06) beats B's (0.055): A is HSTU's best, whatever B scored on test; C's one seed
+    # validated higher (0.08), but A has more seeds
     assert (
         "| HSTU | A | 2 | 0.0600 | 0.0500 | 0.0500 | - | [ml-100k.md](ml-100k.md) | `run_recbole A --seed=1` |" in text
     )
-    assert "| SASRec | S | 1 | 0.0300 |" in text and "| HSTU | B |" not in text
+    assert "| SASRec | S | 1 | 0.0300 |" in text and "| HSTU | B |" not in text and "| HSTU | C |" not in text

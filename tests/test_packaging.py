@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from recbole_oneranker import compat
 
@@ -89,3 +90,15 @@ def test_recbole_features_that_need_ray_fail_with_one_line_naming_the_fix():
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"ModuleNotFoundError: {compat.MISSING_RAY}"
     assert "Python 3.11" in compat.MISSING_RAY and "run_recbole command" in compat.MISSING_RAY
+
+
+def test_the_citation_file_names_this_version_and_every_model_paper():
+    tomllib = pytest.importorskip("tomllib")
+    citation = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert citation["cff-version"] == "1.2.0" and citation["type"] == "software"
+    assert citation["version"] == pyproject["project"]["version"]
+    assert citation["license"] == pyproject["project"]["license"]["text"]
+    titles = " ".join(reference["title"] for reference in citation["references"])
+    for name in ("OneRanker", "GPR", "OneRec", "Sequential Transducers", "RecBole"):
+        assert name in titles
