@@ -220,6 +220,7 @@ RULES: tuple[Rule, ...] = (
     Rule("item_feature_fields", Check(list), OWN),
     # OneRanker
     Rule("user_token_fields", Check(list), OWN),
+    Rule("generation", Check(str, choices=("item", "sid")), OWN),
     Rule("n_gen_heads", POSITIVE_INT, OWN),
     Rule("n_fake_items", Check(int, low=0, high=ItemsMinus(1), why="k-means centroids of the items; 0 = none"), OWN),
     Rule("fake_refresh_epochs", COUNT, OWN),

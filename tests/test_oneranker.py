@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -12,6 +14,7 @@ from recbole_oneranker.data import create_dataset
 from recbole_oneranker.data.converters import convert_dataset
 from recbole_oneranker.data.paths import raw_dataset_dir
 from recbole_oneranker.errors import ConfigError
+from recbole_oneranker.model.layers import visible_states
 from recbole_oneranker.model.sequential_recommender import OneRanker
 from recbole_oneranker.model.sequential_recommender.oneranker import TrainingCandidates, force_targets, top_candidates
 from recbole_oneranker.model.tokenizers import kmeans
@@ -28,13 +31,18 @@ ONERANKER_TINY = {
     "decoder_positions": 3,
 }
 RANKER_PARTS = ("ranker.", "rank_gate")
+SID = {"generation": "sid", "mtp_heads": 2, "num_thinking_tokens": 2}  # step 1 generating semantic IDs
+MODES = [pytest.param({}, id="item"), pytest.param(SID, id="sid")]
 
 
 @pytest.fixture
-def build(tiny_config):
-    """``build(**overrides) -> (model, train loader)`` on the ml-tiny slice (cascade click -> conversion, value)."""
+def build(tiny_config, tiny_sid_file):
+    """``build(**overrides) -> (model, train loader)`` on the ml-tiny slice (cascade click -> conversion, value);
+    with ``generation="sid"``, on semantic IDs of every item (``tiny_sid_file``)."""
 
     def make(**overrides):
+        if overrides.get("generation") == "sid":
+            overrides = {"sid_file": str(tiny_sid_file), **overrides}
         config = Config("OneRanker", "ml-tiny", config_dict={**tiny_config, **ONERANKER_TINY, **overrides})
         train, _, test = data_preparation(config, create_dataset(config))
         torch.manual_seed(0)
@@ -107,15 +115,17 @@ def test_hstu_encodes_each_row_once(build, bucket_size):
         assert len(encoded_rows) == 1
 
 
-def test_dc_gradient_reaches_generator_not_ranker(build):
-    model, train, _ = build(alpha=0.0, beta=0.0, gamma=1.0)
+@pytest.mark.parametrize("mode", MODES)
+def test_dc_gradient_reaches_generator_not_ranker(build, mode):
+    model, train, _ = build(alpha=0.0, beta=0.0, gamma=1.0, **mode)
     _loss(model, next(iter(train))).backward()
     for name, parameter in model.named_parameters():
         grad = parameter.grad
         if name.startswith(RANKER_PARTS):
             assert grad is None or grad.abs().sum() == 0, name
     # Step 2 enters the generator's score through its gate (0 at the start, so the gate is what moves first).
-    for name in ("encoder.item_embedding.weight", "encoder.stack.blocks.0.uvqk", "task_gate"):
+    generator = ["generator.head_intents.weight", "code_inputs.0.weight"] if mode else []
+    for name in ("encoder.item_embedding.weight", "encoder.stack.blocks.0.uvqk", "task_gate", *generator):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
 
 
@@ -193,8 +203,9 @@ def test_history_negatives_reach_the_generation_loss(build):
     assert with_seen > without
 
 
-def test_gradients_reach_every_parameter(build):
-    model, train, _ = build(n_gen_heads=2)
+@pytest.mark.parametrize("mode", [pytest.param({"n_gen_heads": 2}, id="item"), pytest.param(SID, id="sid")])
+def test_gradients_reach_every_parameter(build, mode):
+    model, train, _ = build(**mode)
     _loss(model, next(iter(train))).backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
@@ -264,7 +275,7 @@ def test_repeat_bias_is_learned_and_keeps_seen_items_out_of_the_candidates(build
     assert not seen.gather(1, top).any()
 
 
-@pytest.mark.parametrize("overrides", [{}, {"repeat_bias": True, "history_negatives": True}])
+@pytest.mark.parametrize("overrides", [{}, {"repeat_bias": True, "history_negatives": True}, SID])
 def test_full_sort_puts_ranked_candidates_first(build, overrides):
     model, _, test = build(**overrides)
     model.eval()
@@ -287,9 +298,10 @@ def test_full_sort_puts_ranked_candidates_first(build, overrides):
     torch.testing.assert_close(lifted, lifted[:, :1].expand_as(lifted))
 
 
-@pytest.mark.parametrize("overrides", [{}, {"use_ranker": False, "gamma": 0.0, "n_gen_heads": 2}])
-def test_oneranker_end_to_end_on_ml_tiny(tiny_config, overrides):
-    result = run("OneRanker", "ml-tiny", config_dict={**tiny_config, **ONERANKER_TINY, **overrides, "epochs": 2})
+@pytest.mark.parametrize("overrides", [{}, {"use_ranker": False, "gamma": 0.0, "n_gen_heads": 2}, SID])
+def test_oneranker_end_to_end_on_ml_tiny(tiny_config, tiny_sid_file, overrides):
+    settings = {**tiny_config, **ONERANKER_TINY, **overrides, "epochs": 2, "sid_file": str(tiny_sid_file)}
+    result = run("OneRanker", "ml-tiny", config_dict=settings)
     assert set(result["test_result"]) >= {"hit@10", "ndcg@10", "gmv@10"}
 
 
@@ -317,14 +329,16 @@ def test_oneranker_end_to_end_on_taobao_funnel(tiny_config, taobao_slice):
     assert 0.0 <= result["test_result"]["gmv@10"] <= 1.0
 
 
-def test_length_buckets_do_not_change_the_states_or_the_scores(build, assert_length_buckets_change_nothing):
-    model, _, test = build(repeat_bias=True, history_negatives=True)
+@pytest.mark.parametrize("mode", MODES)
+def test_length_buckets_do_not_change_the_states_or_the_scores(build, assert_length_buckets_change_nothing, mode):
+    model, _, test = build(repeat_bias=True, history_negatives=True, **mode)
     torch.nn.init.constant_(model.repeat_shift.shift, -0.2)
     assert_length_buckets_change_nothing(model, next(iter(test))[0])
 
 
-def test_sampled_evaluation_encodes_each_history_once(build, assert_candidate_copies_encoded_once):
-    model, _, test = build(repeat_bias=True, history_negatives=True)
+@pytest.mark.parametrize("mode", MODES)
+def test_sampled_evaluation_encodes_each_history_once(build, assert_candidate_copies_encoded_once, mode):
+    model, _, test = build(repeat_bias=True, history_negatives=True, **mode)
     torch.nn.init.constant_(model.repeat_shift.shift, -0.2)
     torch.nn.init.constant_(model.rank_gate, 0.5)  # the ranker's score counts in predict
     assert_candidate_copies_encoded_once(model, next(iter(test))[0])
@@ -348,3 +362,44 @@ def test_a_checkpoint_saved_before_the_reshaping_still_loads(build):
     fresh.load_state_dict(legacy)
     for key, value in state.items():
         torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)
+
+
+# -- generation: sid (step 1 generates semantic-ID paths, as the paper's GPR-based step 1) ----------------------------
+
+
+def test_sid_retrieval_is_the_heads_mixture_of_exact_item_log_probs(build):
+    model, _, test = build(**SID)
+    model.eval()
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        served = model.serve(batch)  # the task gate starts at 0: retrieval is step 1's score alone
+        states = model.encode_by_length(batch)
+        lengths = batch["item_length"]
+        intents = model.generator.intents(states, visible_states(states.shape[1], (lengths - 1)[:, None], lengths))
+        _, structure = model.semantic_ids_on(states.device)
+        per_head = model.generator.catalogue_log_probs(intents[:, 0], structure)  # [B, H, n_items - 1]
+    mixture = torch.logsumexp(per_head, dim=1) - math.log(SID["mtp_heads"])
+    torch.testing.assert_close(served.retrieval_scores[:, 1:], mixture)
+    assert torch.allclose(mixture.exp().sum(1), torch.ones(len(batch)))  # a distribution over the catalogue
+
+
+def test_sid_tokens_carry_the_items_codes_into_history_and_candidates(build):
+    model, train, _ = build(**SID)
+    model.eval()
+    batch = next(iter(train))
+    with torch.no_grad():
+        states, _ = model.encode_with_generation_loss(batch)
+        torch.manual_seed(0)
+        inputs = model.decoder_inputs(batch, states)  # the ranker's memory, fixed from here on
+        candidates = torch.randint(1, model.n_items, (*inputs.positions.shape, 4))
+        before = model.rank(inputs, candidates)
+        model.code_inputs[1].weight.normal_()
+        after = model.rank(inputs, candidates)  # the same memory: only the candidates' tokens changed
+        assert not torch.allclose(before, after)
+        assert not torch.allclose(model.encode(batch), states)  # the history tokens read the codes too
+
+
+def test_sid_generation_refuses_item_heads(build):
+    with pytest.raises(ConfigError, match="with generation: sid, step 1's heads are mtp_heads"):
+        build(**SID, n_gen_heads=2)
+    assert build()[0].generator is None  # item generation builds no SID part

@@ -99,23 +99,31 @@ RESULT_NEUTRAL_KEYS = frozenset({"resume_training", "length_buckets_on_gpu", "ve
 UNCHANGED_BEHAVIOUR: dict[str, Any] = {
     "history_negatives": False, "repeat_bias": False, "compile_model": False, "candidate_sampling": "uniform",
     "sid_scoring": "additive", "tie_code_embeddings": False, "item_feature_fields": [],
-    "history_item_features": True, "candidate_item_features": True,
+    "history_item_features": True, "candidate_item_features": True, "generation": "item",
 }  # fmt: skip
 
 
-def _in_identity(key: str, value: Any) -> bool:
+# The same, for keys one model's yaml gained while another model had them all along (with their value in its rows'
+# identities): OneRanker's SID-generation keys are GPR's.
+MODEL_UNCHANGED_BEHAVIOUR: dict[str, dict[str, Any]] = {
+    "OneRanker": {"sid_file": None, "mtp_heads": 4, "num_thinking_tokens": 4},
+}
+
+
+def _in_identity(model: str, key: str, value: Any) -> bool:
     """Whether a setting is part of a row's identity: not the seed (rows of one config differ by it), not a
     result-neutral key, not a key at the value that keeps the behaviour from before it existed."""
     if key == "seed" or key in RESULT_NEUTRAL_KEYS:
         return False
-    return not (key in UNCHANGED_BEHAVIOUR and UNCHANGED_BEHAVIOUR[key] == value)
+    unchanged = {**UNCHANGED_BEHAVIOUR, **MODEL_UNCHANGED_BEHAVIOUR.get(model, {})}
+    return not (key in unchanged and unchanged[key] == value)
 
 
 def config_hash(label: str, model: str, dataset: str, settings: dict[str, Any]) -> str:
     """Identity of a row's configuration, seed aside: its settings over the package defaults, so rows made before
     a bench config or a default they run on changed no longer match (a default a row overrides does not count)."""
     merged = {**package_defaults(model, dataset), **settings}
-    effective = {key: value for key, value in merged.items() if _in_identity(key, value)}
+    effective = {key: value for key, value in merged.items() if _in_identity(model, key, value)}
     return hashlib.sha1(json.dumps([label, model, effective], sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -256,6 +256,11 @@ class GenerativeRecommender(SequentialRecommender):
         0 = none."""
         return self.next_field(interaction, self.ITEM_ID, seq_len, offset)
 
+    def next_items_ahead(self, interaction, seq_len: int, count: int) -> Tensor:
+        """``[B, N, count]`` the 1st to ``count``-th items after each position (0 = none): the targets of
+        multi-token prediction, head ``j`` learning the ``j``-th."""
+        return torch.stack([self.next_items(interaction, seq_len, offset) for offset in range(1, count + 1)], dim=-1)
+
     @staticmethod
     def sample_positions(seq_lens: Tensor, count: int) -> Tensor:
         """``[B, count]`` training positions of each row: its last, then ``count - 1`` uniform draws (with

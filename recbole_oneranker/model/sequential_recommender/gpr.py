@@ -177,7 +177,7 @@ class GPR(GenerativeRecommender):
             n = states.shape[1]
             every_position = torch.arange(n, device=states.device).expand(len(states), -1)
             intents = self.generator.intents(states, visible_states(n, every_position, bucket[self.ITEM_SEQ_LEN]))
-            targets = torch.stack([self.next_items(bucket, n, offset) for offset in range(1, self.mtp_heads + 1)], -1)
+            targets = self.next_items_ahead(bucket, n, self.mtp_heads)  # [b, n, H]
             valid = targets[..., 0] > 0  # [b, n] positions with a next item
             head_targets = targets[valid]  # [P, H]
             log_probs = self.generator.path_log_probs(intents[valid], self.item_codes[head_targets])  # [P, H, L]

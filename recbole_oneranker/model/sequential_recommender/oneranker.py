@@ -31,6 +31,8 @@ from recbole_oneranker.model.layers import (
     RankingDecoderConfig,
     SequenceEncoder,
     SequenceEncoderConfig,
+    SIDGenerator,
+    SIDGeneratorConfig,
     TaskTokenConfig,
     TaskTokenDecoder,
     seen_before,
@@ -103,6 +105,7 @@ class DecoderInputs:
             gradients meet in one place and sum in the same order on every run).
         flat_states: ``[BR, D]`` step-1 states at the positions (not detached: the generator's users).
         targets: ``[BR]`` the next item after each position.
+        flat_intents: ``[BR, H, D]`` the SID heads' intents at the positions (``generation: sid``), else None.
     """
 
     memory: Tensor
@@ -112,6 +115,7 @@ class DecoderInputs:
     flat_tokens: Tensor | None
     flat_states: Tensor
     targets: Tensor
+    flat_intents: Tensor | None = None
 
 
 @dataclass
@@ -135,7 +139,10 @@ class OneRanker(GenerativeRecommender):
     1. **G-decoder** (step 1, :class:`~recbole_oneranker.model.layers.SequenceEncoder`): the HSTU stack over the
        history; each token is an item plus its feedback level (how far along the cascade the interaction went).
        Generation heads score the next item over the catalogue at every position; with ``n_gen_heads > 1`` they
-       form a mixture of softmaxes (several interest paths).
+       form a mixture of softmaxes (several interest paths). With ``generation: sid`` (the paper's step 1, GPR's),
+       step 1 generates semantic-ID paths instead: each token also carries its item's code embeddings, and GPR's
+       thinking tokens and ``mtp_heads`` heads (:class:`~recbole_oneranker.model.layers.SIDGenerator`, head ``j``
+       learning the ``j``-th next item) give every item its exact SID log-probability, mixed over the heads.
     2. **Task and Fake Item Tokens** (step 2, :class:`~recbole_oneranker.model.layers.TaskTokenDecoder`): one task
        token per task of ``task_order`` (the cascade, interest to value, plus a value task when the data has a
        value), causal among themselves, and ``n_fake_items`` Fake Item Tokens = k-means centroids of the
@@ -158,6 +165,8 @@ class OneRanker(GenerativeRecommender):
     NOTE (choices where the paper is silent, detailed in docs/oneranker.md): the retrieval score used for
     candidates and for DC is the step-1 generation logit plus the last task token's score; steps 2 and 3 run at
     ``decoder_positions`` positions per sequence in training (always including the last), at the last at inference.
+    With ``generation: sid`` the candidates are the top items by exact SID log-probability (what a trie beam of
+    unbounded width returns) rather than a beam's, and the Fake Item Tokens stay centroids of the item table.
     """
 
     LEGACY_KEYS = (
@@ -194,6 +203,9 @@ class OneRanker(GenerativeRecommender):
         self.rank_forced_targets = config["rank_forced_targets"]
         self.decoders_train_backbone = config["decoders_train_backbone"]
         self.user_token_fields = check_user_token_fields(config, dataset)
+        self.generation = config["generation"]
+        if self.generation == "sid" and self.n_gen_heads > 1:
+            raise ConfigError("n_gen_heads mixes item-id heads: with generation: sid, step 1's heads are mtp_heads")
         if self.gamma and not self.use_ranker:
             raise ConfigError("gamma (the DC loss) needs the ranker as its teacher: set use_ranker: True or gamma: 0")
         if self.use_ranker and self.num_candidates < 2:
@@ -245,9 +257,29 @@ class OneRanker(GenerativeRecommender):
             # beyond the id the generator retrieved it by (docs/oneranker.md, "Candidate features").
             features = item_feature_embedding(config, dataset) if config["candidate_item_features"] else None
             self.candidate_features = features
+        # Step 1 generating semantic IDs (generation: sid): GPR's thinking tokens and MTP heads over the same trunk,
+        # each history token and candidate also reading its items' code embeddings. Built last, so that item
+        # generation draws the weights it drew before this mode existed.
+        self.generator: SIDGenerator | None = None
+        if self.generation == "sid":
+            self.mtp_heads = config["mtp_heads"]
+            codebook_sizes = self.load_semantic_ids(config, dataset)
+            self.code_inputs = nn.ModuleList(nn.Embedding(size, d) for size in codebook_sizes)
+            self.generator = SIDGenerator(
+                SIDGeneratorConfig(
+                    hidden_size=d,
+                    codebook_sizes=codebook_sizes,
+                    num_heads=self.mtp_heads,
+                    num_thinking_tokens=config["num_thinking_tokens"],
+                    attention_heads=config["decoder_heads"],
+                    dropout=self.dropout_prob,
+                    scoring=config["sid_scoring"],
+                )
+            )
 
         # parameters initialization (the encoder initialised the backbone) and first Fake Item Tokens
-        for embedding in (self.level_embedding, *self.user_token_embeddings.values()):
+        code_inputs = list(self.code_inputs) if self.generator is not None else []
+        for embedding in (self.level_embedding, *self.user_token_embeddings.values(), *code_inputs):
             nn.init.normal_(embedding.weight, std=0.02)
         self.refresh_fake_items(seed=config["seed"])
 
@@ -291,6 +323,8 @@ class OneRanker(GenerativeRecommender):
         side_features = self.history_features(item_seq)
         if side_features is not None:
             token_features = token_features + side_features * math.sqrt(self.hidden_size)
+        if self.generator is not None:  # the items' semantic IDs: the code embeddings' sum
+            token_features = token_features + self.item_tokens(item_seq) * math.sqrt(self.hidden_size)
         return self.forward(
             item_seq,
             interaction[self.ITEM_SEQ_LEN],
@@ -324,6 +358,14 @@ class OneRanker(GenerativeRecommender):
             return per_head.squeeze(1)
         return torch.logsumexp(per_head, dim=1) - math.log(self.n_gen_heads)
 
+    def _sid_logits(self, intents: Tensor) -> Tensor:
+        """``[P, n_items]`` the SID heads' mixture ``log mean_h p_h(item)`` over the catalogue, each head's
+        probability exact and normalised over the trie (as GPR serves); ``-inf`` for the padding item."""
+        _, structure = self.semantic_ids_on(intents.device)
+        per_head = self.generator.catalogue_log_probs(intents, structure)  # [P, H, n_items - 1]
+        mixture = torch.logsumexp(per_head, dim=1) - math.log(self.mtp_heads)
+        return F.pad(mixture, (1, 0), value=float("-inf"))
+
     # -- step 2: task and fake item tokens --------------------------------------------------------------------
 
     def _step2(self, memory: Tensor, positions: Tensor, seq_lens: Tensor) -> Tensor | None:
@@ -349,9 +391,28 @@ class OneRanker(GenerativeRecommender):
 
     # -- retrieval score, candidates and step 3 ---------------------------------------------------------------
 
-    def _retrieval_logits(self, users: Tensor, tokens: Tensor | None, items: Tensor) -> Tensor:
-        """Generator score used to pick candidates: step-1 logit (+ the last task token's score)."""
-        logits = self._generation_logits(users, items)
+    def _retrieval_logits(
+        self, queries: Tensor, tokens: Tensor | None, items: Tensor, generation: Tensor | None = None
+    ) -> Tensor:
+        """Generator score used to pick candidates: step-1 logit (+ the last task token's score).
+
+        Args:
+            queries: ``[P, H, D]`` step 1's user vectors (item generation) or SID intents (``generation: sid``).
+            tokens: ``[P, T + F, D]`` step-2 outputs or None.
+            items: ``[C, D]`` (the catalogue) or ``[P, C, D]`` normalised item vectors (the task channel's, and
+                the item heads').
+            generation: ``[P, C]`` step 1's logits of those items when already computed (SID scores of chosen
+                items come from the catalogue's, computed once per request); None = from ``queries``.
+
+        Returns:
+            ``[P, C]``.
+        """
+        if generation is not None:
+            logits = generation
+        elif self.generator is None:
+            logits = self._generation_logits(queries, items)
+        else:
+            logits = self._sid_logits(queries)  # the whole catalogue
         if tokens is not None:  # the last (most value-aware) task token
             # With the ranker, its weight is a gate learned from 0 (through the DC loss and the candidates);
             # without it ("step 2 only"), step 2 retrieves at full weight.
@@ -402,8 +463,11 @@ class OneRanker(GenerativeRecommender):
         return (rank_loss * weights).sum() / weights.sum().clamp(min=1.0)
 
     def _item_table_for_decoders(self, item_ids: Tensor) -> Tensor:
-        """Item embeddings read by the decoders: detached without ``decoders_train_backbone``."""
+        """Item embeddings read by the decoders (plus their code embeddings' sum with ``generation: sid``):
+        detached without ``decoders_train_backbone``."""
         embeddings = self.encoder.item_embedding(item_ids)
+        if self.generator is not None:
+            embeddings = embeddings + self.item_tokens(item_ids)
         return embeddings if self.decoders_train_backbone else embeddings.detach()
 
     # -- training ---------------------------------------------------------------------------------------------
@@ -443,16 +507,33 @@ class OneRanker(GenerativeRecommender):
         for rows in buckets:
             bucket = interaction[rows]
             states = self.encode(bucket)  # [b, n, D]
-            targets = self.next_items(bucket, states.shape[1])  # [b, n]
-            valid = targets > 0
-            users = self._generation_users(states[valid])  # [P, H, D]
-            nll = self.softmax(
-                lambda items, u=users: self._generation_logits(u, items), targets[valid], self.seen_at(bucket, valid)
-            )
+            nll = self._item_generation_nll(bucket, states) if self.generator is None else self._sid_nll(bucket, states)
             total = total + nll.sum()
-            count += int(valid.sum())
+            count += len(nll)
             bucket_states.append(states)
         return self.in_row_order(bucket_states, buckets), total / max(count, 1)
+
+    def _item_generation_nll(self, bucket, states: Tensor) -> Tensor:
+        """``[P]`` the next item's softmax loss at each of the bucket's ``P`` positions that have one."""
+        targets = self.next_items(bucket, states.shape[1])  # [b, n]
+        valid = targets > 0
+        users = self._generation_users(states[valid])  # [P, H, D]
+        return self.softmax(
+            lambda items, u=users: self._generation_logits(u, items), targets[valid], self.seen_at(bucket, valid)
+        )
+
+    def _sid_nll(self, bucket, states: Tensor) -> Tensor:
+        """``[P]`` the SID paths' loss at each position with a next item: head ``j`` generates the ``j``-th next
+        item's codes (teacher-forced), heads without a ``j``-th item learn nothing, and the heads' mean is taken
+        (GPR's MTP with uniform head weights)."""
+        n = states.shape[1]
+        every_position = torch.arange(n, device=states.device).expand(len(states), -1)
+        intents = self.generator.intents(states, visible_states(n, every_position, bucket[self.ITEM_SEQ_LEN]))
+        targets = self.next_items_ahead(bucket, n, self.mtp_heads)  # [b, n, H]
+        valid = targets[..., 0] > 0
+        head_targets = targets[valid]  # [P, H]
+        log_probs = self.generator.path_log_probs(intents[valid], self.item_codes[head_targets]).sum(-1)  # [P, H]
+        return -((head_targets > 0).float() * log_probs).sum(-1) / self.mtp_heads
 
     def decoder_inputs(self, interaction, states: Tensor) -> DecoderInputs:
         """Draw the training decoding positions of each row and run step 2 there (``states``: ``[B, N, D]``)."""
@@ -465,6 +546,9 @@ class OneRanker(GenerativeRecommender):
         memory = states if self.decoders_train_backbone else states.detach()
         # Step 2 after the gather: the order two uses of `states` enter the graph is the order their gradients sum in.
         tokens = self._step2(memory, positions, seq_lens)
+        intents = None
+        if self.generator is not None:  # the SID heads read the (undetached) states up to each position
+            intents = self.generator.intents(states, visible_states(states.shape[1], positions, seq_lens))
         return DecoderInputs(
             memory=memory,
             positions=positions,
@@ -473,12 +557,13 @@ class OneRanker(GenerativeRecommender):
             flat_tokens=None if tokens is None else tokens.flatten(0, 1),
             flat_states=flat_states,
             targets=targets.gather(1, positions).flatten(),
+            flat_intents=None if intents is None else intents.flatten(0, 1),
         )
 
     def training_candidates(self, interaction, inputs: DecoderInputs) -> TrainingCandidates:
         """The ranker's training sets at the decoding positions, as its loss builds them."""
-        users = self._generation_users(inputs.flat_states)
-        retrieval = self._retrieval_logits(users, inputs.flat_tokens, self.item_vectors())  # [BR, n_items]
+        queries = self._generation_users(inputs.flat_states) if inputs.flat_intents is None else inputs.flat_intents
+        retrieval = self._retrieval_logits(queries, inputs.flat_tokens, self.item_vectors())  # [BR, n_items]
         if self.repeat_shift is not None:  # the items each position has seen, [BR, max_len] 0-padded
             seen = seen_before(interaction[self.ITEM_SEQ])  # causal, so untruncated padding changes nothing
             rows = torch.arange(len(inputs.positions), device=seen.device).unsqueeze(1)
@@ -542,8 +627,11 @@ class OneRanker(GenerativeRecommender):
         states = self.encode_by_length(interaction)
         seq_lens = interaction[self.ITEM_SEQ_LEN]
         positions = (seq_lens - 1).unsqueeze(1)  # [B, 1]
-        users = self._generation_users(self.gather_indexes(states, seq_lens - 1))  # [B, H, D]
-        return states, seq_lens, positions, users, self._step2(states, positions, seq_lens)
+        if self.generator is None:
+            queries = self._generation_users(self.gather_indexes(states, seq_lens - 1))  # [B, H, D]
+        else:
+            queries = self.generator.intents(states, visible_states(states.shape[1], positions, seq_lens))[:, 0]
+        return states, seq_lens, positions, queries, self._step2(states, positions, seq_lens)
 
     def serve(self, interaction) -> ServingResult:
         """Retrieval over the catalogue, then (with the ranker) step 3 on the top ``num_candidates``, served above
@@ -569,12 +657,18 @@ class OneRanker(GenerativeRecommender):
 
     def predict(self, interaction):
         requests, request_of_row = self.distinct_requests(interaction)
-        states, seq_lens, positions, users, tokens = (  # steps 1-2 once per distinct request, step 3 per row
-            None if tensor is None else tensor[request_of_row] for tensor in self._last_position(requests)
+        steps = self._last_position(requests)  # steps 1-2 once per distinct request, step 3 per row
+        states, seq_lens, positions, users, tokens = (
+            None if tensor is None else tensor[request_of_row] for tensor in steps
         )
         items = interaction[self.ITEM_ID]
+        generation = None
+        if self.generator is not None:  # exact SID scores: the catalogue's once per request, then each row's item
+            _, _, _, request_intents, _ = steps
+            generation = self._sid_logits(request_intents)[request_of_row].gather(1, items.unsqueeze(1))
         flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
-        retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors(items).unsqueeze(1)).squeeze(1)
+        item_vectors = self.item_vectors(items).unsqueeze(1)
+        retrieval = self._retrieval_logits(users, flat_tokens, item_vectors, generation).squeeze(1)
         retrieval = self.shift_seen(retrieval, interaction[self.ITEM_SEQ], items, in_logits=True)
         if not self.use_ranker:
             return retrieval
