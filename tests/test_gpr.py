@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from recbole.data import data_preparation
 
 from recbole_oneranker.config import Config
@@ -12,6 +13,8 @@ from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.layers import (
     HSTUConfig,
     HSTUStack,
+    RepeatExplore,
+    RepeatExploreConfig,
     SIDGenerator,
     SIDGeneratorConfig,
     ValueEstimator,
@@ -228,14 +231,18 @@ def test_hte_loss_trains_only_the_hte(build) -> None:
 
 
 MODEL_SCORERS = [{}, {"sid_scoring": "gated"}, {"sid_scoring": "gated", "tie_code_embeddings": True}]
+MODEL_VARIANTS = [*MODEL_SCORERS, {"repeat_explore": True}]
 
 
-@pytest.mark.parametrize("scorer", MODEL_SCORERS)
+@pytest.mark.parametrize("scorer", MODEL_VARIANTS)
 def test_gradients_reach_every_parameter(build, scorer) -> None:
     model, train, _ = build(**scorer, user_token_fields=["gender", "occupation"], n_layers=2,
                             load_col={"inter": ["user_id", "item_id", "rating", "timestamp", "click", "conversion"],
                                       "user": ["user_id", "gender", "occupation"]})  # fmt: skip
-    sum(model.calculate_loss(next(iter(train)))).backward()
+    batch = next(iter(train))
+    if scorer.get("repeat_explore"):  # ml-100k users never rate a movie twice: the copy attention needs a repeat
+        batch["item_id"] = batch["item_id_list"][:, 0].clone()
+    sum(model.calculate_loss(batch)).backward()
     # The last block's feed-forward of user tokens has no reader: no later block attends to its output.
     unread = ("encoder.stack.type_ffns.1.norms.0.", "encoder.stack.type_ffns.1.ffns.0.")
     for name, parameter in model.named_parameters():
@@ -243,7 +250,7 @@ def test_gradients_reach_every_parameter(build, scorer) -> None:
         assert reached != name.startswith(unread), name
 
 
-@pytest.mark.parametrize("scorer", MODEL_SCORERS)
+@pytest.mark.parametrize("scorer", MODEL_VARIANTS)
 def test_full_sort_scores_are_a_distribution_and_generate_returns_their_top(build, scorer) -> None:
     model, _, test = build(**scorer)
     model.eval()
@@ -292,3 +299,49 @@ def test_generation_layers_gradients(scoring, tied) -> None:
     loss.backward()
     for name, parameter in generator.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+# -- repeats: the copy mixture (not in the paper) ----------------------------------------------------------------
+
+
+def _copy_parts(gate_bias: float = 0.0):
+    torch.manual_seed(0)
+    mixture = RepeatExplore(RepeatExploreConfig(hidden_size=4))
+    torch.nn.init.constant_(mixture.gate.bias, gate_bias)
+    history = torch.tensor([[3, 5, 3, 0], [2, 4, 0, 0]])
+    visible = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]]).bool()  # row 1 may copy item 2 only
+    users = torch.randn(2, 4, requires_grad=True)
+    return mixture(users, torch.randn(2, 4, 4), history, visible), users
+
+
+def test_the_copy_mixture_is_a_distribution_whose_target_scores_are_the_catalogues() -> None:
+    parts, _ = _copy_parts()
+    generated = F.pad(torch.randn(2, 6).log_softmax(1), (1, 0), value=float("-inf"))  # items 1..6
+    catalogue = parts.of_catalogue(generated)
+    torch.testing.assert_close(catalogue.exp().sum(1), torch.ones(2))
+    targets = torch.tensor([3, 4])  # item 4 is in row 1's history but past what it may copy
+    torch.testing.assert_close(parts.of_targets(targets, generated.gather(1, targets[:, None])[:, 0]),
+                               catalogue.gather(1, targets[:, None])[:, 0])  # fmt: skip
+    copy = (catalogue.exp() - parts.log_explore.exp()[:, None] * generated.exp()) / parts.log_repeat.exp()[:, None]
+    torch.testing.assert_close(copy[1], F.one_hot(torch.tensor(2), 7).float(), atol=1e-5, rtol=0)
+    assert copy[0, [3, 5]].sum().item() == pytest.approx(1.0, abs=1e-5)  # item 3 sums its two positions
+
+
+def test_a_target_outside_the_history_has_finite_gradients() -> None:
+    parts, users = _copy_parts()
+    parts.of_targets(torch.tensor([6, 6]), torch.tensor([-2.0, -3.0])).sum().backward()
+    assert torch.isfinite(users.grad).all() and users.grad.abs().sum() > 0  # the gate learns to explore
+
+
+def test_gpr_with_repeats_serves_and_generates_seen_items_when_the_gate_says_repeat(build) -> None:
+    model, _, test = build(repeat_explore=True)
+    model.eval()
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        torch.nn.init.constant_(model.repeat_explore.gate.bias, 30.0)  # P(repeat) = 1
+        scores = model.full_sort_predict(batch)
+        items, _ = model.generate(batch, k=3)
+    lengths = batch["item_length"]
+    for row, item in enumerate(scores.argmax(1).tolist()):
+        history = batch["item_id_list"][row, : lengths[row]].tolist()
+        assert item in history and set(items[row].tolist()) <= set(history) | {0}

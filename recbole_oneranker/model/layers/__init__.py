@@ -30,6 +30,7 @@ from .relative_bias import (
     RelativePositionBias,
     bucketize_time_deltas,
 )
+from .repeat_explore import RepeatExplore, RepeatExploreConfig, RepeatExploreLogProbs
 from .sequence_encoder import SequenceEncoder, SequenceEncoderConfig
 from .sid_generation import (
     SIDGenerator,
@@ -69,6 +70,9 @@ __all__ = [
     "RelativeAttentionBias",
     "RelativeBucketedTimeAndPositionBias",
     "RelativePositionBias",
+    "RepeatExplore",
+    "RepeatExploreConfig",
+    "RepeatExploreLogProbs",
     "RepeatShift",
     "SIDGenerator",
     "SIDGeneratorConfig",

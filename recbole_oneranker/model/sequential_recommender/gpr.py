@@ -20,6 +20,9 @@ from torch import Tensor, nn
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.abstract_recommender import GenerativeRecommender, check_user_token_fields, hstu_config
 from recbole_oneranker.model.layers import (
+    RepeatExplore,
+    RepeatExploreConfig,
+    RepeatExploreLogProbs,
     SequenceEncoder,
     SequenceEncoderConfig,
     SIDGenerator,
@@ -57,6 +60,10 @@ class GPR(GenerativeRecommender):
 
     ``full_sort_predict`` scores every item exactly (each level normalised over the trie's valid codes, as the beam
     normalises); :meth:`generate` returns top-K items by trie-constrained beam search.
+
+    Added, off by default (``repeat_explore``; not in the paper): a RepeatNet-style mixture of the generator's
+    distribution with a copy attention over the history's items, for data where users return to items
+    (:class:`~recbole_oneranker.model.layers.RepeatExplore`; docs/gpr.md, "Repeats").
 
     NOTE (deviations; docs/gpr.md): no Mixture-of-Recursions, no LLM thought tokens, no diffusion refining step; each
     level reads its prefix through an additive term or a gate, not a decoder pass, so that exact catalogue scores
@@ -118,6 +125,8 @@ class GPR(GenerativeRecommender):
         tied = self.code_inputs if config["tie_code_embeddings"] else None  # the history tokens' code tables
         self.generator = SIDGenerator(generation, code_tables=tied, code_scale=math.sqrt(d))
         self.hte = ValueEstimator(generation) if self.use_hte else None
+        # Not in the paper (docs/gpr.md, "Repeats"): the next item may be copied from the history.
+        self.repeat_explore = RepeatExplore(RepeatExploreConfig(d)) if config["repeat_explore"] else None
 
         # parameters initialization
         for embedding in (*self.code_inputs, self.action_embedding, *self.user_token_embeddings.values()):
@@ -180,17 +189,28 @@ class GPR(GenerativeRecommender):
             targets = self.next_items_ahead(bucket, n, self.mtp_heads)  # [b, n, H]
             valid = targets[..., 0] > 0  # [b, n] positions with a next item
             head_targets = targets[valid]  # [P, H]
-            log_probs = self.generator.path_log_probs(intents[valid], self.item_codes[head_targets])  # [P, H, L]
+            log_probs = self.generator.path_log_probs(intents[valid], self.item_codes[head_targets]).sum(-1)  # [P, H]
+            if self.repeat_explore is not None:  # the next item (head 1's) may also be copied from the history
+                copied = self._copy_parts(bucket, states, valid).of_targets(head_targets[:, 0], log_probs[:, 0])
+                log_probs = torch.cat([copied.unsqueeze(1), log_probs[:, 1:]], dim=1)
             weights = (head_targets > 0).float() / self.mtp_heads  # a head with no j-th next item learns nothing
             if self.vaft:
                 weights = weights * self._vaft_weights(bucket, n, valid).unsqueeze(-1)
-            generation = generation - (weights * log_probs.sum(-1)).sum()
+            generation = generation - (weights * log_probs).sum()
             if self.hte is not None:
                 estimates = self.hte(states[valid], self.item_codes[head_targets[:, 0]])  # [P, L]
                 value = value + (estimates - self._value_targets(bucket, n, valid).unsqueeze(-1)).pow(2).mean(-1).sum()
             positions += int(valid.sum())
         positions = max(positions, 1)
         return (generation / positions, value / positions) if self.hte is not None else generation / positions
+
+    def _copy_parts(self, interaction, states: Tensor, positions: Tensor) -> RepeatExploreLogProbs:
+        """The repeat-explore mixture's parts at the ``positions`` (``[B, N]`` bool) of the rows' HSD ``states``
+        (``[B, N, D]``): each position copies from the history items up to itself."""
+        rows, columns = positions.nonzero(as_tuple=True)
+        history = interaction[self.ITEM_SEQ][:, : states.shape[1]]
+        visible = torch.arange(states.shape[1], device=states.device) <= columns.unsqueeze(1)  # [P, N]
+        return self.repeat_explore(states[rows, columns], states, history, visible & (history[rows] > 0), rows)
 
     def _stages_reached(self, interaction, seq_len: int, valid: Tensor) -> Tensor:
         """``[P]`` how many cascade stages the next interaction of each valid position reached (0 without one)."""
@@ -217,27 +237,37 @@ class GPR(GenerativeRecommender):
 
     # -- inference --------------------------------------------------------------------------------------------
 
-    def _last_intents(self, interaction) -> tuple[Tensor, Tensor]:
-        """The HSD state ``[B, D]`` and the heads' intents ``[B, H, D]`` at each row's last position."""
+    def _last_intents(self, interaction) -> tuple[Tensor, Tensor, RepeatExploreLogProbs | None]:
+        """At each row's last position: the HSD state ``[B, D]``, the heads' intents ``[B, H, D]`` and, with
+        ``repeat_explore``, the copy mixture's parts."""
         states = self.encode_by_length(interaction)
         seq_lens = interaction[self.ITEM_SEQ_LEN]
         positions = (seq_lens - 1).unsqueeze(1)  # [B, 1]
         intents = self.generator.intents(states, visible_states(states.shape[1], positions, seq_lens))[:, 0]
-        return self.gather_indexes(states, seq_lens - 1), intents
+        copy = None
+        if self.repeat_explore is not None:
+            last = torch.zeros(states.shape[:2], dtype=torch.bool, device=states.device)
+            copy = self._copy_parts(interaction, states, last.scatter_(1, positions, True))
+        return self.gather_indexes(states, seq_lens - 1), intents, copy
 
     def serve(self, interaction) -> ServingResult:
         """Every item's log-probability under the heads' mixture (+ ``hte_weight`` x the HTE's final value)."""
         scores = self._catalogue_scores(*self._last_intents(interaction))
         return ServingResult(retrieval_scores=scores, final_scores=scores)
 
-    def _catalogue_scores(self, users: Tensor, intents: Tensor) -> Tensor:
-        """``[B, n_items]`` the served score of every item for HSD states ``[B, D]`` and intents ``[B, H, D]``."""
+    def _catalogue_scores(self, users: Tensor, intents: Tensor, copy: RepeatExploreLogProbs | None = None) -> Tensor:
+        """``[B, n_items]`` the served score of every item for HSD states ``[B, D]`` and intents ``[B, H, D]``:
+        the heads' mixture (with the history's copy mixed in, given its parts), + the HTE's weighted value."""
         _, structure = self.semantic_ids_on(users.device)
         per_head = self.generator.catalogue_log_probs(intents, structure)  # [B, H, N]
         scores = torch.logsumexp(per_head, dim=1) - math.log(self.mtp_heads)  # [B, N]
+        scores = F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
+        if copy is not None:
+            scores = copy.of_catalogue(scores)
         if self.hte is not None and self.hte_weight:
-            scores = scores + self.hte_weight * self.hte.catalogue_values(users, self.item_codes[1:])
-        return F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
+            values = self.hte.catalogue_values(users, self.item_codes[1:])
+            scores = scores + F.pad(self.hte_weight * values, (1, 0))
+        return scores
 
     @torch.no_grad()
     def generate(self, interaction, k: int | None = None) -> tuple[Tensor, Tensor]:
@@ -248,7 +278,7 @@ class GPR(GenerativeRecommender):
             ``items`` ``[B, k]`` internal item ids (0 where fewer exist) and their scores ``[B, k]``.
         """
         k = k or self.beam_size
-        users, intents = self._last_intents(interaction)
+        users, intents, copy = self._last_intents(interaction)
         batch, heads, _ = intents.shape
         trie, _ = self.semantic_ids_on(users.device)
         flat = intents.reshape(batch * heads, 1, -1)
@@ -258,7 +288,9 @@ class GPR(GenerativeRecommender):
 
         _, _, found = constrained_beam_search(step, trie, batch * heads, k)
         found = found.view(batch, heads * k) + 1  # trie rows -> internal item ids (0: no item)
-        served = self._catalogue_scores(users, intents).gather(1, found).masked_fill(found == 0, float("-inf"))
+        if copy is not None:  # the items the history offers for copying compete with the beam's
+            found = torch.cat([found, copy.history], dim=1)
+        served = self._catalogue_scores(users, intents, copy).gather(1, found).masked_fill(found == 0, float("-inf"))
         order = served.argsort(dim=1, descending=True)
         items, scores = found.gather(1, order), served.gather(1, order)
         keep = torch.cat([torch.ones_like(items[:, :1], dtype=torch.bool), items[:, 1:] != items[:, :-1]], 1)
