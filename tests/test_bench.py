@@ -367,3 +367,34 @@ def test_summary_picks_each_models_best_row_on_validation(tmp_path, monkeypatch)
         "| HSTU | A | 2 | 0.0600 | 0.0500 | 0.0500 | - | [ml-100k.md](ml-100k.md) | `run_recbole A --seed=1` |" in text
     )
     assert "| SASRec | S | 1 | 0.0300 |" in text and "| HSTU | B |" not in text and "| HSTU | C |" not in text
+
+
+def test_the_study_compares_rows_in_the_table_1_shape_against_the_baseline(tmp_path, monkeypatch, capsys):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    bench = {"rows": {"GPR": {"model": "GPR"}, "OneRanker": {"model": "OneRanker"}, "Idle": {"model": "HSTU"}}}
+    (configs / "ml-100k.yaml").write_text(yaml.safe_dump(bench))
+    monkeypatch.setattr(common, "CONFIG_DIR", configs)
+    hashes = common.config_hashes(bench, "ml-100k", {})
+    table = common.ResultTable(tmp_path / "ml-100k.csv")
+    users = tmp_path / "users.npy"
+    np.save(users, np.array([1, 2]))
+    runs = [("GPR", 1, 0.20, [1, 20]), ("GPR", 2, 0.30, [2, 20]), ("OneRanker", 1, 0.30, [1, 1])]
+    for label, seed, hr1, ranks in runs:
+        ranks_file = tmp_path / f"{label}{seed}.npy"
+        np.save(ranks_file, np.array(ranks))
+        table.append({"key": f"{label}{seed}", "config_hash": hashes[label], "label": label, "model": label,
+                      "seed": seed, "command": "run_recbole --candidate_negatives=29", "candidate_hit@1": hr1,
+                      "test_ndcg@10": 0.1, "ranks_file": str(ranks_file), "users_file": str(users)})  # fmt: skip
+    from recbole_oneranker.bench import study
+
+    assert study.main(["--dataset", "ml-100k", "--results", str(tmp_path), "--rows", "OneRanker", "Idle"]) == 0
+    text = capsys.readouterr().out
+    assert "target and 29 sampled negatives" in text and "| Idle |" not in text  # no finished seed: left out
+    lines = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    gpr, oneranker = lines["| GPR"], lines["| OneRanker"]
+    assert "| 2 | 0.2500 ± 0.6353 |" in gpr and "| +0.0% |" in gpr  # 0.25 ± t(1) * 0.0707 / sqrt(2)
+    # +20% relative HR@1; per user, NDCG@10 1 against (1 + 1/log2(3)) / 2 (ranks 1 and 2) and against 0 (rank 20)
+    assert "| 1 | 0.3000 |" in oneranker and "| +20.0% |" in oneranker
+    assert "| +0.5923 [" in oneranker
+    assert study.main(["--dataset", "ml-100k", "--results", str(tmp_path), "--baseline", "Idle"]) == 2

@@ -133,7 +133,7 @@ def _relative(path: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
-def _per_user_ndcg(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
+def per_user_ndcg(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
     """``(user ids, NDCG@10)`` of each test user averaged over the rows' seeds; None if a row kept no user ids."""
     if not all(row.get("users_file") for row in rows):
         return None
@@ -141,7 +141,7 @@ def _per_user_ndcg(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] 
     return per_user_mean(users, [rank_metrics(np.load(REPO / row["ranks_file"]), 10)["ndcg"] for row in rows])
 
 
-def _paired_cell(own: tuple[np.ndarray, np.ndarray] | None, baseline: tuple[np.ndarray, np.ndarray] | None) -> str:
+def paired_cell(own: tuple[np.ndarray, np.ndarray] | None, baseline: tuple[np.ndarray, np.ndarray] | None) -> str:
     """Mean per-user NDCG@10 difference to the baseline row and its 95% paired bootstrap interval."""
     if own is None or baseline is None:
         return "-"
@@ -160,7 +160,7 @@ def print_paired(rows: list[dict[str, Any]], label: str, other: str) -> int:
         )
         return 2
     seeds = {name: sorted(int(row["seed"]) for row in runs) for name, runs in by_label.items()}
-    cell = _paired_cell(_per_user_ndcg(by_label[label]), _per_user_ndcg(by_label[other]))
+    cell = paired_cell(per_user_ndcg(by_label[label]), per_user_ndcg(by_label[other]))
     print(f"{label} (seeds {seeds[label]}) - {other} (seeds {seeds[other]}): test NDCG@10 per user {cell}")
     return 0
 
@@ -207,7 +207,7 @@ def write_report(
     by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_label[row["label"]].append(row)
-    baseline_ndcg = _per_user_ndcg(by_label[baseline]) if baseline in by_label else None
+    baseline_ndcg = per_user_ndcg(by_label[baseline]) if baseline in by_label else None
     metrics = [m for m in HEADLINE if f"test_{m}" in rows[0]]
     candidate_metrics = [m for m in CANDIDATE_HEADLINE if f"candidate_{m}" in rows[0]]
     lines = [
@@ -246,12 +246,12 @@ def write_report(
         for column in [f"test_{m}" for m in metrics] + [f"candidate_{m}" for m in candidate_metrics]:
             mean, half = mean_ci([float(r[column]) for r in label_rows])
             cells.append(f"{mean:.4f} ± {half:.4f}")
-        per_user = _per_user_ndcg(label_rows)
+        per_user = per_user_ndcg(label_rows)
         spread = "[{:.4f}, {:.4f}]".format(*bootstrap_ci(per_user[1])) if per_user is not None else "-"
         epochs = np.mean([int(r["best_epoch"]) + 1 for r in label_rows])
         to_best = np.mean([float(r["time_to_best_s"]) for r in label_rows])
         wall = np.mean([float(r["wall_time_s"]) for r in label_rows])
-        paired = f" | {_paired_cell(per_user, baseline_ndcg)}" if baseline else ""
+        paired = f" | {paired_cell(per_user, baseline_ndcg)}" if baseline else ""
         lines.append(
             f"| {label} | {len(label_rows)} | " + " | ".join(cells) + f" | {spread}{paired} | "
             f"{epochs:.0f} | {to_best:.0f} | {wall:.0f} |"
