@@ -262,11 +262,17 @@ def test_session_beam_without_the_cache_finds_the_same_sessions(build) -> None:
     torch.testing.assert_close(scores, cached_scores)
 
 
-def test_gradients_reach_every_parameter(build) -> None:
-    model, train, _ = build(user_token_fields=["gender", "occupation"],
+@pytest.mark.parametrize("repeats", [False, True], ids=["", "repeat_explore"])
+def test_gradients_reach_every_parameter(build, repeats) -> None:
+    model, train, _ = build(user_token_fields=["gender", "occupation"], repeat_explore=repeats,
                             load_col={"inter": ["user_id", "item_id", "rating", "timestamp", "click", "conversion"],
                                       "user": ["user_id", "gender", "occupation"]})  # fmt: skip
-    model.calculate_loss(next(iter(train))).backward()
+    batch = next(iter(train))
+    if repeats:  # ml-100k users never rate a movie twice: the copy attention needs sessions that repeat
+        history = batch["item_id_list"]
+        batch["item_id_list"] = torch.where(history > 0, history[:, :1], 0)  # one item, over and over
+        batch["item_id"] = history[:, 0].clone()
+    model.calculate_loss(batch).backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
     load = model.routing_load()  # [layers, E]
@@ -301,3 +307,19 @@ def test_search_space_names_only_known_keys() -> None:
 def test_onerec_end_to_end_on_ml_tiny(sid_config, overrides) -> None:
     result = run("OneRec", "ml-tiny", config_dict={**sid_config, **overrides, "epochs": 2, "candidate_negatives": 9})
     assert set(result["test_result"]) >= {"hit@10", "ndcg@10", "gmv@10"}
+
+
+def test_with_repeats_scores_stay_a_distribution_and_generate_ranks_the_history_in(build) -> None:
+    model, _, test = build(repeat_explore=True)
+    model.eval()
+    batch = next(iter(test))[0][:6]
+    with torch.no_grad():
+        scores = model.full_sort_predict(batch)
+        torch.testing.assert_close(scores.exp().sum(1), torch.ones(6))
+        torch.nn.init.constant_(model.repeat_explore.gate.bias, 30.0)  # P(repeat) = 1
+        repeating = model.full_sort_predict(batch)
+        items, item_scores = model.generate(batch, k=3)
+    torch.testing.assert_close(item_scores, repeating.gather(1, items))
+    for row in range(6):
+        history = set(batch["item_id_list"][row, : batch["item_length"][row]].tolist())
+        assert int(repeating[row].argmax()) in history and set(items[row].tolist()) <= history

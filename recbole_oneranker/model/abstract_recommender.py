@@ -34,7 +34,7 @@ from recbole_oneranker.model.layers import (
 )
 from recbole_oneranker.model.serving import ServingResult
 
-__all__ = ["GenerativeRecommender", "check_user_token_fields", "hstu_config", "item_feature_embedding"]
+__all__ = ["GenerativeRecommender", "check_user_token_fields", "hstu_config", "item_feature_embedding", "top_distinct"]
 
 
 def check_user_token_fields(config, dataset) -> list[str]:
@@ -108,6 +108,27 @@ def hstu_config(config, num_prefix_tokens: int, max_history: int, **options) -> 
         relative_bias=config["relative_bias"],
         **options,
     )
+
+
+def top_distinct(items: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` best-scored distinct items of each row of ``items`` (``[B, C]``, 0 = none) with their ``scores``
+    (``[B, C]``; an item found twice, e.g. by two beams, has the same score both times), best first, 0-padded.
+
+    >>> top_distinct(torch.tensor([[3, 5, 3, 0]]), torch.tensor([[0.5, 0.9, 0.5, -1.0]]), 2)
+    (tensor([[5, 3]]), tensor([[0.9000, 0.5000]]))
+    """
+    scores = scores.masked_fill(items == 0, float("-inf"))
+    order = scores.argsort(dim=1, descending=True)
+    items, scores = items.gather(1, order), scores.gather(1, order)
+    keep = torch.cat([torch.ones_like(items[:, :1], dtype=torch.bool), items[:, 1:] != items[:, :-1]], 1)
+    rank = keep.long().cumsum(1) - 1
+    out_items = items.new_zeros(len(items), k)
+    out_scores = scores.new_full((len(items), k), float("-inf"))
+    selected = keep & (rank < k) & (items > 0)
+    rows = torch.arange(len(items), device=items.device).unsqueeze(1).expand_as(items)
+    out_items[rows[selected], rank[selected]] = items[selected]
+    out_scores[rows[selected], rank[selected]] = scores[selected]
+    return out_items, out_scores
 
 
 class GenerativeRecommender(SequentialRecommender):

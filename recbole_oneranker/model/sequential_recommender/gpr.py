@@ -18,7 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbole_oneranker.errors import ConfigError
-from recbole_oneranker.model.abstract_recommender import GenerativeRecommender, check_user_token_fields, hstu_config
+from recbole_oneranker.model.abstract_recommender import (
+    GenerativeRecommender,
+    check_user_token_fields,
+    hstu_config,
+    top_distinct,
+)
 from recbole_oneranker.model.layers import (
     RepeatExplore,
     RepeatExploreConfig,
@@ -290,20 +295,4 @@ class GPR(GenerativeRecommender):
         found = found.view(batch, heads * k) + 1  # trie rows -> internal item ids (0: no item)
         if copy is not None:  # the items the history offers for copying compete with the beam's
             found = torch.cat([found, copy.history], dim=1)
-        served = self._catalogue_scores(users, intents, copy).gather(1, found).masked_fill(found == 0, float("-inf"))
-        order = served.argsort(dim=1, descending=True)
-        items, scores = found.gather(1, order), served.gather(1, order)
-        keep = torch.cat([torch.ones_like(items[:, :1], dtype=torch.bool), items[:, 1:] != items[:, :-1]], 1)
-        return self._first_distinct(items, scores, keep, k)
-
-    @staticmethod
-    def _first_distinct(items: Tensor, scores: Tensor, keep: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """The first ``k`` kept (non-repeated) items of each row, in order, 0-padded."""
-        rank = keep.long().cumsum(1) - 1
-        out_items = items.new_zeros(len(items), k)
-        out_scores = scores.new_full((len(items), k), float("-inf"))
-        selected = keep & (rank < k)
-        rows = torch.arange(len(items), device=items.device).unsqueeze(1).expand_as(items)
-        out_items[rows[selected], rank[selected]] = items[selected]
-        out_scores[rows[selected], rank[selected]] = scores[selected]
-        return out_items, out_scores
+        return top_distinct(found, self._catalogue_scores(users, intents, copy).gather(1, found), k)

@@ -18,12 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbole_oneranker.errors import ConfigError
-from recbole_oneranker.model.abstract_recommender import GenerativeRecommender, check_user_token_fields
+from recbole_oneranker.model.abstract_recommender import GenerativeRecommender, check_user_token_fields, top_distinct
 from recbole_oneranker.model.layers import (
     EncoderDecoderConfig,
     HistoryEncoder,
     MixtureOfExperts,
     MoEConfig,
+    RepeatExplore,
+    RepeatExploreConfig,
+    RepeatExploreLogProbs,
     SessionDecoder,
     SIDGenerator,
     SIDGeneratorConfig,
@@ -51,6 +54,8 @@ class OneRec(GenerativeRecommender):
     - **Serving**: every item's exact log-probability as the session's first item (each level normalised over the
       trie's valid codes), from one decoder step on BOS; :meth:`generate` is the trie-constrained beam over it and
       :meth:`generate_sessions` the beam over whole sessions, decoding from a key/value cache.
+    - Added, off by default (``repeat_explore``; not in the paper): the first item's distribution mixed with a copy
+      attention over the history's items (:class:`~recbole_oneranker.model.layers.RepeatExplore`).
 
     NOTE (deviations; docs/onerec.md): one decoder token per item, not per code, with the codes of an item read
     from that token through an additive prefix term, which makes exact full-catalogue scores a product and gathers;
@@ -90,6 +95,8 @@ class OneRec(GenerativeRecommender):
         self.generator = SIDGenerator(
             SIDGeneratorConfig(hidden_size=d, codebook_sizes=codebook_sizes, num_heads=1, num_thinking_tokens=0)
         )
+        # Not in the paper (docs/onerec.md, "Repeats"): the session's first item may be copied from the history.
+        self.repeat_explore = RepeatExplore(RepeatExploreConfig(d)) if config["repeat_explore"] else None
 
         # parameters initialization
         for embedding in (*self.code_inputs, *self.user_token_embeddings.values()):
@@ -177,12 +184,34 @@ class OneRec(GenerativeRecommender):
 
     def session_log_probs(self, interaction, rows: Tensor, positions: Tensor, sessions: Tensor) -> Tensor:
         """``[C, m]`` teacher-forced log-probability of each item of ``sessions`` (``[C, m]`` item ids) after the
-        history of row ``rows[c]`` up to ``positions[c]`` and the session's earlier items (codebook softmax)."""
+        history of row ``rows[c]`` up to ``positions[c]`` and the session's earlier items (codebook softmax; with
+        ``repeat_explore``, the first item's under the mixture with the copy of a history item)."""
         memory, visible = self.encode(interaction, rows, positions)
         intents = self.intents(memory, visible, sessions[:, :-1])  # [C, m, D]
         codes = self.item_codes[sessions]  # [C, m, L]
         per_level = self.generator.path_log_probs(intents.flatten(0, 1).unsqueeze(1), codes.flatten(0, 1).unsqueeze(1))
-        return per_level.sum(-1).view_as(sessions)
+        log_probs = per_level.sum(-1).view_as(sessions)
+        if self.repeat_explore is None:
+            return log_probs
+        copy = self._copy_parts(interaction, rows, positions, self.history_memory(memory), intents[:, 0])
+        first = copy.of_targets(sessions[:, 0], log_probs[:, 0])
+        return torch.cat([first.unsqueeze(1), log_probs[:, 1:]], dim=1)
+
+    def history_memory(self, memory: Tensor) -> Tensor:
+        """``[C, n, D]`` the encoder's states of the history tokens, from its whole memory ``[C, 1 + U + n, D]``
+        (the context token and the user tokens come first)."""
+        return memory[:, 1 + len(self.user_token_fields) :]
+
+    def _copy_parts(
+        self, interaction, rows: Tensor, positions: Tensor, history_states: Tensor, users: Tensor
+    ) -> RepeatExploreLogProbs:
+        """The repeat-explore mixture's parts for request ``c`` = row ``rows[c]`` at ``positions[c]``: the user
+        state ``users[c]`` copies from the history items up to the position (all of them, read by the encoder or
+        not), keyed by their encoder states ``history_states`` (``[C, n, D]``)."""
+        n = history_states.shape[1]
+        history = interaction[self.ITEM_SEQ][rows, :n]
+        visible = (torch.arange(n, device=history.device) <= positions.unsqueeze(1)) & (history > 0)
+        return self.repeat_explore(users, history_states, history, visible)
 
     # -- training ---------------------------------------------------------------------------------------------
 
@@ -244,11 +273,23 @@ class OneRec(GenerativeRecommender):
         return self.in_row_order(per_bucket, buckets)
 
     def serve(self, interaction) -> ServingResult:
-        """Every item's exact log-probability as the first item of the generated session."""
+        """Every item's exact log-probability as the first item of the generated session (with
+        ``repeat_explore``, mixed with the copy of a history item)."""
         intents = self.first_item_intents(interaction)
         scores = self.generator.catalogue_log_probs(intents, self.semantic_ids_on(intents.device)[1])[:, 0]  # [B, N]
         scores = F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
+        if self.repeat_explore is not None:
+            scores = self._copy_at_last_positions(interaction, intents[:, 0]).of_catalogue(scores)
         return ServingResult(retrieval_scores=scores, final_scores=scores)
+
+    def _copy_at_last_positions(self, interaction, users: Tensor) -> RepeatExploreLogProbs:
+        """The copy mixture's parts at each row's last position, for the first item's intents ``users`` ``[B, D]``
+        (the encoder runs again, by length bucket: only with ``repeat_explore``)."""
+        seq_lens = interaction[self.ITEM_SEQ_LEN]
+        buckets = self.length_buckets(seq_lens)
+        memory = [self.history_memory(self.encode(interaction[bucket])[0]) for bucket in buckets]
+        rows = torch.arange(len(seq_lens), device=seq_lens.device)
+        return self._copy_parts(interaction, rows, seq_lens - 1, self.in_row_order(memory, buckets), users)
 
     @torch.no_grad()
     def generate(self, interaction, k: int | None = None) -> tuple[Tensor, Tensor]:
@@ -256,12 +297,19 @@ class OneRec(GenerativeRecommender):
 
         Returns:
             ``items`` ``[B, k]`` internal item ids (0 where the catalogue has fewer) and their scores ``[B, k]``,
-            each equal to the item's :meth:`full_sort_predict` score.
+            each equal to the item's :meth:`full_sort_predict` score (with ``repeat_explore``, the beam's items and
+            the history's, ranked by that score).
         """
+        k = k or self.beam_size
         intents = self.first_item_intents(interaction)  # [B, 1, D]
         trie, _ = self.semantic_ids_on(intents.device)
-        _, scores, found = constrained_beam_search(self._code_logits(intents), trie, len(intents), k or self.beam_size)
-        return found + 1, scores  # trie rows -> internal item ids; a missing item (-1) becomes the padding item
+        _, scores, found = constrained_beam_search(self._code_logits(intents), trie, len(intents), k)
+        found = found + 1  # trie rows -> internal item ids; a missing item (-1) becomes the padding item
+        if self.repeat_explore is None:
+            return found, scores
+        # The history's items compete with the beam's, all ranked by the served (mixed) score.
+        found = torch.cat([found, interaction[self.ITEM_SEQ]], dim=1)
+        return top_distinct(found, self.serve(interaction).final_scores.gather(1, found), k)
 
     @torch.no_grad()
     def generate_sessions(
