@@ -398,3 +398,21 @@ def test_the_study_compares_rows_in_the_table_1_shape_against_the_baseline(tmp_p
     assert "| 1 | 0.3000 |" in oneranker and "| +20.0% |" in oneranker
     assert "| +0.5923 [" in oneranker
     assert study.main(["--dataset", "ml-100k", "--results", str(tmp_path), "--baseline", "Idle"]) == 2
+
+
+def test_every_committed_row_label_still_has_current_rows():
+    # A key added to a model's defaults enters every row's identity unless it keeps the old behaviour
+    # (common.UNCHANGED_BEHAVIOUR): forgetting that would silently turn every committed row stale.
+    for table_file in sorted((common.REPO / "results").glob("*.csv")):
+        config_file = common.CONFIG_DIR / f"{table_file.stem}.yaml"
+        if not config_file.is_file():
+            continue
+        bench_config = common.load_bench_config(table_file.stem, config_file)
+        dataset = bench_config.get("dataset", table_file.stem)
+        extra = {} if dataset == common.EMBEDDED_DATASET else {"data_path": str(common.DEFAULT_DATA_PATH)}
+        current = common.current_rows(
+            common.ResultTable(table_file), common.config_hashes(bench_config, dataset, extra)
+        )
+        with table_file.open() as rows:
+            labels = {row["label"] for row in csv.DictReader(rows)} & set(bench_config["rows"])
+        assert labels == {row["label"] for row in current}, table_file.name
