@@ -259,10 +259,23 @@ def test_bench_script_on_tiny_data(tmp_path, tiny_data_path, run_device):
     assert 0.0 <= auc <= 1.0
     assert "RMSE of log value" in report
     assert "and 9 uniformly drawn items" in report and "| popularity AUC |" in report
-    assert "best validation NDCG@10 among 100 uniform draws" in report and "'valid': 'uni100'" in report
+    assert "early stopping on the validation mean of the stages' AUC (each valid target among 100 uniform" in report
+    assert "at epoch 1 of 1; test, the catalogue ranked by reward: ndcg@10 " in report
     # The checkpoint it trained evaluates again without training, on the same draws: the same tables.
     checkpoint = tmp_path / "saved" / "reward-ml-tiny-seed2020.pth"
     again = tmp_path / "again.md"
     argv = ["--checkpoint", str(checkpoint), "--negatives", "9", "--out", str(again)]
     assert reward_bench.main(argv) == 0
     assert again.read_text().split("| stage |")[1] == report.split("| stage |")[1]
+
+
+def test_bench_validation_score_is_the_mean_stage_auc(tiny_config):
+    config = Config("RewardModel", "ml-tiny", config_dict={**tiny_config, **REWARD_TINY})
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = RewardModel(config, train._dataset)
+    trainer = reward_bench.StageAUCTrainer(config, model, negatives=20, seed=3)
+    score, result = trainer._valid_epoch(valid)
+    report = reward_bench.reward_report(reward_bench.score_test_users(model, valid, 20, 3), model.stages)
+    aucs = [measures["AUC"] for measures in report["stages"].values()]
+    assert score == pytest.approx(np.mean(aucs)) and result["auc conversion"] == pytest.approx(aucs[1])
+    assert trainer._valid_epoch(valid)[0] == score  # the same draws every epoch
