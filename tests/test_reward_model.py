@@ -18,7 +18,11 @@ from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.sequential_recommender import RewardModel
-from recbole_oneranker.model.sequential_recommender.rewardmodel import cascade_log_probs, training_labels
+from recbole_oneranker.model.sequential_recommender.rewardmodel import (
+    cascade_log_probs,
+    history_levels,
+    training_labels,
+)
 from recbole_oneranker.quick_start import run
 
 REWARD_TINY = {
@@ -85,9 +89,7 @@ def test_loss_labels_on_a_hand_made_batch(build):
     model.eval()
     model.length_bucket_size = 0
     stage_loss, value_loss = model.calculate_loss(batch)
-    logits, log_value = model.score_candidates(
-        model.encode(batch), sets.positions, batch["item_length"], sets.candidates
-    )
+    logits, log_value = model.score_candidates(model.encode_users(batch), sets.positions, sets.candidates)
     reached = torch.sigmoid(logits).cumprod(-1)
     bce = F.binary_cross_entropy(reached, sets.labels, reduction="none").mean(-1)
     torch.testing.assert_close(stage_loss, (bce * sets.weights).sum() / sets.weights.sum())
@@ -112,6 +114,27 @@ def test_sampled_positions_include_the_last(build):
     assert sets.positions.shape == (len(batch), 3)
     assert torch.equal(sets.positions[:, 0], batch["item_length"] - 1)
     assert (sets.positions < batch["item_length"].unsqueeze(1)).all()
+
+
+def test_a_candidate_reads_how_far_the_user_went_with_it_before(build):
+    model, _, test = build()
+    model.eval()
+    batch = next(iter(test))[0][:4]
+    seen = batch["item_id_list"][:, :1]  # each user's first history item
+    unseen = torch.full_like(seen, model.n_items - 1)
+    assert not (batch["item_id_list"] == model.n_items - 1).any()
+    users = model.encode_users(batch)
+    positions = (users.lengths - 1).unsqueeze(1)
+    levels = history_levels(torch.cat([seen, unseen], 1).unsqueeze(1), positions, users.items, users.levels)
+    assert levels[:, 0, 0].tolist() == users.levels[:, 0].tolist() and not levels[:, 0, 1].any()
+    with torch.no_grad():
+        before = model.reward(batch, torch.cat([seen, unseen], 1)).reward
+        model.seen_embedding.weight.normal_()  # only the seen item's token changes
+        model.seen_embedding.weight[0] = 0.0
+        after = model.reward(batch, torch.cat([seen, unseen], 1)).reward
+    assert (after[:, 0] != before[:, 0]).all()
+    torch.testing.assert_close(after[:, 1], before[:, 1])
+    assert build(candidate_history=False)[0].seen_embedding is None
 
 
 def test_cascade_probabilities_chain_and_stay_finite():

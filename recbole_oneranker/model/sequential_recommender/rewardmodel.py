@@ -38,7 +38,15 @@ from recbole_oneranker.model.layers import (
 )
 from recbole_oneranker.model.serving import ServingResult
 
-__all__ = ["RewardEstimate", "RewardModel", "TrainingCandidates", "cascade_log_probs", "training_labels"]
+__all__ = [
+    "EncodedUsers",
+    "RewardEstimate",
+    "RewardModel",
+    "TrainingCandidates",
+    "cascade_log_probs",
+    "history_levels",
+    "training_labels",
+]
 
 IMPLICIT_STAGE = "interaction"
 VALUE_FLOOR = 1e-6  # values are compared in log space; a value of 0 counts as this
@@ -87,6 +95,45 @@ def training_labels(targets: Tensor, negatives: Tensor, stage_labels: Tensor) ->
     return candidates, labels, weights.float()
 
 
+def history_levels(candidates: Tensor, positions: Tensor, items: Tensor, levels: Tensor) -> Tensor:
+    """``[B, R, C]`` how far along the cascade each user went with each candidate before: the highest feedback level
+    (1 + stages reached) among the history positions up to the scoring position that hold the candidate, 0 for a
+    candidate not among them.
+
+    Args:
+        candidates: ``[B, R, C]`` item ids scored at ``positions`` (``[B, R]``).
+        items: ``[B, N]`` the history's item ids (0-padded); levels: ``[B, N]`` their feedback levels (0 = padding).
+
+    >>> history_levels(torch.tensor([[[5, 6, 7], [5, 6, 7]]]), torch.tensor([[0, 2]]),
+    ...                torch.tensor([[5, 7, 5]]), torch.tensor([[1, 2, 3]])).tolist()
+    [[[1, 0, 0], [3, 0, 2]]]
+    """
+    visible = torch.arange(items.shape[1], device=items.device) <= positions.unsqueeze(-1)  # [B, R, N]
+    match = (candidates.unsqueeze(-1) == items[:, None, None, :]) & visible.unsqueeze(2)  # [B, R, C, N]
+    return torch.where(match, levels[:, None, None, :], 0).amax(dim=-1)
+
+
+@dataclass(frozen=True)
+class EncodedUsers:
+    """What ``B`` users' candidates are scored from: one pass of the history encoder.
+
+    Attributes:
+        states: ``[B, N, D]`` the states after each history position.
+        lengths: ``[B]`` the histories' lengths.
+        items: ``[B, N]`` the history's item ids (0-padded).
+        levels: ``[B, N]`` their feedback levels (1 + stages reached; 0 = padding).
+    """
+
+    states: Tensor
+    lengths: Tensor
+    items: Tensor
+    levels: Tensor
+
+    def rows(self, index: Tensor) -> EncodedUsers:
+        """The users at ``index`` (``[B']``), e.g. one per scored row of a batch of requests."""
+        return EncodedUsers(self.states[index], self.lengths[index], self.items[index], self.levels[index])
+
+
 @dataclass(frozen=True)
 class RewardEstimate:
     """What the reward model says of ``C`` candidate items for each of ``B`` users.
@@ -132,7 +179,9 @@ class RewardModel(GenerativeRecommender):
       token is the item plus its feedback level (how far along the cascade the interaction went), as OneRanker's
       step 1 reads it.
     - **Candidates**: a :class:`~recbole_oneranker.model.layers.RankingDecoder` whose candidate tokens (the item
-      embedding, shared with the history) cross-attend to the history states up to the scoring position; candidates
+      embedding, shared with the history, plus with ``candidate_history`` an embedding of how far along the cascade
+      the user already went with that item: :func:`history_levels`) cross-attend to the history states up to the
+      scoring position; candidates
       never attend to each other, so an item's reward does not depend on the set it is scored in, and scoring the
       catalogue in chunks is exact. One sigmoid head per cascade stage (conditional on the stage before, chained as
       ESMM does: :func:`cascade_log_probs`) and a value head when the data has a ``value_field``.
@@ -147,9 +196,10 @@ class RewardModel(GenerativeRecommender):
     only the decoder's share, and each epoch then learns from every interaction's labels once (a reward model is
     as good as the labelled pairs it sees; sampling positions would leave most of them out of each epoch).
 
-    Public API: :meth:`reward` (a batch of users' rewards of given items), :meth:`reward_from_states` (the same from
-    states already encoded), ``predict`` / ``full_sort_predict`` (RecBole's evaluator ranks items by the reward;
-    the catalogue is scored in chunks of ``score_chunk_size`` user-item pairs).
+    Public API: :meth:`reward` (a batch of users' rewards of given items), :meth:`encode_users` and
+    :meth:`reward_of_users` (the same, the users encoded once for many item sets), ``predict`` /
+    ``full_sort_predict`` (RecBole's evaluator ranks items by the reward; the catalogue is scored in chunks of
+    ``score_chunk_size`` user-item pairs).
 
     NOTE: probabilities are those of the training mix, one next item among ``reward_negatives`` uniform draws: the
     first stage's rate is set by that ratio, not by any rate of the real world (docs/reward-model.md).
@@ -164,6 +214,7 @@ class RewardModel(GenerativeRecommender):
         self.reward_positions = config["reward_positions"]
         self.value_loss_weight = config["value_loss_weight"]
         self.score_chunk_size = config["score_chunk_size"]
+        self.candidate_history = config["candidate_history"]
         if self.repeat_shift is not None:
             raise ConfigError("repeat_bias is a shift of the next-item softmax, which RewardModel does not train")
 
@@ -191,9 +242,15 @@ class RewardModel(GenerativeRecommender):
         )
         features = item_feature_embedding(config, dataset) if config["candidate_item_features"] else None
         self.candidate_features = features
+        # How far along the cascade the user already went with a candidate (0 = never: the zero vector)
+        levels = len(self.cascade_fields) + 2
+        self.seen_embedding = nn.Embedding(levels, d, padding_idx=0) if self.candidate_history else None
 
         # parameters initialization (the encoder and the decoder initialised their own)
         nn.init.normal_(self.level_embedding.weight, std=0.02)
+        if self.seen_embedding is not None:
+            nn.init.normal_(self.seen_embedding.weight, std=0.02)
+            self.seen_embedding.weight.data[0] = 0.0
 
     # -- the history ------------------------------------------------------------------------------------------
 
@@ -213,11 +270,16 @@ class RewardModel(GenerativeRecommender):
 
     # -- scoring ----------------------------------------------------------------------------------------------
 
-    def score_candidates(
-        self, states: Tensor, positions: Tensor, seq_lens: Tensor, candidates: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """The heads' outputs for ``candidates`` (``[B, R, C]`` item ids) scored from the states (``[B, N, D]``) up
-        to ``positions`` (``[B, R]``) of histories of ``seq_lens`` (``[B]``).
+    def encode_users(self, interaction) -> EncodedUsers:
+        """The batch's users (``B`` requests as RecBole's loaders give them), encoded by length bucket."""
+        states = self.encode_by_length(interaction)
+        seq_len = states.shape[1]
+        items = interaction[self.ITEM_SEQ][:, :seq_len]
+        return EncodedUsers(states, interaction[self.ITEM_SEQ_LEN], items, self.feedback_levels(interaction, seq_len))
+
+    def score_candidates(self, users: EncodedUsers, positions: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
+        """The heads' outputs for ``candidates`` (``[B, R, C]`` item ids) scored from the users' states up to
+        ``positions`` (``[B, R]``).
 
         Returns:
             ``stage_logits`` ``[B, R, C, S]`` (stage ``s`` given stage ``s - 1``) and ``log_value`` ``[B, R, C]``
@@ -226,8 +288,10 @@ class RewardModel(GenerativeRecommender):
         embedded = self.encoder.item_embedding(candidates)  # [B, R, C, D]
         if self.candidate_features is not None:
             embedded = embedded + self.candidate_features(candidates)
-        visible = visible_states(states.shape[1], positions, seq_lens)  # [B, R, N]
-        return self.decoder(embedded * math.sqrt(self.hidden_size), states, visible)
+        if self.seen_embedding is not None:
+            embedded = embedded + self.seen_embedding(history_levels(candidates, positions, users.items, users.levels))
+        visible = visible_states(users.states.shape[1], positions, users.lengths)  # [B, R, N]
+        return self.decoder(embedded * math.sqrt(self.hidden_size), users.states, visible)
 
     def estimate(self, stage_logits: Tensor, log_value: Tensor) -> RewardEstimate:
         """The :class:`RewardEstimate` of heads' outputs (``[..., C, S]`` and ``[..., C]``)."""
@@ -251,12 +315,12 @@ class RewardModel(GenerativeRecommender):
             a :class:`RewardEstimate`: ``stage_probs`` ``[B, C, S]``, ``value`` ``[B, C]`` (or None), ``reward``
             ``[B, C]``.
         """
-        return self.reward_from_states(self.encode_by_length(interaction), interaction[self.ITEM_SEQ_LEN], items)
+        return self.reward_of_users(self.encode_users(interaction), items)
 
-    def reward_from_states(self, states: Tensor, seq_lens: Tensor, items: Tensor) -> RewardEstimate:
-        """:meth:`reward` from the histories' states already encoded (``[B, N, D]``, :meth:`encode_by_length`) and
-        their lengths (``[B]``): a caller that scores many item sets for the same users encodes them once."""
-        chunks = list(self._estimates_by_chunk(states, seq_lens, items))
+    def reward_of_users(self, users: EncodedUsers, items: Tensor) -> RewardEstimate:
+        """:meth:`reward` of users already encoded (:meth:`encode_users`): a caller that scores many item sets for
+        the same users encodes them once."""
+        chunks = list(self._estimates_by_chunk(users, items))
         value = None if chunks[0].value is None else torch.cat([chunk.value for chunk in chunks], dim=1)
         return RewardEstimate(
             stage_probs=torch.cat([chunk.stage_probs for chunk in chunks], dim=1),
@@ -264,24 +328,22 @@ class RewardModel(GenerativeRecommender):
             reward=torch.cat([chunk.reward for chunk in chunks], dim=1),
         )
 
-    def _estimates_by_chunk(self, states: Tensor, seq_lens: Tensor, items: Tensor) -> Iterator[RewardEstimate]:
+    def _estimates_by_chunk(self, users: EncodedUsers, items: Tensor) -> Iterator[RewardEstimate]:
         """Estimates of ``items`` (``[B, C]``) chunk by chunk of at most ``score_chunk_size`` user-item pairs (at
         least one item per chunk), at each row's last position."""
         width = max(1, self.score_chunk_size // max(len(items), 1))
-        positions = (seq_lens - 1).unsqueeze(1)  # [B, 1]
+        positions = (users.lengths - 1).unsqueeze(1)  # [B, 1]
         for start in range(0, items.shape[1], width):
             chunk = items[:, start : start + width].unsqueeze(1)  # [B, 1, c]
-            stage_logits, log_value = self.score_candidates(states, positions, seq_lens, chunk)
+            stage_logits, log_value = self.score_candidates(users, positions, chunk)
             yield self.estimate(stage_logits.squeeze(1), log_value.squeeze(1))
 
     def serve(self, interaction) -> ServingResult:
         """Every item ranked by the log of its reward (the reward's order, without float32 underflow ties); the
         catalogue scored in chunks of ``score_chunk_size`` user-item pairs."""
-        states, seq_lens = self.encode_by_length(interaction), interaction[self.ITEM_SEQ_LEN]
-        catalogue = torch.arange(self.n_items, device=states.device).expand(len(states), -1)  # [B, n_items]
-        scores = torch.cat(
-            [self._log_reward(chunk) for chunk in self._estimates_by_chunk(states, seq_lens, catalogue)], 1
-        )
+        users = self.encode_users(interaction)
+        catalogue = torch.arange(self.n_items, device=users.states.device).expand(len(users.states), -1)
+        scores = torch.cat([self._log_reward(chunk) for chunk in self._estimates_by_chunk(users, catalogue)], 1)
         return ServingResult(retrieval_scores=scores, final_scores=scores)
 
     @staticmethod
@@ -291,8 +353,8 @@ class RewardModel(GenerativeRecommender):
     def predict(self, interaction):
         """``[B]`` the log reward of each row's item, each distinct request encoded once."""
         requests, request_of_row = self.distinct_requests(interaction)
-        states = self.encode_by_length(requests)[request_of_row]
-        estimate = self.reward_from_states(states, interaction[self.ITEM_SEQ_LEN], interaction[self.ITEM_ID][:, None])
+        users = self.encode_users(requests).rows(request_of_row)
+        estimate = self.reward_of_users(users, interaction[self.ITEM_ID][:, None])
         return self._log_reward(estimate).squeeze(1)
 
     # -- training ---------------------------------------------------------------------------------------------
@@ -325,10 +387,15 @@ class RewardModel(GenerativeRecommender):
         for rows in self.length_buckets(interaction[self.ITEM_SEQ_LEN]):
             bucket = interaction[rows]
             states = self.encode(bucket)  # [b, n, D]
-            sets = self.training_candidates(bucket, states.shape[1])
-            stage_logits, log_value = self.score_candidates(
-                states, sets.positions, bucket[self.ITEM_SEQ_LEN], sets.candidates
+            seq_len = states.shape[1]
+            users = EncodedUsers(
+                states,
+                bucket[self.ITEM_SEQ_LEN],
+                bucket[self.ITEM_SEQ][:, :seq_len],
+                self.feedback_levels(bucket, seq_len),
             )
+            sets = self.training_candidates(bucket, seq_len)
+            stage_logits, log_value = self.score_candidates(users, sets.positions, sets.candidates)
             log_reached, log_not_reached = cascade_log_probs(stage_logits)  # [b, R, 1 + K, S]
             bce = -(sets.labels * log_reached + (1 - sets.labels) * log_not_reached).mean(-1)  # [b, R, 1 + K]
             bce_sum = bce_sum + (bce * sets.weights).sum()
