@@ -256,7 +256,7 @@ def test_auc_and_ece_by_hand():
     assert measures["AUC on targets"] == pytest.approx(0.5)  # the first three: 0.12 above 0.05, below 0.15
     assert "popularity AUC" not in measures
     popularity = np.array([1.0, 4.0, 3.0, 2.0, 5.0, 0.0])  # positives 3, 2, 5 against negatives 1, 4, 0: 7 of 9
-    with_popularity = reward_bench.stage_metrics(probs, labels, np.zeros(6, dtype=bool), popularity)
+    with_popularity = reward_bench.stage_metrics(probs, labels, np.zeros(6, dtype=bool), {"popularity": popularity})
     assert with_popularity["popularity AUC"] == pytest.approx(7 / 9)
     assert math.isnan(with_popularity["AUC on targets"])  # no target at all
 
@@ -281,7 +281,7 @@ def test_bench_script_on_tiny_data(tmp_path, tiny_data_path, run_device):
     auc = float(rows["click"].split(" | ")[1])
     assert 0.0 <= auc <= 1.0
     assert "RMSE of log value" in report
-    assert "and 9 uniformly drawn items" in report and "| popularity AUC |" in report
+    assert "and 9 uniformly drawn items" in report and "| popularity AUC | history AUC |" in report
     assert "early stopping on the validation mean of the stages' AUC (each valid target among 100 uniform" in report
     assert "at epoch 1 of 1; test, the catalogue ranked by reward: ndcg@10 " in report
     # The checkpoint it trained evaluates again without training, on the same draws: the same tables.

@@ -12,16 +12,19 @@ the best checkpoint follow is the mean over the stages of their AUC on the valid
 ``--valid-negatives`` uniformly drawn items, the same draws every epoch), not NDCG@10 of the catalogue ranked by
 reward. That ranking asks which item is the next one *and* loved, a different question from the stages' AUC: on
 ml-100k it peaked at epoch 8, where the first stage's test AUC was 0.749, below the items' popularity (0.785), and 30
-epochs gave 0.808 (docs/reward-model.md). On each test user the model scores the true
-next item, labelled with the cascade stages its interaction reached and its value, and ``--negatives`` items drawn
-uniformly from the catalogue but the target (seeded: the same draws for every checkpoint of a dataset), labelled 0.
-Per stage, over the pooled candidates: ROC AUC (scikit-learn's ``roc_auc_score``), the expected calibration error
-(10 equal-width bins of the predicted probability: the bins' gaps between mean prediction and observed rate,
-weighted by their share of candidates) and the mean predicted probability against the observed rate; and the AUC
-among the targets alone (does the stage head tell the targets that reached the stage from those that did not; '-'
-when every target or none reached it), and for reference the AUC of a score that knows nothing of the user: the
-candidate's ``log(1 + count)`` in the test users' histories. For the value head: the RMSE of the log value on the
-targets, beside that of the best constant (the targets' own standard deviation of log value).
+epochs gave 0.808 (docs/reward-model.md).
+
+On each test user the model scores the true next item, labelled with the cascade stages its interaction reached and
+its value, and ``--negatives`` items drawn uniformly from the catalogue but the target (seeded: the same draws for
+every checkpoint of a dataset), labelled 0. Per stage, over the pooled candidates: ROC AUC (scikit-learn's
+``roc_auc_score``), the expected calibration error (10 equal-width bins of the predicted probability: the bins' gaps
+between mean prediction and observed rate, weighted by their share of candidates) and the mean predicted probability
+against the observed rate; the AUC among the targets alone (does the stage head tell the targets that reached the
+stage from those that did not; '-' when every target or none reached it); and for reference the AUC of two rules:
+the candidate's popularity (``log(1 + count)`` in the test users' histories; it knows nothing of the user) and the
+user's history with it (how far along the cascade the user went with the candidate before, 0 = never; it knows
+nothing else). For the value head: the RMSE of the log value on the targets, beside that of the best constant (the
+targets' own standard deviation of log value).
 
 The report goes to ``results/reward-<dataset>.md`` (``--out``) with the command, the commit, the device and the seed.
 """
@@ -57,7 +60,7 @@ from recbole_oneranker.bench.quality import ValidationRecorder
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset, data_preparation
 from recbole_oneranker.errors import ConfigError
-from recbole_oneranker.model.sequential_recommender.rewardmodel import VALUE_FLOOR
+from recbole_oneranker.model.sequential_recommender.rewardmodel import VALUE_FLOOR, history_levels
 from recbole_oneranker.overrides import parse_assignments
 from recbole_oneranker.quick_start import cpu_threads, init_logger, load_data_and_model, prepare_output_dirs
 from recbole_oneranker.registry import get_model
@@ -94,10 +97,10 @@ def auc_or_nan(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def stage_metrics(
-    probs: np.ndarray, labels: np.ndarray, is_target: np.ndarray, popularity: np.ndarray | None = None
+    probs: np.ndarray, labels: np.ndarray, is_target: np.ndarray, references: dict[str, np.ndarray] | None = None
 ) -> dict[str, float]:
-    """One stage's measures over pooled candidates (``[n]`` each; ``is_target`` marks the true next items), and
-    with ``popularity`` (a score of each candidate that knows nothing of the user) that score's AUC beside them."""
+    """One stage's measures over pooled candidates (``[n]`` each; ``is_target`` marks the true next items), and the
+    AUC of each score of ``references`` (name -> ``[n]``, e.g. a rule to compare with) beside them."""
     measures = {
         "AUC": auc_or_nan(labels, probs),
         "ECE": expected_calibration_error(probs, labels),
@@ -105,8 +108,8 @@ def stage_metrics(
         "observed rate": float(labels.mean()),
         "AUC on targets": auc_or_nan(labels[is_target], probs[is_target]),
     }
-    if popularity is not None:
-        measures["popularity AUC"] = auc_or_nan(labels, popularity)
+    for name, scores in (references or {}).items():
+        measures[f"{name} AUC"] = auc_or_nan(labels, scores)
     return measures
 
 
@@ -117,15 +120,17 @@ class ScoredCandidates:
     Attributes:
         probs: ``[U, 1 + K, S]`` predicted stage probabilities.
         labels: ``[U, 1 + K, S]`` the stages each candidate's interaction reached (0 for the sampled items).
-        popularity: ``[U, 1 + K]`` ``log(1 + count)`` of each candidate, count = its occurrences in the histories of
-            the scored rows (the model's input windows; no target is counted).
+        references: ``[U, 1 + K]`` scores of each candidate by two rules: ``popularity``, ``log(1 + count)`` with
+            count = its occurrences in the histories of the scored rows (the model's input windows; no target is
+            counted), and ``history``, how far along the cascade the user went with it before (its highest feedback
+            level in the user's history, 0 = never).
         target_values: ``[U]`` the targets' values, or None without a value field.
         predicted_values: ``[U]`` the value head's prediction for the targets, or None.
     """
 
     probs: np.ndarray
     labels: np.ndarray
-    popularity: np.ndarray
+    references: dict[str, np.ndarray]
     target_values: np.ndarray | None
     predicted_values: np.ndarray | None
 
@@ -146,7 +151,7 @@ def score_test_users(model, loader: Iterable, negatives: int, seed: int) -> Scor
     """Score each user of ``loader`` (RecBole's test loader) on its target and ``negatives`` sampled items."""
     generator = torch.Generator().manual_seed(seed)
     model.eval()
-    probs, labels, items, target_values, predicted_values = [], [], [], [], []
+    probs, labels, items, seen, target_values, predicted_values = [], [], [], [], [], []
     counts = torch.zeros(model.n_items)
     for batch in loader:
         interaction = batch[0].to(model.device)
@@ -157,6 +162,9 @@ def score_test_users(model, loader: Iterable, negatives: int, seed: int) -> Scor
         history = interaction[model.ITEM_SEQ]
         counts += torch.bincount(history[history > 0].cpu(), minlength=model.n_items).float()
         items.append(candidates.cpu())
+        levels = model.feedback_levels(interaction, history.shape[1])
+        positions = (interaction[model.ITEM_SEQ_LEN] - 1).unsqueeze(1)
+        seen.append(history_levels(candidates.unsqueeze(1), positions, history, levels).squeeze(1).cpu())
         if model.cascade_fields:
             reached = torch.stack([interaction[field].float() for field in model.cascade_fields], dim=1)  # [B, S]
         else:
@@ -171,7 +179,10 @@ def score_test_users(model, loader: Iterable, negatives: int, seed: int) -> Scor
     return ScoredCandidates(
         probs=np.concatenate(probs),
         labels=np.concatenate(labels),
-        popularity=torch.log1p(counts[torch.cat(items)]).numpy(),
+        references={
+            "popularity": torch.log1p(counts[torch.cat(items)]).numpy(),
+            "history": torch.cat(seen).float().numpy(),
+        },
         target_values=np.concatenate(target_values) if target_values else None,
         predicted_values=np.concatenate(predicted_values) if predicted_values else None,
     )
@@ -182,13 +193,13 @@ def reward_report(scored: ScoredCandidates, stages: list[str]) -> dict[str, Any]
     users, per_user, _ = scored.probs.shape
     is_target = np.zeros((users, per_user), dtype=bool)
     is_target[:, 0] = True
-    popularity = scored.popularity.ravel()
+    references = {name: scores.ravel() for name, scores in scored.references.items()}
     report: dict[str, Any] = {
         "users": users,
         "candidates": users * per_user,
         "stages": {
             stage: stage_metrics(
-                scored.probs[..., s].ravel(), scored.labels[..., s].ravel(), is_target.ravel(), popularity
+                scored.probs[..., s].ravel(), scored.labels[..., s].ravel(), is_target.ravel(), references
             )
             for s, stage in enumerate(stages)
         },
@@ -230,8 +241,10 @@ def report_markdown(report: dict[str, Any], about: dict[str, str]) -> str:
         f"reached) and {report['candidates'] // report['users'] - 1} uniformly drawn items (labelled 0): "
         f"{report['candidates']} candidates pooled per stage. AUC: ROC AUC over them (scikit-learn). ECE: expected "
         f"calibration error over {CALIBRATION_BINS} equal-width bins of the predicted probability. 'AUC on targets': "
-        "among the true next items alone ('-': all or none reached the stage). 'popularity AUC', for reference: the "
-        "AUC of each item's log(1 + count) in the test users' histories, a score that knows nothing of the user. "
+        "among the true next items alone ('-': all or none reached the stage). For reference, the AUC of two rules: "
+        "'popularity', each item's log(1 + count) in the test users' histories (it knows nothing of the user), and "
+        "'history', how far along the cascade the user went with the item before (0 = never; it knows nothing "
+        "else). "
         "Probabilities are those of the training mix (one next item among the model's reward_negatives draws), so "
         "the first stage's rate follows that ratio.",
         "",
