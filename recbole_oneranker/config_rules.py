@@ -254,6 +254,7 @@ RULES: tuple[Rule, ...] = (
     Rule("balancing_rate", WEIGHT, OWN),
     # RewardModel
     Rule("reward_negatives", POSITIVE_INT, OWN),
+    Rule("reward_negative_sampling", Check(str, choices=("uniform", "popularity")), OWN),
     Rule("reward_positions", COUNT, OWN),
     Rule("value_loss_weight", WEIGHT, OWN),
     Rule("score_chunk_size", POSITIVE_INT, OWN),

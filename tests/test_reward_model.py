@@ -137,6 +137,21 @@ def test_a_candidate_reads_how_far_the_user_went_with_it_before(build):
     assert build(candidate_history=False)[0].seen_embedding is None
 
 
+def test_popularity_negatives_follow_the_training_interactions(build):
+    model, train, _ = build(reward_negative_sampling="popularity")
+    rows = train._dataset.inter_feat
+    items = torch.cat([rows["item_id_list"].flatten(), rows["item_id"]])
+    counts = torch.bincount(items[items > 0], minlength=model.n_items).float()
+    assert model.item_counts[0] == 0 and (model.item_counts[1:] >= 1).all()
+    torch.testing.assert_close(model.item_counts[counts > 0], counts[counts > 0])
+    model.item_counts = torch.zeros_like(model.item_counts).index_fill_(0, torch.tensor([7]), 1.0)
+    assert (model.sample_negatives((3, 4, 5), torch.device("cpu")) == 7).all()  # drawn by the counts alone
+    uniform, _, _ = build()
+    assert not hasattr(uniform, "item_counts")
+    with pytest.raises(ConfigError, match="reward_negative_sampling"):
+        build(reward_negative_sampling="hard")
+
+
 def test_cascade_probabilities_chain_and_stay_finite():
     logits = torch.tensor([[2.0, -1.0, 0.5], [40.0, 40.0, -40.0], [-40.0, 3.0, 3.0]], requires_grad=True)
     log_reached, log_not_reached = cascade_log_probs(logits)
@@ -259,6 +274,12 @@ def test_auc_and_ece_by_hand():
     with_popularity = reward_bench.stage_metrics(probs, labels, np.zeros(6, dtype=bool), {"popularity": popularity})
     assert with_popularity["popularity AUC"] == pytest.approx(7 / 9)
     assert math.isnan(with_popularity["AUC on targets"])  # no target at all
+    # Targets 0.12 (a repeat) and 0.55 (new), each pooled with the negatives 0.05, 0.15, 0.92: 1 of 3, 2 of 3.
+    probs, labels = np.array([0.05, 0.15, 0.12, 0.55, 0.92]), np.array([0, 0, 1, 1, 0])
+    is_target, repeat = np.array([0, 0, 1, 1, 0], dtype=bool), np.array([0, 0, 1, 0, 0], dtype=bool)
+    by_kind = reward_bench.stage_metrics(probs, labels, is_target, repeat=repeat)
+    assert by_kind["AUC, repeat targets"] == pytest.approx(1 / 3)
+    assert by_kind["AUC, new targets"] == pytest.approx(2 / 3)
 
 
 def test_reward_model_end_to_end_on_ml_tiny(tiny_config):
@@ -282,6 +303,7 @@ def test_bench_script_on_tiny_data(tmp_path, tiny_data_path, run_device):
     assert 0.0 <= auc <= 1.0
     assert "RMSE of log value" in report
     assert "and 9 uniformly drawn items" in report and "| popularity AUC | history AUC |" in report
+    assert "| AUC, repeat targets | AUC, new targets |" in report
     assert "early stopping on the validation mean of the stages' AUC (each valid target among 100 uniform" in report
     assert "at epoch 1 of 1; test, the catalogue ranked by reward: ndcg@10 " in report
     # The checkpoint it trained evaluates again without training, on the same draws: the same tables.

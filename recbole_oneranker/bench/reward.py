@@ -20,11 +20,12 @@ every checkpoint of a dataset), labelled 0. Per stage, over the pooled candidate
 ``roc_auc_score``), the expected calibration error (10 equal-width bins of the predicted probability: the bins' gaps
 between mean prediction and observed rate, weighted by their share of candidates) and the mean predicted probability
 against the observed rate; the AUC among the targets alone (does the stage head tell the targets that reached the
-stage from those that did not; '-' when every target or none reached it); and for reference the AUC of two rules:
-the candidate's popularity (``log(1 + count)`` in the test users' histories; it knows nothing of the user) and the
-user's history with it (how far along the cascade the user went with the candidate before, 0 = never; it knows
-nothing else). For the value head: the RMSE of the log value on the targets, beside that of the best constant (the
-targets' own standard deviation of log value).
+stage from those that did not; '-' when every target or none reached it); the AUC over the sampled items and the
+targets that repeat an item of the user's history, and over them and the new targets; and for reference the AUC of
+two rules: the candidate's popularity (``log(1 + count)`` in the test users' histories; it knows nothing of the user)
+and the user's history with it (how far along the cascade the user went with the candidate before, 0 = never; it
+knows nothing else). For the value head: the RMSE of the log value on the targets, beside that of the best constant
+(the targets' own standard deviation of log value).
 
 The report goes to ``results/reward-<dataset>.md`` (``--out``) with the command, the commit, the device and the seed.
 """
@@ -97,10 +98,16 @@ def auc_or_nan(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def stage_metrics(
-    probs: np.ndarray, labels: np.ndarray, is_target: np.ndarray, references: dict[str, np.ndarray] | None = None
+    probs: np.ndarray,
+    labels: np.ndarray,
+    is_target: np.ndarray,
+    references: dict[str, np.ndarray] | None = None,
+    repeat: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """One stage's measures over pooled candidates (``[n]`` each; ``is_target`` marks the true next items), and the
-    AUC of each score of ``references`` (name -> ``[n]``, e.g. a rule to compare with) beside them."""
+    """One stage's measures over pooled candidates (``[n]`` each; ``is_target`` marks the true next items); with
+    ``repeat`` (``[n]``, the targets the user had interacted with before) the AUC over the repeated targets and the
+    sampled items, and over the new targets and the sampled items; and the AUC of each score of ``references``
+    (name -> ``[n]``, e.g. a rule to compare with)."""
     measures = {
         "AUC": auc_or_nan(labels, probs),
         "ECE": expected_calibration_error(probs, labels),
@@ -108,6 +115,10 @@ def stage_metrics(
         "observed rate": float(labels.mean()),
         "AUC on targets": auc_or_nan(labels[is_target], probs[is_target]),
     }
+    if repeat is not None:
+        for name, kept in (("repeat", repeat), ("new", ~repeat)):
+            pool = ~is_target | (is_target & kept)
+            measures[f"AUC, {name} targets"] = auc_or_nan(labels[pool], probs[pool])
     for name, scores in (references or {}).items():
         measures[f"{name} AUC"] = auc_or_nan(labels, scores)
     return measures
@@ -194,12 +205,13 @@ def reward_report(scored: ScoredCandidates, stages: list[str]) -> dict[str, Any]
     is_target = np.zeros((users, per_user), dtype=bool)
     is_target[:, 0] = True
     references = {name: scores.ravel() for name, scores in scored.references.items()}
+    repeat = (scored.references["history"] > 0).ravel() & is_target.ravel()
     report: dict[str, Any] = {
         "users": users,
         "candidates": users * per_user,
         "stages": {
             stage: stage_metrics(
-                scored.probs[..., s].ravel(), scored.labels[..., s].ravel(), is_target.ravel(), references
+                scored.probs[..., s].ravel(), scored.labels[..., s].ravel(), is_target.ravel(), references, repeat
             )
             for s, stage in enumerate(stages)
         },
@@ -241,7 +253,9 @@ def report_markdown(report: dict[str, Any], about: dict[str, str]) -> str:
         f"reached) and {report['candidates'] // report['users'] - 1} uniformly drawn items (labelled 0): "
         f"{report['candidates']} candidates pooled per stage. AUC: ROC AUC over them (scikit-learn). ECE: expected "
         f"calibration error over {CALIBRATION_BINS} equal-width bins of the predicted probability. 'AUC on targets': "
-        "among the true next items alone ('-': all or none reached the stage). For reference, the AUC of two rules: "
+        "among the true next items alone ('-': all or none reached the stage). 'AUC, repeat targets' / 'new targets': "
+        "over the sampled items and the targets the user had / had not interacted with before. For reference, the "
+        "AUC of two rules: "
         "'popularity', each item's log(1 + count) in the test users' histories (it knows nothing of the user), and "
         "'history', how far along the cascade the user went with the item before (0 = never; it knows nothing "
         "else). "

@@ -113,6 +113,16 @@ def history_levels(candidates: Tensor, positions: Tensor, items: Tensor, levels:
     return torch.where(match, levels[:, None, None, :], 0).amax(dim=-1)
 
 
+def training_item_counts(dataset, item_seq: str, item_id: str) -> Tensor:
+    """``[n_items]`` each item's training interactions (its occurrences in the training rows' histories and targets;
+    whole-sequence windows do not overlap), at least 1 for every real item, 0 for the padding item."""
+    histories, targets = dataset.inter_feat[item_seq], dataset.inter_feat[item_id]
+    items = torch.cat([histories[histories > 0], targets[targets > 0]])
+    counts = torch.bincount(items, minlength=dataset.item_num).float().clamp(min=1.0)
+    counts[0] = 0.0
+    return counts
+
+
 @dataclass(frozen=True)
 class EncodedUsers:
     """What ``B`` users' candidates are scored from: one pass of the history encoder.
@@ -215,6 +225,7 @@ class RewardModel(GenerativeRecommender):
         self.value_loss_weight = config["value_loss_weight"]
         self.score_chunk_size = config["score_chunk_size"]
         self.candidate_history = config["candidate_history"]
+        self.negative_sampling = config["reward_negative_sampling"]
         if self.repeat_shift is not None:
             raise ConfigError("repeat_bias is a shift of the next-item softmax, which RewardModel does not train")
 
@@ -245,6 +256,10 @@ class RewardModel(GenerativeRecommender):
         # How far along the cascade the user already went with a candidate (0 = never: the zero vector)
         levels = len(self.cascade_fields) + 2
         self.seen_embedding = nn.Embedding(levels, d, padding_idx=0) if self.candidate_history else None
+
+        # How often each item is a training interaction: the weights of popularity-sampled negatives
+        if self.negative_sampling == "popularity":
+            self.register_buffer("item_counts", training_item_counts(dataset, self.ITEM_SEQ, self.ITEM_ID), False)
 
         # parameters initialization (the encoder and the decoder initialised their own)
         nn.init.normal_(self.level_embedding.weight, std=0.02)
@@ -360,8 +375,12 @@ class RewardModel(GenerativeRecommender):
     # -- training ---------------------------------------------------------------------------------------------
 
     def sample_negatives(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
-        """``shape`` items drawn uniformly from the catalogue (the padding item excluded)."""
-        return torch.randint(1, self.n_items, shape, device=device)
+        """``shape`` items drawn from the catalogue (the padding item excluded): uniformly, or in proportion to how
+        often each is a training interaction (``reward_negative_sampling``)."""
+        if self.negative_sampling == "uniform":
+            return torch.randint(1, self.n_items, shape, device=device)
+        draws = torch.multinomial(self.item_counts, math.prod(shape), replacement=True)
+        return draws.view(shape).to(device)
 
     def training_candidates(self, interaction, seq_len: int) -> TrainingCandidates:
         """The loss's candidates and labels at the training positions of a batch padded to ``seq_len``."""
