@@ -11,8 +11,8 @@ and its best checkpoint is evaluated. What differs from ``run_recbole``: the val
 the best checkpoint follow is the mean over the stages of their AUC on the valid split (each valid target among
 ``--valid-negatives`` uniformly drawn items, the same draws every epoch), not NDCG@10 of the catalogue ranked by
 reward. That ranking asks which item is the next one *and* loved, a different question from the stages' AUC: on
-ml-100k it peaked at epoch 8, where the first stage's test AUC was 0.749, below the items' popularity (0.785), and 30
-epochs gave 0.808 (docs/reward-model.md).
+ml-100k (the model's first version, without ``candidate_history``) it peaked at epoch 8, where the first stage's
+test AUC was 0.749, below the items' popularity (0.785), and 30 epochs gave 0.808 (docs/reward-model.md).
 
 On each test user the model scores the true next item, labelled with the cascade stages its interaction reached and
 its value, and ``--negatives`` items drawn uniformly from the catalogue but the target (seeded: the same draws for
