@@ -253,6 +253,12 @@ RULES: tuple[Rule, ...] = (
     Rule("experts_per_token", POSITIVE_INT, OWN),
     Rule("expert_inner_size", POSITIVE_INT, OWN),
     Rule("balancing_rate", WEIGHT, OWN),
+    # RewardModel
+    Rule("reward_negatives", POSITIVE_INT, OWN),
+    Rule("reward_negative_sampling", Check(str, choices=("uniform", "popularity")), OWN),
+    Rule("reward_positions", COUNT, OWN),
+    Rule("value_loss_weight", WEIGHT, OWN),
+    Rule("score_chunk_size", POSITIVE_INT, OWN),
     # RecBole's models
     Rule("loss_type", Check(str, choices=("CE", "BPR", "BCE", "MSE")), RECBOLE),
 )  # fmt: skip

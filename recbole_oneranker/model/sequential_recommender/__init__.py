@@ -4,5 +4,6 @@ from recbole_oneranker.model.sequential_recommender.gpr import GPR
 from recbole_oneranker.model.sequential_recommender.hstu import HSTU
 from recbole_oneranker.model.sequential_recommender.oneranker import OneRanker
 from recbole_oneranker.model.sequential_recommender.onerec import OneRec
+from recbole_oneranker.model.sequential_recommender.rewardmodel import RewardModel
 
-__all__ = ["GPR", "HSTU", "OneRanker", "OneRec"]
+__all__ = ["GPR", "HSTU", "OneRanker", "OneRec", "RewardModel"]
