@@ -1,7 +1,8 @@
 """Pure-PyTorch layers (no RecBole imports): the HSTU block and stack with their relative attention biases and
 masks, the item-sequence encoder, the next-item softmax and repeat shift, OneRanker's step-2 and step-3 decoders,
 for semantic IDs the trie with its constrained beam search and GPR's level-wise generator and value estimator, and
-OneRec's encoder-decoder with its mixture-of-experts feed-forward block, and the items' side features."""
+OneRec's encoder-decoder with its mixture-of-experts feed-forward block, the items' side features, and the
+policy-gradient pieces of post-training (GAE, PPO's and ECPO's surrogates, HEPO's rewards)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,15 @@ from .hstu import (
 from .item_features import ItemFeatureConfig, ItemFeatureEmbedding
 from .lookup import lookup
 from .moe import FeedForward, MixtureOfExperts, MoEConfig, feed_forward
+from .policy_gradient import (
+    clipped_surrogate,
+    code_popularity,
+    early_clipped_surrogate,
+    generalized_advantages,
+    group_advantages,
+    hepo_advantages,
+    process_rewards,
+)
 from .ranking_decoder import RankingDecoder, RankingDecoderConfig, candidate_mask
 from .relative_bias import (
     DEFAULT_BUCKET_DIVISOR,
@@ -92,14 +102,21 @@ __all__ = [
     "build_relative_bias",
     "candidate_mask",
     "causal_padding_mask",
+    "clipped_surrogate",
+    "code_popularity",
     "constrained_beam_search",
     "distinct_items",
+    "early_clipped_surrogate",
     "exact_item_log_probs",
     "feed_forward",
+    "generalized_advantages",
+    "group_advantages",
+    "hepo_advantages",
     "heterogeneous_mask",
     "load_official_hstu_weights",
     "lookup",
     "prefix_causal_mask",
+    "process_rewards",
     "seen_before",
     "segment_logsumexp",
     "sid_level_structure",
