@@ -407,12 +407,7 @@ def test_every_committed_row_label_still_has_current_rows():
         config_file = common.CONFIG_DIR / f"{table_file.stem}.yaml"
         if not config_file.is_file():
             continue
-        bench_config = common.load_bench_config(table_file.stem, config_file)
-        dataset = bench_config.get("dataset", table_file.stem)
-        extra = {} if dataset == common.EMBEDDED_DATASET else {"data_path": str(common.DEFAULT_DATA_PATH)}
-        current = common.current_rows(
-            common.ResultTable(table_file), common.config_hashes(bench_config, dataset, extra)
-        )
+        bench_config, _, _, current = common.configured_rows(common.REPO / "results", table_file.stem, config_file)
         with table_file.open() as rows:
             labels = {row["label"] for row in csv.DictReader(rows)} & set(bench_config["rows"])
         assert labels == {row["label"] for row in current}, table_file.name

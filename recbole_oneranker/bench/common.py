@@ -13,7 +13,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import yaml
@@ -219,6 +219,28 @@ def current_rows(table: ResultTable, hashes: dict[str, str]) -> list[dict[str, A
     """The rows made with the bench config as it is now (``hashes``: label -> config hash); stale rows stay in
     the CSV but leave the report."""
     return [row for row in table.rows if hashes.get(row["label"]) == row.get("config_hash")]
+
+
+class ConfiguredRows(NamedTuple):
+    """A results table's rows made under its bench config as it is now."""
+
+    config: dict[str, Any]  # the bench config
+    dataset: str
+    extra: dict[str, Any]  # the settings quality.py adds to every row (a data_path), part of every row's hash
+    rows: list[dict[str, Any]]
+
+
+def configured_rows(
+    results_dir: Path, name: str, config_path: Path | None = None, data_path: Path | str = DEFAULT_DATA_PATH
+) -> ConfiguredRows:
+    """The current rows (:func:`current_rows`) of ``<results_dir>/<name>.csv`` under its bench config
+    (``bench/configs/<name>.yaml``, or ``config_path``), hashed with the ``data_path`` quality.py gives a dataset
+    outside the recbole wheel, so that the rows it wrote match."""
+    bench_config = load_bench_config(name, config_path)
+    dataset = bench_config.get("dataset", name)
+    extra = {} if dataset == EMBEDDED_DATASET else {"data_path": str(data_path)}
+    rows = current_rows(ResultTable(results_dir / f"{name}.csv"), config_hashes(bench_config, dataset, extra))
+    return ConfiguredRows(bench_config, dataset, extra, rows)
 
 
 def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float]:

@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from recbole.utils import init_seed
 from torch import Tensor, nn
 
-from recbole_oneranker.bench.common import DEFAULT_DATA_PATH, EMBEDDED_DATASET, REPO
+from recbole_oneranker.bench.common import REPO
 from recbole_oneranker.bench.repeats import repeats_report
 from recbole_oneranker.evaluator.ranking import mask_seen_items, rank_metrics, seen_items, target_ranks
 from recbole_oneranker.quick_start import (
@@ -645,10 +645,7 @@ def _mean_cell(value: tuple[float, float], seeds: int) -> str:
 
 
 def repeats_main(args, argv: list[str]) -> int:
-    data_path = args.data_path
-    if data_path is None and args.dataset != EMBEDDED_DATASET:
-        data_path = str(DEFAULT_DATA_PATH)
-    share, report = repeats_report(args.dataset, args.bench_config, args.results, data_path, args.k)
+    share, report = repeats_report(args.dataset, args.bench_config, args.results, args.data_path, args.k)
     if not report:
         print(f"error: no finished row with rank files for {args.dataset} under {args.results}", file=sys.stderr)
         return 2

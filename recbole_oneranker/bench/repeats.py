@@ -13,15 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from recbole_oneranker.bench.common import (
-    REPO,
-    ResultTable,
-    config_hashes,
-    current_rows,
-    load_bench_config,
-    mean_ci,
-    row_settings,
-)
+from recbole_oneranker.bench.common import DEFAULT_DATA_PATH, REPO, configured_rows, mean_ci, row_settings
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset, data_preparation
 from recbole_oneranker.evaluator.ranking import rank_metrics
@@ -59,14 +51,14 @@ def split_by_repeats(rows: list[dict[str, Any]], repeats: dict[int, bool], k: in
 
 
 def repeats_report(
-    dataset: str, bench_config_path: Path | None, results: Path, data_path: str | None, k: int
+    dataset: str, bench_config_path: Path | None, results: Path, data_path: str | Path | None, k: int
 ) -> tuple[float, list[tuple[str, int, dict[str, tuple[float, float]]]]]:
     """The share of test targets that repeat, and per current row with rank files: ``(label, seeds, split)``."""
-    bench_config = load_bench_config(dataset, bench_config_path)
-    dataset = bench_config.get("dataset", dataset)
-    extra = {"data_path": data_path} if data_path else {}
-    table = ResultTable(results / f"{bench_config_path.stem if bench_config_path else dataset}.csv")
-    rows = [row for row in current_rows(table, config_hashes(bench_config, dataset, extra)) if row.get("users_file")]
+    name = bench_config_path.stem if bench_config_path else dataset
+    bench_config, dataset, extra, rows = configured_rows(
+        results, name, bench_config_path, data_path or DEFAULT_DATA_PATH
+    )
+    rows = [row for row in rows if row.get("users_file")]
     windows: dict[Any, dict[int, bool]] = {}  # the history a test row holds depends on its window alone
     report = []
     for label in dict.fromkeys(row["label"] for row in rows):

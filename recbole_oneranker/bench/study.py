@@ -20,16 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recbole_oneranker.bench.common import (
-    DEFAULT_DATA_PATH,
-    EMBEDDED_DATASET,
-    REPO,
-    ResultTable,
-    config_hashes,
-    current_rows,
-    load_bench_config,
-    mean_ci,
-)
+from recbole_oneranker.bench.common import REPO, configured_rows, mean_ci
 from recbole_oneranker.bench.quality import paired_cell, per_user_ndcg
 
 __all__ = ["DEFAULT_ROWS", "TABLE1_CUTOFFS", "main", "study_markdown", "study_rows"]
@@ -40,13 +31,10 @@ DEFAULT_ROWS = ("SASRec", "HSTU", "GPR", "OneRec", "OneRanker")
 
 def study_rows(dataset: str, labels: list[str], results: Path) -> dict[str, list[dict[str, Any]]]:
     """Label -> the finished seeds of that row, for each of ``labels`` that has any (in the order given)."""
-    bench_config = load_bench_config(dataset)
-    data_name = bench_config.get("dataset", dataset)
-    extra = {} if data_name == EMBEDDED_DATASET else {"data_path": str(DEFAULT_DATA_PATH)}
+    bench_config, _, _, rows = configured_rows(results, dataset)
     unknown = [label for label in labels if label not in bench_config["rows"]]
     if unknown:
         raise ValueError(f"no row {unknown} in bench/configs/{dataset}.yaml (rows: {', '.join(bench_config['rows'])})")
-    rows = current_rows(ResultTable(results / f"{dataset}.csv"), config_hashes(bench_config, data_name, extra))
     found = {label: [row for row in rows if row["label"] == label] for label in labels}
     return {label: runs for label, runs in found.items() if runs}
 

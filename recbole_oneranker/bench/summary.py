@@ -18,15 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from recbole_oneranker.bench.common import (
-    CONFIG_DIR,
-    DEFAULT_DATA_PATH,
-    EMBEDDED_DATASET,
-    ResultTable,
-    config_hashes,
-    current_rows,
-    load_bench_config,
-)
+from recbole_oneranker.bench.common import CONFIG_DIR, configured_rows
 from recbole_oneranker.evaluator.protocol import Protocol
 
 SELECTION_METRIC = "ndcg@10"
@@ -42,11 +34,7 @@ def bench_rows(results_dir: Path) -> list[dict[str, Any]]:
         config_file = CONFIG_DIR / f"{table_file.stem}.yaml"
         if not config_file.is_file():
             continue
-        bench_config = load_bench_config(table_file.stem, config_file)
-        dataset = bench_config.get("dataset", table_file.stem)
-        # The settings quality.py adds for a dataset outside the recbole wheel, so that its rows' hashes match.
-        extra = {} if dataset == EMBEDDED_DATASET else {"data_path": str(DEFAULT_DATA_PATH)}
-        table_rows = current_rows(ResultTable(table_file), config_hashes(bench_config, dataset, extra))
+        _, dataset, _, table_rows = configured_rows(results_dir, table_file.stem, config_file)
         rows += [{**row, "dataset": dataset, "file": table_file.with_suffix(".md").name} for row in table_rows]
     return rows
 
