@@ -19,6 +19,7 @@ from recbole_oneranker.model.layers import (
     SIDGeneratorConfig,
     ValueEstimator,
     segment_logsumexp,
+    sid_generation,
     sid_level_structure,
 )
 from recbole_oneranker.model.layers.sid_trie import SIDTrie, constrained_beam_search, exact_item_log_probs
@@ -104,6 +105,19 @@ def _generator(levels=(4, 4, 8), heads: int = 2, thinking: int = 2, scoring: str
 
 
 SCORERS = [("additive", False), ("gated", False), ("additive", True), ("gated", True)]
+
+
+@pytest.mark.parametrize(("scoring", "tied"), SCORERS)
+def test_catalogue_scores_in_chunks_of_rows_equal_one_pass(scoring, tied, monkeypatch) -> None:
+    generator = _generator(scoring=scoring, tied=tied)
+    codes, intents = _codes_of(40), torch.randn(5, 2, 8, requires_grad=True)
+    one_pass = generator.catalogue_log_probs(intents, sid_level_structure(codes))
+    monkeypatch.setattr(sid_generation, "CATALOGUE_CHUNK_ELEMENTS", 3 * len(codes))  # chunks of 3 of the 10 rows
+    chunked = generator.catalogue_log_probs(intents, sid_level_structure(codes))
+    torch.testing.assert_close(chunked, one_pass)  # a matrix product's rounding may depend on its row count
+    (one_grad,) = torch.autograd.grad(one_pass[..., 7].sum(), intents)
+    (chunked_grad,) = torch.autograd.grad(chunked[..., 7].sum(), intents)
+    torch.testing.assert_close(chunked_grad, one_grad)
 
 
 @pytest.mark.parametrize(("scoring", "tied"), SCORERS)

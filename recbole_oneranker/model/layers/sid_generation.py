@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 SID_SCORINGS = ("additive", "gated")
+CATALOGUE_CHUNK_ELEMENTS = 1 << 21  # [rows, items] scores computed at once by catalogue_log_probs (8 MB)
 
 
 @dataclass
@@ -278,35 +279,59 @@ class SIDGenerator(nn.Module):
         ]
         return torch.stack(columns, dim=-1)
 
-    def _pair_logits(self, queries: Tensor, structure: SIDLevelStructure, level: int) -> Tensor:
-        """``[M, Q_level]`` the logits of every (prefix, code) pair of a catalogue's level for queries ``[M, D]``:
-        ``<q, V(prefix, c)> + b(prefix, c)`` with user-independent ``V`` and ``b`` (module docstring)."""
+    def _pair_terms(self, structure: SIDLevelStructure, level: int) -> tuple[Tensor | None, Tensor]:
+        """The user-independent terms of a catalogue level's (prefix, code) pairs: their vectors ``V(prefix, c)``
+        ``[Q_level, D]`` (None when ``V = O[c]``: the additive scorer, or level 0) and biases ``b(prefix, c)``
+        ``[Q_level]`` (module docstring)."""
         pair_codes = structure.pair_code[level]
         if level == 0:
-            return (queries @ self._code_table(level).t())[:, pair_codes]
+            return None, torch.zeros(len(pair_codes), device=pair_codes.device)
         gate, shift = self.prefix_terms(structure.codes[structure.pair_item[level], :level], level)  # [Q, D] each
         code_vectors = self._code_vectors(pair_codes, level)  # [Q, D]
-        pair_bias = (shift * code_vectors).sum(-1)  # [Q]
-        if gate is None:  # V(prefix, c) = O[c]: a [M, K] product, then gathers
-            return (queries @ self._code_table(level).t())[:, pair_codes] + pair_bias
-        return queries @ (gate * code_vectors).t() + pair_bias  # one [M, D] x [D, Q] product
+        return None if gate is None else gate * code_vectors, (shift * code_vectors).sum(-1)
+
+    def _pair_logits(
+        self, queries: Tensor, structure: SIDLevelStructure, level: int, terms: tuple[Tensor | None, Tensor]
+    ) -> Tensor:
+        """``[M, Q_level]`` the logits ``<q, V(prefix, c)> + b(prefix, c)`` of every (prefix, code) pair of a
+        catalogue's level for queries ``[M, D]``, given the pairs' :meth:`_pair_terms`."""
+        pair_vectors, pair_bias = terms
+        if pair_vectors is None:  # V(prefix, c) = O[c]: a [M, K] product, then gathers
+            return (queries @ self._code_table(level).t())[:, structure.pair_code[level]] + pair_bias
+        return queries @ pair_vectors.t() + pair_bias  # one [M, D] x [D, Q] product
 
     def catalogue_log_probs(self, intents: Tensor, structure: SIDLevelStructure) -> Tensor:
         """``[P, H, N]`` each head's log-probability of every item of a catalogue, each level normalised over the
         codes that continue the item's prefix toward some item (the trie beam's normalisation).
+
+        Computed ``CATALOGUE_CHUNK_ELEMENTS // N`` (intent) rows at a time: every row's scores are its own, so the
+        chunks change values by float rounding at most, and each level's ``[rows, N]`` gathers then stay in the
+        CPU's cache (one pass over 4,096 users x 4 heads of Beauty's 12,101 items took 2-3 times longer than chunks
+        of about 170 rows).
 
         Args:
             intents: ``[P, H, D]``; structure: :func:`sid_level_structure` of the catalogue (on the same device).
         """
         num_positions, num_heads, dim = intents.shape
         flat = intents.reshape(num_positions * num_heads, dim)
-        total = flat.new_zeros(len(flat), len(structure.codes))
+        terms = [self._pair_terms(structure, level) for level in range(self.config.levels)]
+        rows = max(1, CATALOGUE_CHUNK_ELEMENTS // len(structure.codes))
+        chunks = [
+            self._catalogue_rows(flat[start : start + rows], structure, terms) for start in range(0, len(flat), rows)
+        ]
+        return torch.cat(chunks).view(num_positions, num_heads, -1)
+
+    def _catalogue_rows(
+        self, queries: Tensor, structure: SIDLevelStructure, terms: list[tuple[Tensor | None, Tensor]]
+    ) -> Tensor:
+        """``[M, N]`` :meth:`catalogue_log_probs` of flat intents ``[M, D]``, given each level's pair terms."""
+        total = queries.new_zeros(len(queries), len(structure.codes))
         for level in range(self.config.levels):
-            pair_logits = self._pair_logits(self._level_query(level, flat), structure, level)  # [PH, Q]
+            pair_logits = self._pair_logits(self._level_query(level, queries), structure, level, terms[level])
             normaliser = segment_logsumexp(pair_logits, structure.pair_parent[level], structure.num_prefixes[level])
             parent_of_item = structure.pair_parent[level][structure.pair_of_item[level]]
             total = total + pair_logits[:, structure.pair_of_item[level]] - normaliser[:, parent_of_item]
-        return total.view(num_positions, num_heads, -1)
+        return total
 
 
 class ValueEstimator(nn.Module):
