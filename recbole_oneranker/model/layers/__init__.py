@@ -1,7 +1,8 @@
 """Pure-PyTorch layers (no RecBole imports): the HSTU block and stack with their relative attention biases and
 masks, the item-sequence encoder, the next-item softmax and repeat shift, OneRanker's step-2 and step-3 decoders,
 for semantic IDs the trie with its constrained beam search and GPR's level-wise generator and value estimator, and
-OneRec's encoder-decoder with its mixture-of-experts feed-forward block, and the items' side features."""
+OneRec's encoder-decoder with its mixture-of-experts feed-forward block, the items' side features, and the DPO loss
+of preference alignment."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .hstu import (
 from .item_features import ItemFeatureConfig, ItemFeatureEmbedding
 from .lookup import lookup
 from .moe import FeedForward, MixtureOfExperts, MoEConfig, feed_forward
+from .preference import dpo_loss, implicit_reward_margins, preference_pairs
 from .ranking_decoder import RankingDecoder, RankingDecoderConfig, candidate_mask
 from .relative_bias import (
     DEFAULT_BUCKET_DIVISOR,
@@ -94,11 +96,14 @@ __all__ = [
     "causal_padding_mask",
     "constrained_beam_search",
     "distinct_items",
+    "dpo_loss",
     "exact_item_log_probs",
     "feed_forward",
     "heterogeneous_mask",
+    "implicit_reward_margins",
     "load_official_hstu_weights",
     "lookup",
+    "preference_pairs",
     "prefix_causal_mask",
     "seen_before",
     "segment_logsumexp",
