@@ -37,6 +37,7 @@ from recbole_oneranker.model.layers import dpo_loss, implicit_reward_margins, pr
 from recbole_oneranker.trainer import Trainer
 
 REWARD_MODEL = "RewardModel"
+PAIR_MEANS = ("dpo loss", "chosen reward", "rejected reward", "reward margin", "implicit-reward accuracy")
 
 
 @dataclass
@@ -79,17 +80,11 @@ class PreferenceStats:
     def means(self) -> dict[str, float]:
         """Mean DPO loss, mean reward of the chosen and rejected candidates, their margin and the implicit-reward
         accuracy over the epoch's pairs (NaN without a pair), and the pair count."""
-        per_pair = max(self.pairs, 1)
-        nan_if_none = 1.0 if self.pairs else math.nan
-        chosen, rejected = self.chosen_reward / per_pair, self.rejected_reward / per_pair
-        return {
-            "dpo loss": self.loss_sum / per_pair * nan_if_none,
-            "chosen reward": chosen * nan_if_none,
-            "rejected reward": rejected * nan_if_none,
-            "reward margin": (chosen - rejected) * nan_if_none,
-            "implicit-reward accuracy": self.correct / per_pair * nan_if_none,
-            "pairs": float(self.pairs),
-        }
+        if not self.pairs:
+            return {name: math.nan for name in PAIR_MEANS} | {"pairs": 0.0}
+        chosen, rejected = self.chosen_reward / self.pairs, self.rejected_reward / self.pairs
+        means = (self.loss_sum / self.pairs, chosen, rejected, chosen - rejected, self.correct / self.pairs)
+        return dict(zip(PAIR_MEANS, means, strict=True)) | {"pairs": float(self.pairs)}
 
     def describe(self) -> str:
         means = self.means()

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recbole_oneranker import alignment, config_rules
+from recbole_oneranker import config_rules
 from recbole_oneranker.alignment import ALIGNMENT_METHODS, AlignmentTrainer
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.layers import dpo_loss, preference_pairs
@@ -203,10 +203,13 @@ def test_a_mismatched_stage_is_refused_in_one_line(trained, overrides, message) 
         _align(trained, "GPR", **overrides)
 
 
-def test_a_reward_model_with_other_item_ids_is_refused(trained, monkeypatch) -> None:
-    monkeypatch.setattr(alignment.np, "array_equal", lambda *arrays: False)
-    with pytest.raises(ConfigError, match="numbers the items otherwise"):
-        _align(trained, "GPR")
+def test_a_reward_model_of_other_items_is_refused(trained) -> None:
+    _, stage = trained
+    data = {"load_col": None, "cascade_fields": ["click", "conversion"], "value_field": "rating"}
+    fewer_items = {**stage, **data, **REWARD_TINY, "run_id": "filtered", "item_inter_num_interval": "[2,inf)"}
+    filtered = run("RewardModel", "ml-tiny", config_dict=fewer_items)
+    with pytest.raises(ConfigError, match="reward_checkpoint .* knows .* items, the policy's data"):
+        _align(trained, "GPR", reward_checkpoint=filtered["saved_model_file"])
 
 
 def test_bench_writes_both_tables_with_commands_and_skips_finished_rows(trained, tiny_data_path, tmp_path) -> None:

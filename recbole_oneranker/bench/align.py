@@ -175,7 +175,7 @@ def write_report(rows: list[dict[str, Any]], dataset: str, command: str, reward_
     lines += [
         "## Runs",
         "",
-        "| row | seed | test NDCG@10 | reward | best epoch | wall (s) | commit | device | command |",
+        "| row | seed | test NDCG@10 | reward | best epoch (from 0) | wall (s) | commit | device | command |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
