@@ -193,6 +193,8 @@ def test_onerec_ipa_two_iterations_refresh_the_reference(trained) -> None:
         ({"align_method": "ipa"}, "align_method ipa aligns a OneRec, not a GPR"),
         ({"align_iterations": 2}, "align_method dpo has no iterations"),
         ({"epochs": 3}, "leave epochs out"),
+        ({"from_checkpoint": "OneRec"}, "is a OneRec on ml-tiny, not a GPR on ml-tiny"),
+        ({"repeat_explore": True}, "align a GPR without repeat_explore"),
     ],
 )
 def test_a_mismatched_stage_is_refused_in_one_line(trained, overrides, message) -> None:
