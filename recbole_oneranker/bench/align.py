@@ -15,7 +15,8 @@ each with the command that reproduces it. Seeds vary the stage (the sampled requ
 draws), never the starting checkpoint.
 
 Rows go to ``results/align-<dataset>.csv`` as they finish (a re-run skips finished rows; the stage's own resume
-snapshots continue a killed row) and ``results/align-<dataset>.md`` is rewritten after each: every aligned row beside
+snapshots continue a killed row) and ``results/align-<dataset>.md`` is rewritten after each from the rows of this
+command's configuration (rows of other checkpoints or settings stay in the CSV): every aligned row beside
 the row it started from, and a WARNING for any row whose reward estimate rose while its real test NDCG@10 fell
 (reward over-optimisation: the real metric decides, docs/alignment.md).
 """
@@ -27,6 +28,7 @@ import shlex
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -242,10 +244,61 @@ def reward_checkpoint(args: argparse.Namespace, data_path: str | None) -> Path:
     return checkpoint
 
 
+@dataclass
+class AlignBench:
+    """One ``bench/align.py`` command: its result table, settings and the keys of the rows it covers (rows of other
+    checkpoints or settings stay in the CSV but leave the report)."""
+
+    dataset: str
+    command: str
+    reward: Path
+    data_path: str | None
+    extra: dict[str, Any]
+    table: ResultTable
+    out: Path
+    commit: str = field(default_factory=code_version)  # the code this process imported
+    keys: list[str] = field(default_factory=list)
+
+    def report(self) -> None:
+        rows = [row for row in self.table.rows if row["key"] in self.keys]
+        write_report(rows, self.dataset, self.command, str(self.reward), self.out)
+
+    def identity(self, checkpoint: Path, seed: int) -> dict[str, Any]:
+        """The settings every row of a starting checkpoint and seed shares."""
+        identity = {"from_checkpoint": str(checkpoint), "reward_checkpoint": str(self.reward), "seed": seed}
+        return identity | ({"data_path": self.data_path} if self.data_path else {})
+
+    def pretrained_row(self, model: str, checkpoint: Path, seed: int) -> None:
+        label = f"{model} {PRETRAINED}"
+        key = row_key(label, model, self.dataset, self.identity(checkpoint, seed))
+        self.keys.append(key)
+        if self.table.has(key):
+            return
+        print(f"{label} seed {seed}: evaluating {checkpoint} ...", flush=True)
+        k = {**read_yaml_layer(stage_layer()), **self.extra}["align_reward_topk"]  # the aligned rows' K
+        result = evaluate_checkpoint(checkpoint, self.reward, self.data_path, seed, k)
+        self.table.append({"key": key, **result_row(label, "", model, seed, result), "commit": self.commit,
+                           "command": f"{self.command} (evaluation of {checkpoint})"})  # fmt: skip
+        self.report()
+
+    def aligned_row(self, model: str, checkpoint: Path, seed: int, suffix: str, stage: dict[str, Any]) -> None:
+        label = f"{model} {suffix}"
+        settings = {"stage": "align", **self.identity(checkpoint, seed), **stage, **self.extra}
+        key = row_key(label, model, self.dataset, {**read_yaml_layer(stage_layer()), **settings})
+        self.keys.append(key)
+        if self.table.has(key):
+            print(f"{label} seed {seed}: done before, skipped", flush=True)
+            return
+        print(f"{label} seed {seed}: aligning {checkpoint} ...", flush=True)
+        result = align_row(model, self.dataset, settings, row_run_id(f"align-{self.dataset}", key))
+        self.table.append({"key": key, **result_row(label, f"{model} {PRETRAINED}", model, seed, result),
+                           "commit": self.commit, "command": run_command(model, self.dataset, settings)})  # fmt: skip
+        self.report()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    command = "python bench/align.py " + shlex.join(argv)
     data_path = None
     if args.dataset != EMBEDDED_DATASET:  # RecBole always reads ml-100k from its own wheel
         data_path = str(ensure_dataset(args.dataset, args.data_path))
@@ -256,39 +309,22 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    table = ResultTable(args.results / f"align-{args.dataset}.csv")
-    out = args.results / f"align-{args.dataset}.md"
-    commit = code_version()
-    stage_defaults = read_yaml_layer(stage_layer())
+    bench = AlignBench(
+        dataset=args.dataset,
+        command="python bench/align.py " + shlex.join(argv),
+        reward=reward,
+        data_path=data_path,
+        extra=extra,
+        table=ResultTable(args.results / f"align-{args.dataset}.csv"),
+        out=args.results / f"align-{args.dataset}.md",
+    )
     for model, checkpoint in starts.items():
-        start_label = f"{model} {PRETRAINED}"
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            identity = {"from_checkpoint": str(checkpoint), "reward_checkpoint": str(reward), "seed": seed}
-            if data_path:
-                identity["data_path"] = data_path
-            key = row_key(start_label, model, args.dataset, identity)
-            if not table.has(key):
-                print(f"{start_label} seed {seed}: evaluating {checkpoint} ...", flush=True)
-                k = {**stage_defaults, **extra}["align_reward_topk"]  # the aligned rows' K
-                result = evaluate_checkpoint(checkpoint, reward, data_path, seed, k)
-                table.append({"key": key, **result_row(start_label, "", model, seed, result), "commit": commit,
-                              "command": f"{command} (evaluation of {checkpoint})"})  # fmt: skip
-                write_report(table.rows, args.dataset, command, str(reward), out)
+            bench.pretrained_row(model, checkpoint, seed)
             for suffix, stage in STAGES[model]:
-                label = f"{model} {suffix}"
-                settings = {"stage": "align", **identity, **stage, **extra}
-                key = row_key(label, model, args.dataset, {**stage_defaults, **settings})
-                if table.has(key):
-                    print(f"{label} seed {seed}: done before, skipped", flush=True)
-                    continue
-                print(f"{label} seed {seed}: aligning {checkpoint} ...", flush=True)
-                result = align_row(model, args.dataset, settings, row_run_id(f"align-{args.dataset}", key))
-                table.append({"key": key, **result_row(label, start_label, model, seed, result), "commit": commit,
-                              "command": run_command(model, args.dataset, settings)})  # fmt: skip
-                write_report(table.rows, args.dataset, command, str(reward), out)
-    if table.rows:
-        write_report(table.rows, args.dataset, command, str(reward), out)
-        print(f"written to {out}")
+                bench.aligned_row(model, checkpoint, seed, suffix, stage)
+    bench.report()  # also when every row was done before: a re-run rewrites the report from the CSV
+    print(f"written to {bench.out}")
     return 0
 
 
