@@ -23,7 +23,7 @@ ONEREC_TINY = {"hidden_size": 16, "n_heads": 2, "encoder_layers": 1, "decoder_la
 REWARD_TINY = {"hidden_size": 16, "attention_dim": 8, "linear_hidden_dim": 8, "n_heads": 2, "decoder_heads": 2,
                "reward_negatives": 4}  # fmt: skip
 # Every request of a batch gets a pair, so one epoch moves the policy.
-STAGE_TINY = {"align_share": 1.0, "align_beam": 4, "align_reward_topk": 5, "align_learning_rate": 0.01}
+STAGE_TINY = {"align_share": 1.0, "align_beam": 4, "align_learning_rate": 0.01}
 
 
 # -- the loss and the pairs -----------------------------------------------------------------------------------------
@@ -166,8 +166,8 @@ def test_gpr_dpo_moves_the_policy_only_and_reports_reward_beside_real_metrics(tr
     assert not any(p.requires_grad for p in trainer.reward_model.parameters())
     aligned = compat.load_checkpoint(result["saved_model_file"], "cpu")["state_dict"]
     assert any(not torch.equal(aligned[name], start[name]) for name in start)
-    assert "ndcg@10" in result["test_result"] and set(result["reward_result"]) == {"reward@5"}
-    assert 0 < result["reward_result"]["reward@5"] < 5  # P(conversion) x a 1-5 rating
+    assert "ndcg@10" in result["test_result"] and set(result["reward_result"]) == {"reward@10"}
+    assert 0 < result["reward_result"]["reward@10"] < 5  # P(conversion) x a 1-5 rating
 
 
 def test_onerec_ipa_two_iterations_refresh_the_reference(trained) -> None:
@@ -183,7 +183,7 @@ def test_onerec_ipa_two_iterations_refresh_the_reference(trained) -> None:
         result, trainer = _align(trained, "OneRec", align_iterations=2, align_epochs=1, stopping_step=5)
     assert trainer.method.name == "ipa" and trainer.iteration == 1 and len(ends) == 1
     _assert_equal(ends[0], trainer.reference)
-    assert result["reward_result"]["reward@5"] > 0
+    assert result["reward_result"]["reward@10"] > 0
 
 
 @pytest.mark.parametrize(
@@ -232,7 +232,7 @@ def test_bench_writes_both_tables_with_commands_and_skips_finished_rows(trained,
         "OneRec +IPA 2 iterations",
     ):
         assert f"| {label} |" in report
-    assert "reward@5" in report and "run_recbole --model=OneRec --dataset=ml-tiny --stage=align" in report
+    assert "reward@10" in report and "run_recbole --model=OneRec --dataset=ml-tiny --stage=align" in report
     assert "WARNING" in report or "No row's reward estimate rose" in report
     rows = len((tmp_path / "align-ml-tiny.csv").read_text().splitlines())
     assert align_bench.main(argv) == 0  # every row done: skipped
