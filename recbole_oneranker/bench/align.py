@@ -131,14 +131,44 @@ def _mean(rows: list[dict[str, Any]], column: str) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def write_report(rows: list[dict[str, Any]], dataset: str, command: str, reward_checkpoint: str, out: Path) -> None:
+def _best_iterations(rows: list[dict[str, Any]], align_epochs: int) -> str:
+    """The iteration (from 1) of each seed's best validation epoch, e.g. ``1, 1, 2``; '-' for a pre-trained row."""
+    epochs = [row["best_epoch"] for row in rows]
+    if "-" in epochs:
+        return "-"
+    return ", ".join(str(int(epoch) // align_epochs + 1) for epoch in epochs)
+
+
+def summary_line(label: str, rows: list[dict[str, Any]], start_rows: list[dict[str, Any]], reward: str,
+                 align_epochs: int) -> tuple[str, str | None]:  # fmt: skip
+    """A row label's line of the summary table (means over its seeds, changes against the rows it started from) and
+    its over-optimisation warning, if any."""
+    cells = [f"{_mean(rows, f'test_{name}'):.4f}" for name in TEST_COLUMNS]
+    cells += [f"{_mean(rows, f'candidate_{name}'):.4f}" for name in CANDIDATE_COLUMNS]
+    cells += [f"{_mean(rows, reward):.4f}", "-", "-", _best_iterations(rows, align_epochs)]
+    warning = None
+    if start_rows:
+        ndcg_change = _mean(rows, "test_ndcg@10") - _mean(start_rows, "test_ndcg@10")
+        reward_change = _mean(rows, reward) - _mean(start_rows, reward)
+        cells[-3:-1] = [f"{ndcg_change:+.4f}", f"{reward_change:+.4f}"]
+        if reward_change > 0 and ndcg_change < 0:
+            warning = (
+                f"WARNING: {label}: {reward} rose by {reward_change:.4f} while real test NDCG@10 fell by "
+                f"{-ndcg_change:.4f} against {rows[0]['started_from']} (the policy learned what the reward model "
+                "likes, not what users did)"
+            )
+    return f"| {label} | {rows[0]['started_from'] or '-'} | {len(rows)} | " + " | ".join(cells) + " |", warning
+
+
+def write_report(
+    rows: list[dict[str, Any]], dataset: str, command: str, reward_checkpoint: str, align_epochs: int, out: Path
+) -> None:
     """``results/align-<dataset>.md``: per row label the means over its seeds, beside the row it started from, the
     warnings, then every run with its command."""
     by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_label[row["label"]].append(row)
     reward = reward_column(rows)
-    columns = [f"test_{name}" for name in TEST_COLUMNS] + [f"candidate_{name}" for name in CANDIDATE_COLUMNS]
     titles = [name.upper().replace("HIT", "HR") for name in TEST_COLUMNS]
     titles += [f"cand. {name.upper().replace('HIT', 'HR')}" for name in CANDIDATE_COLUMNS]
     lines = [
@@ -148,31 +178,18 @@ def write_report(rows: list[dict[str, Any]], dataset: str, command: str, reward_
         f"Reward model: `{reward_checkpoint}`. {reward}: its mean reward of the policy's top-{reward[7:]} generated "
         "items per test request (an estimate by a model, not an observation). HR/NDCG/GMV@10: full ranking of the "
         "real held-out test item; cand.: the candidate-set protocol. Aligned rows early-stop on the real validation "
-        "NDCG@10 and test their best epoch; each is shown beside the row it started from (Δ: aligned - start). "
-        "Means over seeds.",
+        "NDCG@10 and test their best epoch (its iteration per seed: 'best in iteration'); each is shown beside the "
+        "row it started from (Δ: aligned - start). Means over seeds.",
         "",
-        "| row | from | seeds | " + " | ".join(titles) + f" | {reward} | Δ NDCG@10 | Δ {reward} |",
-        "|---" * (len(columns) + 6) + "|",
+        "| row | from | seeds | " + " | ".join(titles) + f" | {reward} | Δ NDCG@10 | Δ {reward} | best in iteration |",
+        "|---" * (len(titles) + 7) + "|",
     ]
     warnings = []
     for label, label_rows in by_label.items():
-        start_rows = by_label.get(label_rows[0]["started_from"], [])
-        cells = [f"{_mean(label_rows, column):.4f}" for column in columns]
-        deltas = ["-", "-"]
-        if start_rows:
-            ndcg_change = _mean(label_rows, "test_ndcg@10") - _mean(start_rows, "test_ndcg@10")
-            reward_change = _mean(label_rows, reward) - _mean(start_rows, reward)
-            deltas = [f"{ndcg_change:+.4f}", f"{reward_change:+.4f}"]
-            if reward_change > 0 and ndcg_change < 0:
-                warnings.append(
-                    f"WARNING: {label}: {reward} rose by {reward_change:+.4f} while real test NDCG@10 fell by "
-                    f"{ndcg_change:+.4f} against {label_rows[0]['started_from']} (the policy learned what the reward "
-                    "model likes, not what users did)"
-                )
-        lines.append(
-            f"| {label} | {label_rows[0]['started_from'] or '-'} | {len(label_rows)} | " + " | ".join(cells)
-            + f" | {_mean(label_rows, reward):.4f} | " + " | ".join(deltas) + " |"
-        )  # fmt: skip
+        line, warning = summary_line(label, label_rows, by_label.get(label_rows[0]["started_from"], []), reward,
+                                     align_epochs)  # fmt: skip
+        lines.append(line)
+        warnings += [warning] if warning else []
     lines += ["", *(warnings or ["No row's reward estimate rose while its real NDCG@10 fell."]), ""]
     lines += [
         "## Runs",
@@ -261,7 +278,8 @@ class AlignBench:
 
     def report(self) -> None:
         rows = [row for row in self.table.rows if row["key"] in self.keys]
-        write_report(rows, self.dataset, self.command, str(self.reward), self.out)
+        align_epochs = {**read_yaml_layer(stage_layer()), **self.extra}["align_epochs"]
+        write_report(rows, self.dataset, self.command, str(self.reward), align_epochs, self.out)
 
     def identity(self, checkpoint: Path, seed: int) -> dict[str, Any]:
         """The settings every row of a starting checkpoint and seed shares."""
