@@ -5,7 +5,8 @@ Priority, lowest first (RecBole's own order, with the plugin layers right after 
 1. RecBole's internal yaml: ``overall.yaml``, ``model/<Model>.yaml``, ``dataset/<dataset>.yaml``, the
    quick-start yaml of the model type;
 2. this package's ``properties/overall.yaml``, ``properties/model/<Model>.yaml`` and
-   ``dataset_configs/<dataset>.yaml``;
+   ``dataset_configs/<dataset>.yaml``; with ``stage: align``, then ``properties/align.yaml`` and the settings of the
+   run that trained ``from_checkpoint`` (docs/alignment.md);
 3. the user's config files, then ``config_dict``, then ``--key=value`` arguments.
 
 Unlike RecBole's, this ``Config`` reads ``--key=value`` arguments only from ``cmd_args`` (the CLI passes them),
@@ -230,6 +231,8 @@ class Config(RecBoleConfig):
         config_rules.check_config(self.final_config_dict, self.internal_config_dict, self.model_keys())
         if self["stage"] == ALIGN_STAGE:
             self._set_stage_schedule()
+        else:
+            self._refuse_stage_keys()
         self._check_valid_metric()
         self._check_dataset_files()
 
@@ -297,6 +300,12 @@ class Config(RecBoleConfig):
                 f"not a {model} on {dataset}"
             )
         return saved_settings(saved)
+
+    def _refuse_stage_keys(self) -> None:
+        """A key of ``properties/align.yaml`` outside ``stage: align`` would be silently ignored: refuse it."""
+        given = sorted((stage_keys() - {"stage"}) & set(self.external_config_dict))
+        if given:
+            raise ConfigError(f"{given[0]} is a key of the alignment stage: add --stage=align (docs/alignment.md)")
 
     def _set_stage_schedule(self) -> None:
         """The alignment stage trains ``align_iterations`` x ``align_epochs`` epochs at ``align_learning_rate``: they

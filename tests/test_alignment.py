@@ -205,6 +205,13 @@ def test_a_mismatched_stage_is_refused_in_one_line(trained, overrides, message) 
         _align(trained, "GPR", **overrides)
 
 
+def test_stage_keys_outside_the_stage_are_refused(tiny_config) -> None:
+    from recbole_oneranker.config import Config
+
+    with pytest.raises(ConfigError, match="align_beta is a key of the alignment stage"):
+        Config("GPR", "ml-tiny", config_dict={**tiny_config, "align_beta": 0.5})
+
+
 def test_a_reward_model_of_other_items_is_refused(trained) -> None:
     _, stage = trained
     data = {"load_col": None, "cascade_fields": ["click", "conversion"], "value_field": "rating"}
