@@ -55,6 +55,8 @@ def summary(result: dict[str, Any]) -> str:
     ]
     if result["candidate_result"]:
         lines.append(f"candidates : {_format_metrics(result['candidate_result'])}")
+    if result.get("reward_result"):
+        lines.append(f"reward     : {_format_metrics(result['reward_result'])} (the reward model's estimate)")
     if result["saved_model_file"]:
         lines.append(f"checkpoint : {result['saved_model_file']}")
     lines.append(f"log        : {result['log_file']}")

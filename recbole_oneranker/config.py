@@ -5,7 +5,8 @@ Priority, lowest first (RecBole's own order, with the plugin layers right after 
 1. RecBole's internal yaml: ``overall.yaml``, ``model/<Model>.yaml``, ``dataset/<dataset>.yaml``, the
    quick-start yaml of the model type;
 2. this package's ``properties/overall.yaml``, ``properties/model/<Model>.yaml`` and
-   ``dataset_configs/<dataset>.yaml``;
+   ``dataset_configs/<dataset>.yaml``; with ``stage: align``, then ``properties/align.yaml`` and the settings of the
+   run that trained ``from_checkpoint`` (docs/alignment.md);
 3. the user's config files, then ``config_dict``, then ``--key=value`` arguments.
 
 Unlike RecBole's, this ``Config`` reads ``--key=value`` arguments only from ``cmd_args`` (the CLI passes them),
@@ -18,6 +19,7 @@ dataset with no files.
 from __future__ import annotations
 
 import difflib
+import pickle
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -35,7 +37,7 @@ from recbole.utils.argument_list import (
 )
 
 from recbole_oneranker import compat, config_rules, distributed
-from recbole_oneranker.errors import ConfigError, UnknownModelError
+from recbole_oneranker.errors import ConfigError, UnknownModelError, shorten
 from recbole_oneranker.overrides import parse_assignments
 from recbole_oneranker.registry import get_model
 from recbole_oneranker.resources import resource_dir
@@ -53,8 +55,38 @@ RUNTIME_KEYS = frozenset(
 )  # fmt: skip
 
 
+# Keys of a saved config that belong to the run or the machine, not to the model and its data: a reloaded checkpoint
+# takes them from where it is loaded (RecBole derives RUNTIME_KEYS itself).
+RUN_KEYS = frozenset(
+    {"data_path", "run_id", "resume_training", "checkpoint_dir", "log_dir", "state", "show_progress", "gpu_id",
+     "use_gpu", "worker", "compile_model", "threads"}
+)  # fmt: skip
+ALIGN_STAGE = "align"
+
+
 def properties_dir() -> Path:
     return resource_dir("properties")
+
+
+def stage_layer() -> Path:
+    """``properties/align.yaml``: the defaults of the alignment stage, layered only when ``stage: align``."""
+    return properties_dir() / "align.yaml"
+
+
+@cache
+def stage_keys() -> frozenset[str]:
+    """``stage`` and the alignment stage's keys: they belong to one run and are never taken from a checkpoint."""
+    return frozenset({"stage", *read_yaml_layer(stage_layer())})
+
+
+def saved_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a checkpoint's saved config (``compat.checkpoint_state``) that rebuild its model and data:
+    every known key but those of the run, the machine and the stage (:data:`RUN_KEYS`, :func:`stage_keys`)."""
+    kept = known_keys() - RUNTIME_KEYS - RUN_KEYS - stage_keys()
+    settings = {key: value for key, value in saved.items() if key in kept}
+    if (settings.get("train_neg_sample_args") or {}).get("distribution") == "none":
+        settings["train_neg_sample_args"] = None  # RecBole's processed form of None, which it does not read back
+    return settings
 
 
 def dataset_configs_dir() -> Path:
@@ -144,6 +176,24 @@ def check_keys(config: dict[str, Any], source: str) -> None:
             )
 
 
+def checkpoint_config(path: str, key: str) -> dict[str, Any]:
+    """The saved config of a checkpoint this package trained (``compat.checkpoint_state``), named by config ``key``.
+
+    Raises:
+        ConfigError: a missing file, or one that is not such a checkpoint (e.g. RecBole's own, pickled).
+    """
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}: no checkpoint at {path}")
+    try:
+        checkpoint = compat.load_checkpoint(path, "cpu")
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{key}: {path} is not a checkpoint of this package ({shorten(reason)})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict):
+        raise ConfigError(f"{key}: {path} holds no saved config: not a checkpoint of this package")
+    return checkpoint["config"]
+
+
 def available_datasets(data_path: str | Path) -> list[str]:
     """Dataset names under ``data_path`` (folders holding ``<name>/<name>.inter``), plus the embedded one."""
     root = Path(data_path)
@@ -179,6 +229,10 @@ class Config(RecBoleConfig):
             # RecBole validates while it builds the config; its messages are good but its types are generic.
             raise ConfigError(f"invalid configuration: {error}") from error
         config_rules.check_config(self.final_config_dict, self.internal_config_dict, self.model_keys())
+        if self["stage"] == ALIGN_STAGE:
+            self._set_stage_schedule()
+        else:
+            self._refuse_stage_keys()
         self._check_valid_metric()
         self._check_dataset_files()
 
@@ -224,6 +278,43 @@ class Config(RecBoleConfig):
         if dataset_file.is_file():
             dataset_keys = self._update_internal_config_dict(dataset_file) or {}
             self.parameters["Dataset"] += [key for key in dataset_keys if key not in self.parameters["Dataset"]]
+        if self.external_config_dict.get("stage") == ALIGN_STAGE:
+            self._update_internal_config_dict(stage_layer())
+            self.internal_config_dict.update(self._starting_checkpoint_settings(model, dataset))
+
+    def _starting_checkpoint_settings(self, model: str, dataset: str) -> dict[str, Any]:
+        """The settings of the run that trained ``from_checkpoint``: the alignment stage's defaults, so the policy is
+        built in the checkpoint's shape, on its data, under its protocol.
+
+        Raises:
+            ConfigError: no ``from_checkpoint``, a file that is not this package's checkpoint, or one of another
+                model or dataset.
+        """
+        path = self.external_config_dict.get("from_checkpoint")
+        if not path:
+            raise ConfigError("stage: align needs from_checkpoint, the trained checkpoint the policy starts from")
+        saved = checkpoint_config(path, "from_checkpoint")
+        if (saved.get("model"), saved.get("dataset")) != (model, dataset):
+            raise ConfigError(
+                f"from_checkpoint {path} is a {saved.get('model')} on {saved.get('dataset')}, "
+                f"not a {model} on {dataset}"
+            )
+        return saved_settings(saved)
+
+    def _refuse_stage_keys(self) -> None:
+        """A key of ``properties/align.yaml`` outside ``stage: align`` would be silently ignored: refuse it."""
+        given = sorted((stage_keys() - {"stage"}) & set(self.external_config_dict))
+        if given:
+            raise ConfigError(f"{given[0]} is a key of the alignment stage: add --stage=align (docs/alignment.md)")
+
+    def _set_stage_schedule(self) -> None:
+        """The alignment stage trains ``align_iterations`` x ``align_epochs`` epochs at ``align_learning_rate``: they
+        replace ``epochs`` and ``learning_rate``, which the stage refuses (they would be silently replaced)."""
+        for key, stage_key in (("epochs", "align_epochs"), ("learning_rate", "align_learning_rate")):
+            if key in self.external_config_dict:
+                raise ConfigError(f"stage: align trains by {stage_key} (and align_iterations): leave {key} out")
+        self["epochs"] = self["align_iterations"] * self["align_epochs"]
+        self["learning_rate"] = self["align_learning_rate"]
 
     def _init_device(self) -> None:
         super()._init_device()

@@ -208,6 +208,20 @@ RULES: tuple[Rule, ...] = (
     Rule("offset", Check(int, low=0, optional=True)),
     Rule("ip", Check(str, optional=True)),
     Rule("port", Check(int, low=1, high=65535, optional=True)),
+    # the stage, and the alignment stage's keys (properties/align.yaml, layered only with stage: align)
+    Rule("stage", Check(str, choices=("train", "align"))),
+    Rule("from_checkpoint", Check(str, optional=True)),
+    Rule("reward_checkpoint", Check(str, optional=True)),
+    # the names of recbole_oneranker.alignment.ALIGNMENT_METHODS
+    Rule("align_method", Check(str, choices=("dpo", "ipa"), optional=True)),
+    Rule("align_beta", POSITIVE),
+    Rule("align_weight", WEIGHT),
+    Rule("align_share", Check(float, low=0, high=1, low_open=True, why="the share of a batch's requests")),
+    Rule("align_beam", Check(int, low=2, high=ItemsMinus(0), why="a pair needs two candidates")),
+    Rule("align_iterations", POSITIVE_INT),
+    Rule("align_epochs", POSITIVE_INT),
+    Rule("align_learning_rate", POSITIVE),
+    Rule("align_reward_topk", Check(int, low=1, high=ItemsMinus(0))),
     # the HSTU backbone (HSTU and the models that extend it)
     Rule("attention_dim", POSITIVE_INT, OWN),
     Rule("linear_hidden_dim", POSITIVE_INT, OWN),

@@ -29,8 +29,9 @@ from recbole.evaluator import Evaluator
 from recbole.utils import init_seed, set_color
 from recbole.utils.logger import RemoveColorFilter, log_colors_config
 
-from recbole_oneranker import compat, distributed
-from recbole_oneranker.config import RUNTIME_KEYS, Config, known_keys
+from recbole_oneranker import distributed
+from recbole_oneranker.alignment import AlignmentTrainer
+from recbole_oneranker.config import ALIGN_STAGE, Config
 from recbole_oneranker.data import create_dataset, data_preparation
 from recbole_oneranker.errors import ConfigError, RunFileError, shorten
 from recbole_oneranker.evaluator import ValueCollector
@@ -131,8 +132,10 @@ def run(
 
     Returns:
         dict with ``model``, ``dataset``, ``run_id``, ``best_valid_score``, ``valid_score_bigger``,
-        ``best_valid_result``, ``test_result``, ``test_ranks`` (per test user, the 1-based rank of the target among
-        all items: :func:`~recbole_oneranker.evaluator.ranking.target_ranks`), ``test_users`` (their user ids, in
+        ``best_valid_result``, ``test_result``, ``reward_result`` (``stage: align``: the reward model's estimate of
+        the policy's generated top-K on the test requests, ``{"reward@K": ...}``; else None), ``test_ranks`` (per
+        test user, the 1-based rank of the target among all items:
+        :func:`~recbole_oneranker.evaluator.ranking.target_ranks`), ``test_users`` (their user ids, in
         the same order), ``candidate_result`` (:func:`evaluate_candidate_set`, or None), ``protocol`` (its
         line) and ``protocol_fields`` (the :class:`~recbole_oneranker.evaluator.protocol.Protocol` as plain
         values), ``saved_model_file``, ``log_file``, ``wall_time_s`` (with ``resume_training``, also the training
@@ -216,7 +219,10 @@ def _train_and_test(
     logger.info(model, extra=LOG_FILE_ONLY)
     logger.info(run_header(config, sizes, model, threads, threads_from, log_file))
 
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if config["stage"] == ALIGN_STAGE:
+        trainer = AlignmentTrainer(config, model, train_data._dataset)
+    else:
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     # A count the user chose is kept, whatever the load; DDP processes share the cores on purpose.
     if threads_from == IDLE_CORES and threads > 1 and not distributed.is_distributed():
         trainer.contention_guard = ContentionGuard(threads, usable_cores())
@@ -239,6 +245,11 @@ def _train_and_test(
             )
             logger.info(set_color("candidate-set test", "yellow") + f": {candidate_result}")
 
+        reward_result = None
+        if config["stage"] == ALIGN_STAGE and test_result:
+            reward_result = computed["reward estimate"] = trainer.evaluate_reward(test_data)
+            logger.info(set_color("reward estimate", "yellow") + f": {reward_result}")
+
         protocol = Protocol.of(config, dataset)
     # The terminal's closing summary (cli.summary) says the same; the log file keeps them with the run
     logger.info(set_color("protocol", "yellow") + f": {protocol.render()}", extra=LOG_FILE_ONLY)
@@ -256,6 +267,7 @@ def _train_and_test(
         "test_ranks": test_ranks,
         "test_users": test_users,
         "candidate_result": candidate_result,
+        "reward_result": reward_result,
         "protocol": protocol.render(),
         "protocol_fields": protocol.fields(),
         "saved_model_file": trainer.saved_model_file if saved else None,
@@ -362,46 +374,3 @@ def evaluate_candidate_set(config: Config, trainer, dataset, splits, negatives: 
         return dict(trainer.evaluate(loader, load_best_model=False))
     finally:
         trainer.config, trainer.evaluator, trainer.eval_collector = own
-
-
-# Keys of a saved config that belong to the run or the machine, not to the model and its data: a reloaded checkpoint
-# takes them from where it is loaded (RecBole derives RUNTIME_KEYS itself).
-_RUN_KEYS = frozenset(
-    {"data_path", "run_id", "resume_training", "checkpoint_dir", "log_dir", "state", "show_progress", "gpu_id",
-     "use_gpu", "worker", "compile_model", "threads"}
-)  # fmt: skip
-
-
-def load_data_and_model(
-    model_file: str | os.PathLike[str], data_path: str | None = None, config_dict: dict[str, Any] | None = None
-):
-    """Rebuild the config, data splits and trained model of a checkpoint this package's trainer saved.
-
-    RecBole's own ``load_data_and_model`` unpickles a ``Config`` object; this package's checkpoints hold the
-    config as plain values (``compat.checkpoint_state``), from which the same config is built again.
-
-    Args:
-        model_file: a checkpoint (``saved/<run_id>.pth``).
-        data_path: the folder holding ``<dataset>/``; the one the checkpoint was trained from when None.
-        config_dict: overrides of the saved settings (e.g. ``eval_batch_size``).
-
-    Returns:
-        ``(config, model, dataset, train_data, valid_data, test_data)`` as RecBole's returns them: the model in eval
-        mode on ``config["device"]``, the whole dataset (e.g. the item popularity sampled evaluation draws by) and
-        the loaders of its splits.
-    """
-    checkpoint = compat.load_checkpoint(model_file, "cpu")
-    saved = checkpoint["config"]
-    settings = {key: value for key, value in saved.items() if key in known_keys() - RUNTIME_KEYS - _RUN_KEYS}
-    if (settings.get("train_neg_sample_args") or {}).get("distribution") == "none":
-        settings["train_neg_sample_args"] = None  # RecBole's processed form of None, which it does not read back
-    settings["data_path"] = data_path or os.path.dirname(os.path.normpath(saved["data_path"]))
-    settings.update({"show_progress": False, "state": "ERROR", **(config_dict or {})})
-    config = Config(saved["model"], saved["dataset"], config_dict=settings)
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    model = get_model(config["model"])(config, train_data._dataset)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
-    return config, model.to(config["device"]).eval(), dataset, train_data, valid_data, test_data

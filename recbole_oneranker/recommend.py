@@ -35,8 +35,9 @@ from recbole.utils import ModelType
 from torch import Tensor
 from tqdm import tqdm
 
+from recbole_oneranker.checkpoints import load_data_and_model
 from recbole_oneranker.evaluator.ranking import mask_seen_items
-from recbole_oneranker.quick_start import cpu_threads, load_data_and_model
+from recbole_oneranker.quick_start import cpu_threads
 
 RANKED, RETRIEVED = "ranked", "retrieved"
 

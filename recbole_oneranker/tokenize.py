@@ -82,7 +82,7 @@ def dataset_dir(data_path: Path, dataset_name: str) -> Path:
 def checkpoint_vectors(path: Path, key: str | None, data_path: Path) -> ItemVectors:
     """A checkpoint's item table keyed by token: the dataset is rebuilt from the checkpoint's config to map its
     internal item ids back to tokens (RecBole numbers items in the order its filtering and remapping leave)."""
-    from recbole_oneranker.quick_start import load_data_and_model  # RecBole's training stack: only this source
+    from recbole_oneranker.checkpoints import load_data_and_model  # RecBole's training stack: only this source
 
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist")

@@ -184,6 +184,7 @@ class RunSafetyMixin:
             callback_state=compat.plain_value(callback_fn.state_dict()) if hasattr(callback_fn, "state_dict") else None,
             best_checkpoint=self.best_checkpoint,
         )
+        state.update(self.snapshot_state())
         save_atomically(state, self.resume_file)
 
     def _restore_snapshot(self, train_data, callback_fn) -> bool:
@@ -204,9 +205,17 @@ class RunSafetyMixin:
         if snapshot["callback_state"] is not None and hasattr(callback_fn, "load_state_dict"):
             callback_fn.load_state_dict(snapshot["callback_state"])
         self.best_checkpoint = snapshot.get("best_checkpoint")  # older snapshots: none
+        self.load_snapshot_state(snapshot)
         if not os.path.exists(self.saved_model_file) and distributed.is_first():
             self._restore_best_checkpoint()
         return bool(snapshot["finished"])
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """What a trainer subclass adds to the resume snapshot (tensors and plain values): nothing here."""
+        return {}
+
+    def load_snapshot_state(self, snapshot: dict[str, Any]) -> None:
+        """Restore what :meth:`snapshot_state` added, from a loaded snapshot."""
 
     def _restore_best_checkpoint(self) -> None:
         """Write ``<run_id>.pth`` from the snapshot: the run was moved here without its best checkpoint."""

@@ -15,10 +15,11 @@ import torch
 from conftest import TINY_CONFIG
 
 from recbole_oneranker import distributed
+from recbole_oneranker.checkpoints import load_data_and_model
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset, data_preparation
 from recbole_oneranker.errors import ConfigError
-from recbole_oneranker.quick_start import load_data_and_model, run
+from recbole_oneranker.quick_start import run
 from recbole_oneranker.registry import get_model
 from recbole_oneranker.trainer_lookup import get_trainer
 

@@ -7,7 +7,8 @@ import torch
 from test_oneranker import ONERANKER_TINY
 
 from recbole_oneranker.bench import diagnose
-from recbole_oneranker.quick_start import load_data_and_model, run
+from recbole_oneranker.checkpoints import load_data_and_model
+from recbole_oneranker.quick_start import run
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ from test_oneranker import ONERANKER_TINY
 from test_onerec import ONEREC_TINY
 
 from recbole_oneranker import recommend
-from recbole_oneranker.quick_start import load_data_and_model, run
+from recbole_oneranker.checkpoints import load_data_and_model
+from recbole_oneranker.quick_start import run
 
 HSTU_TINY = {"hidden_size": 16, "attention_dim": 8, "linear_hidden_dim": 8, "n_heads": 1}
 MODELS = {"HSTU": HSTU_TINY, "OneRanker": ONERANKER_TINY, "GPR": GPR_TINY, "OneRec": ONEREC_TINY, "SASRec": {}}

@@ -100,7 +100,7 @@ UNCHANGED_BEHAVIOUR: dict[str, Any] = {
     "history_negatives": False, "repeat_bias": False, "compile_model": False, "candidate_sampling": "uniform",
     "sid_scoring": "additive", "tie_code_embeddings": False, "item_feature_fields": [],
     "history_item_features": True, "candidate_item_features": True, "generation": "item",
-    "repeat_explore": False,
+    "repeat_explore": False, "stage": "train",
 }  # fmt: skip
 
 

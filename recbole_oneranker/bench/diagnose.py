@@ -72,13 +72,9 @@ from torch import Tensor, nn
 
 from recbole_oneranker.bench.common import REPO
 from recbole_oneranker.bench.repeats import repeats_report
+from recbole_oneranker.checkpoints import load_data_and_model
 from recbole_oneranker.evaluator.ranking import mask_seen_items, rank_metrics, seen_items, target_ranks
-from recbole_oneranker.quick_start import (
-    CANDIDATE_SAMPLERS,
-    CANDIDATE_TOPK,
-    evaluate_candidate_set,
-    load_data_and_model,
-)
+from recbole_oneranker.quick_start import CANDIDATE_SAMPLERS, CANDIDATE_TOPK, evaluate_candidate_set
 from recbole_oneranker.trainer_lookup import get_trainer
 
 if TYPE_CHECKING:

@@ -89,15 +89,26 @@ class ValidationRecorder:
         self.start = time.perf_counter() - state["elapsed_s"]
 
 
+def row_file_name(key: str) -> str:
+    """A row key as a file name (labels may hold '/' or spaces)."""
+    return re.sub(r"[^\w.=-]+", "_", key)
+
+
+def row_run_id(results_name: str, key: str) -> str:
+    """The run id of a bench row of ``results/<results_name>.csv``, so its best checkpoint is
+    ``<checkpoint_dir>/<run id>.pth`` (the alignment bench starts from it)."""
+    return f"bench-{results_name}-{row_file_name(key)}"
+
+
 def run_row(
     label: str, model: str, dataset: str, settings: dict[str, Any], ranks_dir: Path, commit: str
 ) -> dict[str, Any]:
     # The identity of the defaults the run starts with: they may change on disk while it trains.
     key, identity = row_key(label, model, dataset, settings), config_hash(label, model, dataset, settings)
-    file_name = re.sub(r"[^\w.=-]+", "_", key)  # labels may hold '/' or spaces
+    file_name = row_file_name(key)
     recorder = ValidationRecorder()
     # A row killed part-way (a long row outlives a session) continues from its last validation when re-run.
-    resumable = {"run_id": f"bench-{ranks_dir.name}-{file_name}", "resume_training": True}
+    resumable = {"run_id": row_run_id(ranks_dir.name, key), "resume_training": True}
     result = run(model, dataset, config_dict={**settings, **resumable}, callback_fn=recorder)
     ranks_file = ranks_dir / f"{file_name}.npy"
     ranks_file.parent.mkdir(parents=True, exist_ok=True)

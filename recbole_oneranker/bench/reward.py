@@ -58,12 +58,13 @@ from recbole_oneranker.bench.common import (
     run_command,
 )
 from recbole_oneranker.bench.quality import ValidationRecorder
+from recbole_oneranker.checkpoints import load_data_and_model
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset, data_preparation
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.sequential_recommender.rewardmodel import VALUE_FLOOR, history_levels
 from recbole_oneranker.overrides import parse_assignments
-from recbole_oneranker.quick_start import cpu_threads, init_logger, load_data_and_model, prepare_output_dirs
+from recbole_oneranker.quick_start import cpu_threads, init_logger, prepare_output_dirs
 from recbole_oneranker.registry import get_model
 from recbole_oneranker.trainer import Trainer, describe_device
 

@@ -1,8 +1,8 @@
 """Pure-PyTorch layers (no RecBole imports): the HSTU block and stack with their relative attention biases and
 masks, the item-sequence encoder, the next-item softmax and repeat shift, OneRanker's step-2 and step-3 decoders,
 for semantic IDs the trie with its constrained beam search and GPR's level-wise generator and value estimator, and
-OneRec's encoder-decoder with its mixture-of-experts feed-forward block, the items' side features, and the
-policy-gradient pieces of post-training (GAE, PPO's and ECPO's surrogates, HEPO's rewards)."""
+OneRec's encoder-decoder with its mixture-of-experts feed-forward block, the items' side features, and the losses
+of post-training: DPO's, and the policy-gradient pieces (GAE, PPO's and ECPO's surrogates, HEPO's rewards)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from .policy_gradient import (
     hepo_advantages,
     process_rewards,
 )
+from .preference import dpo_loss, implicit_reward_margins, preference_pairs
 from .ranking_decoder import RankingDecoder, RankingDecoderConfig, candidate_mask
 from .relative_bias import (
     DEFAULT_BUCKET_DIVISOR,
@@ -106,6 +107,7 @@ __all__ = [
     "code_popularity",
     "constrained_beam_search",
     "distinct_items",
+    "dpo_loss",
     "early_clipped_surrogate",
     "exact_item_log_probs",
     "feed_forward",
@@ -113,8 +115,10 @@ __all__ = [
     "group_advantages",
     "hepo_advantages",
     "heterogeneous_mask",
+    "implicit_reward_margins",
     "load_official_hstu_weights",
     "lookup",
+    "preference_pairs",
     "prefix_causal_mask",
     "process_rewards",
     "seen_before",

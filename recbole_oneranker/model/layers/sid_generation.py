@@ -24,7 +24,7 @@ never a decoder pass per prefix. The code tables ``O_l`` and ``E_l`` may both be
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .decoders import QueryDecoder, QueryDecoderConfig
+from .sid_trie import SIDTrie
 
 __all__ = [
     "SID_SCORINGS",
@@ -270,9 +271,38 @@ class SIDGenerator(nn.Module):
     def path_log_probs(self, intents: Tensor, codes: Tensor) -> Tensor:
         """``[P, H, L]`` each head's log-probability of each level's code of ``codes`` (``[P, H, L]`` or
         ``[P, 1, L]``), teacher-forced: level ``l`` reads the true codes before it (softmax over the codebook)."""
-        codes = codes.expand(-1, intents.shape[1], -1)
+
+        def over_the_codebook(logits: Tensor, level: int) -> Tensor:
+            return F.log_softmax(logits, dim=-1)
+
+        return self._teacher_forced(intents, codes.expand(-1, intents.shape[1], -1), over_the_codebook)
+
+    def item_level_log_probs(self, intents: Tensor, items: Tensor, trie: SIDTrie) -> Tensor:
+        """``[P, H, C, L]`` each head's log-probability of each level's code of ``C`` catalogue items per row,
+        teacher-forced and normalised over the trie's valid children of the item's prefix (the normalisation of
+        :meth:`catalogue_log_probs` and of the trie beam; summed over levels, an item's entry of
+        :meth:`catalogue_log_probs`), without scoring the rest of the catalogue.
+
+        Args:
+            intents: ``[P, H, D]``; items: ``[P, C]`` rows of ``trie.codes``; trie: the catalogue's (same device).
+        """
+        num_rows, num_heads, dim = intents.shape
+        count = items.shape[1]
+        per_item = intents.unsqueeze(1).expand(-1, count, -1, -1).reshape(num_rows * count, num_heads, dim)
+        codes = trie.codes[items].flatten(0, 1).unsqueeze(1).expand(-1, num_heads, -1)  # [PC, H, L]
+        prefix_ids = trie.item_prefixes[items].flatten(0, 1).unsqueeze(1).expand(-1, num_heads, -1)  # [PC, H, L]
+
+        def over_the_valid_children(logits: Tensor, level: int) -> Tensor:
+            return trie.constrained_log_probs(logits, level, prefix_ids[..., level])
+
+        per_level = self._teacher_forced(per_item, codes, over_the_valid_children)  # [PC, H, L]
+        return per_level.view(num_rows, count, num_heads, -1).transpose(1, 2)
+
+    def _teacher_forced(self, intents: Tensor, codes: Tensor, normalise: Callable[[Tensor, int], Tensor]) -> Tensor:
+        """``[P, H, L]`` the log-probability of each level's code of ``codes`` (``[P, H, L]``) after the true codes
+        before it, ``normalise(logits [P, H, K_l], level)`` turning a level's logits into log-probabilities."""
         columns = [
-            F.log_softmax(self.level_logits(intents, codes[..., :level], level), dim=-1)
+            normalise(self.level_logits(intents, codes[..., :level], level), level)
             .gather(-1, codes[..., level : level + 1])
             .squeeze(-1)
             for level in range(self.config.levels)

@@ -72,8 +72,8 @@ class GPR(GenerativeRecommender):
 
     NOTE (deviations; docs/gpr.md): no Mixture-of-Recursions, no LLM thought tokens, no diffusion refining step; each
     level reads its prefix through an additive term or a gate, not a decoder pass, so that exact catalogue scores
-    stay one product per level and gathers; HEPO and DPO are
-    the preference-alignment issue's.
+    stay one product per level and gathers; HEPO is not implemented. DPO is a stage of its own (``stage: align``,
+    ``align_method: dpo``; docs/alignment.md) that reads :meth:`item_log_probs`.
     """
 
     def __init__(self, config, dataset):
@@ -273,6 +273,53 @@ class GPR(GenerativeRecommender):
             values = self.hte.catalogue_values(users, self.item_codes[1:])
             scores = scores + F.pad(self.hte_weight * values, (1, 0))
         return scores
+
+    # -- preference alignment (docs/alignment.md) --------------------------------------------------------------
+
+    def item_log_probs(self, interaction, items: Tensor) -> Tensor:
+        """``[B, C]`` the log-probability of generating each of ``items`` (``[B, C]`` real item ids, > 0) at each
+        request's last position: the heads' mixture, each level normalised over the trie's valid children, as
+        :meth:`serve` scores the catalogue (without the HTE's ``hte_weight`` x value). Differentiable.
+
+        Raises:
+            ConfigError: with ``repeat_explore`` (the copy mixture has no such form).
+        """
+        return self._mixture_prefix_log_probs(interaction, items)[..., -1]
+
+    def item_level_log_probs(self, interaction, items: Tensor) -> Tensor:
+        """``[B, C, L]`` the mixture's conditional log-probability of each SID level of ``items`` (``[B, C]``) given
+        the levels before it: with ``m_l = logsumexp_h(sum_{k <= l} log p_h(z_k | z_<k)) - log H`` (the mixture's
+        log-probability of the item's first ``l`` codes), level ``l``'s entry is ``m_l - m_{l-1}``; the levels sum to
+        :meth:`item_log_probs`. Differentiable.
+
+        Raises:
+            ConfigError: with ``repeat_explore``.
+        """
+        prefixes = self._mixture_prefix_log_probs(interaction, items)
+        return torch.diff(prefixes, dim=-1, prepend=torch.zeros_like(prefixes[..., :1]))
+
+    def _mixture_prefix_log_probs(self, interaction, items: Tensor) -> Tensor:
+        """``[B, C, L]`` ``m_l``: the heads' mixture of the log-probability of each item's first ``l + 1`` codes."""
+        if self.repeat_explore is not None:
+            raise ConfigError("item log-probabilities cover the SID generator alone: set repeat_explore: False")
+        _, intents, _ = self._last_intents(interaction)
+        trie, _ = self.semantic_ids_on(intents.device)
+        per_head = self.generator.item_level_log_probs(intents, items - 1, trie).cumsum(-1)  # [B, H, C, L]
+        return torch.logsumexp(per_head, dim=1) - math.log(self.mtp_heads)
+
+    def level_values(self, interaction, items: Tensor) -> Tensor:
+        """``[B, C, L]`` the HTE's value estimate after each SID level of ``items`` (``[B, C]``) at each request's
+        last position (the critic of a policy-gradient stage).
+
+        Raises:
+            ConfigError: without ``use_hte``.
+        """
+        if self.hte is None:
+            raise ConfigError("level values come from the HTE: set use_hte: True")
+        users, _, _ = self._last_intents(interaction)
+        count = items.shape[1]
+        values = self.hte(users.repeat_interleave(count, dim=0), self.item_codes[items].flatten(0, 1))  # [BC, L]
+        return values.view(len(items), count, -1)
 
     @torch.no_grad()
     def generate(self, interaction, k: int | None = None) -> tuple[Tensor, Tensor]:

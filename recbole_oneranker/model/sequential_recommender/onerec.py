@@ -59,7 +59,8 @@ class OneRec(GenerativeRecommender):
 
     NOTE (deviations; docs/onerec.md): one decoder token per item, not per code, with the codes of an item read
     from that token through an additive prefix term, which makes exact full-catalogue scores a product and gathers;
-    no lifelong or short-term pathways; no preference alignment (IPA: the preference-alignment issue).
+    no lifelong or short-term pathways. Iterative Preference Alignment is a stage of its own (``stage: align``,
+    ``align_method: ipa``; docs/alignment.md) over :meth:`generate_sessions` and :meth:`last_session_log_probs`.
     """
 
     def __init__(self, config, dataset):
@@ -196,6 +197,16 @@ class OneRec(GenerativeRecommender):
         copy = self._copy_parts(interaction, rows, positions, self.history_memory(memory), intents[:, 0])
         first = copy.of_targets(sessions[:, 0], log_probs[:, 0])
         return torch.cat([first.unsqueeze(1), log_probs[:, 1:]], dim=1)
+
+    def last_session_log_probs(self, interaction, sessions: Tensor) -> Tensor:
+        """``[B, N]`` the log-probability of each of ``N`` sessions per request (``sessions`` ``[B, N, m]`` item
+        ids, 0 past a session's end, e.g. :meth:`generate_sessions`'s) after the request's whole history: the sum
+        over the session's items of :meth:`session_log_probs`. Differentiable (IPA's DPO reads it)."""
+        batch, count, _ = sessions.shape
+        rows = torch.arange(batch, device=sessions.device).repeat_interleave(count)
+        flat = sessions.flatten(0, 1)  # [B N, m]
+        log_probs = self.session_log_probs(interaction, rows, interaction[self.ITEM_SEQ_LEN][rows] - 1, flat)
+        return log_probs.masked_fill(flat == 0, 0.0).sum(-1).view(batch, count)
 
     def history_memory(self, memory: Tensor) -> Tensor:
         """``[C, n, D]`` the encoder's states of the history tokens, from its whole memory ``[C, 1 + U + n, D]``

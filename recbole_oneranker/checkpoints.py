@@ -1,0 +1,51 @@
+"""``load_data_and_model``: a trained model, its config and its data, rebuilt from a checkpoint this package saved.
+
+Kept apart from :mod:`~recbole_oneranker.quick_start` so that what runs inside a run (the alignment stage loads its
+reward model this way) can use it without importing the run's own flow.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from recbole.utils import init_seed
+
+from recbole_oneranker import compat
+from recbole_oneranker.config import Config, saved_settings
+from recbole_oneranker.data import create_dataset, data_preparation
+from recbole_oneranker.registry import get_model
+
+
+def load_data_and_model(
+    model_file: str | os.PathLike[str], data_path: str | None = None, config_dict: dict[str, Any] | None = None
+):
+    """Rebuild the config, data splits and trained model of a checkpoint this package's trainer saved.
+
+    RecBole's own ``load_data_and_model`` unpickles a ``Config`` object; this package's checkpoints hold the
+    config as plain values (``compat.checkpoint_state``), from which the same config is built again
+    (:func:`~recbole_oneranker.config.saved_settings`).
+
+    Args:
+        model_file: a checkpoint (``saved/<run_id>.pth``).
+        data_path: the folder holding ``<dataset>/``; the one the checkpoint was trained from when None.
+        config_dict: overrides of the saved settings (e.g. ``eval_batch_size``).
+
+    Returns:
+        ``(config, model, dataset, train_data, valid_data, test_data)`` as RecBole's returns them: the model in eval
+        mode on ``config["device"]``, the whole dataset (e.g. the item popularity sampled evaluation draws by) and
+        the loaders of its splits.
+    """
+    checkpoint = compat.load_checkpoint(model_file, "cpu")
+    saved = checkpoint["config"]
+    settings = saved_settings(saved)
+    settings["data_path"] = data_path or os.path.dirname(os.path.normpath(saved["data_path"]))
+    settings.update({"show_progress": False, "state": "ERROR", **(config_dict or {})})
+    config = Config(saved["model"], saved["dataset"], config_dict=settings)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = get_model(config["model"])(config, train_data._dataset)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model.to(config["device"]).eval(), dataset, train_data, valid_data, test_data

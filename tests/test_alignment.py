@@ -1,0 +1,266 @@
+"""The preference-alignment stage: the DPO loss and its pairs, GPR's item log-probabilities, and ``stage: align`` end
+to end on ml-tiny (GPR + DPO, OneRec + IPA over two iterations) from tiny trained checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recbole_oneranker import config_rules
+from recbole_oneranker.alignment import ALIGNMENT_METHODS, AlignmentTrainer
+from recbole_oneranker.errors import ConfigError
+from recbole_oneranker.model.layers import dpo_loss, preference_pairs
+from recbole_oneranker.model.sequential_recommender import GPR
+from recbole_oneranker.quick_start import run
+
+GPR_TINY = {"hidden_size": 16, "attention_dim": 8, "linear_hidden_dim": 8, "n_heads": 2, "mtp_heads": 2,
+            "num_thinking_tokens": 2, "beam_size": 8}  # fmt: skip
+ONEREC_TINY = {"hidden_size": 16, "n_heads": 2, "encoder_layers": 1, "decoder_layers": 1, "encoder_inner_size": 16,
+               "num_experts": 4, "expert_inner_size": 8, "session_length": 2, "decoder_positions": 2,
+               "beam_size": 8}  # fmt: skip
+REWARD_TINY = {"hidden_size": 16, "attention_dim": 8, "linear_hidden_dim": 8, "n_heads": 2, "decoder_heads": 2,
+               "reward_negatives": 4}  # fmt: skip
+# Every request of a batch gets a pair, so one epoch moves the policy.
+STAGE_TINY = {"align_share": 1.0, "align_beam": 4, "align_learning_rate": 0.01}
+
+
+# -- the loss and the pairs -----------------------------------------------------------------------------------------
+
+
+def test_dpo_loss_and_its_gradient_are_the_closed_form() -> None:
+    beta = 0.5
+    policy_chosen = torch.tensor([-1.0], requires_grad=True)
+    policy_rejected, reference_chosen, reference_rejected = (
+        torch.tensor([-2.0]),
+        torch.tensor([-1.5]),
+        torch.tensor([-1.0]),
+    )
+    loss = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
+    margin = beta * ((-1.0 - -1.5) - (-2.0 - -1.0))  # 0.75
+    torch.testing.assert_close(loss, -torch.nn.functional.logsigmoid(torch.tensor([margin])))
+    loss.sum().backward()
+    torch.testing.assert_close(policy_chosen.grad, -beta * torch.sigmoid(torch.tensor([-margin])))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 5), min_size=4, max_size=4), min_size=1, max_size=6), st.data())
+def test_chosen_and_rejected_follow_the_reward_order(reward_rows, data) -> None:
+    rewards = torch.tensor(reward_rows, dtype=torch.float)
+    valid = torch.tensor(data.draw(st.lists(st.lists(st.booleans(), min_size=4, max_size=4),
+                                            min_size=len(reward_rows), max_size=len(reward_rows))))  # fmt: skip
+    chosen, rejected, has_pair = preference_pairs(rewards, valid)
+    for row in range(len(rewards)):
+        kept = rewards[row][valid[row]]
+        assert bool(has_pair[row]) == (len(kept) >= 2 and bool(kept.max() > kept.min()))
+        if has_pair[row]:
+            assert valid[row, chosen[row]] and valid[row, rejected[row]]
+            assert rewards[row, chosen[row]] == kept.max() and rewards[row, rejected[row]] == kept.min()
+
+
+def test_the_registry_and_the_config_rule_name_the_same_methods() -> None:
+    (rule,) = [rule for rule in config_rules.RULES if rule.key == "align_method"]
+    assert set(rule.check.choices) == set(ALIGNMENT_METHODS)
+
+
+# -- GPR's item log-probabilities -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gpr(build_sid_model):
+    model, _, test = build_sid_model(GPR, GPR_TINY, hte_weight=0.0)
+    return model.eval(), next(iter(test))[0]
+
+
+def test_gpr_item_log_probs_are_the_served_scores_and_a_distribution(gpr) -> None:
+    model, batch = gpr
+    items = torch.randint(1, model.n_items, (len(batch[model.ITEM_SEQ]), 6))
+    with torch.no_grad():
+        served = model.serve(batch).final_scores
+        log_probs = model.item_log_probs(batch, items)
+        catalogue = torch.arange(1, model.n_items).expand(len(items), -1)
+        every_item = model.item_log_probs(batch, catalogue)
+    torch.testing.assert_close(log_probs, served.gather(1, items))
+    torch.testing.assert_close(every_item.exp().sum(1), torch.ones(len(items)))
+
+
+def test_gpr_per_level_log_probs_sum_to_the_items(gpr) -> None:
+    model, batch = gpr
+    items = torch.randint(1, model.n_items, (len(batch[model.ITEM_SEQ]), 3))
+    per_level = model.item_level_log_probs(batch, items)
+    assert per_level.shape == (*items.shape, model.item_codes.shape[1])
+    assert (per_level <= 1e-6).all()
+    torch.testing.assert_close(per_level.sum(-1), model.item_log_probs(batch, items))
+    per_level.sum().backward()  # differentiable
+    assert model.generator.head_intents.weight.grad.abs().sum() > 0
+    assert model.level_values(batch, items).shape == per_level.shape
+
+
+def test_gpr_without_hte_has_no_level_values(build_sid_model) -> None:
+    model, _, test = build_sid_model(GPR, GPR_TINY, use_hte=False)
+    with pytest.raises(ConfigError, match="use_hte"):
+        model.level_values(next(iter(test))[0], torch.ones(1, 1, dtype=torch.long))
+
+
+# -- the stage, end to end -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_path, tmp_path_factory):
+    """Tiny GPR, OneRec and RewardModel checkpoints on ml-tiny (one epoch each), and the settings they share."""
+    from tests.conftest import TINY_CONFIG, write_tiny_sid_file
+
+    folder = tmp_path_factory.mktemp("trained")
+    sid_file = write_tiny_sid_file(tiny_data_path, folder / "ml-tiny.sid")
+    common = {**TINY_CONFIG, "data_path": str(tiny_data_path), "load_col": None, "value_field": "rating",
+              "cascade_fields": ["click", "conversion"], "checkpoint_dir": str(folder / "saved"),
+              "log_dir": str(folder / "log")}  # fmt: skip
+    checkpoints = {}
+    sizes_of = {"GPR": {**GPR_TINY, "sid_file": str(sid_file)}, "OneRec": {**ONEREC_TINY, "sid_file": str(sid_file)},
+                "RewardModel": REWARD_TINY}  # fmt: skip
+    for model, sizes in sizes_of.items():
+        checkpoints[model] = run(model, "ml-tiny", config_dict={**common, **sizes, "run_id": model})["saved_model_file"]
+    stage = {key: common[key] for key in ("data_path", "checkpoint_dir", "log_dir", "state", "show_progress")}
+    return checkpoints, stage
+
+
+def _align(trained, model: str, **overrides) -> tuple[dict, AlignmentTrainer]:
+    """Run the stage on ``model``'s checkpoint; returns the run's result and its trainer."""
+    checkpoints, stage = trained
+    trainers: list[AlignmentTrainer] = []
+    original = AlignmentTrainer.__init__
+
+    def keep(self, *args) -> None:
+        original(self, *args)
+        trainers.append(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AlignmentTrainer, "__init__", keep)
+        settings = {**stage, **STAGE_TINY, "stage": "align", "from_checkpoint": checkpoints[model],
+                    "reward_checkpoint": checkpoints["RewardModel"], **overrides}  # fmt: skip
+        result = run(model, "ml-tiny", config_dict=settings)
+    return result, trainers[0]
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+def _assert_equal(weights: dict[str, torch.Tensor], module: torch.nn.Module) -> None:
+    now = module.state_dict()
+    assert weights.keys() == now.keys()
+    assert all(torch.equal(weights[name], now[name]) for name in weights)
+
+
+def test_gpr_dpo_moves_the_policy_only_and_reports_reward_beside_real_metrics(trained) -> None:
+    from recbole_oneranker import compat
+
+    start = compat.load_checkpoint(trained[0]["GPR"], "cpu")["state_dict"]
+    reward_start = compat.load_checkpoint(trained[0]["RewardModel"], "cpu")["state_dict"]
+    result, trainer = _align(trained, "GPR")
+    assert trainer.method.name == "dpo" and trainer.stats.pairs > 0
+    _assert_equal(start, trainer.reference)  # the reference is the starting checkpoint, frozen
+    _assert_equal(reward_start, trainer.reward_model)
+    assert not trainer.reference.training and not any(p.requires_grad for p in trainer.reference.parameters())
+    assert not any(p.requires_grad for p in trainer.reward_model.parameters())
+    aligned = compat.load_checkpoint(result["saved_model_file"], "cpu")["state_dict"]
+    assert any(not torch.equal(aligned[name], start[name]) for name in start)
+    assert "ndcg@10" in result["test_result"] and set(result["reward_result"]) == {"reward@10"}
+    assert 0 < result["reward_result"]["reward@10"] < 5  # P(conversion) x a 1-5 rating
+
+
+def test_onerec_ipa_two_iterations_refresh_the_reference(trained) -> None:
+    ends: list[dict[str, torch.Tensor]] = []
+    original = AlignmentTrainer.begin_iteration
+
+    def record(self, iteration: int) -> None:
+        ends.append(_weights(self.model))  # the policy at the end of the previous iteration
+        original(self, iteration)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AlignmentTrainer, "begin_iteration", record)
+        result, trainer = _align(trained, "OneRec", align_iterations=2, align_epochs=1, stopping_step=5)
+    assert trainer.method.name == "ipa" and trainer.iteration == 1 and len(ends) == 1
+    _assert_equal(ends[0], trainer.reference)
+    assert result["reward_result"]["reward@10"] > 0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"reward_checkpoint": "GPR"}, "is a GPR on ml-tiny, not a RewardModel"),
+        ({"align_method": "ipa"}, "align_method ipa aligns a OneRec, not a GPR"),
+        ({"align_iterations": 2}, "align_method dpo has no iterations"),
+        ({"epochs": 3}, "leave epochs out"),
+        ({"from_checkpoint": "OneRec"}, "is a OneRec on ml-tiny, not a GPR on ml-tiny"),
+        ({"repeat_explore": True}, "align a GPR without repeat_explore"),
+    ],
+)
+def test_a_mismatched_stage_is_refused_in_one_line(trained, overrides, message) -> None:
+    checkpoints, _ = trained
+    overrides = {key: checkpoints.get(value, value) if key.endswith("checkpoint") else value
+                 for key, value in overrides.items()}  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        _align(trained, "GPR", **overrides)
+
+
+def test_stage_keys_outside_the_stage_are_refused(tiny_config) -> None:
+    from recbole_oneranker.config import Config
+
+    with pytest.raises(ConfigError, match="align_beta is a key of the alignment stage"):
+        Config("GPR", "ml-tiny", config_dict={**tiny_config, "align_beta": 0.5})
+
+
+def test_a_reward_model_of_other_items_is_refused(trained) -> None:
+    _, stage = trained
+    data = {"load_col": None, "cascade_fields": ["click", "conversion"], "value_field": "rating"}
+    fewer_items = {**stage, **data, **REWARD_TINY, "run_id": "filtered", "item_inter_num_interval": "[2,inf)"}
+    filtered = run("RewardModel", "ml-tiny", config_dict=fewer_items)
+    with pytest.raises(ConfigError, match="reward_checkpoint .* knows .* items, the policy's data"):
+        _align(trained, "GPR", reward_checkpoint=filtered["saved_model_file"])
+
+
+def test_bench_writes_both_tables_with_commands_and_skips_finished_rows(trained, tiny_data_path, tmp_path) -> None:
+    from recbole_oneranker.bench import align as align_bench
+
+    checkpoints, _ = trained
+    settings = [f"{key}={value}" for key, value in STAGE_TINY.items()]
+    argv = ["--dataset", "ml-tiny", "--data-path", str(tiny_data_path), "--results", str(tmp_path),
+            "--policy", f"GPR={checkpoints['GPR']}", f"OneRec={checkpoints['OneRec']}",
+            "--reward", checkpoints["RewardModel"], "--set", *settings, "align_epochs=1"]  # fmt: skip
+    assert align_bench.main(argv) == 0
+    report = (tmp_path / "align-ml-tiny.md").read_text()
+    for label in (
+        "GPR pre-trained",
+        "GPR +DPO",
+        "OneRec pre-trained",
+        "OneRec +IPA 1 iteration",
+        "OneRec +IPA 2 iterations",
+    ):
+        assert f"| {label} |" in report
+    assert "reward@10" in report and "run_recbole --model=OneRec --dataset=ml-tiny --stage=align" in report
+    assert "WARNING" in report or "No row's reward estimate rose" in report
+    rows = len((tmp_path / "align-ml-tiny.csv").read_text().splitlines())
+    assert align_bench.main(argv) == 0  # every row done: skipped
+    assert len((tmp_path / "align-ml-tiny.csv").read_text().splitlines()) == rows == 6
+
+
+def test_a_killed_ipa_stage_resumes_with_its_reference_and_iteration(trained) -> None:
+    from recbole_oneranker import compat
+
+    resumable = {"align_iterations": 2, "align_epochs": 1, "run_id": "ipa-resume", "resume_training": True}
+
+    def killed(self, iteration: int) -> None:
+        raise KeyboardInterrupt  # after epoch 0's snapshot, before iteration 2 begins
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(AlignmentTrainer, "begin_iteration", killed)
+        _align(trained, "OneRec", **resumable)
+    snapshot = compat.load_checkpoint(f"{trained[1]['checkpoint_dir']}/ipa-resume-resume.pth", "cpu")
+    assert snapshot["epoch"] == 0 and snapshot["iteration"] == 0
+    start = compat.load_checkpoint(trained[0]["OneRec"], "cpu")["state_dict"]
+    assert all(torch.equal(snapshot["reference_state_dict"][name], start[name]) for name in start)
+    result, trainer = _align(trained, "OneRec", **resumable)
+    assert trainer.iteration == 1 and result["reward_result"]
+    _assert_equal(snapshot["state_dict"], trainer.reference)  # iteration 2's reference: the policy after epoch 0
