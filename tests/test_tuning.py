@@ -196,6 +196,39 @@ def test_report_and_compare(out, killed_study, parallel_study, capsys, run_devic
     assert "| killed | HSTU | ml-tiny | 3 |" in table and "| parallel | HSTU | ml-tiny | 3 |" in table
 
 
+def _two_objective_study(name: str, points: list[tuple[float, float]]) -> optuna.Study:
+    study = optuna.create_study(study_name=name, directions=["maximize", "maximize"])
+    study.set_user_attr("objectives", ["ndcg@10", "gmv@10"])
+    study.set_user_attr("model", name.upper())
+    for ndcg, gmv in points:
+        test = {"ndcg@10": ndcg / 2, "gmv@10": gmv / 2}
+        study.add_trial(optuna.trial.create_trial(values=[ndcg, gmv], user_attrs={"test_result": test}))
+    return study
+
+
+def test_two_objective_studies_are_compared_by_their_fronts_under_one_budget(tmp_path):
+    # a: trials 0 and 1 trade off, 2 is dominated by 1; its fourth trial lies beyond b's budget of 3 trials
+    a = _two_objective_study("a", [(0.30, 0.10), (0.20, 0.40), (0.10, 0.30), (0.90, 0.90)])
+    b = _two_objective_study("b", [(0.25, 0.25), (0.05, 0.05), (0.25, 0.20)])
+    assert [t.number for t in report.pareto_within(a, 3)] == [0, 1]
+    assert [t.number for t in report.pareto_within(a, 4)] == [3]
+    assert [t.number for t in report.pareto_within(b, 3)] == [0]
+
+    table = report.compare([a, b], tmp_path / "fronts.png")
+    assert "Pareto fronts compared on validation ndcg@10 and gmv@10, first 3 finished trials each" in table
+    assert "## a: A on ?, 2 trials on the front" in table and "## b: B on ?, 1 trials on the front" in table
+    assert "| 0 | 0.3000 | 0.1000 | 0.1500 | 0.0500 |" in table  # valid values, then the test values stored
+    assert "0.9000" not in table  # beyond the budget
+    assert (tmp_path / "fronts.png").read_bytes().startswith(b"\x89PNG") and "![Pareto fronts](fronts.png)" in table
+
+
+def test_studies_of_different_objectives_are_not_compared(tmp_path):
+    single = optuna.create_study(study_name="single", direction="maximize")
+    single.set_user_attr("objectives", ["ndcg@10"])
+    with pytest.raises(report.UsageError, match="different objectives"):
+        report.compare([single, _two_objective_study("a", [(0.1, 0.1)])], tmp_path / "fronts.png")
+
+
 def test_two_objectives_keep_a_pareto_front_and_plot_it(out, tiny_data_path, capsys):
     args = search_args(tiny_data_path, out, "pareto", 3, "--objectives", "ndcg@10", "gmv@10", "--seed", "0")
     assert search.main(args) == 0

@@ -9,7 +9,8 @@
 top trials with their validation objective(s) and the test metrics stored with each trial (read, never tuned on),
 and the counts by state. Plots (``optuna.visualization``: HTML with plotly, PNG with matplotlib): optimisation
 history, parameter importances and, for several objectives, the Pareto front. ``--compare`` puts several studies
-side by side under the same trial budget: the first N finished trials of each, N the smallest study's count.
+side by side under the same trial budget: the first N finished trials of each, N the smallest study's count; studies
+of several objectives are compared by their Pareto fronts, drawn together in ``compare_<studies>.png``.
 
 A study is read from ``<out>/<study>/`` (default ``studies/``), else from the committed ``results/tuning/<study>/``,
 which is only read: its report and plots are rewritten only when ``--out results/tuning`` asks for it.
@@ -241,23 +242,79 @@ def write_report(study: optuna.Study, folder: Path) -> Path:
 # -- --compare -------------------------------------------------------------------------------------------------------
 
 
+def first_finished(study: optuna.Study, budget: int) -> list[FrozenTrial]:
+    """The study's complete trials among its first ``budget`` finished ones (in order of completion)."""
+    finished = sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.datetime_complete)
+    return [trial for trial in finished[:budget] if trial.state == TrialState.COMPLETE]
+
+
 def best_within(study: optuna.Study, budget: int) -> FrozenTrial | None:
     """The best complete trial among the study's first ``budget`` finished trials (in order of completion)."""
-    finished = sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.datetime_complete)
-    complete = [trial for trial in finished[:budget] if trial.state == TrialState.COMPLETE]
+    complete = first_finished(study, budget)
     if not complete:
         return None
     sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
     return min(complete, key=lambda t: sign * t.values[0])
 
 
-def compare(studies: list[optuna.Study]) -> str:
-    """A markdown table of the studies' best validation score and its test score under one trial budget."""
-    objectives = {objectives_of(study)[0] for study in studies}
+def pareto_within(study: optuna.Study, budget: int) -> list[FrozenTrial]:
+    """The Pareto front of the study's first ``budget`` finished trials, by trial number: Optuna's own front
+    (``best_trials``) of an in-memory study holding just those trials."""
+    subset = optuna.create_study(directions=study.directions)
+    subset.add_trials(first_finished(study, budget))
+    return sorted(subset.best_trials, key=lambda t: t.number)
+
+
+def compare(studies: list[optuna.Study], figure: Path) -> str:
+    """A markdown comparison of studies under one trial budget (the first N finished trials of each, N the smallest
+    study's count): with one objective, each study's best validation score and its test score; with several, each
+    study's Pareto front, whose first two objectives are also drawn together in ``figure`` (PNG)."""
+    objectives = {tuple(objectives_of(study)) for study in studies}
     if len(objectives) > 1:
         raise UsageError(f"the studies optimise different objectives: {sorted(objectives)}")
-    objective = objectives.pop()
+    names = list(objectives.pop())
     budget = min(len(study.get_trials(deepcopy=False, states=FINISHED)) for study in studies)
+    if len(names) == 1:
+        return _compare_best(studies, names[0], budget)
+    fronts = {study.study_name: pareto_within(study, budget) for study in studies}
+    lines = [
+        f"# Pareto fronts compared on validation {' and '.join(names)}, first {budget} finished trials each",
+        "",
+        "Each study's non-dominated trials on validation; test metrics are stored with each trial and never chose.",
+    ]
+    for study in studies:
+        front, attrs = fronts[study.study_name], study.user_attrs
+        title = f"{study.study_name}: {attrs.get('model', '?')} on {attrs.get('dataset', '?')}"
+        lines += ["", f"## {title}, {len(front)} trials on the front", ""]
+        lines += trial_table(front, names) if front else ["No trial has completed within the budget."]
+    lines += ["", f"![Pareto fronts]({figure.name})"] if draw_fronts(fronts, names, figure) else []
+    return "\n".join(lines) + "\n"
+
+
+def draw_fronts(fronts: dict[str, list[FrozenTrial]], objectives: list[str], path: Path) -> bool:
+    """Every study's front on the first two objectives in one figure (Optuna plots one study at a time); False
+    when matplotlib is not installed."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(6, 4.5))
+    for name, front in fronts.items():
+        points = sorted((trial.values[0], trial.values[1]) for trial in front)
+        if points:
+            axes.step(*zip(*points, strict=True), where="post", marker="o", label=name)
+    axes.set_xlabel(f"valid {objectives[0]}")
+    axes.set_ylabel(f"valid {objectives[1]}")
+    axes.legend(fontsize="small")
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    pyplot.close(figure)
+    return True
+
+
+def _compare_best(studies: list[optuna.Study], objective: str, budget: int) -> str:
     lines = [
         f"# Studies compared on validation {objective}, first {budget} finished trials each",
         "",
@@ -301,12 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if len(args.compare) < 2:
             raise UsageError("--compare needs at least two studies")
-        table = compare([load_study(name, args.storage, args.out) for name in args.compare])
+        out = args.out / f"compare_{'_vs_'.join(args.compare)}.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table = compare([load_study(name, args.storage, args.out) for name in args.compare], out.with_suffix(".png"))
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
-    out = args.out / f"compare_{'_vs_'.join(args.compare)}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     print(table + f"\nwritten to {out}")
     return 0
