@@ -230,13 +230,14 @@ SWITCHES = [
 ]
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
-def test_every_ablation_switch_changes_the_computation(build, switch):
-    reference, train, _ = build(loss_type="full_softmax")
+def test_every_ablation_switch_changes_the_computation(build, switch, mode):
+    reference, train, _ = build(loss_type="full_softmax", **mode)
     with torch.no_grad():  # as after some training: at 0 (their start) the gates make the DC loss exactly 0
         reference.rank_gate.fill_(0.5)
         reference.task_gate.fill_(0.5)
-    variant, _, _ = build(loss_type="full_softmax", **switch)
+    variant, _, _ = build(loss_type="full_softmax", **mode, **switch)
     variant_state = variant.state_dict()
     shared = {
         k: v for k, v in reference.state_dict().items() if k in variant_state and v.shape == variant_state[k].shape
