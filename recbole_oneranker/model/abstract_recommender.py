@@ -185,13 +185,16 @@ class GenerativeRecommender(SequentialRecommender):
         features = item_feature_embedding(config, dataset) if config["history_item_features"] else None
         self.history_item_features = features
 
-    def history_features(self, item_seq: Tensor) -> Tensor | None:
-        """``[B, N, D]`` the side features of the history items (``[B, N]``) to add to their input tokens, on the
-        scale of an embedding row (a model that multiplies its item embeddings by ``sqrt(D)`` does so to these
-        too); None without ``item_feature_fields`` or with ``history_item_features: False``."""
+    def with_history_features(self, tokens: Tensor | None, item_seq: Tensor, scale: float = 1.0) -> Tensor | None:
+        """``tokens`` (``[B, N, D]``, or None: nothing yet) plus ``scale`` x the side features of the history items
+        (``[B, N]``): ``scale`` puts them on the scale of the tokens they join (``sqrt(D)`` where a model multiplies
+        its item embeddings by it). ``tokens`` unchanged without ``item_feature_fields`` or with
+        ``history_item_features: False``."""
         if self.history_item_features is None:
-            return None
-        return self.history_item_features(item_seq)
+            return tokens
+        features = self.history_item_features(item_seq)
+        features = features if scale == 1.0 else features * scale
+        return features if tokens is None else tokens + features
 
     def _rename_legacy_keys(self, module, state_dict, prefix, *args) -> None:
         """Load hook: rename the parameters of a checkpoint saved before the model's reshaping (``LEGACY_KEYS``)."""

@@ -152,10 +152,7 @@ class GPR(GenerativeRecommender):
         seq_len = int(interaction[self.ITEM_SEQ_LEN].max())
         item_seq = interaction[self.ITEM_SEQ][:, :seq_len]
         tokens = self.item_tokens(item_seq)
-        side_features = self.history_features(item_seq)
-        if side_features is not None:
-            tokens = tokens + side_features
-        tokens = tokens * math.sqrt(self.hidden_size)
+        tokens = self.with_history_features(tokens, item_seq) * math.sqrt(self.hidden_size)
         tokens = tokens + self.action_embedding(self.feedback_levels(interaction, seq_len))
         prefix = None
         if self.user_token_fields:

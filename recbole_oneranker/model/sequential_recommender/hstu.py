@@ -66,9 +66,7 @@ class HSTU(GenerativeRecommender):
     def forward(self, item_seq: Tensor, item_seq_len: Tensor, timestamps: Tensor | None = None) -> Tensor:
         """``[B, N, D]`` states of right-padded histories (see :class:`SequenceEncoder`), the items' side features
         (``item_feature_fields``) added to their tokens."""
-        features = self.history_features(item_seq)
-        if features is not None:
-            features = features * math.sqrt(self.hidden_size)  # the scale of the item embeddings
+        features = self.with_history_features(None, item_seq, math.sqrt(self.hidden_size))  # the items' scale
         return self.encoder(item_seq, item_seq_len, timestamps, features)
 
     def encode(self, interaction) -> Tensor:

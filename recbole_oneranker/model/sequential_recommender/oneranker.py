@@ -320,9 +320,7 @@ class OneRanker(GenerativeRecommender):
             prefix = torch.stack(tokens, dim=1) * math.sqrt(self.hidden_size)  # [B, P, D]
         item_seq = interaction[self.ITEM_SEQ][:, :seq_len]
         token_features = self.level_embedding(self.feedback_levels(interaction, seq_len))
-        side_features = self.history_features(item_seq)
-        if side_features is not None:
-            token_features = token_features + side_features * math.sqrt(self.hidden_size)
+        token_features = self.with_history_features(token_features, item_seq, math.sqrt(self.hidden_size))
         if self.generator is not None:  # the items' semantic IDs: the code embeddings' sum
             token_features = token_features + self.item_tokens(item_seq) * math.sqrt(self.hidden_size)
         return self.forward(

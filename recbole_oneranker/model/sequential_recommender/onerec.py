@@ -152,9 +152,7 @@ class OneRec(GenerativeRecommender):
         users = [self.user_token_embeddings[field](interaction[field][rows]) for field in self.user_token_fields]
         prefix = torch.stack([self.context_token.expand(len(rows), -1), *users], dim=1)  # [C, 1 + U, D]
         history_tokens = self.item_tokens(history)
-        side_features = self.history_features(history)
-        if side_features is not None:
-            history_tokens = history_tokens + side_features
+        history_tokens = self.with_history_features(history_tokens, history)
         tokens = torch.cat([prefix, history_tokens], dim=1)  # [C, 1 + U + n, D]
         visible = F.pad(readable, (tokens.shape[1] - seq_len, 0), value=True)
         return self.encoder(tokens, visible), visible

@@ -277,9 +277,7 @@ class RewardModel(GenerativeRecommender):
         seq_len = int(interaction[self.ITEM_SEQ_LEN].max())
         item_seq = interaction[self.ITEM_SEQ][:, :seq_len]
         token_features = self.level_embedding(self.feedback_levels(interaction, seq_len))
-        side_features = self.history_features(item_seq)
-        if side_features is not None:
-            token_features = token_features + side_features * math.sqrt(self.hidden_size)
+        token_features = self.with_history_features(token_features, item_seq, math.sqrt(self.hidden_size))
         timestamps = self.request_timestamps(interaction, seq_len)
         return self.encoder(item_seq, interaction[self.ITEM_SEQ_LEN], timestamps, token_features)
 
