@@ -273,32 +273,36 @@ class OneRec(GenerativeRecommender):
 
     def first_item_intents(self, interaction) -> Tensor:
         """``[B, 1, D]`` the decoder's intent on BOS: what generates the session's first item."""
+        return self._first_item_states(interaction)[0]
+
+    def _first_item_states(self, interaction) -> tuple[Tensor, Tensor | None]:
+        """One encoder pass by length bucket: the first item's intents ``[B, 1, D]`` and, with ``repeat_explore``,
+        the history memory the copy attention reads (``[B, N, D]``; else None)."""
         buckets = self.length_buckets(interaction[self.ITEM_SEQ_LEN])
-        per_bucket = []
+        intents, memories = [], []
         for rows in buckets:
             bucket = interaction[rows]
-            nothing_yet = bucket[self.ITEM_SEQ][:, :0]
-            per_bucket.append(self.intents(*self.encode(bucket), nothing_yet))
-        return self.in_row_order(per_bucket, buckets)
+            memory, visible = self.encode(bucket)
+            intents.append(self.intents(memory, visible, bucket[self.ITEM_SEQ][:, :0]))  # nothing generated yet
+            if self.repeat_explore is not None:
+                memories.append(self.history_memory(memory))
+        return self.in_row_order(intents, buckets), self.in_row_order(memories, buckets) if memories else None
 
     def serve(self, interaction) -> ServingResult:
         """Every item's exact log-probability as the first item of the generated session (with
         ``repeat_explore``, mixed with the copy of a history item)."""
-        intents = self.first_item_intents(interaction)
-        scores = self.generator.catalogue_log_probs(intents, self.semantic_ids_on(intents.device)[1])[:, 0]  # [B, N]
-        scores = F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
-        if self.repeat_explore is not None:
-            scores = self._copy_at_last_positions(interaction, intents[:, 0]).of_catalogue(scores)
+        scores = self._first_item_scores(interaction, *self._first_item_states(interaction))
         return ServingResult(retrieval_scores=scores, final_scores=scores)
 
-    def _copy_at_last_positions(self, interaction, users: Tensor) -> RepeatExploreLogProbs:
-        """The copy mixture's parts at each row's last position, for the first item's intents ``users`` ``[B, D]``
-        (the encoder runs again, by length bucket: only with ``repeat_explore``)."""
+    def _first_item_scores(self, interaction, intents: Tensor, memory: Tensor | None) -> Tensor:
+        """``[B, n_items]`` :meth:`serve`'s scores from the first item's intents and the history memory."""
+        scores = self.generator.catalogue_log_probs(intents, self.semantic_ids_on(intents.device)[1])[:, 0]  # [B, N]
+        scores = F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
+        if memory is None:
+            return scores
         seq_lens = interaction[self.ITEM_SEQ_LEN]
-        buckets = self.length_buckets(seq_lens)
-        memory = [self.history_memory(self.encode(interaction[bucket])[0]) for bucket in buckets]
         rows = torch.arange(len(seq_lens), device=seq_lens.device)
-        return self._copy_parts(interaction, rows, seq_lens - 1, self.in_row_order(memory, buckets), users)
+        return self._copy_parts(interaction, rows, seq_lens - 1, memory, intents[:, 0]).of_catalogue(scores)
 
     @torch.no_grad()
     def generate(self, interaction, k: int | None = None) -> tuple[Tensor, Tensor]:
@@ -310,15 +314,15 @@ class OneRec(GenerativeRecommender):
             the history's, ranked by that score).
         """
         k = k or self.beam_size
-        intents = self.first_item_intents(interaction)  # [B, 1, D]
+        intents, memory = self._first_item_states(interaction)  # [B, 1, D], [B, N, D] or None
         trie, _ = self.semantic_ids_on(intents.device)
         _, scores, found = constrained_beam_search(self._code_logits(intents), trie, len(intents), k)
         found = found + 1  # trie rows -> internal item ids; a missing item (-1) becomes the padding item
-        if self.repeat_explore is None:
+        if memory is None:
             return found, scores
         # The history's items compete with the beam's, all ranked by the served (mixed) score.
         found = torch.cat([found, interaction[self.ITEM_SEQ]], dim=1)
-        return top_distinct(found, self.serve(interaction).final_scores.gather(1, found), k)
+        return top_distinct(found, self._first_item_scores(interaction, intents, memory).gather(1, found), k)
 
     @torch.no_grad()
     def generate_sessions(
