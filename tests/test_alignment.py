@@ -159,7 +159,7 @@ def test_gpr_dpo_moves_the_policy_only_and_reports_reward_beside_real_metrics(tr
     start = compat.load_checkpoint(trained[0]["GPR"], "cpu")["state_dict"]
     reward_start = compat.load_checkpoint(trained[0]["RewardModel"], "cpu")["state_dict"]
     result, trainer = _align(trained, "GPR")
-    assert trainer.method.name == "dpo" and trainer.stats.pairs > 0
+    assert trainer.method.name == "dpo" and trainer.stats.count > 0
     _assert_equal(start, trainer.reference)  # the reference is the starting checkpoint, frozen
     _assert_equal(reward_start, trainer.reward_model)
     assert not trainer.reference.training and not any(p.requires_grad for p in trainer.reference.parameters())
