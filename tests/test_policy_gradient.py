@@ -71,7 +71,6 @@ def test_group_advantages_have_mean_zero_and_unit_spread(rewards):
     assert torch.all(advantages[order].diff() >= -1e-6)  # the order of the rewards is kept
 
 
-
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(floats, st.booleans()), min_size=2, max_size=8))
 def test_masked_group_advantages_are_those_of_the_valid_candidates_alone(candidates):
@@ -83,6 +82,7 @@ def test_masked_group_advantages_are_those_of_the_valid_candidates_alone(candida
         alone = group_advantages(rewards[:, valid[0]])[0]
         torch.testing.assert_close(advantages[valid[0]], alone)
     torch.testing.assert_close(group_advantages(rewards, valid=torch.ones_like(valid)), group_advantages(rewards))
+
 
 def slow_process_rewards(popularity, codes, alphas):
     """r_l = alpha_l max(0, P_l(z_l) - mean over the distinct level-l codes S_l of the group of P_l(t))."""
