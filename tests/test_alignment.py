@@ -254,16 +254,21 @@ def test_bench_writes_both_tables_with_commands_and_skips_finished_rows(trained,
     for label in (
         "GPR pre-trained",
         "GPR +DPO",
+        "GPR +HEPO",
+        "GPR +DPO +HEPO",
+        "GPR +ECPO",
         "OneRec pre-trained",
         "OneRec +IPA 1 iteration",
         "OneRec +IPA 2 iterations",
+        "OneRec +ECPO",
     ):
         assert f"| {label} |" in report
+    assert "| GPR +DPO +HEPO | GPR +DPO |" in report  # HEPO from the DPO row's checkpoint
     assert "reward@10" in report and "run_recbole --model=OneRec --dataset=ml-tiny --stage=align" in report
     assert "WARNING" in report or "No row's reward estimate rose" in report
     rows = len((tmp_path / "align-ml-tiny.csv").read_text().splitlines())
     assert align_bench.main(argv) == 0  # every row done: skipped
-    assert len((tmp_path / "align-ml-tiny.csv").read_text().splitlines()) == rows == 6
+    assert len((tmp_path / "align-ml-tiny.csv").read_text().splitlines()) == rows == 10
 
 
 def test_a_killed_ipa_stage_resumes_with_its_reference_and_iteration(trained) -> None:
