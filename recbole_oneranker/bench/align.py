@@ -15,7 +15,8 @@ it (``saved/reward-<dataset>-seed<s>.pth``, reused when it exists; about 20 minu
 For each policy and seed the rows are: the pre-trained checkpoint, evaluated as a run tests (full ranking, the
 candidate-set protocol, ``reward@K``), then the alignment stage from it (``run_recbole --stage=align ...``: GPR +
 DPO, + HEPO, + ECPO, and + DPO + HEPO, HEPO from the + DPO row's checkpoint as in GPR's Table 3; OneRec + IPA with 1
-and with 2 iterations, + ECPO), each with the command that reproduces it.
+and with 2 iterations, + ECPO), each with the command that reproduces it; ``--stages +HEPO +ECPO`` runs only the
+aligned rows of those suffixes (a row that starts after another, + DPO + HEPO, needs that row's checkpoint).
 
 Rows go to ``results/align-<dataset>.csv`` as they finish (a re-run skips finished rows; the stage's own resume
 snapshots continue a killed row) and ``results/align-<dataset>.md`` is rewritten after each from the rows of this
@@ -239,6 +240,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("saved"), help="checkpoints (default: saved/)")
     parser.add_argument("--results", type=Path, default=REPO / "results", help="output folder (default: results/)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config of every stage run")
+    parser.add_argument(
+        "--stages", nargs="+", metavar="SUFFIX", help="only these aligned rows, e.g. +HEPO +ECPO (default: all)"
+    )
     return parser.parse_args(argv)
 
 
@@ -372,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         extra = parse_assignments(args.set, "--set")
         starts = policies(args)
+        known = {stage.suffix for stages in STAGES.values() for stage in stages}
+        unknown = sorted(set(args.stages or []) - known)
+        if unknown:
+            raise ConfigError(f"--stages {' '.join(unknown)}: the aligned rows are {', '.join(sorted(known))}")
         rewards = reward_checkpoints(args, data_path)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -389,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed, checkpoint in checkpoints.items():
             bench.pretrained_row(model, checkpoint, seed)
             for stage in STAGES[model]:
-                bench.aligned_row(model, checkpoint, seed, stage)
+                if args.stages is None or stage.suffix in args.stages:
+                    bench.aligned_row(model, checkpoint, seed, stage)
     bench.report()  # also when every row was done before: a re-run rewrites the report from the CSV
     print(f"written to {bench.out}")
     return 0
