@@ -167,15 +167,15 @@ def summary_line(label: str, rows: list[dict[str, Any]], start_rows: list[dict[s
     its over-optimisation warning, if any."""
     cells = [f"{_mean(rows, f'test_{name}'):.4f}" for name in TEST_COLUMNS]
     cells += [f"{_mean(rows, f'candidate_{name}'):.4f}" for name in CANDIDATE_COLUMNS]
-    cells += [f"{_mean(rows, reward):.4f}", "-", "-", _best_iterations(rows, align_epochs)]
+    cells += [f"{_mean(rows, reward):.4g}", "-", "-", _best_iterations(rows, align_epochs)]
     warning = None
     if start_rows:
         ndcg_change = _mean(rows, "test_ndcg@10") - _mean(start_rows, "test_ndcg@10")
         reward_change = _mean(rows, reward) - _mean(start_rows, reward)
-        cells[-3:-1] = [f"{ndcg_change:+.4f}", f"{reward_change:+.4f}"]
+        cells[-3:-1] = [f"{ndcg_change:+.4f}", f"{reward_change:+.3g}"]
         if reward_change > 0 and ndcg_change < 0:
             warning = (
-                f"WARNING: {label}: {reward} rose by {reward_change:.4f} while real test NDCG@10 fell by "
+                f"WARNING: {label}: {reward} rose by {reward_change:.3g} while real test NDCG@10 fell by "
                 f"{-ndcg_change:.4f} against {rows[0]['started_from']} (the policy learned what the reward model "
                 "likes, not what users did)"
             )
@@ -198,7 +198,8 @@ def write_report(
         "",
         f"Last written by `{command}`; rows accumulate across runs, each run's own command is under Runs.",
         f"Reward model: {rewards}. {reward}: its mean reward of the policy's top-{reward[7:]} generated "
-        "items per test request (an estimate by a model, not an observation). HR/NDCG/GMV@10: full ranking of the "
+        "items per test request (an estimate by a model, not an observation; 4 significant digits)."
+        " HR/NDCG/GMV@10: full ranking of the "
         "real held-out test item; cand.: the candidate-set protocol. Aligned rows early-stop on the real validation "
         "NDCG@10 and test their best epoch (its iteration per seed: 'best in iteration'); each is shown beside the "
         "row it started from (Δ: aligned - start). Means over seeds.",
@@ -221,7 +222,7 @@ def write_report(
     ]
     for row in rows:
         lines.append(
-            f"| {row['label']} | {row['seed']} | {float(row['test_ndcg@10']):.4f} | {float(row[reward]):.4f} | "
+            f"| {row['label']} | {row['seed']} | {float(row['test_ndcg@10']):.4f} | {float(row[reward]):.4g} | "
             f"{row['best_epoch']} | {row['wall_time_s']} | {row['commit']} | {row['device']} | `{row['command']}` |"
         )
     out.write_text("\n".join(lines) + "\n")
