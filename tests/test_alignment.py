@@ -467,3 +467,24 @@ def test_the_stage_samples_distinct_real_items_from_the_reference(hepo) -> None:
     assert items.shape == (len(requests), trainer.method.beam)
     assert (items > 0).all() and (items < trainer.reference.n_items).all()
     assert all(len(set(row.tolist())) == items.shape[1] for row in items)
+
+
+def test_bench_without_a_path_starts_each_seed_from_its_own_checkpoint(tmp_path) -> None:
+    from recbole_oneranker.bench import align as align_bench
+
+    own = {seed: align_bench.pretrained_checkpoint("ml-100k", "GPR", seed, tmp_path) for seed in (2020, 2021)}
+    for path in own.values():
+        path.touch()
+    reward = tmp_path / "reward.pth"
+    reward.touch()
+    args = align_bench.parse_args(["--policy", "GPR", "--seeds", "2", "--checkpoint-dir", str(tmp_path)])
+    assert align_bench.policies(args) == {"GPR": own}
+    assert len(set(own.values())) == 2 and all(f"seed{seed}" in path.name for seed, path in own.items())
+    pinned = align_bench.parse_args(["--policy", f"GPR={reward}", "--seeds", "2", "--reward", str(reward)])
+    assert align_bench.policies(pinned) == {"GPR": {2020: reward, 2021: reward}}
+    assert align_bench.reward_checkpoints(pinned, None) == {2020: reward, 2021: reward}
+    for seed in (2020, 2021):  # without --reward: each seed's own reward model (trained when missing)
+        (tmp_path / f"reward-ml-100k-seed{seed}.pth").touch()
+    assert align_bench.reward_checkpoints(args, None) == {
+        seed: tmp_path / f"reward-ml-100k-seed{seed}.pth" for seed in (2020, 2021)
+    }
