@@ -620,7 +620,8 @@ class AlignmentTrainer(Trainer):
     """This package's trainer for ``stage: align`` (module docstring).
 
     Epoch ``e`` belongs to iteration ``e // align_epochs``; the first epoch of each later iteration freezes a copy
-    of the policy as it is then as the new reference. The resume snapshot also holds the reference and the
+    of the policy as it is then as the new reference (for HEPO and ECPO also the behaviour policy that draws the
+    candidates and whose log-probabilities are PPO's "old" ones). The resume snapshot also holds the reference and the
     iteration, so a killed stage continues as the uninterrupted one would.
 
     Constructor Args:
@@ -660,7 +661,8 @@ class AlignmentTrainer(Trainer):
         return losses
 
     def begin_iteration(self, iteration: int) -> None:
-        """Start IPA iteration ``iteration`` (0-based): the policy as it is now, frozen, becomes the reference."""
+        """Start iteration ``iteration`` (0-based) of IPA, HEPO or ECPO: the policy as it is now, frozen, becomes the
+        reference (the DPO pairs' reference, the policy-gradient methods' behaviour policy)."""
         self.reference.load_state_dict(self.model.state_dict())
         self.iteration = iteration
         self.logger.info(
