@@ -321,7 +321,8 @@ class AlignBench:
     aligned: dict[tuple[str, int], Path] = field(default_factory=dict)  # (label, seed) -> its best checkpoint
 
     def report(self) -> None:
-        rows = [row for row in self.table.rows if row["key"] in self.keys]
+        order = {key: index for index, key in enumerate(self.keys)}  # the command's order, not the CSV's
+        rows = sorted((row for row in self.table.rows if row["key"] in order), key=lambda row: order[row["key"]])
         align_epochs = {**read_yaml_layer(stage_layer()), **self.extra}["align_epochs"]
         write_report(rows, self.dataset, self.command, describe_rewards(self.rewards), align_epochs, self.out)
 
