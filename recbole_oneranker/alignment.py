@@ -1,17 +1,21 @@
 """The preference-alignment stage (``stage: align``): a trained GPR or OneRec fine-tuned toward what a RewardModel
-prefers among the model's own generations (GPR's DPO stage, OneRec's Iterative Preference Alignment).
+prefers among candidates the models generate (GPR's DPO stage and HEPO, OneRec's Iterative Preference Alignment
+and ECPO).
 
     run_recbole --model=GPR --stage=align --from_checkpoint=saved/GPR-X.pth --reward_checkpoint=saved/R.pth
+    run_recbole --model=GPR --stage=align --align_method=hepo --from_checkpoint=saved/GPR-X.pth \\
+        --reward_checkpoint=saved/R.pth
     run_recbole --model=OneRec --stage=align --from_checkpoint=saved/OneRec-X.pth --reward_checkpoint=saved/R.pth \\
         --align_iterations=2
 
 The policy starts from ``from_checkpoint`` (whose run's settings are the stage's defaults: ``Config``); a frozen copy
 of it is the reference, and a frozen RewardModel trained on the same dataset scores candidates. Per training batch
 the loss is the policy's next-token loss plus ``align_weight`` x the mean loss of an :class:`AlignmentMethod` (the
-registry :data:`ALIGNMENT_METHODS`, keyed by ``align_method``; a policy-gradient method plugs in there). Early
-stopping and the best checkpoint follow the usual validation metric on real held-out interactions; the run also
-reports ``reward@K``, the reward model's estimate of the policy's generated top-K on the test requests
-(``docs/alignment.md``).
+registry :data:`ALIGNMENT_METHODS`, keyed by ``align_method``): the preference methods (:class:`BeamPreference`:
+DPO on the best and the worst of the policy's beam) and the policy-gradient ones (:class:`PolicyGradient`: HEPO and
+ECPO, with the reference as the behaviour policy of PPO's ratio). Early stopping and the best checkpoint follow the
+usual validation metric on real held-out interactions; the run also reports ``reward@K``, the reward model's
+estimate of the policy's generated top-K on the test requests (``docs/alignment.md``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,63 +37,71 @@ from recbole_oneranker import compat
 from recbole_oneranker.checkpoints import load_data_and_model
 from recbole_oneranker.config import checkpoint_config
 from recbole_oneranker.errors import ConfigError
-from recbole_oneranker.model.layers import dpo_loss, implicit_reward_margins, preference_pairs
+from recbole_oneranker.model.layers import (
+    clipped_entries,
+    clipped_surrogate,
+    code_popularity,
+    dpo_loss,
+    early_clipped_entries,
+    early_clipped_surrogate,
+    group_advantages,
+    hepo_advantages,
+    implicit_reward_margins,
+    preference_pairs,
+    process_rewards,
+    sample_without_replacement,
+)
 from recbole_oneranker.trainer import Trainer
 
 REWARD_MODEL = "RewardModel"
-PAIR_MEANS = ("dpo loss", "chosen reward", "rejected reward", "reward margin", "implicit-reward accuracy")
 
 
 @dataclass
-class PreferenceBatch:
+class AlignmentBatch:
     """What an alignment method made of one batch's sampled requests.
 
     Attributes:
-        loss: the mean alignment loss over the pairs (a 0 tensor without any pair).
-        pairs: how many requests had a pair; the sums below run over them.
-        loss_sum: the sum of the pairs' losses.
-        chosen_reward, rejected_reward: the sums of the chosen and the rejected candidates' rewards.
-        correct: the pairs whose chosen candidate has the larger implicit reward (DPO's accuracy).
+        loss: the method's loss, a mean over its ``count`` units (a 0 tensor when there are none).
+        count: how many units the loss and the sums run over (DPO: the requests with a pair; a policy-gradient
+            method: the requests).
+        sums: each statistic the method logs, summed over the units (the epoch's line shows sum / count).
     """
 
     loss: Tensor
-    pairs: int = 0
-    loss_sum: float = 0.0
-    chosen_reward: float = 0.0
-    rejected_reward: float = 0.0
-    correct: int = 0
+    count: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
-class PreferenceStats:
-    """An epoch's :class:`PreferenceBatch` totals, and their means for the progress line."""
+class AlignmentStats:
+    """An epoch's :class:`AlignmentBatch` totals, and their means for the progress line.
 
-    pairs: int = 0
-    loss_sum: float = 0.0
-    chosen_reward: float = 0.0
-    rejected_reward: float = 0.0
-    correct: int = 0
+    Attributes:
+        names: the statistics the method reports, in the line's order (NaN before any unit; a name a batch adds
+            beyond them follows them).
+        unit: what ``count`` counts (``pairs``, ``requests``).
+    """
 
-    def add(self, batch: PreferenceBatch) -> None:
-        self.pairs += batch.pairs
-        self.loss_sum += batch.loss_sum
-        self.chosen_reward += batch.chosen_reward
-        self.rejected_reward += batch.rejected_reward
-        self.correct += batch.correct
+    names: tuple[str, ...]
+    unit: str
+    count: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+
+    def add(self, batch: AlignmentBatch) -> None:
+        self.count += batch.count
+        for name, value in batch.sums.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
 
     def means(self) -> dict[str, float]:
-        """Mean DPO loss, mean reward of the chosen and rejected candidates, their margin and the implicit-reward
-        accuracy over the epoch's pairs (NaN without a pair), and the pair count."""
-        if not self.pairs:
-            return {name: math.nan for name in PAIR_MEANS} | {"pairs": 0.0}
-        chosen, rejected = self.chosen_reward / self.pairs, self.rejected_reward / self.pairs
-        means = (self.loss_sum / self.pairs, chosen, rejected, chosen - rejected, self.correct / self.pairs)
-        return dict(zip(PAIR_MEANS, means, strict=True)) | {"pairs": float(self.pairs)}
+        """Each statistic's mean over the epoch's units (NaN without any), and the count under the unit's name."""
+        names = dict.fromkeys([*self.names, *self.sums])
+        means = {name: self.sums.get(name, 0.0) / self.count if self.count else math.nan for name in names}
+        return means | {self.unit: float(self.count)}
 
     def describe(self) -> str:
         means = self.means()
-        pairs = int(means.pop("pairs"))
-        return ", ".join(f"{name} {value:.4f}" for name, value in means.items()) + f", pairs {pairs}"
+        count = int(means.pop(self.unit))
+        return ", ".join(f"{name} {value:.4f}" for name, value in means.items()) + f", {self.unit} {count}"
 
 
 @contextmanager
@@ -114,26 +126,57 @@ def frozen(model: nn.Module) -> nn.Module:
 class AlignmentMethod:
     """A way to turn a batch of requests into an alignment loss (a strategy of :data:`ALIGNMENT_METHODS`).
 
-    Subclasses set ``name`` (the ``align_method`` value), ``model`` (the model class they align) and ``iterative``
-    (whether ``align_iterations`` > 1 means something to them), and implement :meth:`loss`.
+    Subclasses set ``name`` (the ``align_method`` value), ``models`` (the model classes they align, the first
+    model's own method first in the registry), ``iterative`` (whether ``align_iterations`` > 1 means something to
+    them), ``statistics`` and ``unit`` (the epoch's progress line: :class:`AlignmentStats`), and implement
+    :meth:`loss`.
+
+    Constructor Args:
+        config: the stage's config; dataset: the policy's training data.
     """
 
     name: ClassVar[str]
-    model: ClassVar[str]
+    models: ClassVar[tuple[str, ...]]
     iterative: ClassVar[bool] = False
+    statistics: ClassVar[tuple[str, ...]] = ()
+    unit: ClassVar[str] = "requests"
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, dataset) -> None:
         self.beta = config["align_beta"]
         self.beam = config["align_beam"]
         if config["align_iterations"] > 1 and not self.iterative:
             raise ConfigError(f"align_method {self.name} has no iterations: leave align_iterations at 1")
 
     def check(self, policy: nn.Module) -> None:
-        """Raise :class:`ConfigError` for a policy configuration the method does not support."""
+        """Raise :class:`ConfigError` for a policy configuration the method does not support: here a
+        ``repeat_explore`` policy (every method's candidates and log-probabilities cover the SID generator alone:
+        GPR's item log-probabilities have no form for the copy mixture, OneRec's session beam proposes no copied
+        item)."""
+        if policy.repeat_explore is not None:
+            raise ConfigError(
+                f"align_method {self.name} scores the SID generator alone: align a {type(policy).__name__} without "
+                "repeat_explore"
+            )
 
-    def loss(self, policy, reference, reward_model, interaction) -> PreferenceBatch:
+    def new_stats(self) -> AlignmentStats:
+        """An empty epoch total of this method's statistics."""
+        return AlignmentStats(self.statistics, self.unit)
+
+    def loss(self, policy, reference, reward_model, interaction) -> AlignmentBatch:
         """The alignment loss of the requests of ``interaction`` (differentiable in ``policy`` only)."""
         raise NotImplementedError
+
+
+def item_slate_log_probs(model, interaction, slates: Tensor) -> Tensor:
+    """``[B, C]`` GPR's log-probability of each one-item slate of ``slates`` (``[B, C, 1]``):
+    :meth:`~recbole_oneranker.model.sequential_recommender.GPR.item_log_probs`."""
+    return model.item_log_probs(interaction, slates[..., 0])
+
+
+def session_slate_log_probs(model, interaction, slates: Tensor) -> Tensor:
+    """``[B, C]`` OneRec's log-probability of each session of ``slates`` (``[B, C, m]``):
+    :meth:`~recbole_oneranker.model.sequential_recommender.OneRec.last_session_log_probs`."""
+    return model.last_session_log_probs(interaction, slates)
 
 
 class BeamPreference(AlignmentMethod):
@@ -144,6 +187,9 @@ class BeamPreference(AlignmentMethod):
     the policy and the reference differ only by their weights.
     """
 
+    statistics = ("dpo loss", "chosen reward", "rejected reward", "reward margin", "implicit-reward accuracy")
+    unit = "pairs"
+
     def candidates(self, policy, interaction) -> tuple[Tensor, Tensor]:
         """``(slates [B, N, m], valid [B, N])``: the policy's ``align_beam`` candidates of each request."""
         raise NotImplementedError
@@ -152,14 +198,14 @@ class BeamPreference(AlignmentMethod):
         """``[B, C]`` the log-probability of each slate of ``slates`` (``[B, C, m]``) under ``model``."""
         raise NotImplementedError
 
-    def loss(self, policy, reference, reward_model, interaction) -> PreferenceBatch:
+    def loss(self, policy, reference, reward_model, interaction) -> AlignmentBatch:
         with torch.no_grad(), evaluation_mode(policy):
             slates, valid = self.candidates(policy, interaction)
             rewards = slate_rewards(reward_model, interaction, slates)  # [B, N]
         chosen, rejected, has_pair = preference_pairs(rewards, valid)
         rows = has_pair.nonzero().squeeze(1)
         if len(rows) == 0:
-            return PreferenceBatch(loss=rewards.new_zeros(()))
+            return AlignmentBatch(loss=rewards.new_zeros(()))
         pair = torch.stack([chosen[rows], rejected[rows]], dim=1)  # [P, 2]
         pair_slates = slates[rows.unsqueeze(1), pair]  # [P, 2, m]
         requests = interaction[rows]
@@ -175,14 +221,10 @@ class BeamPreference(AlignmentMethod):
         )
         losses = dpo_loss(*log_probs, self.beta)
         pair_rewards = rewards[rows.unsqueeze(1), pair]
-        return PreferenceBatch(
-            loss=losses.mean(),
-            pairs=len(rows),
-            loss_sum=float(losses.detach().sum()),
-            chosen_reward=float(pair_rewards[:, 0].sum()),
-            rejected_reward=float(pair_rewards[:, 1].sum()),
-            correct=int((implicit_reward_margins(*log_probs, self.beta).detach() > 0).sum()),
-        )
+        chosen_reward, rejected_reward = float(pair_rewards[:, 0].sum()), float(pair_rewards[:, 1].sum())
+        correct = int((implicit_reward_margins(*log_probs, self.beta).detach() > 0).sum())
+        sums = (float(losses.detach().sum()), chosen_reward, rejected_reward, chosen_reward - rejected_reward, correct)
+        return AlignmentBatch(loss=losses.mean(), count=len(rows), sums=dict(zip(self.statistics, sums, strict=True)))
 
 
 class DirectPreference(BeamPreference):
@@ -190,18 +232,14 @@ class DirectPreference(BeamPreference):
     heads' mixture of :meth:`~recbole_oneranker.model.sequential_recommender.GPR.item_log_probs`."""
 
     name = "dpo"
-    model = "GPR"
-
-    def check(self, policy) -> None:
-        if policy.repeat_explore is not None:
-            raise ConfigError("align_method dpo scores the SID generator alone: align a GPR without repeat_explore")
+    models = ("GPR",)
 
     def candidates(self, policy, interaction) -> tuple[Tensor, Tensor]:
         items, _ = policy.generate(interaction, self.beam)  # [B, N], 0 where the catalogue has fewer
         return items.unsqueeze(-1), items > 0
 
     def log_probs(self, model, interaction, slates: Tensor) -> Tensor:
-        return model.item_log_probs(interaction, slates[..., 0])
+        return item_slate_log_probs(model, interaction, slates)
 
 
 class IterativePreferenceAlignment(BeamPreference):
@@ -210,46 +248,300 @@ class IterativePreferenceAlignment(BeamPreference):
     last_session_log_probs`); each iteration's reference is the model the previous one ended with."""
 
     name = "ipa"
-    model = "OneRec"
+    models = ("OneRec",)
     iterative = True
 
-    def check(self, policy) -> None:
-        if policy.repeat_explore is not None:
-            raise ConfigError(
-                "align_method ipa: the session beam ignores the copy mixture; align without repeat_explore"
-            )
-
     def candidates(self, policy, interaction) -> tuple[Tensor, Tensor]:
-        sessions, scores = policy.generate_sessions(interaction, self.beam)  # [B, N, m], [B, N]
-        return sessions, (sessions > 0).all(dim=-1) & torch.isfinite(scores)
+        return beam_sessions(policy, interaction, self.beam)
 
     def log_probs(self, model, interaction, slates: Tensor) -> Tensor:
-        return model.last_session_log_probs(interaction, slates)
+        return session_slate_log_probs(model, interaction, slates)
 
 
-# align_method -> its method; config_rules lists the same names for the align_method key.
+@torch.no_grad()
+def beam_sessions(model, interaction, beam: int) -> tuple[Tensor, Tensor]:
+    """``(sessions [B, beam, m], valid [B, beam])``: OneRec's session beam (``generate_sessions``) of each request;
+    a path that found no item, or no finite score, is not valid."""
+    sessions, scores = model.generate_sessions(interaction, beam)  # [B, N, m], [B, N]
+    return sessions, (sessions > 0).all(dim=-1) & torch.isfinite(scores)
+
+
+@torch.no_grad()
+def sampled_items(model, interaction, count: int) -> Tensor:
+    """``[B, count]`` distinct items per request drawn without replacement from GPR's exact catalogue distribution
+    (:meth:`~recbole_oneranker.model.sequential_recommender.GPR.catalogue_log_probs`, the distribution its
+    ``item_log_probs`` score), by Gumbel-top-k: a sample of the model, as PPO's importance ratio needs."""
+    return sample_without_replacement(model.catalogue_log_probs(interaction), count)
+
+
+def positive_feedback_level(config, dataset) -> int:
+    """The least feedback level (``GenerativeRecommender.feedback_levels``: 1 + the cascade stages an interaction
+    reached) of a *positive* history entry, HEPO's ``P_l``: an entry that reached the first cascade stage beyond
+    the base interaction. The base interaction is the leading stages every interaction of ``dataset`` reached
+    (ml-100k's ``watched`` and Taobao's ``pv``: positive is then ``liked`` or ``fav``); without a cascade, or when
+    every interaction reached every stage, every history entry is positive (level 1)."""
+    fields = config["cascade_fields"] or []
+    universal = 0
+    for name in fields:
+        if not bool((dataset.inter_feat[name] > 0).all()):
+            break
+        universal += 1
+    return 1 if universal == len(fields) else universal + 2
+
+
+@dataclass
+class Rollout:
+    """A group of candidates per request drawn from the behaviour policy (the frozen reference), and what the
+    policy-gradient update reads of them; every tensor is computed without gradients.
+
+    Attributes:
+        slates: ``[B, K, m]`` item ids (``m = 1``: GPR's items; OneRec's sessions), 0 = none.
+        valid: ``[B, K]`` the candidates that exist.
+        rewards: ``[B, K]`` the reward model's reward of each candidate (a session's: its items' mean).
+        old_log_probs: the reference's log-probabilities, ``[B, K]`` per candidate or ``[B, K, L]`` per SID level.
+        process: ``[B, K, L]`` HEPO's process rewards (None for ECPO).
+    """
+
+    slates: Tensor
+    valid: Tensor
+    rewards: Tensor
+    old_log_probs: Tensor
+    process: Tensor | None = None
+
+
+class PolicyGradient(AlignmentMethod):
+    """A policy-gradient method: each request's group of ``align_beam`` candidates comes from the frozen reference
+    (the behaviour policy: the "old" policy of PPO's ratio ``pi_theta / pi_ref``), scored by the reward model
+    (:meth:`rollout`, without gradients), then the policy is updated on a clipped surrogate (:meth:`objective`).
+
+    The reference is refreshed at each ``align_iterations`` iteration (as for IPA), so within an iteration the clip
+    bounds how far the policy moves from it: with one optimiser step per batch, a behaviour policy equal to the
+    current policy would make every ratio 1 and the clip meaningless. Dropout is off in the policy's terms, so the
+    ratios start at exactly 1.
+    """
+
+    iterative = True
+
+    def __init__(self, config, dataset) -> None:
+        super().__init__(config, dataset)
+        self.clip = config["align_clip"]
+
+    def loss(self, policy, reference, reward_model, interaction) -> AlignmentBatch:
+        rollout = self.rollout(reference, reward_model, interaction)
+        with evaluation_mode(policy):
+            return self.objective(policy, interaction, rollout)
+
+    def rollout(self, reference, reward_model, interaction) -> Rollout:
+        """The requests' candidates from the reference, their rewards and the reference's log-probabilities."""
+        raise NotImplementedError
+
+    def objective(self, policy, interaction, rollout: Rollout) -> AlignmentBatch:
+        """The policy's loss on ``rollout`` (differentiable in ``policy``) and its statistics."""
+        raise NotImplementedError
+
+
+def fit_levels(weights: list[float], levels: int, key: str) -> list[float]:
+    """``weights`` as one per level: a single value repeated ``levels`` times, or ``levels`` values as given.
+
+    Raises:
+        ConfigError: another number of values.
+    """
+    if len(weights) == 1:
+        return list(weights) * levels
+    if len(weights) != levels:
+        raise ConfigError(f"{key} needs one value or {levels} (one per level it weights), got {list(weights)}")
+    return list(weights)
+
+
+class HierarchyEnhancedPolicyOptimization(PolicyGradient):
+    """GPR's HEPO (Eq. 10): PPO per SID level, with process rewards for codes popular in the user's positive
+    history, GAE over the levels against the HTE's per-level values, and a group-normalised terminal advantage.
+
+    Per request: ``align_beam`` items drawn without replacement from the reference's catalogue distribution
+    (:func:`sampled_items`); the reference's per-level log-probabilities ``item_level_log_probs`` (no gradient);
+    process rewards ``r_l = alpha_l max(0, P_l(z_l) - mean_{S_l} P_l)`` (``hepo_process_weights``;
+    :func:`~recbole_oneranker.model.layers.code_popularity` over the positive history entries:
+    :func:`positive_feedback_level`); terminal reward ``R`` = the reward model's reward of the item. The update
+    (:meth:`objective`): advantages and returns of :func:`~recbole_oneranker.model.layers.hepo_advantages`
+    (``hepo_gamma``, ``hepo_lambda``) with the policy's HTE values, detached, as ``V``; the loss
+    ``sum_l c_l mean_K clipped_surrogate_l + hepo_value_weight * MSE(V, returns)``, ``c_l`` = ``hepo_level_weights``.
+    The critic's term trains the HTE alone: ``level_values`` reads a stop-gradient of the trunk.
+    """
+
+    name = "hepo"
+    models = ("GPR",)
+    statistics = ("policy loss", "critic loss", "terminal reward", "process reward", "clip fraction", "ratio")
+
+    def __init__(self, config, dataset) -> None:
+        super().__init__(config, dataset)
+        self.gamma = config["hepo_gamma"]
+        self.lam = config["hepo_lambda"]
+        self.value_weight = config["hepo_value_weight"]
+        self.given_process_weights = list(config["hepo_process_weights"])
+        self.given_level_weights = list(config["hepo_level_weights"])
+        self.positive_level = positive_feedback_level(config, dataset)
+        self.process_weights: list[float] = []
+        self.level_weights: list[float] = []
+
+    def check(self, policy) -> None:
+        """Refuse a policy without the HTE (the critic) or with ``repeat_explore``; fit the per-level weights to
+        the policy's SID levels."""
+        super().check(policy)
+        if policy.hte is None:
+            raise ConfigError(
+                "align_method hepo: the critic is GPR's HTE: align a GPR checkpoint trained with use_hte: True"
+            )
+        levels = policy.item_codes.shape[1]
+        self.process_weights = fit_levels(self.given_process_weights, levels - 1, "hepo_process_weights")
+        self.level_weights = fit_levels(self.given_level_weights, levels, "hepo_level_weights")
+
+    @torch.no_grad()
+    def rollout(self, reference, reward_model, interaction) -> Rollout:
+        items = sampled_items(reference, interaction, self.beam)  # [B, K]
+        codes = reference.item_codes[items]  # [B, K, L]
+        seq_len = int(interaction[reference.ITEM_SEQ_LEN].max())
+        history = interaction[reference.ITEM_SEQ][:, :seq_len]
+        positive = reference.feedback_levels(interaction, seq_len) >= self.positive_level  # padding: level 0
+        popularity = code_popularity(reference.item_codes[history], positive, codes)
+        return Rollout(
+            slates=items.unsqueeze(-1),
+            valid=items > 0,
+            rewards=slate_rewards(reward_model, interaction, items.unsqueeze(-1)),
+            old_log_probs=reference.item_level_log_probs(interaction, items),
+            process=process_rewards(popularity, codes, self.process_weights),
+        )
+
+    def advantages(self, policy, interaction, rollout: Rollout) -> tuple[Tensor, Tensor, Tensor]:
+        """``(advantages, returns, values)``, each ``[B, K, L]``: Eq. 10's advantages and critic targets from the
+        rollout's rewards and the policy's HTE values (detached for them), and those values with their gradient
+        (into the HTE only)."""
+        values = policy.level_values(interaction, rollout.slates[..., 0])
+        advantages, returns = hepo_advantages(rollout.process, rollout.rewards, values.detach(), self.gamma, self.lam)
+        return advantages, returns, values
+
+    def objective(self, policy, interaction, rollout: Rollout) -> AlignmentBatch:
+        log_probs = policy.item_level_log_probs(interaction, rollout.slates[..., 0])  # [B, K, L]
+        advantages, returns, values = self.advantages(policy, interaction, rollout)
+        surrogate = clipped_surrogate(log_probs, rollout.old_log_probs, advantages, self.clip)  # [B, K, L]
+        coefficients = torch.tensor(self.level_weights, dtype=surrogate.dtype, device=surrogate.device)
+        policy_loss = (surrogate.mean(dim=1) * coefficients).sum(-1)  # [B]
+        critic_loss = (values - returns).pow(2).mean(dim=(1, 2))  # [B]
+        ratio = torch.exp(log_probs.detach() - rollout.old_log_probs)
+        clipped = clipped_entries(ratio, advantages, self.clip).float()
+        sums = (
+            policy_loss.detach().sum(),
+            critic_loss.detach().sum(),
+            rollout.rewards.mean(dim=1).sum(),
+            rollout.process[..., :-1].mean(dim=(1, 2)).sum(),  # the last level's entry is no process reward
+            clipped.mean(dim=(1, 2)).sum(),
+            ratio.mean(dim=(1, 2)).sum(),
+        )
+        return AlignmentBatch(
+            loss=(policy_loss + self.value_weight * critic_loss).mean(),
+            count=len(log_probs),
+            sums={name: float(value) for name, value in zip(self.statistics, sums, strict=True)},
+        )
+
+
+class EarlyClippedPolicyOptimization(PolicyGradient):
+    """OneRec's ECPO (technical report): GRPO with early clipping, for GPR and OneRec.
+
+    Per request a group of ``align_beam`` candidates from the reference: GPR's items sampled without replacement
+    from its catalogue distribution (:func:`sampled_items`), OneRec's session beam (:func:`beam_sessions`: a beam
+    is not a sample, so the ratio is then a trust-region weight around the reference rather than an unbiased
+    importance weight). Rewards from the reward model (a session's: its items' mean); advantages normalised in the
+    group (:func:`~recbole_oneranker.model.layers.group_advantages`, over the valid candidates); sequence-level
+    log-probabilities (GPR's ``item_log_probs``, OneRec's ``last_session_log_probs``); the loss
+    :func:`~recbole_oneranker.model.layers.early_clipped_surrogate` (``align_clip``, ``ecpo_early_clip``), averaged
+    over each request's valid candidates. The report's format reward (legal SIDs) is left out: every candidate
+    here comes from the trie, so it is always legal.
+    """
+
+    name = "ecpo"
+    models = ("GPR", "OneRec")
+    statistics = ("policy loss", "reward", "clip fraction", "early-clip fraction", "ratio")
+
+    def __init__(self, config, dataset) -> None:
+        super().__init__(config, dataset)
+        self.early_clip = config["ecpo_early_clip"]
+        self.samples_items = config["model"] == "GPR"  # GPR samples items; OneRec's group is its session beam
+
+    def log_probs(self, model, interaction, slates: Tensor) -> Tensor:
+        """``[B, C]`` each candidate's sequence-level log-probability under ``model``."""
+        score = item_slate_log_probs if self.samples_items else session_slate_log_probs
+        return score(model, interaction, slates)
+
+    @torch.no_grad()
+    def rollout(self, reference, reward_model, interaction) -> Rollout:
+        if self.samples_items:
+            items = sampled_items(reference, interaction, self.beam)
+            slates, valid = items.unsqueeze(-1), items > 0
+        else:
+            slates, valid = beam_sessions(reference, interaction, self.beam)
+        return Rollout(
+            slates=slates,
+            valid=valid,
+            rewards=slate_rewards(reward_model, interaction, slates),
+            old_log_probs=self.log_probs(reference, interaction, slates),
+        )
+
+    def objective(self, policy, interaction, rollout: Rollout) -> AlignmentBatch:
+        log_probs = self.log_probs(policy, interaction, rollout.slates)  # [B, K]
+        advantages = group_advantages(rollout.rewards, valid=rollout.valid)
+        surrogate = early_clipped_surrogate(log_probs, rollout.old_log_probs, advantages, self.clip, self.early_clip)
+        weights = rollout.valid.to(surrogate.dtype)
+        candidates = weights.sum(dim=1).clamp(min=1.0)  # [B]
+
+        def per_request(values: Tensor) -> Tensor:  # [B, K] -> [B], the mean over the valid candidates
+            return (values * weights).sum(dim=1) / candidates
+
+        policy_loss = per_request(surrogate)
+        ratio = torch.exp(log_probs.detach() - rollout.old_log_probs)
+        sums = (
+            policy_loss.detach().sum(),
+            per_request(rollout.rewards).sum(),
+            per_request(clipped_entries(ratio, advantages, self.clip).float()).sum(),
+            per_request(early_clipped_entries(ratio, advantages, self.clip, self.early_clip).float()).sum(),
+            per_request(ratio).sum(),
+        )
+        return AlignmentBatch(
+            loss=policy_loss.mean(),
+            count=len(log_probs),
+            sums={name: float(value) for name, value in zip(self.statistics, sums, strict=True)},
+        )
+
+
+# align_method -> its method; config_rules lists the same names for the align_method key. A model's own method
+# (the default of align_method ~) is the first that names it.
 ALIGNMENT_METHODS: dict[str, type[AlignmentMethod]] = {
-    method.name: method for method in (DirectPreference, IterativePreferenceAlignment)
+    method.name: method
+    for method in (
+        DirectPreference,
+        IterativePreferenceAlignment,
+        HierarchyEnhancedPolicyOptimization,
+        EarlyClippedPolicyOptimization,
+    )
 }
 
 
-def alignment_method(config) -> AlignmentMethod:
-    """The config's :class:`AlignmentMethod` (``align_method``, or the model's own when ~).
+def alignment_method(config, dataset) -> AlignmentMethod:
+    """The config's :class:`AlignmentMethod` (``align_method``, or the model's own when ~) for the policy's training
+    data ``dataset``.
 
     Raises:
         ConfigError: a model no method aligns, or a method of another model.
     """
     name = config["align_method"]
     if name is None:
-        own = [method.name for method in ALIGNMENT_METHODS.values() if method.model == config["model"]]
+        own = [method.name for method in ALIGNMENT_METHODS.values() if config["model"] in method.models]
         if not own:
-            models = ", ".join(sorted({method.model for method in ALIGNMENT_METHODS.values()}))
+            models = ", ".join(sorted({model for method in ALIGNMENT_METHODS.values() for model in method.models}))
             raise ConfigError(f"stage: align aligns {models}, not {config['model']}")
         name = own[0]
     method = ALIGNMENT_METHODS[name]
-    if method.model != config["model"]:
-        raise ConfigError(f"align_method {name} aligns a {method.model}, not a {config['model']}")
-    return method(config)
+    if config["model"] not in method.models:
+        raise ConfigError(f"align_method {name} aligns a {' or a '.join(method.models)}, not a {config['model']}")
+    return method(config, dataset)
 
 
 @torch.no_grad()
@@ -328,7 +620,8 @@ class AlignmentTrainer(Trainer):
     """This package's trainer for ``stage: align`` (module docstring).
 
     Epoch ``e`` belongs to iteration ``e // align_epochs``; the first epoch of each later iteration freezes a copy
-    of the policy as it is then as the new reference. The resume snapshot also holds the reference and the
+    of the policy as it is then as the new reference (for HEPO and ECPO also the behaviour policy that draws the
+    candidates and whose log-probabilities are PPO's "old" ones). The resume snapshot also holds the reference and the
     iteration, so a killed stage continues as the uninterrupted one would.
 
     Constructor Args:
@@ -339,7 +632,7 @@ class AlignmentTrainer(Trainer):
     def __init__(self, config, model, dataset):
         if not config["single_spec"]:
             raise ConfigError("stage: align runs in one process: leave nproc and torchrun out")
-        self.method = alignment_method(config)
+        self.method = alignment_method(config, dataset)
         self.method.check(model)
         start_from_checkpoint(model, config["from_checkpoint"])
         if not config["reward_checkpoint"]:
@@ -353,13 +646,13 @@ class AlignmentTrainer(Trainer):
         self.align_iterations = config["align_iterations"]
         self.reward_topk = config["align_reward_topk"]
         self.iteration = 0
-        self.stats = PreferenceStats()
+        self.stats = self.method.new_stats()
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         iteration = epoch_idx // self.align_epochs
         if iteration != self.iteration:
             self.begin_iteration(iteration)
-        self.stats = PreferenceStats()
+        self.stats = self.method.new_stats()
         losses = super()._train_epoch(train_data, epoch_idx, loss_func=self.aligned_loss, show_progress=show_progress)
         self.logger.info(
             f"alignment epoch {epoch_idx} (iteration {iteration + 1} of {self.align_iterations}, "
@@ -368,7 +661,8 @@ class AlignmentTrainer(Trainer):
         return losses
 
     def begin_iteration(self, iteration: int) -> None:
-        """Start IPA iteration ``iteration`` (0-based): the policy as it is now, frozen, becomes the reference."""
+        """Start iteration ``iteration`` (0-based) of IPA, HEPO or ECPO: the policy as it is now, frozen, becomes the
+        reference (the DPO pairs' reference, the policy-gradient methods' behaviour policy)."""
         self.reference.load_state_dict(self.model.state_dict())
         self.iteration = iteration
         self.logger.info(

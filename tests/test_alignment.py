@@ -1,5 +1,7 @@
 """The preference-alignment stage: the DPO loss and its pairs, GPR's item log-probabilities, and ``stage: align`` end
-to end on ml-tiny (GPR + DPO, OneRec + IPA over two iterations) from tiny trained checkpoints."""
+to end on ml-tiny (GPR + DPO, OneRec + IPA over two iterations, GPR + HEPO, GPR and OneRec + ECPO) from tiny trained
+checkpoints; the policy-gradient methods' wiring (advantages, critic, clip fractions, sampling) on the stage's own
+models and batches."""
 
 from __future__ import annotations
 
@@ -9,9 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recbole_oneranker import config_rules
-from recbole_oneranker.alignment import ALIGNMENT_METHODS, AlignmentTrainer
+from recbole_oneranker.alignment import ALIGNMENT_METHODS, AlignmentTrainer, sampled_items
 from recbole_oneranker.errors import ConfigError
-from recbole_oneranker.model.layers import dpo_loss, preference_pairs
+from recbole_oneranker.model.layers import (
+    clipped_surrogate,
+    dpo_loss,
+    group_advantages,
+    preference_pairs,
+    process_rewards,
+    sample_without_replacement,
+)
 from recbole_oneranker.model.sequential_recommender import GPR
 from recbole_oneranker.quick_start import run
 
@@ -159,7 +168,7 @@ def test_gpr_dpo_moves_the_policy_only_and_reports_reward_beside_real_metrics(tr
     start = compat.load_checkpoint(trained[0]["GPR"], "cpu")["state_dict"]
     reward_start = compat.load_checkpoint(trained[0]["RewardModel"], "cpu")["state_dict"]
     result, trainer = _align(trained, "GPR")
-    assert trainer.method.name == "dpo" and trainer.stats.pairs > 0
+    assert trainer.method.name == "dpo" and trainer.stats.count > 0
     _assert_equal(start, trainer.reference)  # the reference is the starting checkpoint, frozen
     _assert_equal(reward_start, trainer.reward_model)
     assert not trainer.reference.training and not any(p.requires_grad for p in trainer.reference.parameters())
@@ -195,6 +204,12 @@ def test_onerec_ipa_two_iterations_refresh_the_reference(trained) -> None:
         ({"epochs": 3}, "leave epochs out"),
         ({"from_checkpoint": "OneRec"}, "is a OneRec on ml-tiny, not a GPR on ml-tiny"),
         ({"repeat_explore": True}, "align a GPR without repeat_explore"),
+        (
+            {"align_method": "hepo", "hepo_process_weights": [0.1, 0.2, 0.3]},
+            "hepo_process_weights needs one value or 2",
+        ),
+        ({"align_method": "hepo", "hepo_level_weights": [1.0, 1.0]}, "hepo_level_weights needs one value or 3"),
+        ({"align_method": "ecpo", "align_clip": 1.5}, "'align_clip' must be a number in"),
     ],
 )
 def test_a_mismatched_stage_is_refused_in_one_line(trained, overrides, message) -> None:
@@ -203,6 +218,11 @@ def test_a_mismatched_stage_is_refused_in_one_line(trained, overrides, message) 
                  for key, value in overrides.items()}  # fmt: skip
     with pytest.raises(ConfigError, match=message):
         _align(trained, "GPR", **overrides)
+
+
+def test_hepo_aligns_gpr_only(trained) -> None:
+    with pytest.raises(ConfigError, match="align_method hepo aligns a GPR, not a OneRec"):
+        _align(trained, "OneRec", align_method="hepo")
 
 
 def test_stage_keys_outside_the_stage_are_refused(tiny_config) -> None:
@@ -234,16 +254,21 @@ def test_bench_writes_both_tables_with_commands_and_skips_finished_rows(trained,
     for label in (
         "GPR pre-trained",
         "GPR +DPO",
+        "GPR +HEPO",
+        "GPR +DPO +HEPO",
+        "GPR +ECPO",
         "OneRec pre-trained",
         "OneRec +IPA 1 iteration",
         "OneRec +IPA 2 iterations",
+        "OneRec +ECPO",
     ):
         assert f"| {label} |" in report
+    assert "| GPR +DPO +HEPO | GPR +DPO |" in report  # HEPO from the DPO row's checkpoint
     assert "reward@10" in report and "run_recbole --model=OneRec --dataset=ml-tiny --stage=align" in report
     assert "WARNING" in report or "No row's reward estimate rose" in report
     rows = len((tmp_path / "align-ml-tiny.csv").read_text().splitlines())
     assert align_bench.main(argv) == 0  # every row done: skipped
-    assert len((tmp_path / "align-ml-tiny.csv").read_text().splitlines()) == rows == 6
+    assert len((tmp_path / "align-ml-tiny.csv").read_text().splitlines()) == rows == 10
 
 
 def test_a_killed_ipa_stage_resumes_with_its_reference_and_iteration(trained) -> None:
@@ -264,3 +289,202 @@ def test_a_killed_ipa_stage_resumes_with_its_reference_and_iteration(trained) ->
     result, trainer = _align(trained, "OneRec", **resumable)
     assert trainer.iteration == 1 and result["reward_result"]
     _assert_equal(snapshot["state_dict"], trainer.reference)  # iteration 2's reference: the policy after epoch 0
+
+
+# -- the policy-gradient methods: HEPO (GPR) and ECPO (GPR, OneRec) ---------------------------------------------------
+
+
+def _align_keeping_batches(trained, model: str, **overrides) -> tuple[dict, AlignmentTrainer, list]:
+    """:func:`_align`, also keeping the training batches the stage aligned on."""
+    batches: list = []
+    original = AlignmentTrainer.aligned_loss
+
+    def keep(self, interaction):
+        batches.append(interaction)
+        return original(self, interaction)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AlignmentTrainer, "aligned_loss", keep)
+        result, trainer = _align(trained, model, **overrides)
+    return result, trainer, batches
+
+
+@pytest.fixture(scope="module")
+def hepo(trained):
+    return _align_keeping_batches(trained, "GPR", align_method="hepo", align_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def ecpo(trained):
+    return {model: _align_keeping_batches(trained, model, align_method="ecpo", align_epochs=1)
+            for model in ("GPR", "OneRec")}  # fmt: skip
+
+
+def _requests(trainer: AlignmentTrainer, batches: list):
+    """Eight requests of the stage's first batch, as the stage samples them (the rows' whole histories)."""
+    return batches[0][torch.arange(8)].to(trainer.device)
+
+
+def test_gpr_hepo_trains_policy_and_hte_against_a_frozen_reference_and_reports_reward(trained, hepo) -> None:
+    from recbole_oneranker import compat
+
+    result, trainer, _ = hepo
+    start = compat.load_checkpoint(trained[0]["GPR"], "cpu")["state_dict"]
+    reward_start = compat.load_checkpoint(trained[0]["RewardModel"], "cpu")["state_dict"]
+    assert trainer.method.name == "hepo" and trainer.stats.count > 0
+    assert set(trainer.stats.means()) == {*trainer.method.statistics, "requests"}
+    _assert_equal(start, trainer.reference)
+    _assert_equal(reward_start, trainer.reward_model)
+    aligned = compat.load_checkpoint(result["saved_model_file"], "cpu")["state_dict"]
+    assert any(not torch.equal(aligned[name], start[name]) for name in start if name.startswith("generator."))
+    assert any(not torch.equal(aligned[name], start[name]) for name in start if name.startswith("hte."))
+    assert "ndcg@10" in result["test_result"] and set(result["reward_result"]) == {"reward@10"}
+
+
+def test_hepo_advantages_are_eq_10_of_the_rollout_and_the_htes_values(hepo) -> None:
+    _, trainer, batches = hepo
+    method, policy, requests = trainer.method, trainer.model.eval(), _requests(trainer, batches)
+    torch.manual_seed(0)
+    rollout = method.rollout(trainer.reference, trainer.reward_model, requests)
+    items = rollout.slates[..., 0]
+    levels = policy.item_codes.shape[1]
+    # the process rewards: code popularity among the positive (clicked: ml-tiny's first stage is not universal)
+    # history entries, counted here by a loop
+    history, clicks = requests[policy.ITEM_SEQ], requests["click_list"]
+    codes = policy.item_codes[items]
+    popularity = torch.zeros(codes.shape)
+    for row in range(len(items)):
+        positive = [int(item) for item, click in zip(history[row], clicks[row], strict=True) if item > 0 and click > 0]
+        for k in range(items.shape[1]):
+            for level in range(levels):
+                same = sum(int(policy.item_codes[item, level] == codes[row, k, level]) for item in positive)
+                popularity[row, k, level] = same / max(len(positive), 1)
+    torch.testing.assert_close(rollout.process, process_rewards(popularity, codes, method.process_weights))
+    assert rollout.process[..., :-1].gt(0).any()
+    # no process reward, gamma = lambda = 1 and known values: A_l = R - V_l before the last level, A_L = the
+    # group-normalised R
+    rollout.process = torch.zeros_like(rollout.process)
+    known = torch.linspace(-1.0, 1.0, items.numel() * levels).view(*items.shape, levels).requires_grad_()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(method, "gamma", 1.0)
+        patch.setattr(method, "lam", 1.0)
+        patch.setattr(policy, "level_values", lambda interaction, candidates: known)
+        advantages, returns, values = method.advantages(policy, requests, rollout)
+    assert values is known
+    terminal = rollout.rewards.unsqueeze(-1)
+    torch.testing.assert_close(advantages[..., :-1], (terminal - known.detach())[..., :-1])
+    torch.testing.assert_close(advantages[..., -1], group_advantages(rollout.rewards))
+    torch.testing.assert_close(returns, terminal.expand_as(returns))
+
+
+def test_hepo_loss_is_the_per_level_clipped_surrogate_plus_the_critic(hepo) -> None:
+    _, trainer, batches = hepo
+    method, policy, requests = trainer.method, trainer.model.eval(), _requests(trainer, batches)
+    torch.manual_seed(0)
+    rollout = method.rollout(trainer.reference, trainer.reward_model, requests)
+    batch = method.objective(policy, requests, rollout)
+    advantages, returns, values = method.advantages(policy, requests, rollout)
+    log_probs = policy.item_level_log_probs(requests, rollout.slates[..., 0])
+    surrogate = clipped_surrogate(log_probs, rollout.old_log_probs, advantages, method.clip).mean(1)
+    expected = (surrogate * torch.tensor(method.level_weights)).sum(-1).mean()
+    expected = expected + method.value_weight * (values - returns).pow(2).mean()
+    torch.testing.assert_close(batch.loss, expected)
+    assert batch.count == len(requests)
+    assert 0 <= batch.sums["clip fraction"] <= batch.count
+
+
+def test_hepos_critic_is_the_hte_on_a_stop_gradient_of_the_trunk(hepo) -> None:
+    _, trainer, batches = hepo
+    method, policy, requests = trainer.method, trainer.model.eval(), _requests(trainer, batches)
+    torch.manual_seed(0)
+    rollout = method.rollout(trainer.reference, trainer.reward_model, requests)
+    policy.zero_grad()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(method, "level_weights", [0.0] * len(method.level_weights))  # the critic's term alone
+        method.objective(policy, requests, rollout).loss.backward()
+    grads = {name: p.grad for name, p in policy.named_parameters()}
+    assert all(grad is None or not grad.any() for name, grad in grads.items() if not name.startswith("hte."))
+    assert any(grad is not None and grad.any() for name, grad in grads.items() if name.startswith("hte."))
+    policy.zero_grad()
+
+
+def test_hepo_refuses_a_gpr_checkpoint_without_hte(trained, tiny_data_path, tmp_path) -> None:
+    from tests.conftest import TINY_CONFIG, write_tiny_sid_file
+
+    sid_file = write_tiny_sid_file(tiny_data_path, tmp_path / "ml-tiny.sid")
+    settings = {**TINY_CONFIG, **GPR_TINY, "data_path": str(tiny_data_path), "load_col": None, "value_field": "rating",
+                "cascade_fields": ["click", "conversion"], "sid_file": str(sid_file), "use_hte": False,
+                "run_id": "no-hte", "checkpoint_dir": str(tmp_path), "log_dir": str(tmp_path / "log")}  # fmt: skip
+    without_hte = run("GPR", "ml-tiny", config_dict=settings)["saved_model_file"]
+    with pytest.raises(ConfigError, match="align_method hepo: the critic is GPR's HTE: .* use_hte: True"):
+        _align(trained, "GPR", align_method="hepo", from_checkpoint=without_hte)
+
+
+@pytest.mark.parametrize("model", ["GPR", "OneRec"])
+def test_ecpo_reports_reward_beside_real_metrics_and_keeps_the_reference(trained, ecpo, model) -> None:
+    from recbole_oneranker import compat
+
+    result, trainer, _ = ecpo[model]
+    assert trainer.method.name == "ecpo" and trainer.stats.count > 0
+    _assert_equal(compat.load_checkpoint(trained[0][model], "cpu")["state_dict"], trainer.reference)
+    assert "ndcg@10" in result["test_result"] and result["reward_result"]["reward@10"] > 0
+
+
+@pytest.mark.parametrize("model", ["GPR", "OneRec"])
+def test_ecpo_clip_fraction_counts_the_negative_advantages_above_its_bound(ecpo, model) -> None:
+    _, trainer, batches = ecpo[model]
+    method, requests = trainer.method, _requests(trainer, batches)
+    policy = trainer.model.eval()  # an epoch at lr 0.01 moved it: ratios spread on both sides of the bounds
+    torch.manual_seed(0)
+    rollout = method.rollout(trainer.reference, trainer.reward_model, requests)
+    batch = method.objective(policy, requests, rollout)
+    ratio = torch.exp(method.log_probs(policy, requests, rollout.slates).detach() - rollout.old_log_probs)
+    advantages = group_advantages(rollout.rewards, valid=rollout.valid)
+    capped = (advantages < 0) & (ratio > 1 + method.clip + method.early_clip) & rollout.valid
+    expected = (capped.sum(1) / rollout.valid.sum(1).clamp(min=1)).sum()
+    assert 0 < float(expected) < batch.count  # some entries are capped, not all
+    assert batch.sums["early-clip fraction"] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_sampling_without_replacement_follows_the_distribution_statistically() -> None:
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.1, 0.0])
+    log_probs = probs.log().expand(20000, -1)
+    drawn = sample_without_replacement(log_probs, 2, generator=torch.Generator().manual_seed(0))
+    assert (drawn[:, 0] != drawn[:, 1]).all() and (drawn < 4).all()  # distinct, never the impossible item
+    first = torch.bincount(drawn[:, 0], minlength=5).float() / len(drawn)
+    torch.testing.assert_close(first, probs, atol=0.01, rtol=0)
+    # Plackett-Luce: P(i among two draws) = p_i + sum_{j != i} p_j p_i / (1 - p_j)
+    inclusion = torch.tensor([p + sum(q * p / (1 - q) for j, q in enumerate(probs[:4]) if j != i)
+                              for i, p in enumerate(probs)])  # fmt: skip
+    included = torch.bincount(drawn.flatten(), minlength=5).float() / len(drawn)
+    torch.testing.assert_close(included, inclusion, atol=0.01, rtol=0)
+
+
+def test_the_stage_samples_distinct_real_items_from_the_reference(hepo) -> None:
+    _, trainer, batches = hepo
+    requests = _requests(trainer, batches)
+    items = sampled_items(trainer.reference, requests, trainer.method.beam)
+    assert items.shape == (len(requests), trainer.method.beam)
+    assert (items > 0).all() and (items < trainer.reference.n_items).all()
+    assert all(len(set(row.tolist())) == items.shape[1] for row in items)
+
+
+def test_bench_without_a_path_starts_each_seed_from_its_own_checkpoint(tmp_path) -> None:
+    from recbole_oneranker.bench import align as align_bench
+
+    own = {seed: align_bench.pretrained_checkpoint("ml-100k", "GPR", seed, tmp_path) for seed in (2020, 2021)}
+    for path in own.values():
+        path.touch()
+    reward = tmp_path / "reward.pth"
+    reward.touch()
+    args = align_bench.parse_args(["--policy", "GPR", "--seeds", "2", "--checkpoint-dir", str(tmp_path)])
+    assert align_bench.policies(args) == {"GPR": own}
+    assert len(set(own.values())) == 2 and all(f"seed{seed}" in path.name for seed, path in own.items())
+    pinned = align_bench.parse_args(["--policy", f"GPR={reward}", "--seeds", "2", "--reward", str(reward)])
+    assert align_bench.policies(pinned) == {"GPR": {2020: reward, 2021: reward}}
+    assert align_bench.reward_checkpoints(pinned, None) == {2020: reward, 2021: reward}
+    for seed in (2020, 2021):  # without --reward: each seed's own reward model (trained when missing)
+        (tmp_path / f"reward-ml-100k-seed{seed}.pth").touch()
+    assert align_bench.reward_checkpoints(args, None) == {
+        seed: tmp_path / f"reward-ml-100k-seed{seed}.pth" for seed in (2020, 2021)
+    }

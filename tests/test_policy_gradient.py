@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recbole_oneranker.model.layers import (
+    clipped_entries,
     clipped_surrogate,
     code_popularity,
+    early_clipped_entries,
     early_clipped_surrogate,
     generalized_advantages,
     group_advantages,
@@ -60,12 +62,26 @@ def test_mismatched_rewards_and_values_are_refused():
 @settings(max_examples=60, deadline=None)
 @given(st.lists(floats, min_size=2, max_size=8))
 def test_group_advantages_have_mean_zero_and_unit_spread(rewards):
-    advantages = group_advantages(torch.tensor([rewards]))[0]
+    # float64: in float32 a group whose rewards differ by ~1e-5 has a mean off by ~1e-3 of its spread
+    advantages = group_advantages(torch.tensor([rewards], dtype=torch.float64))[0]
     assert float(advantages.mean()) == pytest.approx(0.0, abs=1e-4)
-    spread = float(torch.tensor(rewards).std(unbiased=False))
+    spread = float(torch.tensor(rewards, dtype=torch.float64).std(unbiased=False))
     assert float(advantages.std(unbiased=False)) == pytest.approx(spread / (spread + 1e-6), abs=1e-3)
     order = torch.tensor(rewards).argsort(stable=True)
     assert torch.all(advantages[order].diff() >= -1e-6)  # the order of the rewards is kept
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(floats, st.booleans()), min_size=2, max_size=8))
+def test_masked_group_advantages_are_those_of_the_valid_candidates_alone(candidates):
+    rewards = torch.tensor([[reward for reward, _ in candidates]], dtype=torch.float64)
+    valid = torch.tensor([[keep for _, keep in candidates]])
+    advantages = group_advantages(rewards, valid=valid)[0]
+    assert torch.all(advantages[~valid[0]] == 0)
+    if valid.any():
+        alone = group_advantages(rewards[:, valid[0]])[0]
+        torch.testing.assert_close(advantages[valid[0]], alone)
+    torch.testing.assert_close(group_advantages(rewards, valid=torch.ones_like(valid)), group_advantages(rewards))
 
 
 def slow_process_rewards(popularity, codes, alphas):
@@ -165,3 +181,22 @@ def test_early_clipping_keeps_a_gradient_for_capped_negative_advantages():
     new = torch.tensor([3.0], requires_grad=True)
     early_clipped_surrogate(new, torch.zeros(1), torch.tensor([-1.0]), 0.2, 0.1).sum().backward()
     assert float(new.grad) == pytest.approx(1.3, rel=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(floats, floats, floats)
+def test_clipped_entries_are_where_the_surrogate_passes_no_gradient(log_prob, old_log_prob, advantage):
+    log_probs = torch.tensor([log_prob], requires_grad=True)
+    clipped_surrogate(log_probs, torch.tensor([old_log_prob]), torch.tensor([advantage]), 0.2).sum().backward()
+    ratio = torch.exp(torch.tensor([log_prob - old_log_prob]))
+    if abs(float(ratio) - 0.8) > 1e-4 and abs(float(ratio) - 1.2) > 1e-4 and advantage != 0:
+        assert bool(clipped_entries(ratio, torch.tensor([advantage]), 0.2)) == bool(log_probs.grad == 0)
+
+
+def test_early_clipped_entries_are_the_capped_ratios():
+    log_probs, old = torch.log(torch.tensor([1.2, 1.35, 2.0, 2.0])), torch.zeros(4)
+    advantages = torch.tensor([-1.0, -1.0, -1.0, 1.0])
+    surrogate = early_clipped_surrogate(log_probs, old, advantages, 0.2, 0.1)
+    capped = early_clipped_entries(log_probs.exp(), advantages, 0.2, 0.1)
+    assert capped.tolist() == [False, True, True, False]
+    torch.testing.assert_close(surrogate[capped], torch.full((2,), 1.3))  # -(1 + 0.2 + 0.1) * A

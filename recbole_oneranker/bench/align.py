@@ -1,18 +1,22 @@
-"""Alignment benchmark: GPR's Table 3 (pre-trained, + DPO) and OneRec's IPA (pre-trained, + 1 and 2 iterations), with
-real test metrics beside the reward model's estimate.
+"""Alignment benchmark: GPR's Table 3 (pre-trained, + DPO, + HEPO, + DPO + HEPO), GPR + ECPO, and OneRec's IPA
+(pre-trained, + 1 and 2 iterations) and + ECPO, with real test metrics beside the reward model's estimate.
 
     python bench/align.py --dataset ml-100k --policy GPR=saved/GPR-X.pth OneRec=saved/OneRec-Y.pth \\
         --reward saved/reward-ml-100k-seed2020.pth --set align_share=0.25
-    python bench/align.py --policy GPR OneRec      # the bench rows' own checkpoints, a reward model trained here
+    python bench/align.py --policy GPR OneRec --seeds 3  # each seed's own bench checkpoint and reward model
 
-Each ``--policy MODEL[=CHECKPOINT]`` is a trained GPR or OneRec (without a path: the best checkpoint of the row
-``MODEL`` of ``bench/configs/<dataset>.yaml`` at ``--first-seed``, as ``python bench/quality.py`` saved it). Without
-``--reward``, a RewardModel is trained as ``python bench/reward.py`` trains it (its checkpoint
-``saved/reward-<dataset>-seed<seed>.pth`` is reused when it exists). For each policy and seed the rows are: the
-pre-trained checkpoint, evaluated as a run tests (full ranking, the candidate-set protocol, ``reward@K``), then the
-alignment stage from it (``run_recbole --stage=align ...``: GPR + DPO; OneRec + IPA with 1 and with 2 iterations),
-each with the command that reproduces it. Seeds vary the stage (the sampled requests, dropout, the candidate sets'
-draws), never the starting checkpoint.
+Each ``--policy MODEL[=CHECKPOINT]`` is a trained GPR or OneRec. With a path, every seed starts from that one
+checkpoint: seeds vary the stage (the sampled requests, dropout, the candidate sets' draws) only. Without a path,
+each seed ``s`` starts from its own checkpoint, the best checkpoint of the row ``MODEL`` of
+``bench/configs/<dataset>.yaml`` at seed ``s`` as ``python bench/quality.py`` saved it
+(``saved/bench-<dataset>-<row>-seed<s>-<hash>.pth``): seeds then vary the pre-training too. ``--reward`` pins one
+RewardModel for every seed; without it, each seed ``s`` uses its own, trained as ``python bench/reward.py`` trains
+it (``saved/reward-<dataset>-seed<s>.pth``, reused when it exists; about 20 minutes on one thread for ml-100k).
+For each policy and seed the rows are: the pre-trained checkpoint, evaluated as a run tests (full ranking, the
+candidate-set protocol, ``reward@K``), then the alignment stage from it (``run_recbole --stage=align ...``: GPR +
+DPO, + HEPO, + ECPO, and + DPO + HEPO, HEPO from the + DPO row's checkpoint as in GPR's Table 3; OneRec + IPA with 1
+and with 2 iterations, + ECPO), each with the command that reproduces it; ``--stages +HEPO +ECPO`` runs only the
+aligned rows of those suffixes (a row that starts after another, + DPO + HEPO, needs that row's checkpoint).
 
 Rows go to ``results/align-<dataset>.csv`` as they finish (a re-run skips finished rows; the stage's own resume
 snapshots continue a killed row) and ``results/align-<dataset>.md`` is rewritten after each from the rows of this
@@ -58,12 +62,30 @@ from recbole_oneranker.trainer import Trainer, describe_device
 
 FIRST_SEED = 2020
 PRETRAINED = "pre-trained"
-# model -> the stage rows run from its pre-trained checkpoint: (label suffix, stage settings)
-STAGES: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "GPR": [("+DPO", {"align_method": "dpo"})],
+
+
+@dataclass(frozen=True)
+class Stage:
+    """An aligned row of a model: its label suffix, its stage settings, and the row (suffix) whose aligned
+    checkpoint it starts from (None: the pre-trained checkpoint)."""
+
+    suffix: str
+    settings: dict[str, Any]
+    after: str | None = None
+
+
+# model -> its aligned rows, in the order they run (a row runs after the row it starts from)
+STAGES: dict[str, list[Stage]] = {
+    "GPR": [
+        Stage("+DPO", {"align_method": "dpo"}),
+        Stage("+HEPO", {"align_method": "hepo"}),
+        Stage("+DPO +HEPO", {"align_method": "hepo"}, after="+DPO"),
+        Stage("+ECPO", {"align_method": "ecpo"}),
+    ],
     "OneRec": [
-        ("+IPA 1 iteration", {"align_method": "ipa", "align_iterations": 1}),
-        ("+IPA 2 iterations", {"align_method": "ipa", "align_iterations": 2}),
+        Stage("+IPA 1 iteration", {"align_method": "ipa", "align_iterations": 1}),
+        Stage("+IPA 2 iterations", {"align_method": "ipa", "align_iterations": 2}),
+        Stage("+ECPO", {"align_method": "ecpo"}),
     ],
 }
 TEST_COLUMNS = ("ndcg@10", "hit@10", "gmv@10")
@@ -145,15 +167,15 @@ def summary_line(label: str, rows: list[dict[str, Any]], start_rows: list[dict[s
     its over-optimisation warning, if any."""
     cells = [f"{_mean(rows, f'test_{name}'):.4f}" for name in TEST_COLUMNS]
     cells += [f"{_mean(rows, f'candidate_{name}'):.4f}" for name in CANDIDATE_COLUMNS]
-    cells += [f"{_mean(rows, reward):.4f}", "-", "-", _best_iterations(rows, align_epochs)]
+    cells += [f"{_mean(rows, reward):.4g}", "-", "-", _best_iterations(rows, align_epochs)]
     warning = None
     if start_rows:
         ndcg_change = _mean(rows, "test_ndcg@10") - _mean(start_rows, "test_ndcg@10")
         reward_change = _mean(rows, reward) - _mean(start_rows, reward)
-        cells[-3:-1] = [f"{ndcg_change:+.4f}", f"{reward_change:+.4f}"]
+        cells[-3:-1] = [f"{ndcg_change:+.4f}", f"{reward_change:+.3g}"]
         if reward_change > 0 and ndcg_change < 0:
             warning = (
-                f"WARNING: {label}: {reward} rose by {reward_change:.4f} while real test NDCG@10 fell by "
+                f"WARNING: {label}: {reward} rose by {reward_change:.3g} while real test NDCG@10 fell by "
                 f"{-ndcg_change:.4f} against {rows[0]['started_from']} (the policy learned what the reward model "
                 "likes, not what users did)"
             )
@@ -161,7 +183,7 @@ def summary_line(label: str, rows: list[dict[str, Any]], start_rows: list[dict[s
 
 
 def write_report(
-    rows: list[dict[str, Any]], dataset: str, command: str, reward_checkpoint: str, align_epochs: int, out: Path
+    rows: list[dict[str, Any]], dataset: str, command: str, rewards: str, align_epochs: int, out: Path
 ) -> None:
     """``results/align-<dataset>.md``: per row label the means over its seeds, beside the row it started from, the
     warnings, then every run with its command."""
@@ -175,8 +197,9 @@ def write_report(
         f"# {dataset}: preference alignment, real test metrics beside the reward model's estimate",
         "",
         f"Last written by `{command}`; rows accumulate across runs, each run's own command is under Runs.",
-        f"Reward model: `{reward_checkpoint}`. {reward}: its mean reward of the policy's top-{reward[7:]} generated "
-        "items per test request (an estimate by a model, not an observation). HR/NDCG/GMV@10: full ranking of the "
+        f"Reward model: {rewards}. {reward}: its mean reward of the policy's top-{reward[7:]} generated "
+        "items per test request (an estimate by a model, not an observation; 4 significant digits)."
+        " HR/NDCG/GMV@10: full ranking of the "
         "real held-out test item; cand.: the candidate-set protocol. Aligned rows early-stop on the real validation "
         "NDCG@10 and test their best epoch (its iteration per seed: 'best in iteration'); each is shown beside the "
         "row it started from (Δ: aligned - start). Means over seeds.",
@@ -199,7 +222,7 @@ def write_report(
     ]
     for row in rows:
         lines.append(
-            f"| {row['label']} | {row['seed']} | {float(row['test_ndcg@10']):.4f} | {float(row[reward]):.4f} | "
+            f"| {row['label']} | {row['seed']} | {float(row['test_ndcg@10']):.4f} | {float(row[reward]):.4g} | "
             f"{row['best_epoch']} | {row['wall_time_s']} | {row['commit']} | {row['device']} | `{row['command']}` |"
         )
     out.write_text("\n".join(lines) + "\n")
@@ -218,47 +241,67 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("saved"), help="checkpoints (default: saved/)")
     parser.add_argument("--results", type=Path, default=REPO / "results", help="output folder (default: results/)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config of every stage run")
+    parser.add_argument(
+        "--stages", nargs="+", metavar="SUFFIX", help="only these aligned rows, e.g. +HEPO +ECPO (default: all)"
+    )
     return parser.parse_args(argv)
 
 
-def policies(args: argparse.Namespace) -> dict[str, Path]:
-    """Model -> its checkpoint, from ``--policy``.
+def seeds(args: argparse.Namespace) -> range:
+    return range(args.first_seed, args.first_seed + args.seeds)
+
+
+def policies(args: argparse.Namespace) -> dict[str, dict[int, Path]]:
+    """Model -> seed -> its starting checkpoint, from ``--policy``: the given path for every seed, else each seed's
+    own bench checkpoint.
 
     Raises:
         ConfigError: a model without alignment rows, or a checkpoint that does not exist.
     """
-    found = {}
+    found: dict[str, dict[int, Path]] = {}
     for given in args.policy:
         model, _, path = given.partition("=")
         if model not in STAGES:
             raise ConfigError(f"--policy {given}: the models aligned here are {', '.join(STAGES)}")
-        checkpoint = Path(path) if path else pretrained_checkpoint(args.dataset, model, args.first_seed,
-                                                                   args.checkpoint_dir)  # fmt: skip
-        if not checkpoint.is_file():
-            raise ConfigError(
-                f"--policy {given}: no checkpoint at {checkpoint} (train it: python bench/quality.py --dataset "
-                f"{args.dataset} --models {model} --seeds 1 --first-seed {args.first_seed})"
-            )
-        found[model] = checkpoint
+        found[model] = {}
+        for seed in seeds(args):
+            checkpoint = Path(path) if path else pretrained_checkpoint(args.dataset, model, seed, args.checkpoint_dir)
+            if not checkpoint.is_file():
+                raise ConfigError(
+                    f"--policy {given}: no checkpoint at {checkpoint} (train it: python bench/quality.py --dataset "
+                    f"{args.dataset} --models {model} --seeds 1 --first-seed {seed})"
+                )
+            found[model][seed] = checkpoint
     return found
 
 
-def reward_checkpoint(args: argparse.Namespace, data_path: str | None) -> Path:
-    """``--reward``, else bench/reward.py's checkpoint of the dataset at the first seed (trained when missing)."""
+def reward_checkpoints(args: argparse.Namespace, data_path: str | None) -> dict[int, Path]:
+    """Seed -> its reward model: ``--reward`` for every seed, else bench/reward.py's checkpoint of the dataset at
+    that seed (trained when missing)."""
     if args.reward is not None:
         if not args.reward.is_file():
             raise ConfigError(f"--reward: no checkpoint at {args.reward}")
-        return args.reward
-    run_id = f"reward-{args.dataset}-seed{args.first_seed}"
-    checkpoint = args.checkpoint_dir / f"{run_id}.pth"
-    if not checkpoint.is_file():
-        extra = {"run_id": run_id, "checkpoint_dir": str(args.checkpoint_dir)}
-        if data_path:
-            extra["data_path"] = data_path
-        print(f"training a RewardModel on {args.dataset} (seed {args.first_seed}) ...", flush=True)
-        settings = reward_bench.training_settings(args.dataset, args.first_seed, extra)
-        checkpoint = reward_bench.train(settings, args.dataset, reward_bench.VALID_NEGATIVES)["checkpoint"]
-    return checkpoint
+        return dict.fromkeys(seeds(args), args.reward)
+    found = {}
+    for seed in seeds(args):
+        run_id = f"reward-{args.dataset}-seed{seed}"
+        checkpoint = args.checkpoint_dir / f"{run_id}.pth"
+        if not checkpoint.is_file():
+            extra = {"run_id": run_id, "checkpoint_dir": str(args.checkpoint_dir)}
+            if data_path:
+                extra["data_path"] = data_path
+            print(f"training a RewardModel on {args.dataset} (seed {seed}) ...", flush=True)
+            settings = reward_bench.training_settings(args.dataset, seed, extra)
+            checkpoint = reward_bench.train(settings, args.dataset, reward_bench.VALID_NEGATIVES)["checkpoint"]
+        found[seed] = checkpoint
+    return found
+
+
+def describe_rewards(rewards: dict[int, Path]) -> str:
+    """The reward models of the report's header: one pinned path, or each seed's."""
+    if len(set(rewards.values())) == 1:
+        return f"`{next(iter(rewards.values()))}`"
+    return "each seed's own, " + ", ".join(f"`{path}`" for path in rewards.values())
 
 
 @dataclass
@@ -268,22 +311,24 @@ class AlignBench:
 
     dataset: str
     command: str
-    reward: Path
+    rewards: dict[int, Path]
     data_path: str | None
     extra: dict[str, Any]
     table: ResultTable
     out: Path
     commit: str = field(default_factory=code_version)  # the code this process imported
     keys: list[str] = field(default_factory=list)
+    aligned: dict[tuple[str, int], Path] = field(default_factory=dict)  # (label, seed) -> its best checkpoint
 
     def report(self) -> None:
-        rows = [row for row in self.table.rows if row["key"] in self.keys]
+        order = {key: index for index, key in enumerate(self.keys)}  # the command's order, not the CSV's
+        rows = sorted((row for row in self.table.rows if row["key"] in order), key=lambda row: order[row["key"]])
         align_epochs = {**read_yaml_layer(stage_layer()), **self.extra}["align_epochs"]
-        write_report(rows, self.dataset, self.command, str(self.reward), align_epochs, self.out)
+        write_report(rows, self.dataset, self.command, describe_rewards(self.rewards), align_epochs, self.out)
 
     def identity(self, checkpoint: Path, seed: int) -> dict[str, Any]:
         """The settings every row of a starting checkpoint and seed shares."""
-        identity = {"from_checkpoint": str(checkpoint), "reward_checkpoint": str(self.reward), "seed": seed}
+        identity = {"from_checkpoint": str(checkpoint), "reward_checkpoint": str(self.rewards[seed]), "seed": seed}
         return identity | ({"data_path": self.data_path} if self.data_path else {})
 
     def pretrained_row(self, model: str, checkpoint: Path, seed: int) -> None:
@@ -294,22 +339,32 @@ class AlignBench:
             return
         print(f"{label} seed {seed}: evaluating {checkpoint} ...", flush=True)
         k = {**read_yaml_layer(stage_layer()), **self.extra}["align_reward_topk"]  # the aligned rows' K
-        result = evaluate_checkpoint(checkpoint, self.reward, self.data_path, seed, k)
+        result = evaluate_checkpoint(checkpoint, self.rewards[seed], self.data_path, seed, k)
         self.table.append({"key": key, **result_row(label, "", model, seed, result), "commit": self.commit,
                            "command": f"{self.command} (evaluation of {checkpoint})"})  # fmt: skip
         self.report()
 
-    def aligned_row(self, model: str, checkpoint: Path, seed: int, suffix: str, stage: dict[str, Any]) -> None:
-        label = f"{model} {suffix}"
-        settings = {"stage": "align", **self.identity(checkpoint, seed), **stage, **self.extra}
+    def aligned_row(self, model: str, pretrained: Path, seed: int, stage: Stage) -> None:
+        """The row ``stage`` of ``model`` at ``seed``, from ``pretrained`` or from the aligned checkpoint of the row
+        it starts after (that row runs first: its checkpoint is known)."""
+        label = f"{model} {stage.suffix}"
+        started_from = f"{model} {stage.after or PRETRAINED}"
+        checkpoint = self.aligned.get((started_from, seed)) if stage.after else pretrained
+        if checkpoint is None or not checkpoint.is_file():
+            print(f"{label} seed {seed}: skipped, no checkpoint of {started_from} ({checkpoint})", flush=True)
+            return
+        settings = {"stage": "align", **self.identity(checkpoint, seed), **stage.settings, **self.extra}
         key = row_key(label, model, self.dataset, {**read_yaml_layer(stage_layer()), **settings})
         self.keys.append(key)
+        run_id = row_run_id(f"align-{self.dataset}", key)
+        self.aligned[(label, seed)] = Path(self.extra.get("checkpoint_dir", "saved")) / f"{run_id}.pth"
         if self.table.has(key):
             print(f"{label} seed {seed}: done before, skipped", flush=True)
             return
         print(f"{label} seed {seed}: aligning {checkpoint} ...", flush=True)
-        result = align_row(model, self.dataset, settings, row_run_id(f"align-{self.dataset}", key))
-        self.table.append({"key": key, **result_row(label, f"{model} {PRETRAINED}", model, seed, result),
+        result = align_row(model, self.dataset, settings, run_id)
+        self.aligned[(label, seed)] = Path(result["saved_model_file"])
+        self.table.append({"key": key, **result_row(label, started_from, model, seed, result),
                            "commit": self.commit, "command": run_command(model, self.dataset, settings)})  # fmt: skip
         self.report()
 
@@ -323,24 +378,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         extra = parse_assignments(args.set, "--set")
         starts = policies(args)
-        reward = reward_checkpoint(args, data_path)
+        known = {stage.suffix for stages in STAGES.values() for stage in stages}
+        unknown = sorted(set(args.stages or []) - known)
+        if unknown:
+            raise ConfigError(f"--stages {' '.join(unknown)}: the aligned rows are {', '.join(sorted(known))}")
+        rewards = reward_checkpoints(args, data_path)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     bench = AlignBench(
         dataset=args.dataset,
         command="python bench/align.py " + shlex.join(argv),
-        reward=reward,
+        rewards=rewards,
         data_path=data_path,
         extra=extra,
         table=ResultTable(args.results / f"align-{args.dataset}.csv"),
         out=args.results / f"align-{args.dataset}.md",
     )
-    for model, checkpoint in starts.items():
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
+    for model, checkpoints in starts.items():
+        for seed, checkpoint in checkpoints.items():
             bench.pretrained_row(model, checkpoint, seed)
-            for suffix, stage in STAGES[model]:
-                bench.aligned_row(model, checkpoint, seed, suffix, stage)
+            for stage in STAGES[model]:
+                if args.stages is None or stage.suffix in args.stages:
+                    bench.aligned_row(model, checkpoint, seed, stage)
     bench.report()  # also when every row was done before: a re-run rewrites the report from the CSV
     print(f"written to {bench.out}")
     return 0

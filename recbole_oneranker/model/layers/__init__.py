@@ -24,13 +24,16 @@ from .item_features import ItemFeatureConfig, ItemFeatureEmbedding
 from .lookup import lookup
 from .moe import FeedForward, MixtureOfExperts, MoEConfig, feed_forward
 from .policy_gradient import (
+    clipped_entries,
     clipped_surrogate,
     code_popularity,
+    early_clipped_entries,
     early_clipped_surrogate,
     generalized_advantages,
     group_advantages,
     hepo_advantages,
     process_rewards,
+    sample_without_replacement,
 )
 from .preference import dpo_loss, implicit_reward_margins, preference_pairs
 from .ranking_decoder import RankingDecoder, RankingDecoderConfig, candidate_mask
@@ -103,11 +106,13 @@ __all__ = [
     "build_relative_bias",
     "candidate_mask",
     "causal_padding_mask",
+    "clipped_entries",
     "clipped_surrogate",
     "code_popularity",
     "constrained_beam_search",
     "distinct_items",
     "dpo_loss",
+    "early_clipped_entries",
     "early_clipped_surrogate",
     "exact_item_log_probs",
     "feed_forward",
@@ -121,6 +126,7 @@ __all__ = [
     "preference_pairs",
     "prefix_causal_mask",
     "process_rewards",
+    "sample_without_replacement",
     "seen_before",
     "segment_logsumexp",
     "sid_level_structure",

@@ -5,6 +5,8 @@ request samples ``K`` such items (a group). Everything here is a pure function o
 (or ``[..., K]`` for per-item quantities), so that a training stage only gathers log-probabilities, values and
 rewards and calls these.
 
+- :func:`sample_without_replacement`: a request's group of ``K`` distinct candidates drawn from a policy's
+  distribution (Gumbel-top-K).
 - :func:`group_advantages`: rewards normalised within each request's group (GRPO; HEPO's terminal advantage
   ``A_L = (R - mu_K) / (sigma_K + eps)``).
 - :func:`generalized_advantages`: GAE over the levels of each trajectory.
@@ -12,7 +14,8 @@ rewards and calls these.
   ``r_l = alpha_l * max(0, P_l(z_l) - mean_{t in S_l} P_l(t))``.
 - :func:`hepo_advantages`: the advantages and critic targets of GPR's Eq. 10.
 - :func:`clipped_surrogate` (PPO) and :func:`early_clipped_surrogate` (ECPO: the old probability of an action
-  with a negative advantage is raised to ``sg(pi) / (1 + eps + delta)``, which bounds its ratio).
+  with a negative advantage is raised to ``sg(pi) / (1 + eps + delta)``, which bounds its ratio), and which
+  entries each clips (:func:`clipped_entries`, :func:`early_clipped_entries`: a stage's clip fractions).
 
 Where GPR's paper is silent (which codes form ``S_l``, how the terminal reward meets GAE) the choice is written in
 the function's docstring and in ``docs/alignment.md``.
@@ -27,29 +30,56 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "clipped_entries",
     "clipped_surrogate",
     "code_popularity",
+    "early_clipped_entries",
     "early_clipped_surrogate",
     "generalized_advantages",
     "group_advantages",
     "hepo_advantages",
     "process_rewards",
+    "sample_without_replacement",
 ]
 
 
-def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
+def sample_without_replacement(log_probs: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """``[..., k]`` indices of ``k`` distinct entries of the last dimension drawn without replacement from the
+    distribution ``softmax(log_probs)``: the top ``k`` of ``log_probs + Gumbel noise`` (Gumbel-top-k), which draws
+    them as successive draws from the remaining entries would (Plackett-Luce), in the order drawn. Entries of
+    ``-inf`` are never drawn while ``k`` does not exceed the finite ones.
+
+    >>> sample_without_replacement(torch.tensor([[0.0, float("-inf"), 0.0]]), 2).sort().values
+    tensor([[0, 2]])
+    """
+    uniform = torch.rand(log_probs.shape, generator=generator, device=log_probs.device, dtype=log_probs.dtype)
+    gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(uniform.dtype).tiny)))
+    return (log_probs + gumbel).topk(k, dim=-1).indices
+
+
+def group_advantages(rewards: Tensor, eps: float = 1e-6, valid: Tensor | None = None) -> Tensor:
     """``[..., K]`` each reward's distance to its group's mean in units of the group's standard deviation
     (population, over the last dimension): GRPO's advantage and HEPO's terminal ``A_L``.
 
-    A group whose rewards are all equal gets advantages of 0: no sample is better than another.
+    A group whose rewards are all equal gets advantages of 0: no sample is better than another. With ``valid``
+    (``[..., K]`` bool: the candidates that exist, e.g. of a beam that found fewer than ``K``), the mean and the
+    spread run over the valid candidates only, and the others get 0.
 
     >>> group_advantages(torch.tensor([[1.0, 3.0], [2.0, 2.0]]))
     tensor([[-1.0000,  1.0000],
             [ 0.0000,  0.0000]])
+    >>> group_advantages(torch.tensor([[1.0, 3.0, 9.0]]), valid=torch.tensor([[True, True, False]]))
+    tensor([[-1.0000,  1.0000,  0.0000]])
     """
-    mean = rewards.mean(dim=-1, keepdim=True)
-    std = rewards.std(dim=-1, unbiased=False, keepdim=True)
-    return (rewards - mean) / (std + eps)
+    if valid is None:
+        mean = rewards.mean(dim=-1, keepdim=True)
+        std = rewards.std(dim=-1, unbiased=False, keepdim=True)
+        return (rewards - mean) / (std + eps)
+    weights = valid.to(rewards.dtype)
+    count = weights.sum(dim=-1, keepdim=True).clamp(min=1.0)
+    mean = (rewards * weights).sum(dim=-1, keepdim=True) / count
+    std = (((rewards - mean) ** 2 * weights).sum(dim=-1, keepdim=True) / count).sqrt()
+    return torch.where(valid, (rewards - mean) / (std + eps), torch.zeros_like(rewards))
 
 
 def generalized_advantages(rewards: Tensor, values: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
@@ -190,3 +220,23 @@ def early_clipped_surrogate(
     raised = torch.maximum(log_probs.detach() - math.log(1.0 + clip + early_clip), old_log_probs.detach())
     old = torch.where(advantages < 0, raised, old_log_probs.detach())
     return clipped_surrogate(log_probs, old, advantages, clip)
+
+
+def clipped_entries(ratio: Tensor, advantages: Tensor, clip: float) -> Tensor:
+    """``[...]`` bool: where PPO's clip binds (the clipped term is the minimum and differs from the unclipped one, so
+    the entry passes no gradient): ``A > 0`` with ``ratio > 1 + clip``, or ``A < 0`` with ``ratio < 1 - clip``.
+
+    >>> clipped_entries(torch.tensor([1.5, 1.5, 0.5]), torch.tensor([1.0, -1.0, -1.0]), 0.2)
+    tensor([ True, False,  True])
+    """
+    return ((advantages > 0) & (ratio > 1.0 + clip)) | ((advantages < 0) & (ratio < 1.0 - clip))
+
+
+def early_clipped_entries(ratio: Tensor, advantages: Tensor, clip: float, early_clip: float) -> Tensor:
+    """``[...]`` bool: the entries :func:`early_clipped_surrogate` changes, a negative advantage with
+    ``ratio > 1 + clip + early_clip`` (its ratio is capped there; PPO's clip leaves such entries unbounded).
+
+    >>> early_clipped_entries(torch.tensor([1.5, 1.2, 1.5]), torch.tensor([-1.0, -1.0, 1.0]), 0.2, 0.1)
+    tensor([ True, False, False])
+    """
+    return (advantages < 0) & (ratio > 1.0 + clip + early_clip)

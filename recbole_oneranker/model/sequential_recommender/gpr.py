@@ -72,8 +72,9 @@ class GPR(GenerativeRecommender):
 
     NOTE (deviations; docs/gpr.md): no Mixture-of-Recursions, no LLM thought tokens, no diffusion refining step; each
     level reads its prefix through an additive term or a gate, not a decoder pass, so that exact catalogue scores
-    stay one product per level and gathers; HEPO is not implemented. DPO is a stage of its own (``stage: align``,
-    ``align_method: dpo``; docs/alignment.md) that reads :meth:`item_log_probs`.
+    stay one product per level and gathers. DPO, HEPO and ECPO are post-training methods of a stage of its own
+    (``stage: align``, ``align_method: dpo | hepo | ecpo``; docs/alignment.md) that reads :meth:`item_log_probs`,
+    :meth:`item_level_log_probs`, :meth:`catalogue_log_probs` and :meth:`level_values` (the HTE is HEPO's critic).
     """
 
     def __init__(self, config, dataset):
@@ -260,10 +261,7 @@ class GPR(GenerativeRecommender):
     def _catalogue_scores(self, users: Tensor, intents: Tensor, copy: RepeatExploreLogProbs | None = None) -> Tensor:
         """``[B, n_items]`` the served score of every item for HSD states ``[B, D]`` and intents ``[B, H, D]``:
         the heads' mixture (with the history's copy mixed in, given its parts), + the HTE's weighted value."""
-        _, structure = self.semantic_ids_on(users.device)
-        per_head = self.generator.catalogue_log_probs(intents, structure)  # [B, H, N]
-        scores = torch.logsumexp(per_head, dim=1) - math.log(self.mtp_heads)  # [B, N]
-        scores = F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
+        scores = self._mixture_catalogue_log_probs(intents)
         if copy is not None:
             scores = copy.of_catalogue(scores)
         if self.hte is not None and self.hte_weight:
@@ -271,7 +269,28 @@ class GPR(GenerativeRecommender):
             scores = scores + F.pad(self.hte_weight * values, (1, 0))
         return scores
 
+    def _mixture_catalogue_log_probs(self, intents: Tensor) -> Tensor:
+        """``[B, n_items]`` every item's log-probability under the heads' mixture for intents ``[B, H, D]`` (the
+        padding item 0: ``-inf``)."""
+        _, structure = self.semantic_ids_on(intents.device)
+        per_head = self.generator.catalogue_log_probs(intents, structure)  # [B, H, N]
+        scores = torch.logsumexp(per_head, dim=1) - math.log(self.mtp_heads)  # [B, N]
+        return F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
+
     # -- preference alignment (docs/alignment.md) --------------------------------------------------------------
+
+    def catalogue_log_probs(self, interaction) -> Tensor:
+        """``[B, n_items]`` the log-probability of generating each item at each request's last position: the
+        distribution :meth:`item_log_probs` scores (the heads' mixture, each level normalised over the trie; the
+        padding item 0 ``-inf``), over the whole catalogue at once. A policy-gradient stage samples from it.
+
+        Raises:
+            ConfigError: with ``repeat_explore``.
+        """
+        if self.repeat_explore is not None:
+            raise ConfigError("item log-probabilities cover the SID generator alone: set repeat_explore: False")
+        _, intents, _ = self._last_intents(interaction)
+        return self._mixture_catalogue_log_probs(intents)
 
     def item_log_probs(self, interaction, items: Tensor) -> Tensor:
         """``[B, C]`` the log-probability of generating each of ``items`` (``[B, C]`` real item ids, > 0) at each
