@@ -270,7 +270,7 @@ def test_report_gives_a_retry_the_time_of_its_whole_run():
     "extra, message",
     [
         (["--model", "NoSuchModel"], "no search space for model 'NoSuchModel'"),
-        (["--spaces-dir", "spaces"], "'learning_rte' is not a config key (did you mean 'learning_rate'?)"),
+        (["--spaces-dir", "spaces"], "'learning_rte' is not a config key (did you mean 'learning_rate'"),
         (["--objective", "ndgc@10"], "unknown objective 'ndgc@10'"),
         (["--storage", "postgresql://u:pw@127.0.0.1:1/x"], "cannot open storage postgresql://u@127.0.0.1:1/x: "),
         (["--heartbeat-interval", "5"], "--heartbeat-interval and --grace-period need an RDB --storage"),
