@@ -33,8 +33,7 @@ import torch
 from recbole.utils import init_seed
 from torch import Tensor, nn
 
-from recbole_oneranker import compat
-from recbole_oneranker.checkpoints import load_data_and_model
+from recbole_oneranker.checkpoints import load_data_and_model, start_from_checkpoint
 from recbole_oneranker.config import checkpoint_config
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.layers import (
@@ -142,6 +141,8 @@ class AlignmentMethod:
     unit: ClassVar[str] = "requests"
 
     def __init__(self, config, dataset) -> None:
+        self.warmup_batches = 0  # see warm_up_parameters
+        self.warmup_learning_rate = 0.0
         self.beta = config["align_beta"]
         self.beam = config["align_beam"]
         if config["align_iterations"] > 1 and not self.iterative:
@@ -164,6 +165,15 @@ class AlignmentMethod:
 
     def loss(self, policy, reference, reward_model, interaction) -> AlignmentBatch:
         """The alignment loss of the requests of ``interaction`` (differentiable in ``policy`` only)."""
+        raise NotImplementedError
+
+    def warm_up_parameters(self, policy) -> list[nn.Parameter]:
+        """The parameters :meth:`warm_up_loss` fits, alone, for ``warmup_batches`` batches at
+        ``warmup_learning_rate`` before the stage's first epoch."""
+        return []
+
+    def warm_up_loss(self, policy, reference, reward_model, interaction) -> Tensor:
+        """The loss the warm-up minimises on a batch's sampled requests (for :meth:`warm_up_parameters`)."""
         raise NotImplementedError
 
 
@@ -377,6 +387,8 @@ class HierarchyEnhancedPolicyOptimization(PolicyGradient):
         self.gamma = config["hepo_gamma"]
         self.lam = config["hepo_lambda"]
         self.value_weight = config["hepo_value_weight"]
+        self.warmup_batches = config["hepo_critic_warmup"]
+        self.warmup_learning_rate = config["hepo_critic_learning_rate"]
         self.given_process_weights = list(config["hepo_process_weights"])
         self.given_level_weights = list(config["hepo_level_weights"])
         self.positive_level = positive_feedback_level(config, dataset)
@@ -410,6 +422,19 @@ class HierarchyEnhancedPolicyOptimization(PolicyGradient):
             old_log_probs=reference.item_level_log_probs(interaction, items),
             process=process_rewards(popularity, codes, self.process_weights),
         )
+
+    def warm_up_parameters(self, policy) -> list[nn.Parameter]:
+        """The critic's (the HTE's): it was pre-trained on the normalised value, while its targets here are the
+        reward model's rewards, on another scale; the first advantages would mostly measure that gap."""
+        return list(policy.hte.parameters())
+
+    def warm_up_loss(self, policy, reference, reward_model, interaction) -> Tensor:
+        """The critic's squared error against the returns of a rollout from the reference (the objective's critic
+        term, no policy term)."""
+        rollout = self.rollout(reference, reward_model, interaction)
+        with evaluation_mode(policy):
+            _, returns, values = self.advantages(policy, interaction, rollout)
+        return (values - returns).pow(2).mean()
 
     def advantages(self, policy, interaction, rollout: Rollout) -> tuple[Tensor, Tensor, Tensor]:
         """``(advantages, returns, values)``, each ``[B, K, L]``: Eq. 10's advantages and critic targets from the
@@ -601,21 +626,6 @@ def load_reward_model(path: str, config, dataset) -> nn.Module:
     return frozen(reward_model.to(config["device"]))
 
 
-def start_from_checkpoint(model: nn.Module, path: str) -> None:
-    """Load ``path``'s weights into ``model``, which must have exactly its shape.
-
-    Raises:
-        ConfigError: a parameter the checkpoint lacks, has in excess or holds in another shape.
-    """
-    checkpoint = compat.load_checkpoint(path, "cpu")
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as error:
-        reason = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
-        raise ConfigError(f"from_checkpoint {path} does not fit this model: {reason}") from None
-    model.load_other_parameter(checkpoint.get("other_parameter"))
-
-
 class AlignmentTrainer(Trainer):
     """This package's trainer for ``stage: align`` (module docstring).
 
@@ -649,6 +659,8 @@ class AlignmentTrainer(Trainer):
         self.stats = self.method.new_stats()
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        if epoch_idx == 0 and self.method.warmup_batches:  # a resumed stage continues after its first epoch
+            self.warm_up(train_data)
         iteration = epoch_idx // self.align_epochs
         if iteration != self.iteration:
             self.begin_iteration(iteration)
@@ -659,6 +671,27 @@ class AlignmentTrainer(Trainer):
             f"{self.method.name}): {self.stats.describe()}"
         )
         return losses
+
+    def warm_up(self, train_data) -> None:
+        """Fit the method's warm-up parameters alone (HEPO: the critic) on the sampled requests of
+        ``warmup_batches`` training batches, with their own Adam, and log the warm-up loss's first and last mean."""
+        method, losses = self.method, []
+        optimizer = torch.optim.Adam(method.warm_up_parameters(self.model), lr=method.warmup_learning_rate)
+        while len(losses) < method.warmup_batches:
+            for interaction in train_data:
+                requests = interaction.to(self.device)[self.sampled_requests(len(interaction))]
+                loss = method.warm_up_loss(self.model, self.reference, self.reward_model, requests)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss))
+                if len(losses) == method.warmup_batches:
+                    break
+        window = max(1, len(losses) // 10)
+        self.logger.info(
+            f"{method.name} warm-up: {len(losses)} batches, loss {np.mean(losses[:window]):.4g} (first {window}) -> "
+            f"{np.mean(losses[-window:]):.4g} (last {window})"
+        )
 
     def begin_iteration(self, iteration: int) -> None:
         """Start iteration ``iteration`` (0-based) of IPA, HEPO or ECPO: the policy as it is now, frozen, becomes the

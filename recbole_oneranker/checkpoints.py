@@ -1,4 +1,5 @@
-"""``load_data_and_model``: a trained model, its config and its data, rebuilt from a checkpoint this package saved.
+"""``load_data_and_model``: a trained model, its config and its data, rebuilt from a checkpoint this package saved;
+``start_from_checkpoint``: a checkpoint's weights loaded into a model of its shape (the stages that start from one).
 
 Kept apart from :mod:`~recbole_oneranker.quick_start` so that what runs inside a run (the alignment stage loads its
 reward model this way) can use it without importing the run's own flow.
@@ -10,10 +11,12 @@ import os
 from typing import Any
 
 from recbole.utils import init_seed
+from torch import nn
 
 from recbole_oneranker import compat
 from recbole_oneranker.config import Config, saved_settings
 from recbole_oneranker.data import create_dataset, data_preparation
+from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.registry import get_model
 
 
@@ -49,3 +52,18 @@ def load_data_and_model(
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model.to(config["device"]).eval(), dataset, train_data, valid_data, test_data
+
+
+def start_from_checkpoint(model: nn.Module, path: str) -> None:
+    """Load ``path``'s weights into ``model``, which must have exactly its shape.
+
+    Raises:
+        ConfigError: a parameter the checkpoint lacks, has in excess or holds in another shape.
+    """
+    checkpoint = compat.load_checkpoint(path, "cpu")
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        reason = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise ConfigError(f"from_checkpoint {path} does not fit this model: {reason}") from None
+    model.load_other_parameter(checkpoint.get("other_parameter"))

@@ -5,8 +5,8 @@ Priority, lowest first (RecBole's own order, with the plugin layers right after 
 1. RecBole's internal yaml: ``overall.yaml``, ``model/<Model>.yaml``, ``dataset/<dataset>.yaml``, the
    quick-start yaml of the model type;
 2. this package's ``properties/overall.yaml``, ``properties/model/<Model>.yaml`` and
-   ``dataset_configs/<dataset>.yaml``; with ``stage: align``, then ``properties/align.yaml`` and the settings of the
-   run that trained ``from_checkpoint`` (docs/alignment.md);
+   ``dataset_configs/<dataset>.yaml``; with ``stage: align``, then ``properties/align.yaml``; with ``stage: finetune``
+   or ``align``, then the settings of the run that trained ``from_checkpoint`` (docs/alignment.md);
 3. the user's config files, then ``config_dict``, then ``--key=value`` arguments.
 
 Unlike RecBole's, this ``Config`` reads ``--key=value`` arguments only from ``cmd_args`` (the CLI passes them),
@@ -62,6 +62,8 @@ RUN_KEYS = frozenset(
      "use_gpu", "worker", "compile_model", "threads"}
 )  # fmt: skip
 ALIGN_STAGE = "align"
+FINETUNE_STAGE = "finetune"
+CHECKPOINT_STAGES = (FINETUNE_STAGE, ALIGN_STAGE)  # the stages that start from from_checkpoint
 
 
 def properties_dir() -> Path:
@@ -75,8 +77,9 @@ def stage_layer() -> Path:
 
 @cache
 def stage_keys() -> frozenset[str]:
-    """``stage`` and the alignment stage's keys: they belong to one run and are never taken from a checkpoint."""
-    return frozenset({"stage", *read_yaml_layer(stage_layer())})
+    """``stage``, ``from_checkpoint`` and the alignment stage's keys: they belong to one run and are never taken
+    from a checkpoint."""
+    return frozenset({"stage", "from_checkpoint", *read_yaml_layer(stage_layer())})
 
 
 def saved_settings(saved: dict[str, Any]) -> dict[str, Any]:
@@ -278,13 +281,15 @@ class Config(RecBoleConfig):
         if dataset_file.is_file():
             dataset_keys = self._update_internal_config_dict(dataset_file) or {}
             self.parameters["Dataset"] += [key for key in dataset_keys if key not in self.parameters["Dataset"]]
-        if self.external_config_dict.get("stage") == ALIGN_STAGE:
+        stage = self.external_config_dict.get("stage")
+        if stage == ALIGN_STAGE:
             self._update_internal_config_dict(stage_layer())
-            self.internal_config_dict.update(self._starting_checkpoint_settings(model, dataset))
+        if stage in CHECKPOINT_STAGES:
+            self.internal_config_dict.update(self._starting_checkpoint_settings(model, dataset, stage))
 
-    def _starting_checkpoint_settings(self, model: str, dataset: str) -> dict[str, Any]:
-        """The settings of the run that trained ``from_checkpoint``: the alignment stage's defaults, so the policy is
-        built in the checkpoint's shape, on its data, under its protocol.
+    def _starting_checkpoint_settings(self, model: str, dataset: str, stage: str) -> dict[str, Any]:
+        """The settings of the run that trained ``from_checkpoint``: the stage's defaults, so the model is built in
+        the checkpoint's shape, on its data, under its protocol.
 
         Raises:
             ConfigError: no ``from_checkpoint``, a file that is not this package's checkpoint, or one of another
@@ -292,7 +297,7 @@ class Config(RecBoleConfig):
         """
         path = self.external_config_dict.get("from_checkpoint")
         if not path:
-            raise ConfigError("stage: align needs from_checkpoint, the trained checkpoint the policy starts from")
+            raise ConfigError(f"stage: {stage} needs from_checkpoint, the trained checkpoint the run starts from")
         saved = checkpoint_config(path, "from_checkpoint")
         if (saved.get("model"), saved.get("dataset")) != (model, dataset):
             raise ConfigError(
@@ -302,8 +307,14 @@ class Config(RecBoleConfig):
         return saved_settings(saved)
 
     def _refuse_stage_keys(self) -> None:
-        """A key of ``properties/align.yaml`` outside ``stage: align`` would be silently ignored: refuse it."""
-        given = sorted((stage_keys() - {"stage"}) & set(self.external_config_dict))
+        """A key of ``properties/align.yaml`` outside ``stage: align``, or ``from_checkpoint`` outside the stages that
+        start from it, would be silently ignored: refuse it."""
+        stage = self.external_config_dict.get("stage")
+        if "from_checkpoint" in self.external_config_dict and stage not in CHECKPOINT_STAGES:
+            raise ConfigError(
+                "from_checkpoint is read by --stage=finetune (training continued from its weights) or --stage=align"
+            )
+        given = sorted((stage_keys() - {"stage", "from_checkpoint"}) & set(self.external_config_dict))
         if given:
             raise ConfigError(f"{given[0]} is a key of the alignment stage: add --stage=align (docs/alignment.md)")
 

@@ -209,7 +209,7 @@ RULES: tuple[Rule, ...] = (
     Rule("ip", Check(str, optional=True)),
     Rule("port", Check(int, low=1, high=65535, optional=True)),
     # the stage, and the alignment stage's keys (properties/align.yaml, layered only with stage: align)
-    Rule("stage", Check(str, choices=("train", "align"))),
+    Rule("stage", Check(str, choices=("train", "finetune", "align"))),
     Rule("from_checkpoint", Check(str, optional=True)),
     Rule("reward_checkpoint", Check(str, optional=True)),
     # the names of recbole_oneranker.alignment.ALIGNMENT_METHODS
@@ -229,6 +229,8 @@ RULES: tuple[Rule, ...] = (
     Rule("hepo_process_weights", Check(list, items=WEIGHT, why="one alpha for all levels but the last, or one each")),
     Rule("hepo_level_weights", Check(list, items=WEIGHT, why="one c for every level, or one each")),
     Rule("hepo_value_weight", WEIGHT),
+    Rule("hepo_critic_warmup", COUNT),
+    Rule("hepo_critic_learning_rate", POSITIVE),
     # the HSTU backbone (HSTU and the models that extend it)
     Rule("attention_dim", POSITIVE_INT, OWN),
     Rule("linear_hidden_dim", POSITIVE_INT, OWN),

@@ -31,7 +31,8 @@ from recbole.utils.logger import RemoveColorFilter, log_colors_config
 
 from recbole_oneranker import distributed
 from recbole_oneranker.alignment import AlignmentTrainer
-from recbole_oneranker.config import ALIGN_STAGE, Config
+from recbole_oneranker.checkpoints import start_from_checkpoint
+from recbole_oneranker.config import ALIGN_STAGE, FINETUNE_STAGE, Config
 from recbole_oneranker.data import create_dataset, data_preparation
 from recbole_oneranker.errors import ConfigError, RunFileError, shorten
 from recbole_oneranker.evaluator import ValueCollector
@@ -222,6 +223,8 @@ def _train_and_test(
     if config["stage"] == ALIGN_STAGE:
         trainer = AlignmentTrainer(config, model, train_data._dataset)
     else:
+        if config["stage"] == FINETUNE_STAGE:
+            start_from_checkpoint(model, config["from_checkpoint"])
         trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     # A count the user chose is kept, whatever the load; DDP processes share the cores on purpose.
     if threads_from == IDLE_CORES and threads > 1 and not distributed.is_distributed():

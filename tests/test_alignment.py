@@ -32,7 +32,7 @@ ONEREC_TINY = {"hidden_size": 16, "n_heads": 2, "encoder_layers": 1, "decoder_la
 REWARD_TINY = {"hidden_size": 16, "attention_dim": 8, "linear_hidden_dim": 8, "n_heads": 2, "decoder_heads": 2,
                "reward_negatives": 4}  # fmt: skip
 # Every request of a batch gets a pair, so one epoch moves the policy.
-STAGE_TINY = {"align_share": 1.0, "align_beam": 4, "align_learning_rate": 0.01}
+STAGE_TINY = {"align_share": 1.0, "align_beam": 4, "align_learning_rate": 0.01, "hepo_critic_warmup": 2}
 
 
 # -- the loss and the pairs -----------------------------------------------------------------------------------------
@@ -257,6 +257,9 @@ def test_bench_writes_both_tables_with_commands_and_skips_finished_rows(trained,
         "GPR +HEPO",
         "GPR +DPO +HEPO",
         "GPR +ECPO",
+        "GPR +VAFT",
+        "GPR +VAFT +DPO",
+        "GPR +VAFT +DPO +HEPO",
         "OneRec pre-trained",
         "OneRec +IPA 1 iteration",
         "OneRec +IPA 2 iterations",
@@ -264,11 +267,13 @@ def test_bench_writes_both_tables_with_commands_and_skips_finished_rows(trained,
     ):
         assert f"| {label} |" in report
     assert "| GPR +DPO +HEPO | GPR +DPO |" in report  # HEPO from the DPO row's checkpoint
+    assert "| GPR +VAFT +DPO +HEPO | GPR +VAFT +DPO |" in report  # GPR's Table 3 chain
+    assert "run_recbole --model=GPR --dataset=ml-tiny --stage=finetune" in report
     assert "reward@10" in report and "run_recbole --model=OneRec --dataset=ml-tiny --stage=align" in report
     assert "WARNING" in report or "No row's reward estimate rose" in report
     rows = len((tmp_path / "align-ml-tiny.csv").read_text().splitlines())
     assert align_bench.main(argv) == 0  # every row done: skipped
-    assert len((tmp_path / "align-ml-tiny.csv").read_text().splitlines()) == rows == 10
+    assert len((tmp_path / "align-ml-tiny.csv").read_text().splitlines()) == rows == 13
 
 
 def test_a_killed_ipa_stage_resumes_with_its_reference_and_iteration(trained) -> None:
@@ -289,6 +294,50 @@ def test_a_killed_ipa_stage_resumes_with_its_reference_and_iteration(trained) ->
     result, trainer = _align(trained, "OneRec", **resumable)
     assert trainer.iteration == 1 and result["reward_result"]
     _assert_equal(snapshot["state_dict"], trainer.reference)  # iteration 2's reference: the policy after epoch 0
+
+
+# -- stage: finetune (GPR's VAFT after pre-training) ------------------------------------------------------------------
+
+
+def _finetune(trained, **overrides) -> dict:
+    checkpoints, stage = trained
+    settings = {**stage, "stage": "finetune", "from_checkpoint": checkpoints["GPR"], "vaft": True, "epochs": 1}
+    return run("GPR", "ml-tiny", config_dict={**settings, **overrides})
+
+
+def test_finetune_starts_from_the_checkpoints_weights_under_its_settings(trained) -> None:
+    from recbole_oneranker import compat
+    from recbole_oneranker.trainer import Trainer
+
+    start = compat.load_checkpoint(trained[0]["GPR"], "cpu")["state_dict"]
+    at_fit: list[dict[str, torch.Tensor]] = []
+    original = Trainer.fit
+
+    def record(self, *args, **kwargs):
+        at_fit.append(_weights(self.model))
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "fit", record)
+        result = _finetune(trained, run_id="finetune")
+    assert at_fit[0].keys() == start.keys() and all(torch.equal(at_fit[0][name], start[name]) for name in start)
+    saved = compat.load_checkpoint(result["saved_model_file"], "cpu")
+    assert saved["config"]["hidden_size"] == GPR_TINY["hidden_size"]  # the checkpoint's shape, never passed here
+    assert saved["config"]["vaft"] and saved["config"]["stage"] == "finetune"
+    assert any(not torch.equal(saved["state_dict"][name], start[name]) for name in start)  # and it trained
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"stage": "train"}, "from_checkpoint is read by --stage=finetune"),
+        ({"align_beta": 0.5}, "align_beta is a key of the alignment stage"),
+        ({"from_checkpoint": None}, "stage: finetune needs from_checkpoint"),
+    ],
+)
+def test_finetune_refuses_what_it_would_ignore(trained, overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _finetune(trained, **overrides)
 
 
 # -- the policy-gradient methods: HEPO (GPR) and ECPO (GPR, OneRec) ---------------------------------------------------
@@ -339,6 +388,24 @@ def test_gpr_hepo_trains_policy_and_hte_against_a_frozen_reference_and_reports_r
     assert any(not torch.equal(aligned[name], start[name]) for name in start if name.startswith("generator."))
     assert any(not torch.equal(aligned[name], start[name]) for name in start if name.startswith("hte."))
     assert "ndcg@10" in result["test_result"] and set(result["reward_result"]) == {"reward@10"}
+
+
+def test_hepos_warm_up_fits_the_critic_alone_once_before_the_first_epoch(trained) -> None:
+    warm_ups: list[tuple[dict, dict]] = []
+    original = AlignmentTrainer.warm_up
+
+    def record(self, train_data) -> None:
+        before = _weights(self.model)
+        original(self, train_data)
+        warm_ups.append((before, _weights(self.model)))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AlignmentTrainer, "warm_up", record)
+        _align(trained, "GPR", align_method="hepo", align_iterations=2, align_epochs=1, hepo_critic_warmup=3)
+    assert len(warm_ups) == 1
+    before, after = warm_ups[0]
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("hte.") for name in changed)
 
 
 def test_hepo_advantages_are_eq_10_of_the_rollout_and_the_htes_values(hepo) -> None:

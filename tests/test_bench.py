@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 import yaml
@@ -312,6 +313,17 @@ def test_a_key_added_with_the_old_behaviour_keeps_rows_until_its_value_changes(m
     assert common.row_key("OneRanker", "OneRanker", "ml-100k", {**settings, "new_switch": True}) != before
     monkeypatch.setattr(common, "package_defaults", lambda model, dataset: {**defaults, "new_switch": True})
     assert common.row_key("OneRanker", "OneRanker", "ml-100k", settings) != before  # a later default that differs
+
+
+@pytest.mark.parametrize("method, stale", [("hepo", True), ("dpo", False), ("ecpo", False)])
+def test_an_alignment_methods_own_key_makes_only_its_rows_stale(method, stale):
+    from recbole_oneranker.config import read_yaml_layer, stage_layer
+
+    row = {**read_yaml_layer(stage_layer()), "stage": "align", "align_method": method, "seed": 2020}
+    changed = {**row, "hepo_critic_warmup": row["hepo_critic_warmup"] + 1}
+    assert (
+        common.row_key("GPR +X", "GPR", "ml-100k", changed) != common.row_key("GPR +X", "GPR", "ml-100k", row)
+    ) is stale
 
 
 def test_paired_difference_matches_users_across_orders():

@@ -54,7 +54,7 @@ from recbole_oneranker.bench.common import (
 )
 from recbole_oneranker.bench.quality import ValidationRecorder, row_run_id
 from recbole_oneranker.checkpoints import load_data_and_model
-from recbole_oneranker.config import read_yaml_layer, stage_layer
+from recbole_oneranker.config import ALIGN_STAGE, FINETUNE_STAGE, read_yaml_layer, stage_keys, stage_layer
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.overrides import parse_assignments
 from recbole_oneranker.quick_start import evaluate_candidate_set, run
@@ -67,11 +67,21 @@ PRETRAINED = "pre-trained"
 @dataclass(frozen=True)
 class Stage:
     """An aligned row of a model: its label suffix, its stage settings, and the row (suffix) whose aligned
-    checkpoint it starts from (None: the pre-trained checkpoint)."""
+    checkpoint it starts from (None: the pre-trained checkpoint). The settings' ``stage`` is ``align`` unless
+    they say ``finetune`` (GPR's VAFT: training continued from the checkpoint)."""
 
     suffix: str
     settings: dict[str, Any]
     after: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.settings.get("stage", ALIGN_STAGE)
+
+
+# GPR's VAFT as a fine-tuning of the pre-trained checkpoint: the alignment stage's learning rate and a short schedule
+# (GPR's paper gives neither), the best epoch chosen on validation.
+VAFT = {"stage": FINETUNE_STAGE, "vaft": True, "epochs": 10, "learning_rate": 0.0001}
 
 
 # model -> its aligned rows, in the order they run (a row runs after the row it starts from)
@@ -81,6 +91,10 @@ STAGES: dict[str, list[Stage]] = {
         Stage("+HEPO", {"align_method": "hepo"}),
         Stage("+DPO +HEPO", {"align_method": "hepo"}, after="+DPO"),
         Stage("+ECPO", {"align_method": "ecpo"}),
+        # GPR's Table 3: MTP (the pre-trained row) -> +VAFT -> +DPO -> +HEPO
+        Stage("+VAFT", VAFT),
+        Stage("+VAFT +DPO", {"align_method": "dpo"}, after="+VAFT"),
+        Stage("+VAFT +DPO +HEPO", {"align_method": "hepo"}, after="+VAFT +DPO"),
     ],
     "OneRec": [
         Stage("+IPA 1 iteration", {"align_method": "ipa", "align_iterations": 1}),
@@ -106,7 +120,6 @@ def evaluate_checkpoint(
     config has ``candidate_negatives``) plus ``reward@k``, seeded by ``seed``."""
     start = time.perf_counter()
     config, model, dataset, train_data, valid_data, test_data = load_data_and_model(checkpoint, data_path)
-    reward_model = load_reward_model(str(reward_checkpoint), config, train_data._dataset)
     init_seed(seed, config["reproducibility"])
     trainer = Trainer(config, model)
     test_result = dict(trainer.evaluate(test_data, load_best_model=False))
@@ -117,10 +130,23 @@ def evaluate_checkpoint(
     return {
         "test_result": test_result,
         "candidate_result": candidate_result,
-        "reward_result": {f"reward@{k}": generated_reward(model, reward_model, test_data, k)},
+        "reward_result": reward_estimate(config, model, train_data, test_data, reward_checkpoint, k),
         "device": describe_device(config["device"]),
         "wall_time_s": time.perf_counter() - start,
     }
+
+
+def reward_estimate(config, model, train_data, test_data, reward_checkpoint: Path, k: int) -> dict[str, float]:
+    """``{"reward@k": ...}``: the reward model's mean reward of ``model``'s generated top-``k`` on the test requests."""
+    reward_model = load_reward_model(str(reward_checkpoint), config, train_data._dataset)
+    return {f"reward@{k}": generated_reward(model, reward_model, test_data, k)}
+
+
+def checkpoint_reward(checkpoint: Path, reward_checkpoint: Path, data_path: str | None, seed: int, k: int):
+    """:func:`reward_estimate` of a saved checkpoint, seeded by ``seed`` (a fine-tuning run reports no reward)."""
+    config, model, _, train_data, _, test_data = load_data_and_model(checkpoint, data_path)
+    init_seed(seed, config["reproducibility"])
+    return reward_estimate(config, model, train_data, test_data, reward_checkpoint, k)
 
 
 def align_row(model: str, dataset: str, settings: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -326,6 +352,20 @@ class AlignBench:
         align_epochs = {**read_yaml_layer(stage_layer()), **self.extra}["align_epochs"]
         write_report(rows, self.dataset, self.command, describe_rewards(self.rewards), align_epochs, self.out)
 
+    def reward_topk(self) -> int:
+        """The K of every row's ``reward@K`` (the alignment stage's ``align_reward_topk``)."""
+        return {**read_yaml_layer(stage_layer()), **self.extra}["align_reward_topk"]
+
+    def stage_settings(self, stage: Stage, checkpoint: Path, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The run's settings of ``stage`` from ``checkpoint``, and the defaults layered under them (the
+        alignment stage's yaml, for the row's identity); ``--set`` keys of the alignment stage skip a fine-tuning."""
+        if stage.kind == FINETUNE_STAGE:
+            start = {key: value for key, value in self.identity(checkpoint, seed).items() if key != "reward_checkpoint"}
+            extra = {key: value for key, value in self.extra.items() if key not in stage_keys()}
+            return {"stage": FINETUNE_STAGE, **start, **stage.settings, **extra}, {}
+        settings = {"stage": ALIGN_STAGE, **self.identity(checkpoint, seed), **stage.settings, **self.extra}
+        return settings, read_yaml_layer(stage_layer())
+
     def identity(self, checkpoint: Path, seed: int) -> dict[str, Any]:
         """The settings every row of a starting checkpoint and seed shares."""
         identity = {"from_checkpoint": str(checkpoint), "reward_checkpoint": str(self.rewards[seed]), "seed": seed}
@@ -338,8 +378,7 @@ class AlignBench:
         if self.table.has(key):
             return
         print(f"{label} seed {seed}: evaluating {checkpoint} ...", flush=True)
-        k = {**read_yaml_layer(stage_layer()), **self.extra}["align_reward_topk"]  # the aligned rows' K
-        result = evaluate_checkpoint(checkpoint, self.rewards[seed], self.data_path, seed, k)
+        result = evaluate_checkpoint(checkpoint, self.rewards[seed], self.data_path, seed, self.reward_topk())
         self.table.append({"key": key, **result_row(label, "", model, seed, result), "commit": self.commit,
                            "command": f"{self.command} (evaluation of {checkpoint})"})  # fmt: skip
         self.report()
@@ -353,8 +392,8 @@ class AlignBench:
         if checkpoint is None or not checkpoint.is_file():
             print(f"{label} seed {seed}: skipped, no checkpoint of {started_from} ({checkpoint})", flush=True)
             return
-        settings = {"stage": "align", **self.identity(checkpoint, seed), **stage.settings, **self.extra}
-        key = row_key(label, model, self.dataset, {**read_yaml_layer(stage_layer()), **settings})
+        settings, defaults = self.stage_settings(stage, checkpoint, seed)
+        key = row_key(label, model, self.dataset, {**defaults, **settings})
         self.keys.append(key)
         run_id = row_run_id(f"align-{self.dataset}", key)
         self.aligned[(label, seed)] = Path(self.extra.get("checkpoint_dir", "saved")) / f"{run_id}.pth"
@@ -364,6 +403,10 @@ class AlignBench:
         print(f"{label} seed {seed}: aligning {checkpoint} ...", flush=True)
         result = align_row(model, self.dataset, settings, run_id)
         self.aligned[(label, seed)] = Path(result["saved_model_file"])
+        if stage.kind == FINETUNE_STAGE:
+            result["reward_result"] = checkpoint_reward(
+                self.aligned[(label, seed)], self.rewards[seed], self.data_path, seed, self.reward_topk()
+            )
         self.table.append({"key": key, **result_row(label, started_from, model, seed, result),
                            "commit": self.commit, "command": run_command(model, self.dataset, settings)})  # fmt: skip
         self.report()

@@ -100,11 +100,14 @@ UNCHANGED_BEHAVIOUR: dict[str, Any] = {
     "history_negatives": False, "repeat_bias": False, "compile_model": False, "candidate_sampling": "uniform",
     "sid_scoring": "additive", "tie_code_embeddings": False, "item_feature_fields": [],
     "history_item_features": True, "candidate_item_features": True, "generation": "item",
-    "repeat_explore": False, "stage": "train",
+    "repeat_explore": False, "stage": "train", "from_checkpoint": None,
     # the policy-gradient methods' keys (properties/align.yaml): DPO and IPA rows never read them
     "align_clip": 0.2, "ecpo_early_clip": 0.1, "hepo_gamma": 1.0, "hepo_lambda": 0.95, "hepo_process_weights": [0.1],
-    "hepo_level_weights": [1.0], "hepo_value_weight": 0.5,
+    "hepo_level_weights": [1.0], "hepo_value_weight": 0.5, "hepo_critic_warmup": 0, "hepo_critic_learning_rate": 0.001,
 }  # fmt: skip
+# Keys one alignment method alone reads (by prefix -> the method): in a row's identity only when the row runs it, so a
+# new default of HEPO's makes its rows stale, not the DPO, IPA or ECPO rows.
+METHOD_KEY_PREFIXES = {"hepo_": "hepo", "ecpo_": "ecpo"}
 
 
 # The same, for keys one model's yaml gained while another model had them all along (with their value in its rows'
@@ -114,10 +117,13 @@ MODEL_UNCHANGED_BEHAVIOUR: dict[str, dict[str, Any]] = {
 }
 
 
-def _in_identity(model: str, key: str, value: Any) -> bool:
+def _in_identity(model: str, key: str, value: Any, method: str | None) -> bool:
     """Whether a setting is part of a row's identity: not the seed (rows of one config differ by it), not a
-    result-neutral key, not a key at the value that keeps the behaviour from before it existed."""
+    result-neutral key, not another alignment method's key, not a key at the value that keeps the behaviour from
+    before it existed."""
     if key == "seed" or key in RESULT_NEUTRAL_KEYS:
+        return False
+    if any(key.startswith(prefix) and method != owner for prefix, owner in METHOD_KEY_PREFIXES.items()):
         return False
     unchanged = {**UNCHANGED_BEHAVIOUR, **MODEL_UNCHANGED_BEHAVIOUR.get(model, {})}
     return not (key in unchanged and unchanged[key] == value)
@@ -127,7 +133,8 @@ def config_hash(label: str, model: str, dataset: str, settings: dict[str, Any]) 
     """Identity of a row's configuration, seed aside: its settings over the package defaults, so rows made before
     a bench config or a default they run on changed no longer match (a default a row overrides does not count)."""
     merged = {**package_defaults(model, dataset), **settings}
-    effective = {key: value for key, value in merged.items() if _in_identity(model, key, value)}
+    method = merged.get("align_method")
+    effective = {key: value for key, value in merged.items() if _in_identity(model, key, value, method)}
     return hashlib.sha1(json.dumps([label, model, effective], sort_keys=True).encode()).hexdigest()[:12]
 
 
