@@ -180,7 +180,7 @@ class AlignmentMethod:
 def item_slate_log_probs(model, interaction, slates: Tensor) -> Tensor:
     """``[B, C]`` GPR's log-probability of each one-item slate of ``slates`` (``[B, C, 1]``):
     :meth:`~recbole_oneranker.model.sequential_recommender.GPR.item_log_probs`."""
-    return model.item_log_probs(interaction, slates[..., 0])
+    return model.item_log_probs(model.encode_requests(interaction), slates[..., 0])
 
 
 def session_slate_log_probs(model, interaction, slates: Tensor) -> Tensor:
@@ -277,11 +277,12 @@ def beam_sessions(model, interaction, beam: int) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def sampled_items(model, interaction, count: int) -> Tensor:
-    """``[B, count]`` distinct items per request drawn without replacement from GPR's exact catalogue distribution
-    (:meth:`~recbole_oneranker.model.sequential_recommender.GPR.catalogue_log_probs`, the distribution its
-    ``item_log_probs`` score), by Gumbel-top-k: a sample of the model, as PPO's importance ratio needs."""
-    return sample_without_replacement(model.catalogue_log_probs(interaction), count)
+def sampled_items(model, requests, count: int) -> Tensor:
+    """``[B, count]`` distinct items per request (GPR's ``encode_requests``) drawn without replacement from GPR's
+    exact catalogue distribution (:meth:`~recbole_oneranker.model.sequential_recommender.GPR.catalogue_log_probs`,
+    the distribution its ``item_log_probs`` score), by Gumbel-top-k: a sample of the model, as PPO's importance
+    ratio needs."""
+    return sample_without_replacement(model.catalogue_log_probs(requests), count)
 
 
 def positive_feedback_level(config, dataset) -> int:
@@ -409,7 +410,8 @@ class HierarchyEnhancedPolicyOptimization(PolicyGradient):
 
     @torch.no_grad()
     def rollout(self, reference, reward_model, interaction) -> Rollout:
-        items = sampled_items(reference, interaction, self.beam)  # [B, K]
+        requests = reference.encode_requests(interaction)
+        items = sampled_items(reference, requests, self.beam)  # [B, K]
         codes = reference.item_codes[items]  # [B, K, L]
         seq_len = int(interaction[reference.ITEM_SEQ_LEN].max())
         history = interaction[reference.ITEM_SEQ][:, :seq_len]
@@ -419,7 +421,7 @@ class HierarchyEnhancedPolicyOptimization(PolicyGradient):
             slates=items.unsqueeze(-1),
             valid=items > 0,
             rewards=slate_rewards(reward_model, interaction, items.unsqueeze(-1)),
-            old_log_probs=reference.item_level_log_probs(interaction, items),
+            old_log_probs=reference.item_level_log_probs(requests, items),
             process=process_rewards(popularity, codes, self.process_weights),
         )
 
@@ -433,20 +435,21 @@ class HierarchyEnhancedPolicyOptimization(PolicyGradient):
         term, no policy term)."""
         rollout = self.rollout(reference, reward_model, interaction)
         with evaluation_mode(policy):
-            _, returns, values = self.advantages(policy, interaction, rollout)
+            _, returns, values = self.advantages(policy, policy.encode_requests(interaction), rollout)
         return (values - returns).pow(2).mean()
 
-    def advantages(self, policy, interaction, rollout: Rollout) -> tuple[Tensor, Tensor, Tensor]:
+    def advantages(self, policy, requests, rollout: Rollout) -> tuple[Tensor, Tensor, Tensor]:
         """``(advantages, returns, values)``, each ``[B, K, L]``: Eq. 10's advantages and critic targets from the
-        rollout's rewards and the policy's HTE values (detached for them), and those values with their gradient
-        (into the HTE only)."""
-        values = policy.level_values(interaction, rollout.slates[..., 0])
+        rollout's rewards and the policy's HTE values of ``requests`` (its ``encode_requests`` of the batch; detached
+        for them), and those values with their gradient (into the HTE only)."""
+        values = policy.level_values(requests, rollout.slates[..., 0])
         advantages, returns = hepo_advantages(rollout.process, rollout.rewards, values.detach(), self.gamma, self.lam)
         return advantages, returns, values
 
     def objective(self, policy, interaction, rollout: Rollout) -> AlignmentBatch:
-        log_probs = policy.item_level_log_probs(interaction, rollout.slates[..., 0])  # [B, K, L]
-        advantages, returns, values = self.advantages(policy, interaction, rollout)
+        requests = policy.encode_requests(interaction)  # one encoding for the log-probabilities and the values
+        log_probs = policy.item_level_log_probs(requests, rollout.slates[..., 0])  # [B, K, L]
+        advantages, returns, values = self.advantages(policy, requests, rollout)
         surrogate = clipped_surrogate(log_probs, rollout.old_log_probs, advantages, self.clip)  # [B, K, L]
         coefficients = torch.tensor(self.level_weights, dtype=surrogate.dtype, device=surrogate.device)
         policy_loss = (surrogate.mean(dim=1) * coefficients).sum(-1)  # [B]
@@ -499,7 +502,7 @@ class EarlyClippedPolicyOptimization(PolicyGradient):
     @torch.no_grad()
     def rollout(self, reference, reward_model, interaction) -> Rollout:
         if self.samples_items:
-            items = sampled_items(reference, interaction, self.beam)
+            items = sampled_items(reference, reference.encode_requests(interaction), self.beam)
             slates, valid = items.unsqueeze(-1), items > 0
         else:
             slates, valid = beam_sessions(reference, interaction, self.beam)

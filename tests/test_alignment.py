@@ -87,9 +87,10 @@ def test_gpr_item_log_probs_are_the_served_scores_and_a_distribution(gpr) -> Non
     items = torch.randint(1, model.n_items, (len(batch[model.ITEM_SEQ]), 6))
     with torch.no_grad():
         served = model.serve(batch).final_scores
-        log_probs = model.item_log_probs(batch, items)
+        requests = model.encode_requests(batch)
+        log_probs = model.item_log_probs(requests, items)
         catalogue = torch.arange(1, model.n_items).expand(len(items), -1)
-        every_item = model.item_log_probs(batch, catalogue)
+        every_item = model.item_log_probs(requests, catalogue)
     torch.testing.assert_close(log_probs, served.gather(1, items))
     torch.testing.assert_close(every_item.exp().sum(1), torch.ones(len(items)))
 
@@ -97,19 +98,20 @@ def test_gpr_item_log_probs_are_the_served_scores_and_a_distribution(gpr) -> Non
 def test_gpr_per_level_log_probs_sum_to_the_items(gpr) -> None:
     model, batch = gpr
     items = torch.randint(1, model.n_items, (len(batch[model.ITEM_SEQ]), 3))
-    per_level = model.item_level_log_probs(batch, items)
+    requests = model.encode_requests(batch)
+    per_level = model.item_level_log_probs(requests, items)
     assert per_level.shape == (*items.shape, model.item_codes.shape[1])
     assert (per_level <= 1e-6).all()
-    torch.testing.assert_close(per_level.sum(-1), model.item_log_probs(batch, items))
+    torch.testing.assert_close(per_level.sum(-1), model.item_log_probs(requests, items))
     per_level.sum().backward()  # differentiable
     assert model.generator.head_intents.weight.grad.abs().sum() > 0
-    assert model.level_values(batch, items).shape == per_level.shape
+    assert model.level_values(requests, items).shape == per_level.shape
 
 
 def test_gpr_without_hte_has_no_level_values(build_sid_model) -> None:
     model, _, test = build_sid_model(GPR, GPR_TINY, use_hte=False)
     with pytest.raises(ConfigError, match="use_hte"):
-        model.level_values(next(iter(test))[0], torch.ones(1, 1, dtype=torch.long))
+        model.level_values(model.encode_requests(next(iter(test))[0]), torch.ones(1, 1, dtype=torch.long))
 
 
 # -- the stage, end to end -------------------------------------------------------------------------------------------
@@ -435,8 +437,8 @@ def test_hepo_advantages_are_eq_10_of_the_rollout_and_the_htes_values(hepo) -> N
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(method, "gamma", 1.0)
         patch.setattr(method, "lam", 1.0)
-        patch.setattr(policy, "level_values", lambda interaction, candidates: known)
-        advantages, returns, values = method.advantages(policy, requests, rollout)
+        patch.setattr(policy, "level_values", lambda encoded, candidates: known)
+        advantages, returns, values = method.advantages(policy, policy.encode_requests(requests), rollout)
     assert values is known
     terminal = rollout.rewards.unsqueeze(-1)
     torch.testing.assert_close(advantages[..., :-1], (terminal - known.detach())[..., :-1])
@@ -450,8 +452,9 @@ def test_hepo_loss_is_the_per_level_clipped_surrogate_plus_the_critic(hepo) -> N
     torch.manual_seed(0)
     rollout = method.rollout(trainer.reference, trainer.reward_model, requests)
     batch = method.objective(policy, requests, rollout)
-    advantages, returns, values = method.advantages(policy, requests, rollout)
-    log_probs = policy.item_level_log_probs(requests, rollout.slates[..., 0])
+    encoded = policy.encode_requests(requests)
+    advantages, returns, values = method.advantages(policy, encoded, rollout)
+    log_probs = policy.item_level_log_probs(encoded, rollout.slates[..., 0])
     surrogate = clipped_surrogate(log_probs, rollout.old_log_probs, advantages, method.clip).mean(1)
     expected = (surrogate * torch.tensor(method.level_weights)).sum(-1).mean()
     expected = expected + method.value_weight * (values - returns).pow(2).mean()
@@ -530,7 +533,7 @@ def test_sampling_without_replacement_follows_the_distribution_statistically() -
 def test_the_stage_samples_distinct_real_items_from_the_reference(hepo) -> None:
     _, trainer, batches = hepo
     requests = _requests(trainer, batches)
-    items = sampled_items(trainer.reference, requests, trainer.method.beam)
+    items = sampled_items(trainer.reference, trainer.reference.encode_requests(requests), trainer.method.beam)
     assert items.shape == (len(requests), trainer.method.beam)
     assert (items > 0).all() and (items < trainer.reference.n_items).all()
     assert all(len(set(row.tolist())) == items.shape[1] for row in items)

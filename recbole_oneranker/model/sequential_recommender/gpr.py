@@ -12,6 +12,7 @@ deviation from it.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,21 @@ from recbole_oneranker.model.layers.sid_trie import constrained_beam_search
 from recbole_oneranker.model.serving import ServingResult
 
 USER_TOKEN, ITEM_TOKEN = 0, 1  # token types of the heterogeneous decoder: U (user features) and I (items)
+
+
+class EncodedRequests(NamedTuple):
+    """What GPR reads of each request's history at its last position (:meth:`GPR.encode_requests`): encode once,
+    then score as many candidates as needed.
+
+    Attributes:
+        users: ``[B, D]`` the HSD state (the HTE's input).
+        intents: ``[B, H, D]`` the MTP heads' intents after the thinking tokens.
+        copy: with ``repeat_explore``, the copy mixture's parts; else None.
+    """
+
+    users: Tensor
+    intents: Tensor
+    copy: RepeatExploreLogProbs | None
 
 
 class GPR(GenerativeRecommender):
@@ -240,9 +256,9 @@ class GPR(GenerativeRecommender):
 
     # -- inference --------------------------------------------------------------------------------------------
 
-    def _last_intents(self, interaction) -> tuple[Tensor, Tensor, RepeatExploreLogProbs | None]:
-        """At each row's last position: the HSD state ``[B, D]``, the heads' intents ``[B, H, D]`` and, with
-        ``repeat_explore``, the copy mixture's parts."""
+    def encode_requests(self, interaction) -> EncodedRequests:
+        """Each row's history read at its last position (:class:`EncodedRequests`), what :meth:`serve`,
+        :meth:`generate` and the alignment stage's log-probabilities and values read."""
         states = self.encode_by_length(interaction)
         seq_lens = interaction[self.ITEM_SEQ_LEN]
         positions = (seq_lens - 1).unsqueeze(1)  # [B, 1]
@@ -251,11 +267,11 @@ class GPR(GenerativeRecommender):
         if self.repeat_explore is not None:
             last = torch.zeros(states.shape[:2], dtype=torch.bool, device=states.device)
             copy = self._copy_parts(interaction, states, last.scatter_(1, positions, True))
-        return self.gather_indexes(states, seq_lens - 1), intents, copy
+        return EncodedRequests(self.gather_indexes(states, seq_lens - 1), intents, copy)
 
     def serve(self, interaction) -> ServingResult:
         """Every item's log-probability under the heads' mixture (+ ``hte_weight`` x the HTE's final value)."""
-        scores = self._catalogue_scores(*self._last_intents(interaction))
+        scores = self._catalogue_scores(*self.encode_requests(interaction))
         return ServingResult(retrieval_scores=scores, final_scores=scores)
 
     def _catalogue_scores(self, users: Tensor, intents: Tensor, copy: RepeatExploreLogProbs | None = None) -> Tensor:
@@ -279,7 +295,7 @@ class GPR(GenerativeRecommender):
 
     # -- preference alignment (docs/alignment.md) --------------------------------------------------------------
 
-    def catalogue_log_probs(self, interaction) -> Tensor:
+    def catalogue_log_probs(self, requests: EncodedRequests) -> Tensor:
         """``[B, n_items]`` the log-probability of generating each item at each request's last position: the
         distribution :meth:`item_log_probs` scores (the heads' mixture, each level normalised over the trie; the
         padding item 0 ``-inf``), over the whole catalogue at once. A policy-gradient stage samples from it.
@@ -289,10 +305,9 @@ class GPR(GenerativeRecommender):
         """
         if self.repeat_explore is not None:
             raise ConfigError("item log-probabilities cover the SID generator alone: set repeat_explore: False")
-        _, intents, _ = self._last_intents(interaction)
-        return self._mixture_catalogue_log_probs(intents)
+        return self._mixture_catalogue_log_probs(requests.intents)
 
-    def item_log_probs(self, interaction, items: Tensor) -> Tensor:
+    def item_log_probs(self, requests: EncodedRequests, items: Tensor) -> Tensor:
         """``[B, C]`` the log-probability of generating each of ``items`` (``[B, C]`` real item ids, > 0) at each
         request's last position: the heads' mixture, each level normalised over the trie's valid children, as
         :meth:`serve` scores the catalogue (without the HTE's ``hte_weight`` x value). Differentiable.
@@ -300,9 +315,9 @@ class GPR(GenerativeRecommender):
         Raises:
             ConfigError: with ``repeat_explore`` (the copy mixture has no such form).
         """
-        return self._mixture_prefix_log_probs(interaction, items)[..., -1]
+        return self._mixture_prefix_log_probs(requests, items)[..., -1]
 
-    def item_level_log_probs(self, interaction, items: Tensor) -> Tensor:
+    def item_level_log_probs(self, requests: EncodedRequests, items: Tensor) -> Tensor:
         """``[B, C, L]`` the mixture's conditional log-probability of each SID level of ``items`` (``[B, C]``) given
         the levels before it: with ``m_l = logsumexp_h(sum_{k <= l} log p_h(z_k | z_<k)) - log H`` (the mixture's
         log-probability of the item's first ``l`` codes), level ``l``'s entry is ``m_l - m_{l-1}``; the levels sum to
@@ -311,19 +326,18 @@ class GPR(GenerativeRecommender):
         Raises:
             ConfigError: with ``repeat_explore``.
         """
-        prefixes = self._mixture_prefix_log_probs(interaction, items)
+        prefixes = self._mixture_prefix_log_probs(requests, items)
         return torch.diff(prefixes, dim=-1, prepend=torch.zeros_like(prefixes[..., :1]))
 
-    def _mixture_prefix_log_probs(self, interaction, items: Tensor) -> Tensor:
+    def _mixture_prefix_log_probs(self, requests: EncodedRequests, items: Tensor) -> Tensor:
         """``[B, C, L]`` ``m_l``: the heads' mixture of the log-probability of each item's first ``l + 1`` codes."""
         if self.repeat_explore is not None:
             raise ConfigError("item log-probabilities cover the SID generator alone: set repeat_explore: False")
-        _, intents, _ = self._last_intents(interaction)
-        trie, _ = self.semantic_ids_on(intents.device)
-        per_head = self.generator.item_level_log_probs(intents, items - 1, trie).cumsum(-1)  # [B, H, C, L]
+        trie, _ = self.semantic_ids_on(items.device)
+        per_head = self.generator.item_level_log_probs(requests.intents, items - 1, trie).cumsum(-1)  # [B, H, C, L]
         return torch.logsumexp(per_head, dim=1) - math.log(self.mtp_heads)
 
-    def level_values(self, interaction, items: Tensor) -> Tensor:
+    def level_values(self, requests: EncodedRequests, items: Tensor) -> Tensor:
         """``[B, C, L]`` the HTE's value estimate after each SID level of ``items`` (``[B, C]``) at each request's
         last position (the critic of a policy-gradient stage).
 
@@ -332,9 +346,10 @@ class GPR(GenerativeRecommender):
         """
         if self.hte is None:
             raise ConfigError("level values come from the HTE: set use_hte: True")
-        users, _, _ = self._last_intents(interaction)
         count = items.shape[1]
-        values = self.hte(users.repeat_interleave(count, dim=0), self.item_codes[items].flatten(0, 1))  # [BC, L]
+        values = self.hte(
+            requests.users.repeat_interleave(count, dim=0), self.item_codes[items].flatten(0, 1)
+        )  # [BC, L]
         return values.view(len(items), count, -1)
 
     @torch.no_grad()
@@ -346,7 +361,7 @@ class GPR(GenerativeRecommender):
             ``items`` ``[B, k]`` internal item ids (0 where fewer exist) and their scores ``[B, k]``.
         """
         k = k or self.beam_size
-        users, intents, copy = self._last_intents(interaction)
+        users, intents, copy = self.encode_requests(interaction)
         batch, heads, _ = intents.shape
         trie, _ = self.semantic_ids_on(users.device)
         flat = intents.reshape(batch * heads, 1, -1)
