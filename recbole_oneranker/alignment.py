@@ -167,6 +167,11 @@ class AlignmentMethod:
         """The alignment loss of the requests of ``interaction`` (differentiable in ``policy`` only)."""
         raise NotImplementedError
 
+    def next_token_loss(self, policy, interaction) -> tuple[Tensor, ...]:
+        """The stage's next-token term: the policy's own training loss, its parts as ``calculate_loss`` gives them."""
+        parts = policy.calculate_loss(interaction)
+        return parts if isinstance(parts, tuple) else (parts,)
+
     def warm_up_parameters(self, policy) -> list[nn.Parameter]:
         """The parameters :meth:`warm_up_loss` fits, alone, for ``warmup_batches`` batches at
         ``warmup_learning_rate`` before the stage's first epoch."""
@@ -424,6 +429,13 @@ class HierarchyEnhancedPolicyOptimization(PolicyGradient):
             old_log_probs=reference.item_level_log_probs(requests, items),
             process=process_rewards(popularity, codes, self.process_weights),
         )
+
+    def next_token_loss(self, policy, interaction) -> tuple[Tensor, ...]:
+        """GPR's generation loss without its HTE term (``calculate_loss`` gives ``(generation, value)`` with the HTE,
+        which HEPO requires): the HTE is HEPO's critic here, trained on the returns alone; its pre-training target,
+        the normalised value, is on another scale and would pull it back at every batch."""
+        generation, _ = policy.calculate_loss(interaction)
+        return (generation,)
 
     def warm_up_parameters(self, policy) -> list[nn.Parameter]:
         """The critic's (the HTE's): it was pre-trained on the normalised value, while its targets here are the
@@ -713,8 +725,7 @@ class AlignmentTrainer(Trainer):
     def aligned_loss(self, interaction) -> tuple[Tensor, ...]:
         """The policy's next-token loss (its parts) and ``align_weight`` x the method's loss on the sampled
         requests, each request's whole history (the row as the loader gives it)."""
-        parts = self.model.calculate_loss(interaction)
-        parts = parts if isinstance(parts, tuple) else (parts,)
+        parts = self.method.next_token_loss(self.model, interaction)
         requests = interaction[self.sampled_requests(len(interaction))]
         batch = self.method.loss(self.model, self.reference, self.reward_model, requests)
         self.stats.add(batch)

@@ -478,6 +478,19 @@ def test_hepos_critic_is_the_hte_on_a_stop_gradient_of_the_trunk(hepo) -> None:
     policy.zero_grad()
 
 
+def test_hepos_next_token_term_leaves_the_critic_to_the_returns(hepo) -> None:
+    _, trainer, batches = hepo
+    policy, interaction = trainer.model.eval(), batches[0]
+    torch.manual_seed(0)
+    (generation,) = trainer.method.next_token_loss(policy, interaction)
+    torch.manual_seed(0)
+    torch.testing.assert_close(generation, policy.calculate_loss(interaction)[0])  # GPR's generation loss alone
+    policy.zero_grad()
+    generation.backward()
+    assert all(p.grad is None or not p.grad.any() for p in policy.hte.parameters())
+    policy.zero_grad()
+
+
 def test_hepo_refuses_a_gpr_checkpoint_without_hte(trained, tiny_data_path, tmp_path) -> None:
     from tests.conftest import TINY_CONFIG, write_tiny_sid_file
 
