@@ -180,9 +180,10 @@ def _mean(rows: list[dict[str, Any]], column: str) -> float:
 
 
 def _best_iterations(rows: list[dict[str, Any]], align_epochs: int) -> str:
-    """The iteration (from 1) of each seed's best validation epoch, e.g. ``1, 1, 2``; '-' for a pre-trained row."""
+    """The iteration (from 1) of each seed's best validation epoch, e.g. ``1, 1, 2``; '-' for a pre-trained or a
+    fine-tuned row (no iterations: its best epochs are in the Runs table)."""
     epochs = [row["best_epoch"] for row in rows]
-    if "-" in epochs:
+    if "-" in epochs or any(f"--stage={FINETUNE_STAGE}" in row["command"] for row in rows):
         return "-"
     return ", ".join(str(int(epoch) // align_epochs + 1) for epoch in epochs)
 
