@@ -206,7 +206,7 @@ def summary_line(label: str, rows: list[dict[str, Any]], start_rows: list[dict[s
         if reward_change > 0 and ndcg_change < 0:
             warning = (
                 f"WARNING: {label}: {reward} rose by {reward_change:.3g} while real test NDCG@10 fell by "
-                f"{-ndcg_change:.4f} against {rows[0]['started_from']} (the policy learned what the reward model "
+                f"{-ndcg_change:.2g} against {rows[0]['started_from']} (the policy learned what the reward model "
                 "likes, not what users did)"
             )
     return f"| {label} | {rows[0]['started_from'] or '-'} | {len(rows)} | " + " | ".join(cells) + " |", warning
