@@ -1,5 +1,6 @@
-"""Alignment benchmark: GPR's Table 3 (pre-trained, + DPO, + HEPO, + DPO + HEPO), GPR + ECPO, and OneRec's IPA
-(pre-trained, + 1 and 2 iterations) and + ECPO, with real test metrics beside the reward model's estimate.
+"""Alignment benchmark: GPR's Table 3 (pre-trained MTP, + VAFT, + VAFT + DPO, + VAFT + DPO + HEPO; and + DPO,
++ HEPO, + DPO + HEPO from the pre-trained row), GPR + ECPO, and OneRec's IPA (pre-trained, + 1 and 2 iterations)
+and + ECPO, with real test metrics beside the reward model's estimate.
 
     python bench/align.py --dataset ml-100k --policy GPR=saved/GPR-X.pth OneRec=saved/OneRec-Y.pth \\
         --reward saved/reward-ml-100k-seed2020.pth --set align_share=0.25
@@ -14,8 +15,10 @@ RewardModel for every seed; without it, each seed ``s`` uses its own, trained as
 it (``saved/reward-<dataset>-seed<s>.pth``, reused when it exists; about 20 minutes on one thread for ml-100k).
 For each policy and seed the rows are: the pre-trained checkpoint, evaluated as a run tests (full ranking, the
 candidate-set protocol, ``reward@K``), then the alignment stage from it (``run_recbole --stage=align ...``: GPR +
-DPO, + HEPO, + ECPO, and + DPO + HEPO, HEPO from the + DPO row's checkpoint as in GPR's Table 3; OneRec + IPA with 1
-and with 2 iterations, + ECPO), each with the command that reproduces it; ``--stages +HEPO +ECPO`` runs only the
+DPO, + HEPO, + ECPO, and + DPO + HEPO, HEPO from the + DPO row's checkpoint; GPR + VAFT, a fine-tuning
+(``run_recbole --stage=finetune --vaft=True ...``, then ``reward@K`` of its best checkpoint), + VAFT + DPO from it and
++ VAFT + DPO + HEPO from that, GPR's Table 3 order; OneRec + IPA with 1 and with 2 iterations, + ECPO), each with the
+command that reproduces it; ``--stages +HEPO +ECPO`` runs only the
 aligned rows of those suffixes (a row that starts after another, + DPO + HEPO, needs that row's checkpoint).
 
 Rows go to ``results/align-<dataset>.csv`` as they finish (a re-run skips finished rows; the stage's own resume
@@ -203,7 +206,7 @@ def summary_line(label: str, rows: list[dict[str, Any]], start_rows: list[dict[s
         if reward_change > 0 and ndcg_change < 0:
             warning = (
                 f"WARNING: {label}: {reward} rose by {reward_change:.3g} while real test NDCG@10 fell by "
-                f"{-ndcg_change:.4f} against {rows[0]['started_from']} (the policy learned what the reward model "
+                f"{-ndcg_change:.2g} against {rows[0]['started_from']} (the policy learned what the reward model "
                 "likes, not what users did)"
             )
     return f"| {label} | {rows[0]['started_from'] or '-'} | {len(rows)} | " + " | ".join(cells) + " |", warning
