@@ -200,7 +200,8 @@ def summary_line(label: str, rows: list[dict[str, Any]], start_rows: list[dict[s
     cells += [f"{_mean(rows, reward):.4g}", "-", "-", _best_iterations(rows, align_epochs)]
     warning = None
     if start_rows:
-        ndcg_change = _mean(rows, "test_ndcg@10") - _mean(start_rows, "test_ndcg@10")
+        # metrics come to 4 decimals, so their means' difference does to 6: beyond that is float noise (3.5e-18)
+        ndcg_change = round(_mean(rows, "test_ndcg@10") - _mean(start_rows, "test_ndcg@10"), 6)
         reward_change = _mean(rows, reward) - _mean(start_rows, reward)
         cells[-3:-1] = [f"{ndcg_change:+.4f}", f"{reward_change:+.3g}"]
         if reward_change > 0 and ndcg_change < 0:
