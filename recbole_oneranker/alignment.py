@@ -10,10 +10,11 @@ and ECPO).
 
 The policy starts from ``from_checkpoint`` (whose run's settings are the stage's defaults: ``Config``); a frozen copy
 of it is the reference, and a frozen RewardModel trained on the same dataset scores candidates. Per training batch
-the loss is the policy's next-token loss plus ``align_weight`` x the mean loss of an :class:`AlignmentMethod` (the
-registry :data:`ALIGNMENT_METHODS`, keyed by ``align_method``): the preference methods (:class:`BeamPreference`:
-DPO on the best and the worst of the policy's beam) and the policy-gradient ones (:class:`PolicyGradient`: HEPO and
-ECPO, with the reference as the behaviour policy of PPO's ratio). Early stopping and the best checkpoint follow the
+the loss is the policy's next-token loss (HEPO: without GPR's HTE term, the HTE being its critic) plus
+``align_weight`` x the mean loss of an :class:`AlignmentMethod` (the registry :data:`ALIGNMENT_METHODS`, keyed by
+``align_method``): the preference methods (:class:`BeamPreference`: DPO on the best and the worst of the policy's
+beam) and the policy-gradient ones (:class:`PolicyGradient`: HEPO and ECPO, with the reference as the behaviour
+policy of PPO's ratio; HEPO first fits its critic alone). Early stopping and the best checkpoint follow the
 usual validation metric on real held-out interactions; the run also reports ``reward@K``, the reward model's
 estimate of the policy's generated top-K on the test requests (``docs/alignment.md``).
 """
@@ -128,7 +129,8 @@ class AlignmentMethod:
     Subclasses set ``name`` (the ``align_method`` value), ``models`` (the model classes they align, the first
     model's own method first in the registry), ``iterative`` (whether ``align_iterations`` > 1 means something to
     them), ``statistics`` and ``unit`` (the epoch's progress line: :class:`AlignmentStats`), and implement
-    :meth:`loss`.
+    :meth:`loss`. They may change the stage's next-token term (:meth:`next_token_loss`) and fit some parameters alone
+    before the first epoch (:meth:`warm_up_parameters`, :meth:`warm_up_loss`, ``warmup_batches``: HEPO's critic).
 
     Constructor Args:
         config: the stage's config; dataset: the policy's training data.
