@@ -515,16 +515,18 @@ class EarlyClippedPolicyOptimization(PolicyGradient):
 
     @torch.no_grad()
     def rollout(self, reference, reward_model, interaction) -> Rollout:
-        if self.samples_items:
-            items = sampled_items(reference, reference.encode_requests(interaction), self.beam)
-            slates, valid = items.unsqueeze(-1), items > 0
+        if self.samples_items:  # one encoding of the histories for the draw and its log-probabilities
+            requests = reference.encode_requests(interaction)
+            items = sampled_items(reference, requests, self.beam)
+            slates, valid, old_log_probs = items.unsqueeze(-1), items > 0, reference.item_log_probs(requests, items)
         else:
             slates, valid = beam_sessions(reference, interaction, self.beam)
+            old_log_probs = self.log_probs(reference, interaction, slates)
         return Rollout(
             slates=slates,
             valid=valid,
             rewards=slate_rewards(reward_model, interaction, slates),
-            old_log_probs=self.log_probs(reference, interaction, slates),
+            old_log_probs=old_log_probs,
         )
 
     def objective(self, policy, interaction, rollout: Rollout) -> AlignmentBatch:
