@@ -571,3 +571,23 @@ def test_bench_without_a_path_starts_each_seed_from_its_own_checkpoint(tmp_path)
     assert align_bench.reward_checkpoints(args, None) == {
         seed: tmp_path / f"reward-ml-100k-seed{seed}.pth" for seed in (2020, 2021)
     }
+
+
+def test_a_reward_model_cut_short_is_trained_on_not_taken_as_final(tmp_path, monkeypatch) -> None:
+    from recbole_oneranker.bench import align as align_bench
+
+    for seed in (2020, 2021):
+        (tmp_path / f"reward-ml-100k-seed{seed}.pth").touch()  # the best so far, saved at every improvement
+    (tmp_path / "reward-ml-100k-seed2021-resume.pth").touch()  # seed 2021's training was cut short
+    trained: list[dict] = []
+
+    def train(settings, dataset, negatives):
+        trained.append(settings)
+        return {"checkpoint": tmp_path / f"{settings['run_id']}.pth"}
+
+    monkeypatch.setattr(align_bench.reward_bench, "train", train)
+    args = align_bench.parse_args(["--policy", "GPR", "--seeds", "2", "--checkpoint-dir", str(tmp_path)])
+    align_bench.reward_checkpoints(args, None)
+    assert [(settings["run_id"], settings["resume_training"]) for settings in trained] == [
+        ("reward-ml-100k-seed2021", True)
+    ]

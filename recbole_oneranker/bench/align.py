@@ -308,7 +308,7 @@ def policies(args: argparse.Namespace) -> dict[str, dict[int, Path]]:
 
 def reward_checkpoints(args: argparse.Namespace, data_path: str | None) -> dict[int, Path]:
     """Seed -> its reward model: ``--reward`` for every seed, else bench/reward.py's checkpoint of the dataset at
-    that seed (trained when missing)."""
+    that seed (trained when missing; a training cut short continues from its resume snapshot)."""
     if args.reward is not None:
         if not args.reward.is_file():
             raise ConfigError(f"--reward: no checkpoint at {args.reward}")
@@ -317,8 +317,9 @@ def reward_checkpoints(args: argparse.Namespace, data_path: str | None) -> dict[
     for seed in seeds(args):
         run_id = f"reward-{args.dataset}-seed{seed}"
         checkpoint = args.checkpoint_dir / f"{run_id}.pth"
-        if not checkpoint.is_file():
-            extra = {"run_id": run_id, "checkpoint_dir": str(args.checkpoint_dir)}
+        cut_short = (args.checkpoint_dir / f"{run_id}-resume.pth").is_file()  # its best so far is no final model
+        if not checkpoint.is_file() or cut_short:
+            extra = {"run_id": run_id, "checkpoint_dir": str(args.checkpoint_dir), "resume_training": True}
             if data_path:
                 extra["data_path"] = data_path
             print(f"training a RewardModel on {args.dataset} (seed {seed}) ...", flush=True)

@@ -329,6 +329,7 @@ def train(settings: dict[str, Any], dataset: str, valid_negatives: int) -> dict[
     recorder = ValidationRecorder()
     best_valid_score, _ = trainer.fit(train_data, valid_data, show_progress=False, callback_fn=recorder)
     test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    trainer.discard_snapshot()  # finished: with resume_training, no snapshot says the checkpoint is final
     return {
         "checkpoint": Path(trainer.saved_model_file),
         "best_valid_score": best_valid_score,
