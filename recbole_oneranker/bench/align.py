@@ -18,8 +18,8 @@ candidate-set protocol, ``reward@K``), then the alignment stage from it (``run_r
 DPO, + HEPO, + ECPO, and + DPO + HEPO, HEPO from the + DPO row's checkpoint; GPR + VAFT, a fine-tuning
 (``run_recbole --stage=finetune --vaft=True ...``, then ``reward@K`` of its best checkpoint), + VAFT + DPO from it and
 + VAFT + DPO + HEPO from that, GPR's Table 3 order; OneRec + IPA with 1 and with 2 iterations, + ECPO), each with the
-command that reproduces it; ``--stages +HEPO +ECPO`` runs only the
-aligned rows of those suffixes (a row that starts after another, + DPO + HEPO, needs that row's checkpoint).
+command that reproduces it; ``--stages +HEPO +ECPO`` runs only the aligned rows of those suffixes (a row that
+starts after another, + DPO + HEPO, needs that row's checkpoint).
 
 Rows go to ``results/align-<dataset>.csv`` as they finish (a re-run skips finished rows; the stage's own resume
 snapshots continue a killed row) and ``results/align-<dataset>.md`` is rewritten after each from the rows of this

@@ -347,9 +347,8 @@ class GPR(GenerativeRecommender):
         if self.hte is None:
             raise ConfigError("level values come from the HTE: set use_hte: True")
         count = items.shape[1]
-        values = self.hte(
-            requests.users.repeat_interleave(count, dim=0), self.item_codes[items].flatten(0, 1)
-        )  # [BC, L]
+        users = requests.users.repeat_interleave(count, dim=0)  # [BC, D]
+        values = self.hte(users, self.item_codes[items].flatten(0, 1))  # [BC, L]
         return values.view(len(items), count, -1)
 
     @torch.no_grad()
