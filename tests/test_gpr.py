@@ -341,6 +341,20 @@ def test_the_copy_mixture_is_a_distribution_whose_target_scores_are_the_catalogu
     assert copy[0, [3, 5]].sum().item() == pytest.approx(1.0, abs=1e-5)  # item 3 sums its two positions
 
 
+def test_the_copy_at_a_position_reads_the_history_up_to_it_and_no_further() -> None:
+    torch.manual_seed(0)
+    mixture = RepeatExplore(RepeatExploreConfig(hidden_size=4))
+    states, history = torch.randn(2, 4, 4), torch.tensor([[3, 5, 3, 6], [2, 4, 0, 0]])
+    rows, columns = torch.tensor([0, 0, 1]), torch.tensor([1, 3, 1])
+    parts = mixture.at_positions(states, history, rows, columns)
+    visible = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]]).bool()  # written out
+    reference = mixture(states[rows, columns], states[rows], history[rows], visible)
+    torch.testing.assert_close(parts.log_attention, reference.log_attention)
+    torch.testing.assert_close(parts.log_repeat, reference.log_repeat)
+    copy = parts.of_catalogue(torch.full((3, 7), -1e9)).exp() / parts.log_repeat.exp()[:, None]
+    assert copy[0, 6] < 1e-30 and copy[0, [3, 5]].sum().item() == pytest.approx(1.0)  # item 6 comes later
+
+
 def test_a_target_outside_the_history_has_finite_gradients() -> None:
     parts, users = _copy_parts()
     parts.of_targets(torch.tensor([6, 6]), torch.tensor([-2.0, -3.0])).sum().backward()

@@ -33,6 +33,11 @@ ONERANKER_TINY = {
 RANKER_PARTS = ("ranker.", "rank_gate")
 SID = {"generation": "sid", "mtp_heads": 2, "num_thinking_tokens": 2}  # step 1 generating semantic IDs
 MODES = [pytest.param({}, id="item"), pytest.param(SID, id="sid")]
+# Step 1 mixed with the copy of a history item: item generation's full softmax, or SID generation
+REPEATS = [
+    pytest.param({"repeat_explore": True, "loss_type": "full_softmax"}, id="item-repeat"),
+    pytest.param({**SID, "repeat_explore": True}, id="sid-repeat"),
+]
 
 
 @pytest.fixture
@@ -203,10 +208,13 @@ def test_history_negatives_reach_the_generation_loss(build):
     assert with_seen > without
 
 
-@pytest.mark.parametrize("mode", [pytest.param({"n_gen_heads": 2}, id="item"), pytest.param(SID, id="sid")])
+@pytest.mark.parametrize("mode", [pytest.param({"n_gen_heads": 2}, id="item"), pytest.param(SID, id="sid"), *REPEATS])
 def test_gradients_reach_every_parameter(build, mode):
     model, train, _ = build(**mode)
-    _loss(model, next(iter(train))).backward()
+    batch = next(iter(train))
+    if model.repeat_explore is not None:  # ml-tiny users never rate a movie twice: the copy attention needs a repeat
+        batch["item_id"] = batch["item_id_list"][:, 0].clone()
+    _loss(model, batch).backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
@@ -276,7 +284,7 @@ def test_repeat_bias_is_learned_and_keeps_seen_items_out_of_the_candidates(build
     assert not seen.gather(1, top).any()
 
 
-@pytest.mark.parametrize("overrides", [{}, {"repeat_bias": True, "history_negatives": True}, SID])
+@pytest.mark.parametrize("overrides", [{}, {"repeat_bias": True, "history_negatives": True}, SID, *REPEATS])
 def test_full_sort_puts_ranked_candidates_first(build, overrides):
     model, _, test = build(**overrides)
     model.eval()
@@ -284,6 +292,8 @@ def test_full_sort_puts_ranked_candidates_first(build, overrides):
     with torch.no_grad():
         if model.repeat_shift is not None:
             model.repeat_shift.shift.fill_(-0.2)
+        if model.repeat_explore is not None:  # an even mixture: both parts decide the order
+            model.repeat_explore.gate.bias.fill_(0.0)
         served = model.serve(batch)
         scores, candidates = served.final_scores, served.candidates
         torch.testing.assert_close(scores, model.full_sort_predict(batch))
@@ -404,3 +414,51 @@ def test_sid_generation_refuses_item_heads(build):
     with pytest.raises(ConfigError, match="with generation: sid, step 1's heads are mtp_heads"):
         build(**SID, n_gen_heads=2)
     assert build()[0].generator is None  # item generation builds no SID part
+
+
+# -- repeat_explore: step 1 mixed with the copy of a history item (not in the paper; GPR's and OneRec's mixture) ----
+
+
+@pytest.mark.parametrize("mode", REPEATS)
+def test_repeat_explore_retrieves_a_distribution_that_copies_the_history_when_the_gate_says_repeat(build, mode):
+    model, _, test = build(**mode)
+    model.eval()
+    batch = next(iter(test))[0]
+    with torch.no_grad():  # the task gate starts at 0: retrieval is step 1's mixture alone
+        retrieval = model.serve(batch).retrieval_scores
+        torch.testing.assert_close(retrieval.exp().sum(1), torch.ones(len(batch)))
+        model.repeat_explore.gate.bias.fill_(30.0)  # P(repeat) = 1
+        candidates = model.serve(batch).candidates
+    lengths = batch["item_length"]
+    for row, items in enumerate(candidates.tolist()):
+        history = set(batch["item_id_list"][row, : lengths[row]].tolist())
+        on_top = items[: len(history)]  # the copied items outscore every generated one
+        assert set(on_top) == history if len(history) <= len(items) else set(items) <= history
+
+
+def test_item_repeat_explore_trains_the_mixture_of_the_full_softmax(build):
+    model, train, _ = build(repeat_explore=True, loss_type="full_softmax")
+    model.eval()  # no dropout: the loss's states are the ones read back
+    batch = next(iter(train))
+    with torch.no_grad():
+        states, loss = model.encode_with_generation_loss(batch)
+        targets = model.next_items(batch, states.shape[1])
+        mixture = model.repeat_explore
+        expected = []  # the mixture written out, position by position
+        for row, column in targets.gt(0).nonzero().tolist():
+            state, target = states[row, column], targets[row, column]
+            logits = model.user_vectors(state) @ model.item_vectors()[1:].T / model.temperature  # padding excluded
+            generated = logits.softmax(0)[target - 1]
+            keys = mixture.key(states[row, : column + 1])
+            attention = (mixture.query(state) @ keys.T / math.sqrt(model.hidden_size)).softmax(0)
+            copied = attention[batch["item_id_list"][row, : column + 1] == target].sum()
+            repeat = torch.sigmoid(mixture.gate(state)).squeeze()
+            expected.append(-torch.log(repeat * copied + (1 - repeat) * generated))
+    torch.testing.assert_close(loss, torch.stack(expected).mean())
+
+
+def test_repeat_explore_refuses_a_sampled_softmax_and_the_repeat_shift(build):
+    with pytest.raises(ConfigError, match="set loss_type: full_softmax"):
+        build(repeat_explore=True)
+    with pytest.raises(ConfigError, match="repeat_explore and repeat_bias"):
+        build(**SID, repeat_explore=True, repeat_bias=True, history_negatives=True)

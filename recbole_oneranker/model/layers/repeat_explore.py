@@ -117,6 +117,13 @@ class RepeatExplore(nn.Module):
             history=history,
         )
 
+    def at_positions(self, states: Tensor, history: Tensor, rows: Tensor, columns: Tensor) -> RepeatExploreLogProbs:
+        """The parts for the users at positions ``(rows[p], columns[p])`` of a causal encoder's ``states``
+        (``[B, N, D]``), each copying from the history items at its own position and before (``history``:
+        ``[B, N]`` item ids, 0-padded, the first of each row real)."""
+        before = torch.arange(states.shape[1], device=states.device) <= columns.unsqueeze(1)  # [P, N]
+        return self(states[rows, columns], states, history, before & (history[rows] > 0), rows)
+
 
 def _safe_log(probabilities: Tensor) -> Tensor:
     """``log`` that stays finite, and so has finite gradients, at 0: an item outside the history gets a copy

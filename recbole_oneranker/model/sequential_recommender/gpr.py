@@ -227,9 +227,7 @@ class GPR(GenerativeRecommender):
         """The repeat-explore mixture's parts at the ``positions`` (``[B, N]`` bool) of the rows' HSD ``states``
         (``[B, N, D]``): each position copies from the history items up to itself."""
         rows, columns = positions.nonzero(as_tuple=True)
-        history = interaction[self.ITEM_SEQ][:, : states.shape[1]]
-        visible = torch.arange(states.shape[1], device=states.device) <= columns.unsqueeze(1)  # [P, N]
-        return self.repeat_explore(states[rows, columns], states, history, visible & (history[rows] > 0), rows)
+        return self.repeat_explore.at_positions(states, interaction[self.ITEM_SEQ][:, : states.shape[1]], rows, columns)
 
     def _stages_reached(self, interaction, seq_len: int, valid: Tensor) -> Tensor:
         """``[P]`` how many cascade stages the next interaction of each valid position reached (0 without one)."""

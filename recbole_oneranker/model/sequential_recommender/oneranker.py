@@ -29,6 +29,9 @@ from recbole_oneranker.model.layers import (
     QueryDecoderConfig,
     RankingDecoder,
     RankingDecoderConfig,
+    RepeatExplore,
+    RepeatExploreConfig,
+    RepeatExploreLogProbs,
     SequenceEncoder,
     SequenceEncoderConfig,
     SIDGenerator,
@@ -106,6 +109,7 @@ class DecoderInputs:
         flat_states: ``[BR, D]`` step-1 states at the positions (not detached: the generator's users).
         targets: ``[BR]`` the next item after each position.
         flat_intents: ``[BR, H, D]`` the SID heads' intents at the positions (``generation: sid``), else None.
+        copy: the repeat-explore mixture's parts at the positions (``repeat_explore``), else None.
     """
 
     memory: Tensor
@@ -116,6 +120,7 @@ class DecoderInputs:
     flat_states: Tensor
     targets: Tensor
     flat_intents: Tensor | None = None
+    copy: RepeatExploreLogProbs | None = None
 
 
 @dataclass
@@ -167,6 +172,12 @@ class OneRanker(GenerativeRecommender):
     ``decoder_positions`` positions per sequence in training (always including the last), at the last at inference.
     With ``generation: sid`` the candidates are the top items by exact SID log-probability (what a trie beam of
     unbounded width returns) rather than a beam's, and the Fake Item Tokens stay centroids of the item table.
+
+    Added, off by default (``repeat_explore``; not in the paper, as GPR's and OneRec's): step 1's distribution mixed
+    with a copy attention over the history's items (RepeatNet), the same layer GPR-repeat uses, so that OneRanker
+    and GPR can be compared with the same means of scoring a seen item. Step 1 is then a normalised distribution at
+    every position (item generation needs ``loss_type: full_softmax``), and the retrieval logit is its
+    log-probability.
     """
 
     LEGACY_KEYS = (
@@ -210,6 +221,7 @@ class OneRanker(GenerativeRecommender):
             raise ConfigError("gamma (the DC loss) needs the ranker as its teacher: set use_ranker: True or gamma: 0")
         if self.use_ranker and self.num_candidates < 2:
             raise ConfigError(f"num_candidates must be at least 2, got {self.num_candidates}")
+        self._check_repeat_explore(config)
 
         # define layers and loss
         d = self.hidden_size
@@ -276,12 +288,27 @@ class OneRanker(GenerativeRecommender):
                     scoring=config["sid_scoring"],
                 )
             )
+        self.repeat_explore = RepeatExplore(RepeatExploreConfig(d)) if config["repeat_explore"] else None
 
         # parameters initialization (the encoder initialised the backbone) and first Fake Item Tokens
         code_inputs = list(self.code_inputs) if self.generator is not None else []
         for embedding in (self.level_embedding, *self.user_token_embeddings.values(), *code_inputs):
             nn.init.normal_(embedding.weight, std=0.02)
         self.refresh_fake_items(seed=config["seed"])
+
+    @staticmethod
+    def _check_repeat_explore(config) -> None:
+        """Refuse the copy mixture where step 1 has no normalised distribution to mix it with, or beside the repeat
+        shift (two models of the same repeats, trained against each other)."""
+        if not config["repeat_explore"]:
+            return
+        if config["generation"] == "item" and config["loss_type"] != "full_softmax":
+            raise ConfigError(
+                "repeat_explore mixes step 1's normalised distribution over the catalogue, which a sampled softmax "
+                "does not train: with generation: item set loss_type: full_softmax"
+            )
+        if config["repeat_bias"]:
+            raise ConfigError("repeat_explore and repeat_bias both model repeated items: set one of them")
 
     # -- Fake Item Tokens -------------------------------------------------------------------------------------
 
@@ -516,9 +543,13 @@ class OneRanker(GenerativeRecommender):
         targets = self.next_items(bucket, states.shape[1])  # [b, n]
         valid = targets > 0
         users = self._generation_users(states[valid])  # [P, H, D]
-        return self.softmax(
+        nll = self.softmax(
             lambda items, u=users: self._generation_logits(u, items), targets[valid], self.seen_at(bucket, valid)
         )
+        if self.repeat_explore is None:
+            return nll
+        copy = self._copy_parts(bucket, states, *valid.nonzero(as_tuple=True))  # a full softmax: -nll is log p
+        return -copy.of_targets(targets[valid], -nll)
 
     def _sid_nll(self, bucket, states: Tensor) -> Tensor:
         """``[P]`` the SID paths' loss at each position with a next item: head ``j`` generates the ``j``-th next
@@ -531,7 +562,37 @@ class OneRanker(GenerativeRecommender):
         valid = targets[..., 0] > 0
         head_targets = targets[valid]  # [P, H]
         log_probs = self.generator.path_log_probs(intents[valid], self.item_codes[head_targets]).sum(-1)  # [P, H]
+        if self.repeat_explore is not None:  # the next item (head 1's) may also be copied from the history
+            copy = self._copy_parts(bucket, states, *valid.nonzero(as_tuple=True))
+            log_probs = torch.cat(
+                [copy.of_targets(head_targets[:, 0], log_probs[:, 0]).unsqueeze(1), log_probs[:, 1:]], 1
+            )
         return -((head_targets > 0).float() * log_probs).sum(-1) / self.mtp_heads
+
+    def _copy_parts(self, interaction, states: Tensor, rows: Tensor, columns: Tensor) -> RepeatExploreLogProbs:
+        """The repeat-explore mixture's parts at positions ``(rows[p], columns[p])`` of the step-1 ``states``
+        (``[B, N, D]``), each copying from the history items up to itself."""
+        history = interaction[self.ITEM_SEQ][:, : states.shape[1]]
+        return self.repeat_explore.at_positions(states, history, rows, columns)
+
+    def _mixed_generation(self, queries: Tensor, copy: RepeatExploreLogProbs) -> Tensor:
+        """``[P, n_items]`` step 1's log-probability of every item under the repeat-explore mixture (the padding
+        item ``-inf``), from user vectors or SID intents ``queries`` and the mixture's parts at the same positions."""
+        if self.generator is not None:
+            return copy.of_catalogue(self._sid_logits(queries))
+        logits = self._generation_logits(queries, self.item_vectors())
+        return copy.of_catalogue(
+            logits.index_fill(1, logits.new_zeros(1, dtype=torch.long), float("-inf")).log_softmax(1)
+        )
+
+    def _catalogue_generation(self, interaction, states: Tensor, seq_lens: Tensor, queries: Tensor) -> Tensor | None:
+        """``[B, n_items]`` step 1's score of every item at each row's last position where only the whole catalogue
+        gives it: the SID heads' log-probabilities (``generation: sid``), under the copy mixture with
+        ``repeat_explore``. None for item logits alone (each item's is its own dot product)."""
+        if self.repeat_explore is not None:
+            rows = torch.arange(len(states), device=states.device)
+            return self._mixed_generation(queries, self._copy_parts(interaction, states, rows, seq_lens - 1))
+        return None if self.generator is None else self._sid_logits(queries)
 
     def decoder_inputs(self, interaction, states: Tensor) -> DecoderInputs:
         """Draw the training decoding positions of each row and run step 2 there (``states``: ``[B, N, D]``)."""
@@ -544,9 +605,11 @@ class OneRanker(GenerativeRecommender):
         memory = states if self.decoders_train_backbone else states.detach()
         # Step 2 after the gather: the order two uses of `states` enter the graph is the order their gradients sum in.
         tokens = self._step2(memory, positions, seq_lens)
-        intents = None
+        intents = copy = None
         if self.generator is not None:  # the SID heads read the (undetached) states up to each position
             intents = self.generator.intents(states, visible_states(states.shape[1], positions, seq_lens))
+        if self.repeat_explore is not None:
+            copy = self._copy_parts(interaction, states, rows.expand_as(positions).flatten(), positions.flatten())
         return DecoderInputs(
             memory=memory,
             positions=positions,
@@ -556,12 +619,16 @@ class OneRanker(GenerativeRecommender):
             flat_states=flat_states,
             targets=targets.gather(1, positions).flatten(),
             flat_intents=None if intents is None else intents.flatten(0, 1),
+            copy=copy,
         )
 
     def training_candidates(self, interaction, inputs: DecoderInputs) -> TrainingCandidates:
         """The ranker's training sets at the decoding positions, as its loss builds them."""
         queries = self._generation_users(inputs.flat_states) if inputs.flat_intents is None else inputs.flat_intents
-        retrieval = self._retrieval_logits(queries, inputs.flat_tokens, self.item_vectors())  # [BR, n_items]
+        generation = None if inputs.copy is None else self._mixed_generation(queries, inputs.copy)
+        retrieval = self._retrieval_logits(
+            queries, inputs.flat_tokens, self.item_vectors(), generation
+        )  # [BR, n_items]
         if self.repeat_shift is not None:  # the items each position has seen, [BR, max_len] 0-padded
             seen = seen_before(interaction[self.ITEM_SEQ])  # causal, so untruncated padding changes nothing
             rows = torch.arange(len(inputs.positions), device=seen.device).unsqueeze(1)
@@ -636,7 +703,8 @@ class OneRanker(GenerativeRecommender):
         every other item (kept in retrieval order)."""
         states, seq_lens, positions, users, tokens = self._last_position(interaction)
         flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
-        retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors())  # [B, n_items]
+        generation = self._catalogue_generation(interaction, states, seq_lens, users)
+        retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors(), generation)  # [B, n_items]
         retrieval = self.shift_seen(retrieval, interaction[self.ITEM_SEQ], in_logits=True)
         if not self.use_ranker:
             return ServingResult(retrieval_scores=retrieval, final_scores=retrieval)
@@ -660,10 +728,11 @@ class OneRanker(GenerativeRecommender):
             None if tensor is None else tensor[request_of_row] for tensor in steps
         )
         items = interaction[self.ITEM_ID]
-        generation = None
-        if self.generator is not None:  # exact SID scores: the catalogue's once per request, then each row's item
-            _, _, _, request_intents, _ = steps
-            generation = self._sid_logits(request_intents)[request_of_row].gather(1, items.unsqueeze(1))
+        # Exact SID scores or the copy mixture's: the catalogue's once per request, then each row's item.
+        request_states, request_lens, _, request_queries, _ = steps
+        generation = self._catalogue_generation(requests, request_states, request_lens, request_queries)
+        if generation is not None:
+            generation = generation[request_of_row].gather(1, items.unsqueeze(1))
         flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
         item_vectors = self.item_vectors(items).unsqueeze(1)
         retrieval = self._retrieval_logits(users, flat_tokens, item_vectors, generation).squeeze(1)
