@@ -581,9 +581,7 @@ class OneRanker(GenerativeRecommender):
         if self.generator is not None:
             return copy.of_catalogue(self._sid_logits(queries))
         logits = self._generation_logits(queries, self.item_vectors())
-        return copy.of_catalogue(
-            logits.index_fill(1, logits.new_zeros(1, dtype=torch.long), float("-inf")).log_softmax(1)
-        )
+        return copy.of_catalogue(F.pad(logits[:, 1:].log_softmax(1), (1, 0), value=float("-inf")))
 
     def _catalogue_generation(self, interaction, states: Tensor, seq_lens: Tensor, queries: Tensor) -> Tensor | None:
         """``[B, n_items]`` step 1's score of every item at each row's last position where only the whole catalogue
