@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recbole_oneranker.bench.repeats import repeat_targets, split_by_repeats
+from recbole_oneranker.bench.repeats import EARLIER, LAST, NEW, repeat_targets, split_by_repeats
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset
 
 # user -> items in time order; the last is the test target, the one before it the valid target
-HISTORIES = {"1": [1, 2, 3, 4, 3], "2": [5, 6, 7, 8, 5], "3": [1, 2, 5, 6, 9]}
+HISTORIES = {"1": [1, 2, 3, 4, 3], "2": [5, 6, 7, 8, 5], "3": [1, 2, 5, 6, 9], "4": [2, 7, 9, 9]}
 
 
 @pytest.fixture
@@ -27,12 +27,16 @@ def test_a_repeat_is_a_target_inside_the_window_the_model_reads(repeat_data):
     repeats = repeat_targets("SASRec", "rep-tiny", settings)
     dataset = create_dataset(Config("SASRec", "rep-tiny", None, {**settings, "state": "ERROR"}))
     by_token = {user: repeats[int(dataset.token2id("user_id", user))] for user in HISTORIES}
-    # user 1's 3 is in its last two items (3, 4); user 2's 5 is older than them; user 3's 9 is new
-    assert by_token == {"1": True, "2": False, "3": False}
+    # user 1's 3 is in its last two items (3, 4); user 2's 5 is older than them; user 3's 9 is new; user 4's 9 is
+    # the last item it read (its validation target)
+    assert by_token == {"1": EARLIER, "2": NEW, "3": NEW, "4": LAST}
+    last = repeat_targets("SASRec", "rep-tiny", {**settings, "MAX_ITEM_LIST_LENGTH": 4})
+    by_token = {user: last[int(dataset.token2id("user_id", user))] for user in HISTORIES}
+    assert by_token == {"1": EARLIER, "2": EARLIER, "3": NEW, "4": LAST}  # a wider window holds user 2's 5
 
 
 def test_split_by_repeats_averages_each_part_per_seed_then_over_seeds(tmp_path):
-    repeats = {10: True, 11: True, 12: False, 13: False}
+    repeats = {10: LAST, 11: EARLIER, 12: NEW, 13: NEW}
     rows = []
     for seed, ranks in enumerate([[1, 3, 2, 50], [1, 20, 1, 1]]):
         np.save(tmp_path / f"ranks{seed}.npy", np.array(ranks))
@@ -46,3 +50,4 @@ def test_split_by_repeats_averages_each_part_per_seed_then_over_seeds(tmp_path):
     assert split["ndcg_repeat"][0] == pytest.approx(((ndcg[1] + ndcg[3]) / 2 + ndcg[1] / 2) / 2)
     assert split["ndcg_new"][0] == pytest.approx((ndcg[2] / 2 + 1.0) / 2)
     assert split["hit_all"][0] == pytest.approx((0.75 + 0.75) / 2) and split["hit_all"][1] == 0.0
+    assert split["ndcg_last"][0] == pytest.approx(1.0) and split["ndcg_earlier"][0] == pytest.approx(ndcg[3] / 2)

@@ -619,18 +619,22 @@ def main(argv: list[str] | None = None) -> int:
 def repeats_markdown(
     dataset: str, share: float, report: list[tuple[str, int, dict[str, tuple[float, float]]]], k: int, command: str
 ) -> str:
-    """Per benchmark row, HR@k and NDCG@k on all, repeat and new targets (mean ± t-interval when several seeds)."""
-    parts = ("all", "repeat", "new")
-    header = ["row", "seeds", *(f"NDCG@{k} {part}" for part in parts), *(f"HR@{k} {part}" for part in parts)]
+    """Per benchmark row, NDCG@k on all, repeat (of the last or an earlier history item) and new targets, and HR@k
+    on all, repeat and new ones (mean ± t-interval when several seeds)."""
+    columns = [("ndcg", part) for part in ("all", "repeat", "last", "earlier", "new")]
+    columns += [("hit", part) for part in ("all", "repeat", "new")]
+    names = {"ndcg": f"NDCG@{k}", "hit": f"HR@{k}"}
+    header = ["row", "seeds", *(f"{names[name]} {part}" for name, part in columns)]
     rows = [
-        [label, str(seeds), *(_mean_cell(split[f"{name}_{part}"], seeds) for name in ("ndcg", "hit") for part in parts)]
+        [label, str(seeds), *(_mean_cell(split[f"{name}_{part}"], seeds) for name, part in columns)]
         for label, seeds, split in report
     ]
     intro = (
         f"Produced by {command} from the rank files of the benchmark rows (no training).\n"
         f"{share:.1%} of the test users' targets are among the items of the history their test row holds "
-        "(the model's input window); *repeat* columns average over those users, *new* over the others; mean ± "
-        "95% t-interval over seeds."
+        "(the model's input window); *repeat* columns average over those users, *last* over those whose target is "
+        "the history's last item (under leave-one-out, the validation target), *earlier* over the rest of them, "
+        "*new* over the others; mean ± 95% t-interval over seeds."
     )
     return f"# Test metrics by repeat and new targets: {dataset}\n\n{intro}\n\n{_table(header, rows)}\n"
 

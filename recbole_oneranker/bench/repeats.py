@@ -3,6 +3,8 @@
 On the Taobao funnel most test targets are items the user has viewed before; a model that can point back at a
 history item scores there, one that cannot scores little anywhere (new items are rarely hit by any model). This
 split, from the rank files the benchmark rows already wrote, says which part of a row's NDCG@K comes from repeats.
+A repeat is further split into one of the last history item (under leave-one-out, the test target repeating the
+validation target) and one of an earlier item: the two ask different things of a model.
 Used by ``python bench/diagnose.py repeats``.
 """
 
@@ -18,35 +20,46 @@ from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset, data_preparation
 from recbole_oneranker.evaluator.ranking import rank_metrics
 
-__all__ = ["repeat_targets", "repeats_report", "split_by_repeats"]
+__all__ = ["EARLIER", "LAST", "NEW", "TARGET_KINDS", "repeat_targets", "repeats_report", "split_by_repeats"]
+
+LAST, EARLIER, NEW = "last", "earlier", "new"
+TARGET_KINDS = (LAST, EARLIER, NEW)
 
 
-def repeat_targets(model: str, dataset: str, settings: dict[str, Any]) -> dict[int, bool]:
-    """Test user id -> whether the user's test target is among the history items of the test row (the model's
-    input window: the last ``MAX_ITEM_LIST_LENGTH`` interactions before the target)."""
+def repeat_targets(model: str, dataset: str, settings: dict[str, Any]) -> dict[int, str]:
+    """Test user id -> what the user's test target is to the history items of the test row (the model's input
+    window: the last ``MAX_ITEM_LIST_LENGTH`` interactions before the target): the last of them (``LAST``), another
+    of them (``EARLIER``), or none (``NEW``)."""
     config = Config(model, dataset, None, {**settings, "show_progress": False, "state": "ERROR"})
     _, _, test_data = data_preparation(config, create_dataset(config))
-    repeats: dict[int, bool] = {}
+    repeats: dict[int, str] = {}
     for batch in test_data:
         interaction = batch[0]  # full-ranking loaders give (interaction, history index, positive u, positive i)
         items = config["ITEM_ID_FIELD"]
         history, target = interaction[items + config["LIST_SUFFIX"]], interaction[items]
-        is_repeat = (history == target.unsqueeze(1)).any(dim=1)
-        repeats.update(zip(interaction[config["USER_ID_FIELD"]].tolist(), is_repeat.tolist(), strict=True))
+        last = history.gather(1, (interaction[config["ITEM_LIST_LENGTH_FIELD"]] - 1).unsqueeze(1)).squeeze(1)
+        in_history = (history == target.unsqueeze(1)).any(dim=1)
+        kinds = [LAST if at_last else EARLIER if seen else NEW for at_last, seen in zip(
+            (last == target).tolist(), in_history.tolist(), strict=True)]  # fmt: skip
+        repeats.update(zip(interaction[config["USER_ID_FIELD"]].tolist(), kinds, strict=True))
     return repeats
 
 
-def split_by_repeats(rows: list[dict[str, Any]], repeats: dict[int, bool], k: int) -> dict[str, tuple[float, float]]:
-    """Mean and t-interval over the rows' seeds of HR@k and NDCG@k on all test users, on those whose target
-    repeats a history item and on the others."""
+def split_by_repeats(rows: list[dict[str, Any]], repeats: dict[int, str], k: int) -> dict[str, tuple[float, float]]:
+    """Mean and t-interval over the rows' seeds of HR@k and NDCG@k (``<metric>_<part>``) on all test users
+    (``all``), on those whose target repeats a history item (``repeat``), split into the last history item
+    (``last``) and an earlier one (``earlier``), and on the others (``new``)."""
     per_seed: dict[str, list[float]] = {}
     for row in rows:
         ranks, users = np.load(REPO / row["ranks_file"]), np.load(REPO / row["users_file"])
-        is_repeat = np.array([repeats[int(user)] for user in users])
+        kinds = np.array([repeats[int(user)] for user in users])
+        parts = {"all": np.ones(len(kinds), dtype=bool), "repeat": kinds != NEW}
+        parts.update({kind: kinds == kind for kind in TARGET_KINDS})
         metrics = rank_metrics(ranks, k)
         for name in ("hit", "ndcg"):
-            for part, chosen in (("all", slice(None)), ("repeat", is_repeat), ("new", ~is_repeat)):
-                per_seed.setdefault(f"{name}_{part}", []).append(float(metrics[name][chosen].mean()))
+            for part, chosen in parts.items():  # an empty part (no such user) is nan
+                values = metrics[name][chosen]
+                per_seed.setdefault(f"{name}_{part}", []).append(float(values.mean()) if len(values) else float("nan"))
     return {name: mean_ci(values) for name, values in per_seed.items()}
 
 
@@ -59,7 +72,7 @@ def repeats_report(
         results, name, bench_config_path, data_path or DEFAULT_DATA_PATH
     )
     rows = [row for row in rows if row.get("users_file")]
-    windows: dict[Any, dict[int, bool]] = {}  # the history a test row holds depends on its window alone
+    windows: dict[Any, dict[int, str]] = {}  # the history a test row holds depends on its window alone
     report = []
     for label in dict.fromkeys(row["label"] for row in rows):
         model, settings = row_settings(bench_config, label, extra)
@@ -70,5 +83,5 @@ def repeats_report(
         own = [row for row in rows if row["label"] == label]
         report.append((label, len(own), split_by_repeats(own, windows[window], k)))
     first = next(iter(windows.values()), {})
-    share = float(np.mean(list(first.values()))) if first else float("nan")
+    share = float(np.mean([kind != NEW for kind in first.values()])) if first else float("nan")
     return share, report
