@@ -36,6 +36,7 @@ MODES = [pytest.param({}, id="item"), pytest.param(SID, id="sid")]
 # Step 1 mixed with the copy of a history item: item generation's full softmax, or SID generation
 REPEATS = [
     pytest.param({"repeat_explore": True, "loss_type": "full_softmax"}, id="item-repeat"),
+    pytest.param({"repeat_explore": True}, id="item-sampled-repeat"),
     pytest.param({**SID, "repeat_explore": True}, id="sid-repeat"),
 ]
 
@@ -457,8 +458,37 @@ def test_item_repeat_explore_trains_the_mixture_of_the_full_softmax(build):
     torch.testing.assert_close(loss, torch.stack(expected).mean())
 
 
-def test_repeat_explore_refuses_a_sampled_softmax_and_the_repeat_shift(build):
-    with pytest.raises(ConfigError, match="set loss_type: full_softmax"):
-        build(repeat_explore=True)
+def test_a_sampled_softmax_keeps_its_loss_and_fits_the_mixture_on_its_fixed_distribution(build):
+    model, train, _ = build(repeat_explore=True, n_gen_heads=2)
+    model.eval()
+    batch = next(iter(train))
+    batch["item_id"] = batch["item_id_list"][:, 0].clone()  # a repeat, so the copy has something to learn
+
+    def generation_loss(with_copy: bool):
+        mixture = model.repeat_explore
+        model.repeat_explore = mixture if with_copy else None
+        torch.manual_seed(0)  # the same negatives
+        states, loss = model.encode_with_generation_loss(batch)
+        model.repeat_explore = mixture
+        model.zero_grad()
+        loss.backward()
+        return states.detach(), loss.detach(), model.gen_projection.weight.grad.clone()
+
+    states, mixed, head_grad = generation_loss(with_copy=True)
+    _, own, own_head_grad = generation_loss(with_copy=False)
+    torch.testing.assert_close(head_grad, own_head_grad)  # nothing reaches the generator's head through the mixture
+    with torch.no_grad():  # the mixture's NLL written out, its generator side the softmax over the whole catalogue
+        targets = model.next_items(batch, states.shape[1])
+        valid = targets > 0
+        users = model.user_vectors(model.gen_projection(states[valid]).unflatten(-1, (2, model.hidden_size)))
+        logits = torch.einsum("phd,cd->phc", users / model.temperature, model.item_vectors()[1:]).logsumexp(1)
+        generated = logits.log_softmax(1).gather(1, targets[valid, None] - 1).squeeze(1)
+        history = batch["item_id_list"][:, : states.shape[1]]
+        parts = model.repeat_explore.at_positions(states, history, *valid.nonzero(as_tuple=True))
+        mixture_nll = -parts.of_targets(targets[valid], generated)
+    torch.testing.assert_close(mixed, own + mixture_nll.mean())
+
+
+def test_repeat_explore_refuses_the_repeat_shift(build):
     with pytest.raises(ConfigError, match="repeat_explore and repeat_bias"):
         build(**SID, repeat_explore=True, repeat_bias=True, history_negatives=True)

@@ -175,9 +175,10 @@ class OneRanker(GenerativeRecommender):
 
     Added, off by default (``repeat_explore``; not in the paper, as GPR's and OneRec's): step 1's distribution mixed
     with a copy attention over the history's items (RepeatNet), the same layer GPR-repeat uses, so that OneRanker
-    and GPR can be compared with the same means of scoring a seen item. Step 1 is then a normalised distribution at
-    every position (item generation needs ``loss_type: full_softmax``), and the retrieval logit is its
-    log-probability.
+    and GPR can be compared with the same means of scoring a seen item; the retrieval logit is then the mixture's
+    log-probability. Step 1 trains on the mixture's likelihood where its distribution is exact (SID generation, or
+    item generation with ``loss_type: full_softmax``); with a sampled softmax the item generator keeps its own loss
+    and the gate and copy attention fit the mixture on the generator's full distribution, without gradient into it.
     """
 
     LEGACY_KEYS = (
@@ -221,7 +222,10 @@ class OneRanker(GenerativeRecommender):
             raise ConfigError("gamma (the DC loss) needs the ranker as its teacher: set use_ranker: True or gamma: 0")
         if self.use_ranker and self.num_candidates < 2:
             raise ConfigError(f"num_candidates must be at least 2, got {self.num_candidates}")
-        self._check_repeat_explore(config)
+        if (
+            config["repeat_explore"] and config["repeat_bias"]
+        ):  # two models of the same repeats, trained against each other
+            raise ConfigError("repeat_explore and repeat_bias both model repeated items: set one of them")
 
         # define layers and loss
         d = self.hidden_size
@@ -295,20 +299,6 @@ class OneRanker(GenerativeRecommender):
         for embedding in (self.level_embedding, *self.user_token_embeddings.values(), *code_inputs):
             nn.init.normal_(embedding.weight, std=0.02)
         self.refresh_fake_items(seed=config["seed"])
-
-    @staticmethod
-    def _check_repeat_explore(config) -> None:
-        """Refuse the copy mixture where step 1 has no normalised distribution to mix it with, or beside the repeat
-        shift (two models of the same repeats, trained against each other)."""
-        if not config["repeat_explore"]:
-            return
-        if config["generation"] == "item" and config["loss_type"] != "full_softmax":
-            raise ConfigError(
-                "repeat_explore mixes step 1's normalised distribution over the catalogue, which a sampled softmax "
-                "does not train: with generation: item set loss_type: full_softmax"
-            )
-        if config["repeat_bias"]:
-            raise ConfigError("repeat_explore and repeat_bias both model repeated items: set one of them")
 
     # -- Fake Item Tokens -------------------------------------------------------------------------------------
 
@@ -548,8 +538,20 @@ class OneRanker(GenerativeRecommender):
         )
         if self.repeat_explore is None:
             return nll
-        copy = self._copy_parts(bucket, states, *valid.nonzero(as_tuple=True))  # a full softmax: -nll is log p
-        return -copy.of_targets(targets[valid], -nll)
+        copy = self._copy_parts(bucket, states, *valid.nonzero(as_tuple=True))
+        if self.softmax.config.loss_type == "full_softmax":  # -nll is log p: the mixture's exact likelihood
+            return -copy.of_targets(targets[valid], -nll)
+        # A sampled softmax has no normaliser to mix: the generator keeps its own loss, and the gate and the copy
+        # attention fit the mixture on its full distribution, fixed (what serving mixes them with).
+        return nll - copy.of_targets(targets[valid], self._fixed_item_log_probs(users, targets[valid]))
+
+    @torch.no_grad()
+    def _fixed_item_log_probs(self, users: Tensor, items: Tensor, chunk: int = 4096) -> Tensor:
+        """``[P]`` log-probability of ``items`` (``[P]``) under step 1's softmax over the whole catalogue (padding
+        excluded), without gradient; the catalogue's logits are made ``chunk`` positions at a time."""
+        table = self.item_vectors()[1:]
+        normalisers = torch.cat([self._generation_logits(part, table).logsumexp(1) for part in users.split(chunk)])
+        return self._generation_logits(users, self.item_vectors(items).unsqueeze(1)).squeeze(1) - normalisers
 
     def _sid_nll(self, bucket, states: Tensor) -> Tensor:
         """``[P]`` the SID paths' loss at each position with a next item: head ``j`` generates the ``j``-th next
