@@ -222,9 +222,8 @@ class OneRanker(GenerativeRecommender):
             raise ConfigError("gamma (the DC loss) needs the ranker as its teacher: set use_ranker: True or gamma: 0")
         if self.use_ranker and self.num_candidates < 2:
             raise ConfigError(f"num_candidates must be at least 2, got {self.num_candidates}")
-        if (
-            config["repeat_explore"] and config["repeat_bias"]
-        ):  # two models of the same repeats, trained against each other
+        # Two models of the same repeats, trained against each other:
+        if config["repeat_explore"] and config["repeat_bias"]:
             raise ConfigError("repeat_explore and repeat_bias both model repeated items: set one of them")
 
         # define layers and loss
@@ -625,10 +624,8 @@ class OneRanker(GenerativeRecommender):
     def training_candidates(self, interaction, inputs: DecoderInputs) -> TrainingCandidates:
         """The ranker's training sets at the decoding positions, as its loss builds them."""
         queries = self._generation_users(inputs.flat_states) if inputs.flat_intents is None else inputs.flat_intents
-        generation = None if inputs.copy is None else self._mixed_generation(queries, inputs.copy)
-        retrieval = self._retrieval_logits(
-            queries, inputs.flat_tokens, self.item_vectors(), generation
-        )  # [BR, n_items]
+        generation = None if inputs.copy is None else self._mixed_generation(queries, inputs.copy)  # [BR, n_items]
+        retrieval = self._retrieval_logits(queries, inputs.flat_tokens, self.item_vectors(), generation)
         if self.repeat_shift is not None:  # the items each position has seen, [BR, max_len] 0-padded
             seen = seen_before(interaction[self.ITEM_SEQ])  # causal, so untruncated padding changes nothing
             rows = torch.arange(len(inputs.positions), device=seen.device).unsqueeze(1)
