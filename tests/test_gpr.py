@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 from recbole.data import data_preparation
 
 from recbole_oneranker.config import Config
@@ -15,6 +17,7 @@ from recbole_oneranker.model.layers import (
     HSTUStack,
     RepeatExplore,
     RepeatExploreConfig,
+    RepeatShift,
     SIDGenerator,
     SIDGeneratorConfig,
     ValueEstimator,
@@ -245,7 +248,7 @@ def test_hte_loss_trains_only_the_hte(build) -> None:
 
 
 MODEL_SCORERS = [{}, {"sid_scoring": "gated"}, {"sid_scoring": "gated", "tie_code_embeddings": True}]
-MODEL_VARIANTS = [*MODEL_SCORERS, {"repeat_explore": True}]
+MODEL_VARIANTS = [*MODEL_SCORERS, {"repeat_explore": True}, {"repeat_bias": True}]
 
 
 @pytest.mark.parametrize("scorer", MODEL_VARIANTS)
@@ -295,6 +298,7 @@ def test_a_missing_sid_file_names_the_command_that_makes_it(sid_config, tmp_path
             "num_thinking_tokens": 0,
             "sid_scoring": "gated",
             "tie_code_embeddings": True,
+            "repeat_bias": True,
         },
     ],
 )
@@ -361,6 +365,46 @@ def test_a_target_outside_the_history_has_finite_gradients() -> None:
     assert torch.isfinite(users.grad).all() and users.grad.abs().sum() > 0  # the gate learns to explore
 
 
+@given(
+    shift=st.floats(-6.0, 6.0),
+    seen=st.lists(st.lists(st.integers(0, 6), min_size=3, max_size=3), min_size=2, max_size=2),
+)
+def test_the_shifted_distribution_is_the_softmax_of_the_shifted_log_probs(shift, seen) -> None:
+    repeat_shift = RepeatShift()
+    torch.nn.init.constant_(repeat_shift.shift, shift)
+    log_probs = F.pad(torch.linspace(-2.0, 1.0, 12).view(2, 6).log_softmax(1), (1, 0), value=float("-inf"))
+    seen = torch.tensor(seen)  # duplicates and 0-padding included
+    is_seen = F.one_hot(seen, 7).amax(1).bool() & (torch.arange(7) > 0)  # [2, 7], written out
+    reference = (log_probs + shift * is_seen).log_softmax(1)
+    torch.testing.assert_close(repeat_shift.normalised(log_probs, seen), reference)
+    targets = torch.tensor([1, 4])
+    target_seen = is_seen.gather(1, targets[:, None])[:, 0]
+    mass = (log_probs.exp() * is_seen).sum(1)
+    change = reference.gather(1, targets[:, None]) - log_probs.gather(1, targets[:, None])
+    torch.testing.assert_close(repeat_shift.target_log_prob_change(mass, target_seen), change[:, 0].detach())
+
+
+def test_the_repeat_shifts_loss_is_the_served_targets_log_prob_change_and_trains_only_the_shift(build) -> None:
+    model, train, _ = build(repeat_bias=True, use_hte=False)
+    model.eval()  # no dropout: training and serving read the same intents
+    batch = next(iter(train))
+    rows = torch.arange(len(batch))
+    targets = batch["item_id"][:, None]
+    with torch.no_grad():
+        torch.nn.init.constant_(model.repeat_shift.shift, -1.5)
+        batch["item_id"][::2] = batch["item_id_list"][::2, 0]  # half the targets repeat a seen item
+        shifted = model.full_sort_predict(batch).gather(1, targets)[:, 0]
+        torch.nn.init.constant_(model.repeat_shift.shift, 0.0)
+        plain = model.full_sort_predict(batch).gather(1, targets)[:, 0]
+        torch.nn.init.constant_(model.repeat_shift.shift, -1.5)
+    _, shift_loss = model.calculate_loss(batch)
+    torch.testing.assert_close(shift_loss, -(shifted - plain)[rows].mean(), rtol=1e-4, atol=1e-5)
+    shift_loss.backward()
+    for name, parameter in model.named_parameters():
+        reached = parameter.grad is not None and parameter.grad.abs().sum() > 0
+        assert reached == (name == "repeat_shift.shift"), name
+
+
 def test_gpr_with_repeats_serves_and_generates_seen_items_when_the_gate_says_repeat(build) -> None:
     model, _, test = build(repeat_explore=True)
     model.eval()
@@ -373,3 +417,26 @@ def test_gpr_with_repeats_serves_and_generates_seen_items_when_the_gate_says_rep
     for row, item in enumerate(scores.argmax(1).tolist()):
         history = batch["item_id_list"][row, : lengths[row]].tolist()
         assert item in history and set(items[row].tolist()) <= set(history) | {0}
+
+
+def test_gpr_with_a_repeat_shift_serves_seen_items_first_when_it_is_large(build) -> None:
+    model, _, test = build(repeat_bias=True)
+    model.eval()
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        torch.nn.init.constant_(model.repeat_shift.shift, 50.0)
+        scores = model.full_sort_predict(batch)
+        items, _ = model.generate(batch, k=2)
+    lengths = batch["item_length"]
+    for row, item in enumerate(scores.argmax(1).tolist()):
+        history = set(batch["item_id_list"][row, : lengths[row]].tolist())
+        assert item in history and set(items[row].tolist()) <= history | {0}
+
+
+def test_the_alignment_apis_refuse_a_repeat_shift(build) -> None:
+    model, _, test = build(repeat_bias=True)
+    requests = model.encode_requests(next(iter(test))[0])
+    with pytest.raises(ConfigError, match="repeat_bias"):
+        model.catalogue_log_probs(requests)
+    with pytest.raises(ConfigError, match="repeat_explore and repeat_bias both"):
+        build(repeat_bias=True, repeat_explore=True)

@@ -323,3 +323,8 @@ def test_with_repeats_scores_stay_a_distribution_and_generate_ranks_the_history_
     for row in range(6):
         history = set(batch["item_id_list"][row, : batch["item_length"][row]].tolist())
         assert int(repeating[row].argmax()) in history and set(items[row].tolist()) <= history
+
+
+def test_a_repeat_shift_is_refused_with_the_key_that_models_repeats(build) -> None:
+    with pytest.raises(ConfigError, match="repeat_explore"):
+        build(repeat_bias=True)

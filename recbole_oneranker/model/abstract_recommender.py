@@ -146,6 +146,9 @@ class GenerativeRecommender(SequentialRecommender):
     # through them, so checkpoints saved before a reshaping keep loading.
     LEGACY_KEYS: tuple[tuple[str, str], ...] = ()
     LEGACY_MARKER = "item_embedding.weight"
+    # Whether the model trains the next-item softmax (``loss_type``), whose logits ``repeat_bias`` shifts; a model
+    # that generates semantic IDs shifts its items' log-probabilities instead and sets it False.
+    TRAINS_ITEM_SOFTMAX = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -174,7 +177,8 @@ class GenerativeRecommender(SequentialRecommender):
             )
         except ValueError as error:
             raise ConfigError(str(error)) from error
-        if config["repeat_bias"] and softmax_config.loss_type == "sampled_softmax" and not config["history_negatives"]:
+        sampled = softmax_config.loss_type == "sampled_softmax" and self.TRAINS_ITEM_SOFTMAX
+        if config["repeat_bias"] and sampled and not config["history_negatives"]:
             raise ConfigError(
                 "repeat_bias learns from the seen items among the softmax's candidates: with sampled_softmax set "
                 "history_negatives: True (or use full_softmax)"

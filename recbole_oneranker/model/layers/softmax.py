@@ -109,6 +109,29 @@ class RepeatShift(nn.Module):
         is_seen = is_seen.view(len(is_seen), *[1] * (scores.dim() - is_seen.dim()), *is_seen.shape[1:])
         return scores + shift * is_seen
 
+    def log_normaliser(self, seen_mass: Tensor) -> Tensor:
+        """``[P]`` log Z = log(1 - S + exp(shift) S) of a distribution whose seen items held the probability S
+        (``seen_mass``, ``[P]``) before the shift: a model that scores its items by log-probabilities (a SID
+        generator) keeps a distribution after the shift by subtracting it. ``seen_mass`` enters as a constant: the
+        shift is what learns from it."""
+        seen_mass = seen_mass.detach().clamp(0.0, 1.0)
+        return torch.logaddexp(torch.log1p(-seen_mass), self.shift + seen_mass.log())
+
+    def target_log_prob_change(self, seen_mass: Tensor, target_seen: Tensor) -> Tensor:
+        """``[P]`` what the shift adds to the log-probability of each row's target: ``shift`` where the target is
+        among the seen items (``target_seen``, ``[P]`` bool), less :meth:`log_normaliser`. Its negative is the
+        shift's loss against a fixed distribution."""
+        return self.shift * target_seen - self.log_normaliser(seen_mass)
+
+    def normalised(self, log_probs: Tensor, seen: Tensor) -> Tensor:
+        """``[P, n_items]`` the distribution ``log_probs`` (``[P, n_items]``, log-probabilities over the
+        catalogue) with the shift on each row's seen items (``seen``: ``[P, L]``, 0-padded), renormalised:
+        ``log_softmax(log_probs + shift * seen)`` without a pass over the catalogue's normaliser."""
+        rows, items = distinct_items(seen)
+        mass = torch.zeros(len(log_probs), device=log_probs.device, dtype=log_probs.dtype)
+        mass = mass.index_add(0, rows, log_probs[rows, items].exp())
+        return self(log_probs, seen) - self.log_normaliser(mass).unsqueeze(1)
+
 
 class NextItemSoftmax:
     """Cross-entropy of each position's target item, over all items or over uniformly sampled negatives.

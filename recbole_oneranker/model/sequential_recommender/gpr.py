@@ -34,6 +34,7 @@ from recbole_oneranker.model.layers import (
     SIDGenerator,
     SIDGeneratorConfig,
     ValueEstimator,
+    distinct_items,
     visible_states,
 )
 from recbole_oneranker.model.layers.sid_trie import constrained_beam_search
@@ -50,11 +51,13 @@ class EncodedRequests(NamedTuple):
         users: ``[B, D]`` the HSD state (the HTE's input).
         intents: ``[B, H, D]`` the MTP heads' intents after the thinking tokens.
         copy: with ``repeat_explore``, the copy mixture's parts; else None.
+        history: ``[B, N]`` the history items (0-padded), which ``repeat_bias`` shifts.
     """
 
     users: Tensor
     intents: Tensor
     copy: RepeatExploreLogProbs | None
+    history: Tensor
 
 
 class GPR(GenerativeRecommender):
@@ -82,9 +85,12 @@ class GPR(GenerativeRecommender):
     ``full_sort_predict`` scores every item exactly (each level normalised over the trie's valid codes, as the beam
     normalises); :meth:`generate` returns top-K items by trie-constrained beam search.
 
-    Added, off by default (``repeat_explore``; not in the paper): a RepeatNet-style mixture of the generator's
-    distribution with a copy attention over the history's items, for data where users return to items
-    (:class:`~recbole_oneranker.model.layers.RepeatExplore`; docs/gpr.md, "Repeats").
+    Added, off by default (not in the paper; docs/gpr.md, "Repeats"): ``repeat_explore``, a RepeatNet-style mixture
+    of the generator's distribution with a copy attention over the history's items, for data where users return to
+    items (:class:`~recbole_oneranker.model.layers.RepeatExplore`); ``repeat_bias``, HSTU's learned shift of every
+    seen item, here of its log-probability with the distribution renormalised
+    (:meth:`~recbole_oneranker.model.layers.RepeatShift.normalised`), fitted at each row's last position against
+    the generator's distribution held fixed, for data where users rarely (or often) return to items.
 
     NOTE (deviations; docs/gpr.md): no Mixture-of-Recursions, no LLM thought tokens, no diffusion refining step; each
     level reads its prefix through an additive term or a gate, not a decoder pass, so that exact catalogue scores
@@ -92,6 +98,8 @@ class GPR(GenerativeRecommender):
     (``stage: align``, ``align_method: dpo | hepo | ecpo``; docs/alignment.md) that reads :meth:`item_log_probs`,
     :meth:`item_level_log_probs`, :meth:`catalogue_log_probs` and :meth:`level_values` (the HTE is HEPO's critic).
     """
+
+    TRAINS_ITEM_SOFTMAX = False  # it generates semantic IDs; repeat_bias shifts their paths' log-probabilities
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -105,6 +113,8 @@ class GPR(GenerativeRecommender):
         self.use_hte = config["use_hte"]
         self.hte_weight = config["hte_weight"]
         self.beam_size = config["beam_size"]
+        if config["repeat_explore"] and config["repeat_bias"]:
+            raise ConfigError("repeat_explore and repeat_bias both model repeated items: set one of them")
         if len(self.action_weights) != depths:
             raise ConfigError(
                 f"vaft_action_weights needs one weight per cascade depth (0 to {depths - 1} stages reached): "
@@ -198,7 +208,7 @@ class GPR(GenerativeRecommender):
     # -- training ---------------------------------------------------------------------------------------------
 
     def calculate_loss(self, interaction):
-        generation, value, positions = 0.0, 0.0, 0
+        generation, value, repeat_shift, positions = 0.0, 0.0, 0.0, 0
         for rows in self.length_buckets(interaction[self.ITEM_SEQ_LEN]):
             bucket = interaction[rows]
             states = self.encode(bucket)  # [b, n, D]
@@ -219,9 +229,30 @@ class GPR(GenerativeRecommender):
             if self.hte is not None:
                 estimates = self.hte(states[valid], self.item_codes[head_targets[:, 0]])  # [P, L]
                 value = value + (estimates - self._value_targets(bucket, n, valid).unsqueeze(-1)).pow(2).mean(-1).sum()
+            if self.repeat_shift is not None:
+                repeat_shift = repeat_shift - self._repeat_shift_gain(bucket, intents).sum()
             positions += int(valid.sum())
         positions = max(positions, 1)
-        return (generation / positions, value / positions) if self.hte is not None else generation / positions
+        losses = [generation / positions]
+        if self.hte is not None:
+            losses.append(value / positions)
+        if self.repeat_shift is not None:  # one term per row: the shift learns at each row's last position
+            losses.append(repeat_shift / len(interaction))
+        return tuple(losses) if len(losses) > 1 else losses[0]
+
+    def _repeat_shift_gain(self, interaction, intents: Tensor) -> Tensor:
+        """``[B]`` what ``repeat_bias``'s shift adds to the log-probability of each row's target at its last
+        position (``intents``: ``[B, N, H, D]`` at every position), the served distribution held fixed: the shift
+        fits it as serving uses it, without a pass over the catalogue."""
+        seq_lens = interaction[self.ITEM_SEQ_LEN]
+        history = interaction[self.ITEM_SEQ][:, : intents.shape[1]]
+        with torch.no_grad():
+            last = intents[torch.arange(len(intents), device=intents.device), seq_lens - 1]  # [B, H, D]
+            rows, items = distinct_items(history)
+            log_probs = self._mixture_prefix_log_probs(last[rows], items.unsqueeze(1))[:, 0, -1]  # [K]
+            seen_mass = torch.zeros(len(history), device=history.device).index_add(0, rows, log_probs.exp())
+        target_seen = (history == interaction[self.ITEM_ID].unsqueeze(1)).any(1)
+        return self.repeat_shift.target_log_prob_change(seen_mass, target_seen)
 
     def _copy_parts(self, interaction, states: Tensor, positions: Tensor) -> RepeatExploreLogProbs:
         """The repeat-explore mixture's parts at the ``positions`` (``[B, N]`` bool) of the rows' HSD ``states``
@@ -265,21 +296,24 @@ class GPR(GenerativeRecommender):
         if self.repeat_explore is not None:
             last = torch.zeros(states.shape[:2], dtype=torch.bool, device=states.device)
             copy = self._copy_parts(interaction, states, last.scatter_(1, positions, True))
-        return EncodedRequests(self.gather_indexes(states, seq_lens - 1), intents, copy)
+        history = interaction[self.ITEM_SEQ][:, : states.shape[1]]
+        return EncodedRequests(self.gather_indexes(states, seq_lens - 1), intents, copy, history)
 
     def serve(self, interaction) -> ServingResult:
         """Every item's log-probability under the heads' mixture (+ ``hte_weight`` x the HTE's final value)."""
-        scores = self._catalogue_scores(*self.encode_requests(interaction))
+        scores = self._catalogue_scores(self.encode_requests(interaction))
         return ServingResult(retrieval_scores=scores, final_scores=scores)
 
-    def _catalogue_scores(self, users: Tensor, intents: Tensor, copy: RepeatExploreLogProbs | None = None) -> Tensor:
-        """``[B, n_items]`` the served score of every item for HSD states ``[B, D]`` and intents ``[B, H, D]``:
-        the heads' mixture (with the history's copy mixed in, given its parts), + the HTE's weighted value."""
-        scores = self._mixture_catalogue_log_probs(intents)
-        if copy is not None:
-            scores = copy.of_catalogue(scores)
+    def _catalogue_scores(self, requests: EncodedRequests) -> Tensor:
+        """``[B, n_items]`` the served score of every item: the heads' mixture (with the history's copy mixed in
+        under ``repeat_explore``, the seen items shifted under ``repeat_bias``), + the HTE's weighted value."""
+        scores = self._mixture_catalogue_log_probs(requests.intents)
+        if requests.copy is not None:
+            scores = requests.copy.of_catalogue(scores)
+        if self.repeat_shift is not None:
+            scores = self.repeat_shift.normalised(scores, requests.history)
         if self.hte is not None and self.hte_weight:
-            values = self.hte.catalogue_values(users, self.item_codes[1:])
+            values = self.hte.catalogue_values(requests.users, self.item_codes[1:])
             scores = scores + F.pad(self.hte_weight * values, (1, 0))
         return scores
 
@@ -299,11 +333,17 @@ class GPR(GenerativeRecommender):
         padding item 0 ``-inf``), over the whole catalogue at once. A policy-gradient stage samples from it.
 
         Raises:
-            ConfigError: with ``repeat_explore``.
+            ConfigError: with ``repeat_explore`` or ``repeat_bias``.
         """
-        if self.repeat_explore is not None:
-            raise ConfigError("item log-probabilities cover the SID generator alone: set repeat_explore: False")
+        self._check_generator_alone()
         return self._mixture_catalogue_log_probs(requests.intents)
+
+    def _check_generator_alone(self) -> None:
+        """The alignment APIs score the SID generator alone: refuse a model that serves something else."""
+        if self.repeat_explore is not None or self.repeat_shift is not None:
+            raise ConfigError(
+                "item log-probabilities cover the SID generator alone: set repeat_explore and repeat_bias to False"
+            )
 
     def item_log_probs(self, requests: EncodedRequests, items: Tensor) -> Tensor:
         """``[B, C]`` the log-probability of generating each of ``items`` (``[B, C]`` real item ids, > 0) at each
@@ -311,9 +351,10 @@ class GPR(GenerativeRecommender):
         :meth:`serve` scores the catalogue (without the HTE's ``hte_weight`` x value). Differentiable.
 
         Raises:
-            ConfigError: with ``repeat_explore`` (the copy mixture has no such form).
+            ConfigError: with ``repeat_explore`` or ``repeat_bias`` (what they serve has no such form).
         """
-        return self._mixture_prefix_log_probs(requests, items)[..., -1]
+        self._check_generator_alone()
+        return self._mixture_prefix_log_probs(requests.intents, items)[..., -1]
 
     def item_level_log_probs(self, requests: EncodedRequests, items: Tensor) -> Tensor:
         """``[B, C, L]`` the mixture's conditional log-probability of each SID level of ``items`` (``[B, C]``) given
@@ -322,17 +363,17 @@ class GPR(GenerativeRecommender):
         :meth:`item_log_probs`. Differentiable.
 
         Raises:
-            ConfigError: with ``repeat_explore``.
+            ConfigError: with ``repeat_explore`` or ``repeat_bias``.
         """
-        prefixes = self._mixture_prefix_log_probs(requests, items)
+        self._check_generator_alone()
+        prefixes = self._mixture_prefix_log_probs(requests.intents, items)
         return torch.diff(prefixes, dim=-1, prepend=torch.zeros_like(prefixes[..., :1]))
 
-    def _mixture_prefix_log_probs(self, requests: EncodedRequests, items: Tensor) -> Tensor:
-        """``[B, C, L]`` ``m_l``: the heads' mixture of the log-probability of each item's first ``l + 1`` codes."""
-        if self.repeat_explore is not None:
-            raise ConfigError("item log-probabilities cover the SID generator alone: set repeat_explore: False")
+    def _mixture_prefix_log_probs(self, intents: Tensor, items: Tensor) -> Tensor:
+        """``[B, C, L]`` ``m_l``: the heads' mixture (intents ``[B, H, D]``) of the log-probability of the first
+        ``l + 1`` codes of each of ``items`` (``[B, C]``)."""
         trie, _ = self.semantic_ids_on(items.device)
-        per_head = self.generator.item_level_log_probs(requests.intents, items - 1, trie).cumsum(-1)  # [B, H, C, L]
+        per_head = self.generator.item_level_log_probs(intents, items - 1, trie).cumsum(-1)  # [B, H, C, L]
         return torch.logsumexp(per_head, dim=1) - math.log(self.mtp_heads)
 
     def level_values(self, requests: EncodedRequests, items: Tensor) -> Tensor:
@@ -358,16 +399,16 @@ class GPR(GenerativeRecommender):
             ``items`` ``[B, k]`` internal item ids (0 where fewer exist) and their scores ``[B, k]``.
         """
         k = k or self.beam_size
-        users, intents, copy = self.encode_requests(interaction)
-        batch, heads, _ = intents.shape
-        trie, _ = self.semantic_ids_on(users.device)
-        flat = intents.reshape(batch * heads, 1, -1)
+        requests = self.encode_requests(interaction)
+        batch, heads, _ = requests.intents.shape
+        trie, _ = self.semantic_ids_on(requests.users.device)
+        flat = requests.intents.reshape(batch * heads, 1, -1)
 
         def step(prefixes: Tensor, level: int) -> Tensor:  # [BH, P, level] -> [BH, P, K_level]
             return self.generator.level_logits(flat.expand(-1, prefixes.shape[1], -1), prefixes, level)
 
         _, _, found = constrained_beam_search(step, trie, batch * heads, k)
         found = found.view(batch, heads * k) + 1  # trie rows -> internal item ids (0: no item)
-        if copy is not None:  # the items the history offers for copying compete with the beam's
-            found = torch.cat([found, copy.history], dim=1)
-        return top_distinct(found, self._catalogue_scores(users, intents, copy).gather(1, found), k)
+        if self.repeat_explore is not None or self.repeat_shift is not None:  # seen items compete with the beam's
+            found = torch.cat([found, requests.history], dim=1)
+        return top_distinct(found, self._catalogue_scores(requests).gather(1, found), k)

@@ -63,6 +63,8 @@ class OneRec(GenerativeRecommender):
     ``align_method: ipa``; docs/alignment.md) over :meth:`generate_sessions` and :meth:`last_session_log_probs`.
     """
 
+    TRAINS_ITEM_SOFTMAX = False  # it generates semantic IDs
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
 
@@ -78,6 +80,8 @@ class OneRec(GenerativeRecommender):
                 f"positive_stages must be in [0, {len(self.cascade_fields)}] (the cascade's stages), "
                 f"got {self.positive_stages}"
             )
+        if self.repeat_shift is not None:
+            raise ConfigError("repeat_bias is GPR's for semantic IDs; OneRec models repeats with repeat_explore")
         if self.session_length < 1 or self.decoder_positions < 1:
             raise ConfigError("session_length and decoder_positions must be at least 1")
         codebook_sizes = self.load_semantic_ids(config, dataset)

@@ -215,6 +215,8 @@ class RewardModel(GenerativeRecommender):
     first stage's rate is set by that ratio, not by any rate of the real world (docs/reward-model.md).
     """
 
+    TRAINS_ITEM_SOFTMAX = False  # it scores candidates; repeat_bias shifts a next-item softmax it does not train
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
 
