@@ -303,20 +303,27 @@ def test_search_space_names_only_known_keys() -> None:
     assert {"num_experts", "positive_stages", "session_length"} <= set(space)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"moe": False, "cascade_fields": [], "session_length": 1}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"moe": False, "cascade_fields": [], "session_length": 1, "repeat_bias": True}]
+)
 def test_onerec_end_to_end_on_ml_tiny(sid_config, overrides) -> None:
     result = run("OneRec", "ml-tiny", config_dict={**sid_config, **overrides, "epochs": 2, "candidate_negatives": 9})
     assert set(result["test_result"]) >= {"hit@10", "ndcg@10", "gmv@10"}
 
 
-def test_with_repeats_scores_stay_a_distribution_and_generate_ranks_the_history_in(build) -> None:
-    model, _, test = build(repeat_explore=True)
+@pytest.mark.parametrize("key", ["repeat_explore", "repeat_bias"])
+def test_with_repeats_scores_stay_a_distribution_and_generate_ranks_the_history_in(build, key) -> None:
+    model, _, test = build(**{key: True})
     model.eval()
     batch = next(iter(test))[0][:6]
     with torch.no_grad():
-        scores = model.full_sort_predict(batch)
-        torch.testing.assert_close(scores.exp().sum(1), torch.ones(6))
-        torch.nn.init.constant_(model.repeat_explore.gate.bias, 30.0)  # P(repeat) = 1
+        if key == "repeat_bias":
+            torch.nn.init.constant_(model.repeat_shift.shift, -3.0)  # a distribution under any shift
+        torch.testing.assert_close(model.full_sort_predict(batch).exp().sum(1), torch.ones(6))
+        if key == "repeat_bias":
+            torch.nn.init.constant_(model.repeat_shift.shift, 50.0)
+        else:
+            torch.nn.init.constant_(model.repeat_explore.gate.bias, 30.0)  # P(repeat) = 1
         repeating = model.full_sort_predict(batch)
         items, item_scores = model.generate(batch, k=3)
     torch.testing.assert_close(item_scores, repeating.gather(1, items))
@@ -325,6 +332,21 @@ def test_with_repeats_scores_stay_a_distribution_and_generate_ranks_the_history_
         assert int(repeating[row].argmax()) in history and set(items[row].tolist()) <= history
 
 
-def test_a_repeat_shift_is_refused_with_the_key_that_models_repeats(build) -> None:
-    with pytest.raises(ConfigError, match="repeat_explore"):
-        build(repeat_bias=True)
+def test_the_repeat_shifts_loss_is_the_served_targets_log_prob_change_and_trains_only_the_shift(build) -> None:
+    model, train, _ = build(repeat_bias=True)
+    model.eval()  # no dropout: training and serving read the same intents
+    batch = next(iter(train))
+    targets = batch["item_id"][:, None]
+    with torch.no_grad():
+        batch["item_id"][::2] = batch["item_id_list"][::2, 0]  # half the targets repeat a seen item
+        plain = model.full_sort_predict(batch).gather(1, targets)[:, 0]
+        torch.nn.init.constant_(model.repeat_shift.shift, 2.0)
+        shifted = model.full_sort_predict(batch).gather(1, targets)[:, 0]
+    _, shift_loss = model.calculate_loss(batch)
+    torch.testing.assert_close(shift_loss, -(shifted - plain).mean(), rtol=1e-4, atol=1e-5)
+    shift_loss.backward()
+    for name, parameter in model.named_parameters():
+        reached = parameter.grad is not None and parameter.grad.abs().sum() > 0
+        assert reached == (name == "repeat_shift.shift"), name
+    with pytest.raises(ConfigError, match="repeat_explore and repeat_bias both"):
+        build(repeat_bias=True, repeat_explore=True)

@@ -22,6 +22,7 @@ LOSS_TYPES: tuple[str, ...] = ("sampled_softmax", "full_softmax")
 
 Scorer = Callable[[Tensor], Tensor]
 ItemVectors = Callable[..., Tensor]
+ItemLogProbs = Callable[[Tensor, Tensor], Tensor]  # (rows [K], items [K]) -> [K] log-probabilities
 
 
 @dataclass
@@ -117,19 +118,24 @@ class RepeatShift(nn.Module):
         seen_mass = seen_mass.detach().clamp(0.0, 1.0)
         return torch.logaddexp(torch.log1p(-seen_mass), self.shift + seen_mass.log())
 
-    def target_log_prob_change(self, seen_mass: Tensor, target_seen: Tensor) -> Tensor:
-        """``[P]`` what the shift adds to the log-probability of each row's target: ``shift`` where the target is
-        among the seen items (``target_seen``, ``[P]`` bool), less :meth:`log_normaliser`. Its negative is the
-        shift's loss against a fixed distribution."""
-        return self.shift * target_seen - self.log_normaliser(seen_mass)
+    def target_log_prob_change(self, seen: Tensor, targets: Tensor, log_probs_of: ItemLogProbs) -> Tensor:
+        """``[P]`` what the shift adds to the log-probability of each row's target (``targets``: ``[P]``) under a
+        distribution held fixed, each row having seen ``seen`` (``[P, L]``, 0-padded): ``shift`` where the target is
+        seen, less :meth:`log_normaliser`. Its negative is the shift's loss. ``log_probs_of(rows, items)`` gives the
+        distribution's log-probability of ``items[k]`` for row ``rows[k]`` (``[K]`` each); it is read without
+        gradient, for each row's distinct seen items only."""
+        with torch.no_grad():
+            rows, items = distinct_items(seen)
+            mass = seen.new_zeros(len(seen), dtype=torch.float).index_add(0, rows, log_probs_of(rows, items).exp())
+        target_seen = (seen == targets.unsqueeze(1)).any(1) & (targets > 0)
+        return self.shift * target_seen - self.log_normaliser(mass)
 
     def normalised(self, log_probs: Tensor, seen: Tensor) -> Tensor:
         """``[P, n_items]`` the distribution ``log_probs`` (``[P, n_items]``, log-probabilities over the
         catalogue) with the shift on each row's seen items (``seen``: ``[P, L]``, 0-padded), renormalised:
         ``log_softmax(log_probs + shift * seen)`` without a pass over the catalogue's normaliser."""
         rows, items = distinct_items(seen)
-        mass = torch.zeros(len(log_probs), device=log_probs.device, dtype=log_probs.dtype)
-        mass = mass.index_add(0, rows, log_probs[rows, items].exp())
+        mass = log_probs.new_zeros(len(log_probs)).index_add(0, rows, log_probs[rows, items].exp())
         return self(log_probs, seen) - self.log_normaliser(mass).unsqueeze(1)
 
 

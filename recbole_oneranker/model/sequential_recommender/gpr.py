@@ -34,7 +34,6 @@ from recbole_oneranker.model.layers import (
     SIDGenerator,
     SIDGeneratorConfig,
     ValueEstimator,
-    distinct_items,
     visible_states,
 )
 from recbole_oneranker.model.layers.sid_trie import constrained_beam_search
@@ -242,17 +241,16 @@ class GPR(GenerativeRecommender):
 
     def _repeat_shift_gain(self, interaction, intents: Tensor) -> Tensor:
         """``[B]`` what ``repeat_bias``'s shift adds to the log-probability of each row's target at its last
-        position (``intents``: ``[B, N, H, D]`` at every position), the served distribution held fixed: the shift
-        fits it as serving uses it, without a pass over the catalogue."""
+        position (``intents``: ``[B, N, H, D]`` at every position) under the served distribution held fixed: the
+        shift fits it where and as serving uses it."""
         seq_lens = interaction[self.ITEM_SEQ_LEN]
+        last = intents[torch.arange(len(intents), device=intents.device), seq_lens - 1]  # [B, H, D]
+
+        def log_probs_of(rows: Tensor, items: Tensor) -> Tensor:
+            return self._mixture_prefix_log_probs(last[rows], items.unsqueeze(1))[:, 0, -1]
+
         history = interaction[self.ITEM_SEQ][:, : intents.shape[1]]
-        with torch.no_grad():
-            last = intents[torch.arange(len(intents), device=intents.device), seq_lens - 1]  # [B, H, D]
-            rows, items = distinct_items(history)
-            log_probs = self._mixture_prefix_log_probs(last[rows], items.unsqueeze(1))[:, 0, -1]  # [K]
-            seen_mass = torch.zeros(len(history), device=history.device).index_add(0, rows, log_probs.exp())
-        target_seen = (history == interaction[self.ITEM_ID].unsqueeze(1)).any(1)
-        return self.repeat_shift.target_log_prob_change(seen_mass, target_seen)
+        return self.repeat_shift.target_log_prob_change(history, interaction[self.ITEM_ID], log_probs_of)
 
     def _copy_parts(self, interaction, states: Tensor, positions: Tensor) -> RepeatExploreLogProbs:
         """The repeat-explore mixture's parts at the ``positions`` (``[B, N]`` bool) of the rows' HSD ``states``

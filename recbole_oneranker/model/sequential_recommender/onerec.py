@@ -54,8 +54,11 @@ class OneRec(GenerativeRecommender):
     - **Serving**: every item's exact log-probability as the session's first item (each level normalised over the
       trie's valid codes), from one decoder step on BOS; :meth:`generate` is the trie-constrained beam over it and
       :meth:`generate_sessions` the beam over whole sessions, decoding from a key/value cache.
-    - Added, off by default (``repeat_explore``; not in the paper): the first item's distribution mixed with a copy
-      attention over the history's items (:class:`~recbole_oneranker.model.layers.RepeatExplore`).
+    - Added, off by default (not in the paper): ``repeat_explore``, the first item's distribution mixed with a copy
+      attention over the history's items (:class:`~recbole_oneranker.model.layers.RepeatExplore`); ``repeat_bias``,
+      GPR's learned shift of the seen items' log-probabilities, renormalised, fitted at each row's last position
+      (:meth:`~recbole_oneranker.model.layers.RepeatShift.normalised`; the session's later items keep the
+      generator's distribution).
 
     NOTE (deviations; docs/onerec.md): one decoder token per item, not per code, with the codes of an item read
     from that token through an additive prefix term, which makes exact full-catalogue scores a product and gathers;
@@ -80,8 +83,8 @@ class OneRec(GenerativeRecommender):
                 f"positive_stages must be in [0, {len(self.cascade_fields)}] (the cascade's stages), "
                 f"got {self.positive_stages}"
             )
-        if self.repeat_shift is not None:
-            raise ConfigError("repeat_bias is GPR's for semantic IDs; OneRec models repeats with repeat_explore")
+        if config["repeat_explore"] and config["repeat_bias"]:
+            raise ConfigError("repeat_explore and repeat_bias both model repeated items: set one of them")
         if self.session_length < 1 or self.decoder_positions < 1:
             raise ConfigError("session_length and decoder_positions must be at least 1")
         codebook_sizes = self.load_semantic_ids(config, dataset)
@@ -189,16 +192,22 @@ class OneRec(GenerativeRecommender):
         """``[C, m]`` teacher-forced log-probability of each item of ``sessions`` (``[C, m]`` item ids) after the
         history of row ``rows[c]`` up to ``positions[c]`` and the session's earlier items (codebook softmax; with
         ``repeat_explore``, the first item's under the mixture with the copy of a history item)."""
+        return self._session_log_probs(interaction, rows, positions, sessions)[0]
+
+    def _session_log_probs(
+        self, interaction, rows: Tensor, positions: Tensor, sessions: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`session_log_probs` and the first item's intents ``[C, 1, D]`` (what ``repeat_bias`` reads)."""
         memory, visible = self.encode(interaction, rows, positions)
         intents = self.intents(memory, visible, sessions[:, :-1])  # [C, m, D]
         codes = self.item_codes[sessions]  # [C, m, L]
         per_level = self.generator.path_log_probs(intents.flatten(0, 1).unsqueeze(1), codes.flatten(0, 1).unsqueeze(1))
         log_probs = per_level.sum(-1).view_as(sessions)
-        if self.repeat_explore is None:
-            return log_probs
-        copy = self._copy_parts(interaction, rows, positions, self.history_memory(memory), intents[:, 0])
-        first = copy.of_targets(sessions[:, 0], log_probs[:, 0])
-        return torch.cat([first.unsqueeze(1), log_probs[:, 1:]], dim=1)
+        if self.repeat_explore is not None:
+            copy = self._copy_parts(interaction, rows, positions, self.history_memory(memory), intents[:, 0])
+            first = copy.of_targets(sessions[:, 0], log_probs[:, 0])
+            log_probs = torch.cat([first.unsqueeze(1), log_probs[:, 1:]], dim=1)
+        return log_probs, intents[:, :1]
 
     def last_session_log_probs(self, interaction, sessions: Tensor) -> Tensor:
         """``[B, N]`` the log-probability of each of ``N`` sessions per request (``sessions`` ``[B, N, m]`` item
@@ -234,7 +243,7 @@ class OneRec(GenerativeRecommender):
         return torch.stack([self.next_items(interaction, seq_len, offset) for offset in offsets], dim=-1)
 
     def calculate_loss(self, interaction):
-        loss, targets = 0.0, 0
+        loss, repeat_shift, targets = 0.0, 0.0, 0
         for rows in self.length_buckets(interaction[self.ITEM_SEQ_LEN]):
             bucket = interaction[rows]
             seq_lens = bucket[self.ITEM_SEQ_LEN]
@@ -243,9 +252,29 @@ class OneRec(GenerativeRecommender):
             position = positions.flatten()
             sessions = self.session_targets(bucket, int(seq_lens.max()))[row, position]  # [C, m]
             present = sessions > 0  # a session cut short by the end of the data has fewer items
-            loss = loss - self.session_log_probs(bucket, row, position, sessions)[present].sum()
+            log_probs, first_intents = self._session_log_probs(bucket, row, position, sessions)
+            loss = loss - log_probs[present].sum()
+            if self.repeat_shift is not None:  # each row's first position is its last (sample_positions)
+                repeat_shift = (
+                    repeat_shift - self._repeat_shift_gain(bucket, first_intents[:: positions.shape[1]]).sum()
+                )
             targets += int(present.sum())
-        return loss / max(targets, 1)
+        if self.repeat_shift is None:
+            return loss / max(targets, 1)
+        return loss / max(targets, 1), repeat_shift / len(interaction)  # one term per row
+
+    def _repeat_shift_gain(self, interaction, first_intents: Tensor) -> Tensor:
+        """``[B]`` what ``repeat_bias``'s shift adds to the log-probability of each row's target as the session's
+        first item after its whole history (``first_intents``: ``[B, 1, D]``), the served distribution held fixed."""
+        trie, _ = self.semantic_ids_on(first_intents.device)
+
+        def log_probs_of(rows: Tensor, items: Tensor) -> Tensor:
+            per_level = self.generator.item_level_log_probs(first_intents[rows], items.unsqueeze(1) - 1, trie)
+            return per_level.sum(-1)[:, 0, 0]  # [K, H = 1, C = 1]
+
+        return self.repeat_shift.target_log_prob_change(
+            interaction[self.ITEM_SEQ], interaction[self.ITEM_ID], log_probs_of
+        )
 
     def routing_load(self) -> Tensor | None:
         """``[decoder_layers, E]`` each expert's share of the routed tokens since :meth:`reset_routing_load` (rows
@@ -294,7 +323,7 @@ class OneRec(GenerativeRecommender):
 
     def serve(self, interaction) -> ServingResult:
         """Every item's exact log-probability as the first item of the generated session (with
-        ``repeat_explore``, mixed with the copy of a history item)."""
+        ``repeat_explore``, mixed with the copy of a history item; with ``repeat_bias``, the seen items shifted)."""
         scores = self._first_item_scores(interaction, *self._first_item_states(interaction))
         return ServingResult(retrieval_scores=scores, final_scores=scores)
 
@@ -302,11 +331,13 @@ class OneRec(GenerativeRecommender):
         """``[B, n_items]`` :meth:`serve`'s scores from the first item's intents and the history memory."""
         scores = self.generator.catalogue_log_probs(intents, self.semantic_ids_on(intents.device)[1])[:, 0]  # [B, N]
         scores = F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
-        if memory is None:
-            return scores
-        seq_lens = interaction[self.ITEM_SEQ_LEN]
-        rows = torch.arange(len(seq_lens), device=seq_lens.device)
-        return self._copy_parts(interaction, rows, seq_lens - 1, memory, intents[:, 0]).of_catalogue(scores)
+        if memory is not None:
+            seq_lens = interaction[self.ITEM_SEQ_LEN]
+            rows = torch.arange(len(seq_lens), device=seq_lens.device)
+            scores = self._copy_parts(interaction, rows, seq_lens - 1, memory, intents[:, 0]).of_catalogue(scores)
+        if self.repeat_shift is not None:
+            scores = self.repeat_shift.normalised(scores, interaction[self.ITEM_SEQ])
+        return scores
 
     @torch.no_grad()
     def generate(self, interaction, k: int | None = None) -> tuple[Tensor, Tensor]:
@@ -314,15 +345,15 @@ class OneRec(GenerativeRecommender):
 
         Returns:
             ``items`` ``[B, k]`` internal item ids (0 where the catalogue has fewer) and their scores ``[B, k]``,
-            each equal to the item's :meth:`full_sort_predict` score (with ``repeat_explore``, the beam's items and
-            the history's, ranked by that score).
+            each equal to the item's :meth:`full_sort_predict` score (with ``repeat_explore`` or ``repeat_bias``,
+            the beam's items and the history's, ranked by that score).
         """
         k = k or self.beam_size
         intents, memory = self._first_item_states(interaction)  # [B, 1, D], [B, N, D] or None
         trie, _ = self.semantic_ids_on(intents.device)
         _, scores, found = constrained_beam_search(self._code_logits(intents), trie, len(intents), k)
         found = found + 1  # trie rows -> internal item ids; a missing item (-1) becomes the padding item
-        if memory is None:
+        if memory is None and self.repeat_shift is None:
             return found, scores
         # The history's items compete with the beam's, all ranked by the served (mixed) score.
         found = torch.cat([found, interaction[self.ITEM_SEQ]], dim=1)
