@@ -183,6 +183,8 @@ class GenerativeRecommender(SequentialRecommender):
                 "repeat_bias learns from the seen items among the softmax's candidates: with sampled_softmax set "
                 "history_negatives: True (or use full_softmax)"
             )
+        if config["repeat_explore"] and config["repeat_bias"]:  # a key of the models with a copy mixture
+            raise ConfigError("repeat_explore and repeat_bias both model repeated items: set one of them")
         self.repeat_shift = RepeatShift() if config["repeat_bias"] else None
         self.softmax = NextItemSoftmax(softmax_config, self.item_vectors, self.repeat_shift)
         # Side features of the history items, added to their input tokens (a model reads them in :meth:`encode`).

@@ -112,8 +112,6 @@ class GPR(GenerativeRecommender):
         self.use_hte = config["use_hte"]
         self.hte_weight = config["hte_weight"]
         self.beam_size = config["beam_size"]
-        if config["repeat_explore"] and config["repeat_bias"]:
-            raise ConfigError("repeat_explore and repeat_bias both model repeated items: set one of them")
         if len(self.action_weights) != depths:
             raise ConfigError(
                 f"vaft_action_weights needs one weight per cascade depth (0 to {depths - 1} stages reached): "

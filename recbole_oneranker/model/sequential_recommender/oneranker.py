@@ -223,8 +223,6 @@ class OneRanker(GenerativeRecommender):
         if self.use_ranker and self.num_candidates < 2:
             raise ConfigError(f"num_candidates must be at least 2, got {self.num_candidates}")
         # Two models of the same repeats, trained against each other:
-        if config["repeat_explore"] and config["repeat_bias"]:
-            raise ConfigError("repeat_explore and repeat_bias both model repeated items: set one of them")
 
         # define layers and loss
         d = self.hidden_size

@@ -83,8 +83,6 @@ class OneRec(GenerativeRecommender):
                 f"positive_stages must be in [0, {len(self.cascade_fields)}] (the cascade's stages), "
                 f"got {self.positive_stages}"
             )
-        if config["repeat_explore"] and config["repeat_bias"]:
-            raise ConfigError("repeat_explore and repeat_bias both model repeated items: set one of them")
         if self.session_length < 1 or self.decoder_positions < 1:
             raise ConfigError("session_length and decoder_positions must be at least 1")
         codebook_sizes = self.load_semantic_ids(config, dataset)
