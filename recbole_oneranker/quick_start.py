@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from logging import getLogger
-from typing import Any
+from typing import Any, NamedTuple
 
 import colorlog
+import numpy as np
 import torch
 from colorama import init as init_colorama
 from recbole.data.dataloader import NegSampleEvalDataLoader
@@ -137,7 +138,9 @@ def run(
         the policy's generated top-K on the test requests, ``{"reward@K": ...}``; else None), ``test_ranks`` (per
         test user, the 1-based rank of the target among all items:
         :func:`~recbole_oneranker.evaluator.ranking.target_ranks`), ``test_users`` (their user ids, in
-        the same order), ``candidate_result`` (:func:`evaluate_candidate_set`, or None), ``protocol`` (its
+        the same order), ``test_values`` (their targets' values when a GMV metric is computed, else None),
+        ``candidate_result`` (the metrics of :func:`evaluate_candidate_set`, or None), ``candidate_ranks`` and
+        ``candidate_users`` (its per-user ranks and their user ids, or None), ``protocol`` (its
         line) and ``protocol_fields`` (the :class:`~recbole_oneranker.evaluator.protocol.Protocol` as plain
         values), ``saved_model_file``, ``log_file``, ``wall_time_s`` (with ``resume_training``, also the training
         seconds of the earlier processes of this ``run_id``), ``device`` (what it trained on, e.g.
@@ -238,15 +241,14 @@ def _train_and_test(
         test_result = computed["test"] = trainer.evaluate(test_data, load_best_model=saved, show_progress=show_progress)
         test_ranks = trainer.eval_collector.last_ranks if test_result else None
         test_users = trainer.eval_collector.last_users if test_ranks is not None else None
+        test_values = trainer.eval_collector.last_values if test_ranks is not None else None
 
-        candidate_result = None
+        candidates = None
         if config["candidate_negatives"] and test_result:
             splits = (train_data._dataset, valid_data._dataset, test_data._dataset)
-            negatives = config["candidate_negatives"]
-            candidate_result = computed["candidate-set test"] = evaluate_candidate_set(
-                config, trainer, dataset, splits, negatives
-            )
-            logger.info(set_color("candidate-set test", "yellow") + f": {candidate_result}")
+            candidates = evaluate_candidate_set(config, trainer, dataset, splits, config["candidate_negatives"])
+            computed["candidate-set test"] = candidates.metrics
+            logger.info(set_color("candidate-set test", "yellow") + f": {candidates.metrics}")
 
         reward_result = None
         if config["stage"] == ALIGN_STAGE and test_result:
@@ -259,6 +261,7 @@ def _train_and_test(
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}", extra=LOG_FILE_ONLY)
     logger.info(set_color("test result", "yellow") + f": {test_result}", extra=LOG_FILE_ONLY)
     trainer.discard_snapshot()  # the results are complete: a re-run with this run_id trains afresh
+    candidate_result, candidate_ranks, candidate_users = candidates or (None, None, None)
     return {
         "model": config["model"],
         "dataset": config["dataset"],
@@ -269,7 +272,10 @@ def _train_and_test(
         "test_result": test_result,
         "test_ranks": test_ranks,
         "test_users": test_users,
+        "test_values": test_values,
         "candidate_result": candidate_result,
+        "candidate_ranks": candidate_ranks,
+        "candidate_users": candidate_users,
         "reward_result": reward_result,
         "protocol": protocol.render(),
         "protocol_fields": protocol.fields(),
@@ -363,17 +369,27 @@ def candidate_set_loader(config: Config, dataset, splits, negatives: int) -> tup
     return candidate_config, NegSampleEvalDataLoader(candidate_config, splits[2], test_sampler, shuffle=False)
 
 
-def evaluate_candidate_set(config: Config, trainer, dataset, splits, negatives: int) -> dict[str, float]:
+class CandidateSetResult(NamedTuple):
+    """What :func:`evaluate_candidate_set` measured."""
+
+    metrics: dict[str, float]  # HR@K and NDCG@K for K in CANDIDATE_TOPK
+    ranks: np.ndarray  # [test users] 1-based rank of each target among its candidates
+    users: np.ndarray  # [test users] their user ids, in the ranks' order
+
+
+def evaluate_candidate_set(config: Config, trainer, dataset, splits, negatives: int) -> CandidateSetResult:
     """The OneRanker paper's candidate-set protocol on the test targets, with the model as it is now.
 
     Each test target is ranked among itself and ``negatives`` sampled items (:func:`candidate_set_loader`; RecBole
-    scores them with ``predict``); returns HR@K and NDCG@K for K in 1, 3, 5, 10, 15.
+    scores them with ``predict``); returns HR@K and NDCG@K for K in 1, 3, 5, 10, 15, and each user's rank, so
+    that two models can be paired user by user.
     """
     candidate_config, loader = candidate_set_loader(config, dataset, splits, negatives)
     own = trainer.config, trainer.evaluator, trainer.eval_collector
     trainer.config, trainer.evaluator = candidate_config, Evaluator(candidate_config)
-    trainer.eval_collector = ValueCollector(candidate_config)
+    collector = trainer.eval_collector = ValueCollector(candidate_config)
     try:
-        return dict(trainer.evaluate(loader, load_best_model=False))
+        metrics = dict(trainer.evaluate(loader, load_best_model=False))
     finally:
         trainer.config, trainer.evaluator, trainer.eval_collector = own
+    return CandidateSetResult(metrics, collector.last_ranks, collector.last_users)

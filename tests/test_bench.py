@@ -381,34 +381,65 @@ def test_summary_picks_each_models_best_row_on_validation(tmp_path, monkeypatch)
     assert "| SASRec | S | 1 | 0.0300 |" in text and "| HSTU | B |" not in text and "| HSTU | C |" not in text
 
 
+def test_a_row_keeps_per_user_values_and_candidate_ranks_that_average_to_its_metrics(tmp_path, tiny_data_path):
+    bench = {**TINY_ROWS, "common": {**TINY_ROWS["common"], "metrics": ["Hit", "NDCG", "GMV"], "topk": [10],
+                                     "candidate_negatives": 9}}  # fmt: skip
+    bench_config = tmp_path / "tiny.yaml"
+    bench_config.write_text(yaml.safe_dump(bench))
+    argv = ["--dataset", "ml-tiny", "--bench-config", str(bench_config), "--seeds", "1", "--epochs", "1",
+            "--data-path", str(tiny_data_path), "--results", str(tmp_path / "results")]  # fmt: skip
+    assert quality.main(argv) == 0
+    [row] = list(csv.DictReader((tmp_path / "results" / "tiny.csv").open()))
+    assert row["per_user_file"].endswith(".per-user.npz")
+    users, gmv_shares = quality.per_user_gmv([row])
+    assert gmv_shares.mean() == pytest.approx(float(row["test_gmv@10"]), abs=1e-4)  # the metric, user by user
+    candidate_users, hits = quality.per_user_candidate_hit([row])
+    assert hits.mean() == pytest.approx(float(row["candidate_hit@1"]), abs=1e-4)
+    assert sorted(candidate_users.tolist()) == sorted(users.tolist())  # the same test users, each once
+
+
 def test_the_study_compares_rows_in_the_table_1_shape_against_the_baseline(tmp_path, monkeypatch, capsys):
     configs = tmp_path / "configs"
     configs.mkdir()
-    bench = {"rows": {"GPR": {"model": "GPR"}, "OneRanker": {"model": "OneRanker"}, "Idle": {"model": "HSTU"}}}
-    (configs / "ml-100k.yaml").write_text(yaml.safe_dump(bench))
+    rows = {"GPR": {"model": "GPR"}, "OneRanker": {"model": "OneRanker"}, "Idle": {"model": "HSTU"},
+            "Old": {"model": "HSTU"}}  # fmt: skip
+    (configs / "ml-100k.yaml").write_text(yaml.safe_dump({"rows": rows}))
     monkeypatch.setattr(common, "CONFIG_DIR", configs)
-    hashes = common.config_hashes(bench, "ml-100k", {})
+    hashes = common.config_hashes({"rows": rows}, "ml-100k", {})
     table = common.ResultTable(tmp_path / "ml-100k.csv")
     users = tmp_path / "users.npy"
     np.save(users, np.array([1, 2]))
-    runs = [("GPR", 1, 0.20, [1, 20]), ("GPR", 2, 0.30, [2, 20]), ("OneRanker", 1, 0.30, [1, 1])]
-    for label, seed, hr1, ranks in runs:
+    # label, seed, candidate HR@1, full-ranking ranks, candidate ranks (None: a row from before they were kept)
+    runs = [("GPR", 1, 0.20, [1, 20], [1, 5]), ("GPR", 2, 0.30, [2, 20], [2, 1]),
+            ("OneRanker", 1, 0.30, [1, 1], [1, 1]), ("Old", 1, 0.30, [1, 1], None)]  # fmt: skip
+    for label, seed, hr1, ranks, candidate_ranks in runs:
         ranks_file = tmp_path / f"{label}{seed}.npy"
         np.save(ranks_file, np.array(ranks))
+        per_user_file = ""
+        if candidate_ranks is not None:
+            per_user_file = tmp_path / f"{label}{seed}.per-user.npz"
+            # the candidate users in another order than the full ranking's: pairing goes by user id
+            np.savez(per_user_file, values=np.array([1.0, 3.0]), candidate_users=np.array([2, 1]),
+                     candidate_ranks=np.array(candidate_ranks[::-1]))  # fmt: skip
         table.append({"key": f"{label}{seed}", "config_hash": hashes[label], "label": label, "model": label,
                       "seed": seed, "command": "run_recbole --candidate_negatives=29", "candidate_hit@1": hr1,
-                      "test_ndcg@10": 0.1, "ranks_file": str(ranks_file), "users_file": str(users)})  # fmt: skip
+                      "test_ndcg@10": 0.1, "ranks_file": str(ranks_file), "users_file": str(users),
+                      "per_user_file": str(per_user_file)})  # fmt: skip
     from recbole_oneranker.bench import study
 
-    assert study.main(["--dataset", "ml-100k", "--results", str(tmp_path), "--rows", "OneRanker", "Idle"]) == 0
+    assert study.main(["--dataset", "ml-100k", "--results", str(tmp_path), "--rows", "OneRanker", "Idle", "Old"]) == 0
     text = capsys.readouterr().out
     assert "target and 29 sampled negatives" in text and "| Idle |" not in text  # no finished seed: left out
     lines = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
-    gpr, oneranker = lines["| GPR"], lines["| OneRanker"]
+    gpr, oneranker, old = lines["| GPR"], lines["| OneRanker"], lines["| Old"]
     assert "| 2 | 0.2500 ± 0.6353 |" in gpr and "| +0.0% |" in gpr  # 0.25 ± t(1) * 0.0707 / sqrt(2)
-    # +20% relative HR@1; per user, NDCG@10 1 against (1 + 1/log2(3)) / 2 (ranks 1 and 2) and against 0 (rank 20)
-    assert "| 1 | 0.3000 |" in oneranker and "| +20.0% |" in oneranker
+    # +20% relative HR@1; per user, candidate HR@1 1 against 1/2 (GPR's seeds rank user 1 first, then user 2)
+    assert "| 1 | 0.3000 |" in oneranker and "| +20.0% | +0.5000 [+0.5000, +0.5000] |" in oneranker
+    # GMV@10 shares: values 1 and 3 of total 4 over 2 users -> 0.5 and 1.5 on a hit; GPR misses user 2 (rank 20)
+    assert "| +0.7500 [+0.0000, +1.5000] |" in oneranker
+    # NDCG@10 per user: 1 against (1 + 1/log2(3)) / 2 (ranks 1 and 2) and against 0 (rank 20)
     assert "| +0.5923 [" in oneranker
+    assert "| +20.0% | - | - | - | 0.1000 | +0.5923 [" in old  # no per-user file: no paired HR@1 or GMV
     assert study.main(["--dataset", "ml-100k", "--results", str(tmp_path), "--baseline", "Idle"]) == 2
 
 

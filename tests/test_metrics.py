@@ -1,15 +1,19 @@
-"""GMV@K against hand-computed values, and its registration with RecBole's evaluator."""
+"""GMV@K against hand-computed values, its registration with RecBole's evaluator, and the per-user ranks the
+collector keeps."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from recbole.evaluator import Evaluator
 from recbole.evaluator.collector import DataStruct
 from recbole.evaluator.register import metric_types, metrics_dict
 
 from recbole_oneranker.evaluator import GMV
+from recbole_oneranker.evaluator.collector import score_row_users
 from recbole_oneranker.evaluator.ranking import mask_seen_items, rank_metrics, target_ranks
 
 METRIC_CONFIG = {"topk": [1, 2, 3], "metric_decimal_place": 4, "metrics": ["Hit", "GMV"]}
@@ -86,3 +90,21 @@ def test_seen_items_are_masked_but_not_the_padding_item():
     scores = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     masked = mask_seen_items(scores.clone(), torch.tensor([[3, 1, 0]]))  # 0-padded history
     assert masked.tolist() == [[0.0, -float("inf"), 2.0, -float("inf")]]
+
+
+def test_score_row_users_of_a_full_ranking_batch_are_its_interactions():
+    users = torch.tensor([4, 4, 9])  # one interaction per score row, whatever the ids
+    assert score_row_users(users, 3).tolist() == [4, 4, 9]
+
+
+@settings(deadline=None)
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=8, unique=True), st.integers(2, 6))
+def test_score_row_users_of_a_candidate_batch_are_its_blocks(users, candidates):
+    # RecBole's negative-sampled evaluation: each user's target and its negatives, one block per user
+    interactions = torch.tensor(users).repeat_interleave(candidates)
+    assert score_row_users(interactions, len(users)).tolist() == users
+
+
+def test_score_row_users_refuse_a_batch_of_neither_layout():
+    with pytest.raises(ValueError, match="5 evaluated interactions of 2 users for 3 score rows"):
+        score_row_users(torch.tensor([1, 1, 1, 2, 2]), 3)

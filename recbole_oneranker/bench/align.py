@@ -129,7 +129,8 @@ def evaluate_checkpoint(
     candidate_result = None
     if config["candidate_negatives"]:
         splits = (train_data._dataset, valid_data._dataset, test_data._dataset)
-        candidate_result = evaluate_candidate_set(config, trainer, dataset, splits, config["candidate_negatives"])
+        negatives = config["candidate_negatives"]
+        candidate_result = evaluate_candidate_set(config, trainer, dataset, splits, negatives).metrics
     return {
         "test_result": test_result,
         "candidate_result": candidate_result,

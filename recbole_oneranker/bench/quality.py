@@ -10,7 +10,8 @@
 Rows are the named entries of ``bench/configs/<dataset>.yaml`` (a model plus its settings; ``common`` applies to
 all). Run it from the repository root: commands and data paths are relative to it. Every finished (row, seed) is
 appended at once to ``results/<dataset>.csv`` with the ``run_recbole`` command that reproduces it alone, and its
-per-user test ranks go to ``results/ranks/<dataset>/``; a re-run skips finished rows, so an interrupted benchmark
+per-user test ranks go to ``results/ranks/<dataset>/`` (with the targets' values and the candidate-set ranks, so that
+GMV and candidate HR pair user by user too); a re-run skips finished rows, so an interrupted benchmark
 resumes where it stopped. ``results/<dataset>.md`` is rewritten after each row: mean and 95% t-interval over
 seeds, a per-user bootstrap interval, epochs and wall time to the best validation.
 Model choices use validation only; test numbers are read once, for the best checkpoint.
@@ -63,6 +64,7 @@ from recbole_oneranker.quick_start import run
 FIRST_SEED = 2020
 HEADLINE = ("ndcg@10", "hit@10", "mrr@10", "ndcg@20", "hit@20", "ndcg@1", "hit@5", "ndcg@5", "gmv@10")
 CANDIDATE_HEADLINE = ("hit@1", "hit@5", "ndcg@5", "ndcg@10")
+PER_USER_SUFFIX = ".per-user.npz"  # beside a row's ranks: its targets' values and candidate-set ranks per user
 
 
 class ValidationRecorder:
@@ -115,6 +117,7 @@ def run_row(
     np.save(ranks_file, result["test_ranks"].astype(np.int32))
     users_file = ranks_file.with_suffix(".users.npy")  # test users in the ranks' order, to pair rows user by user
     np.save(users_file, result["test_users"].astype(np.int64))
+    per_user_file = save_per_user(ranks_file.with_suffix(PER_USER_SUFFIX), result)
     best_score, best_epoch, time_to_best = recorder.best if recorder.best else (float("nan"), -1, float("nan"))
     row = {
         "key": key,
@@ -133,6 +136,7 @@ def run_row(
         "device": result["device"],
         "ranks_file": _relative(ranks_file),
         "users_file": _relative(users_file),
+        "per_user_file": _relative(per_user_file) if per_user_file else "",
     }
     row.update({f"valid_{name}": float(value) for name, value in (result["best_valid_result"] or {}).items()})
     row.update({f"test_{name}": float(value) for name, value in result["test_result"].items()})
@@ -144,6 +148,32 @@ def _relative(path: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
+def save_per_user(path: Path, result: dict[str, Any]) -> Path | None:
+    """Write the run's per-user arrays beyond the full ranking's ranks to one ``.npz`` (None when it has none):
+    ``values``, each test target's value in the ranks' order (with a GMV metric), and ``candidate_ranks`` with
+    ``candidate_users`` (the candidate-set protocol's rank of each user's target)."""
+    arrays = {
+        name: result[key]
+        for name, key in (
+            ("values", "test_values"),
+            ("candidate_ranks", "candidate_ranks"),
+            ("candidate_users", "candidate_users"),
+        )  # fmt: skip
+        if result.get(key) is not None
+    }
+    if not arrays:
+        return None
+    np.savez(path, **arrays)
+    return path
+
+
+def _per_user_arrays(row: dict[str, Any], names: tuple[str, ...]) -> list[np.ndarray] | None:
+    if not row.get("per_user_file"):
+        return None
+    with np.load(REPO / row["per_user_file"]) as arrays:
+        return [arrays[name] for name in names] if all(name in arrays for name in names) else None
+
+
 def per_user_ndcg(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
     """``(user ids, NDCG@10)`` of each test user averaged over the rows' seeds; None if a row kept no user ids."""
     if not all(row.get("users_file") for row in rows):
@@ -152,8 +182,33 @@ def per_user_ndcg(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] |
     return per_user_mean(users, [rank_metrics(np.load(REPO / row["ranks_file"]), 10)["ndcg"] for row in rows])
 
 
+def per_user_gmv(rows: list[dict[str, Any]], k: int = 10) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(user ids, share of GMV@k)`` of each test user averaged over the rows' seeds, each seed's shares averaging
+    to its GMV@k (:class:`~recbole_oneranker.evaluator.metrics.GMV`); None if a row kept no target values."""
+    users, shares = [], []
+    for row in rows:
+        arrays = _per_user_arrays(row, ("values",))
+        if arrays is None or not row.get("users_file"):
+            return None
+        values = arrays[0].astype(np.float64)
+        hit = rank_metrics(np.load(REPO / row["ranks_file"]), k)["hit"]
+        users.append(np.load(REPO / row["users_file"]))
+        shares.append(hit * values * (len(values) / values.sum() if values.sum() > 0 else 0.0))
+    return per_user_mean(users, shares)
+
+
+def per_user_candidate_hit(rows: list[dict[str, Any]], k: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(user ids, candidate-set HR@k)`` of each test user averaged over the rows' seeds; None if a row kept no
+    candidate ranks."""
+    arrays = [_per_user_arrays(row, ("candidate_users", "candidate_ranks")) for row in rows]
+    if any(pair is None for pair in arrays):
+        return None
+    return per_user_mean([users for users, _ in arrays], [rank_metrics(ranks, k)["hit"] for _, ranks in arrays])
+
+
 def paired_cell(own: tuple[np.ndarray, np.ndarray] | None, baseline: tuple[np.ndarray, np.ndarray] | None) -> str:
-    """Mean per-user NDCG@10 difference to the baseline row and its 95% paired bootstrap interval."""
+    """Mean per-user difference to the baseline row (``(user ids, values)`` pairs) and its 95% paired bootstrap
+    interval."""
     if own is None or baseline is None:
         return "-"
     difference = paired_difference(own, baseline)

@@ -7,9 +7,9 @@ OneRec, HSTU and SASRec in the shape of the OneRanker paper's Table 1.
 Per row of ``results/<dataset>.csv`` made under ``bench/configs/<dataset>.yaml`` as it is now: the candidate-set
 protocol's HR@K and NDCG@K for K in 1, 3, 5, 10, 15 (the paper's Table 1; target + the config's sampled negatives),
 GMV@10 of the full ranking, each as mean ± 95% t-interval over the row's seeds; the relative HR@1 over the baseline
-row (the paper's headline, "OneRanker HR@1 .2639 against GPR .1824"), as a ratio of the seed means; and the full
-ranking's test NDCG@10 with its per-user paired difference to the baseline (95% bootstrap interval over users, from
-the rows' rank files).
+row (the paper's headline, "OneRanker HR@1 .2639 against GPR .1824"), as a ratio of the seed means; the full
+ranking's test NDCG@10; and the per-user paired differences to the baseline of candidate HR@1, GMV@10 and NDCG@10
+(95% bootstrap interval over users, from the rows' rank and per-user files).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from recbole_oneranker.bench.common import REPO, configured_rows, mean_ci
-from recbole_oneranker.bench.quality import paired_cell, per_user_ndcg
+from recbole_oneranker.bench.quality import paired_cell, per_user_candidate_hit, per_user_gmv, per_user_ndcg
 
 __all__ = ["DEFAULT_ROWS", "TABLE1_CUTOFFS", "main", "study_markdown", "study_rows"]
 
@@ -62,17 +62,21 @@ def study_markdown(dataset: str, by_label: dict[str, list[dict[str, Any]]], base
     """The study's table (module docstring) for the rows of ``by_label``, against the row ``baseline``."""
     base_runs = by_label.get(baseline, [])
     base_hr1 = _seed_mean(base_runs, "candidate_hit@1")
-    base_ndcg = per_user_ndcg(base_runs) if base_runs else None
+    per_user = {"hr1": per_user_candidate_hit, "gmv": per_user_gmv, "ndcg": per_user_ndcg}
+    base = {name: read(base_runs) if base_runs else None for name, read in per_user.items()}
     header = ["row", "model", "seeds"]
     header += [f"cand. HR@{k}" for k in TABLE1_CUTOFFS] + [f"cand. NDCG@{k}" for k in TABLE1_CUTOFFS[1:]]
-    header += ["GMV@10", f"cand. HR@1 vs {baseline}", "test NDCG@10", f"Δ NDCG@10 vs {baseline} (per user)"]
+    header += [f"cand. HR@1 vs {baseline}", f"Δ cand. HR@1 vs {baseline} (per user)"]
+    header += ["GMV@10", f"Δ GMV@10 vs {baseline} (per user)", "test NDCG@10", f"Δ NDCG@10 vs {baseline} (per user)"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for label, runs in by_label.items():
+        own = {name: read(runs) for name, read in per_user.items()}
         cells = [label, runs[0]["model"], str(len(runs))]
         cells += [_cell(runs, f"candidate_hit@{k}") for k in TABLE1_CUTOFFS]
         cells += [_cell(runs, f"candidate_ndcg@{k}") for k in TABLE1_CUTOFFS[1:]]
-        cells += [_cell(runs, "test_gmv@10"), _relative(_seed_mean(runs, "candidate_hit@1"), base_hr1)]
-        cells += [_cell(runs, "test_ndcg@10"), paired_cell(per_user_ndcg(runs), base_ndcg) if base_runs else "-"]
+        cells += [_relative(_seed_mean(runs, "candidate_hit@1"), base_hr1), paired_cell(own["hr1"], base["hr1"])]
+        cells += [_cell(runs, "test_gmv@10"), paired_cell(own["gmv"], base["gmv"])]
+        cells += [_cell(runs, "test_ndcg@10"), paired_cell(own["ndcg"], base["ndcg"])]
         lines.append("| " + " | ".join(cells) + " |")
     negatives = {run["command"].split("--candidate_negatives=")[1].split()[0] for runs in by_label.values()
                  for run in runs if "--candidate_negatives=" in run["command"]}  # fmt: skip
@@ -83,9 +87,10 @@ def study_markdown(dataset: str, by_label: dict[str, list[dict[str, Any]]], base
         f"Produced by `{command}` from the benchmark rows in [{dataset}.md]({dataset}.md) (no training; each row's",
         "commands and per-seed numbers are there). cand.: the candidate-set protocol, each test target ranked among",
         f"{candidates}; mean ± 95% t-interval over seeds (one seed: the value alone). GMV@10 and NDCG@10: full",
-        f"ranking. cand. HR@1 vs {baseline}: the ratio of the seed means, less 1 (the paper's relative HR@1); its",
-        "interval would need per-user candidate ranks, which the rows do not keep. Δ NDCG@10: the mean per-user",
-        f"difference to {baseline} over the users both rows tested, with its 95% paired bootstrap interval.",
+        f"ranking. cand. HR@1 vs {baseline}: the ratio of the seed means, less 1 (the paper's relative HR@1). Each Δ:",
+        f"the mean per-user difference to {baseline} (each user's value averaged over the row's seeds) over the users",
+        "both rows tested, with its 95% paired bootstrap interval; '-' where a row was run before its per-user",
+        "candidate ranks and target values were kept (results/ranks/<dataset>/*.per-user.npz).",
         "",
     ]
     return "\n".join(intro + lines) + "\n"

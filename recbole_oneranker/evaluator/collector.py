@@ -14,9 +14,12 @@ from recbole_oneranker.evaluator.ranking import target_ranks
 
 class ValueCollector(Collector):
     """Collects ``interaction[value_field]`` of every evaluated row when a metric needs ``data.value``, and keeps
-    the last ranking evaluation's users and the rank of each one's target (:func:`~.ranking.target_ranks`) in row
-    order (``last_users``, ``last_ranks``), so per-user results can be read, and paired across models, after
-    ``Trainer.evaluate``.
+    the last ranking evaluation's users, the rank of each one's target (:func:`~.ranking.target_ranks`) and, with a
+    value metric, each target's value, in row order (``last_users``, ``last_ranks``, ``last_values``), so per-user
+    results can be read, and paired across models, after ``Trainer.evaluate``.
+
+    A full-ranking batch has one interaction per score row. A candidate-set batch (RecBole's negative-sampled
+    evaluation) has a block per user, the target and its sampled negatives; its users are read one per block.
 
     In a distributed run the trainer sets ``shard_indices`` to the loader indices this process evaluates; the
     collected rows of every process are then put together, each user once (``compat`` fix 15), so that every
@@ -27,6 +30,7 @@ class ValueCollector(Collector):
         super().__init__(config)
         self.last_users: np.ndarray | None = None
         self.last_ranks: np.ndarray | None = None
+        self.last_values: np.ndarray | None = None
         self._users: list[torch.Tensor] = []
         self._ranks: list[torch.Tensor] = []
         self.shard_indices: list[int] | None = None
@@ -45,7 +49,7 @@ class ValueCollector(Collector):
             is_target[positive_u, positive_i] = True
             self._ranks.append(target_ranks(scores_tensor, is_target).cpu())
             if self.uid_field in interaction:
-                self._users.append(interaction[self.uid_field].detach().cpu())
+                self._users.append(score_row_users(interaction[self.uid_field].detach().cpu(), len(scores_tensor)))
         if self.register.need(VALUE_DATA_KEY):
             if self.value_field not in interaction:
                 raise ValueError(
@@ -63,6 +67,8 @@ class ValueCollector(Collector):
             users, ranks = self._gather_shards(returned, users, ranks)
         self.last_users = None if users is None else users.numpy()
         self.last_ranks = None if ranks is None else ranks.numpy()
+        values = returned[VALUE_DATA_KEY] if VALUE_DATA_KEY in returned else None
+        self.last_values = None if values is None or ranks is None else values.cpu().numpy()
         # RecBole resets only rec.* and data.label between evaluations; without this, values would pile up
         # across epochs and the second evaluation would compare n users with 2n values.
         if VALUE_DATA_KEY in self.data_struct:
@@ -79,3 +85,21 @@ class ValueCollector(Collector):
             if key not in ("users", "ranks"):
                 struct[key] = values
         return merged.get("users"), merged.get("ranks")
+
+
+def score_row_users(users: torch.Tensor, score_rows: int) -> torch.Tensor:
+    """``[score_rows]`` user of each score row of an evaluation batch whose interactions hold ``users``.
+
+    One interaction per row (full ranking) is the row's user. A negative-sampled batch lays each user's target and
+    negatives out as one consecutive block (RecBole's ``NegSampleEvalDataLoader``; a user once per batch), so its
+    users are the blocks'.
+
+    Raises:
+        ValueError: the interactions fit neither layout.
+    """
+    if len(users) == score_rows:
+        return users
+    blocks = torch.unique_consecutive(users)
+    if len(blocks) != score_rows:
+        raise ValueError(f"{len(users)} evaluated interactions of {len(blocks)} users for {score_rows} score rows")
+    return blocks
