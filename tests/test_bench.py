@@ -61,6 +61,9 @@ def test_quality_rows_resume_and_report(tmp_path, tiny_data_path, run_device, ca
     assert {row["device"] for row in rows} == {run_device} and f"| {run_device} |" in report
 
     capsys.readouterr()
+    assert quality.main([*argv, "--seeds", "1", "--rerun"]) == 0  # seed 2020 again, in its own row's place
+    assert "reproduced the row it replaced" in capsys.readouterr().out
+    assert [row["seed"] for row in csv.DictReader(csv_file.open())] == ["2020", "2021", "2022"]
     assert quality.main([*argv, "--paired", "HSTU-tiny", "HSTU-tiny"]) == 0  # trains nothing, reads the ranks
     printed = capsys.readouterr().out
     assert "(seeds [2020, 2021, 2022])" in printed and "+0.0000 [+0.0000, +0.0000]" in printed  # a row against itself

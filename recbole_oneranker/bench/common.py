@@ -207,15 +207,24 @@ class ResultTable:
         with self.path.open(newline="") as file:
             return list(csv.DictReader(file))
 
+    def row(self, key: str) -> dict[str, Any] | None:
+        """The row of ``key``, or None, as the file is now (another process may have finished it meanwhile)."""
+        self.rows = self._read()
+        return next((row for row in self.rows if row["key"] == key), None)
+
     def has(self, key: str) -> bool:
-        self.rows = self._read()  # another process may have finished it meanwhile
-        return any(row["key"] == key for row in self.rows)
+        return self.row(key) is not None
 
     def append(self, row: dict[str, Any]) -> None:
+        """Add ``row``, or put it in the place of the row with its key (a row run again)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.with_suffix(".lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            self.rows = [*self._read(), dict(row)]
+            rows = self._read()
+            if any(old["key"] == row["key"] for old in rows):
+                self.rows = [dict(row) if old["key"] == row["key"] else old for old in rows]
+            else:
+                self.rows = [*rows, dict(row)]
             fields = list(dict.fromkeys(field for existing in self.rows for field in existing))
             tmp = self.path.with_suffix(".tmp")
             with tmp.open("w", newline="") as file:

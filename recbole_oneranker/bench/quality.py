@@ -15,10 +15,12 @@ GMV and candidate HR pair user by user too); a re-run skips finished rows, so an
 resumes where it stopped. ``results/<dataset>.md`` is rewritten after each row: mean and 95% t-interval over
 seeds, a per-user bootstrap interval, epochs and wall time to the best validation.
 Model choices use validation only; test numbers are read once, for the best checkpoint.
-``--paired A B`` trains nothing: it prints the mean per-user test NDCG@10 difference of row A to row B (each
-averaged over its finished seeds) with its 95% paired bootstrap interval, as the report's Δ column does against
-the bench config's baseline. ``--summary`` trains nothing either: it writes ``results/README.md``, the best row of
-each model on each dataset (:mod:`recbole_oneranker.bench.summary`).
+``--rerun`` trains finished rows again and puts the new rows in their place, printing whether each reproduced the
+old one (rows made before the per-user files were kept get them this way). ``--paired A B`` trains nothing: it
+prints the mean per-user test NDCG@10 difference of row A to row B (each averaged over its finished seeds) with its
+95% paired bootstrap interval, as the report's Δ column does against the bench config's baseline. ``--summary``
+trains nothing either: it writes ``results/README.md``, the best row of each model on each dataset
+(:mod:`recbole_oneranker.bench.summary`).
 """
 
 from __future__ import annotations
@@ -341,6 +343,17 @@ def write_report(
     out.write_text("\n".join(lines) + "\n")
 
 
+def reproduction(before: dict[str, Any] | None, row: dict[str, Any]) -> str:
+    """``; reproduced ...`` or ``; NOT reproduced ...``: a re-run row's test NDCG@10 and best epoch against the row
+    it replaced (empty for a first run)."""
+    if before is None:
+        return ""
+    old_score, new_score = f"{float(before['test_ndcg@10']):.4f}", f"{float(row['test_ndcg@10']):.4f}"
+    same = old_score == new_score and int(before["best_epoch"]) == int(row["best_epoch"])
+    verdict = "reproduced" if same else "NOT reproduced"
+    return f"; {verdict} the row it replaced (test ndcg@10 {old_score} at best epoch {before['best_epoch']})"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -366,6 +379,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--summary",
         action="store_true",
         help="write <results>/README.md: each model's best row on validation per dataset, from every CSV; no training",
+    )
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="train finished rows again and put the new rows in their place, saying whether each reproduced "
+        "(e.g. for the per-user files of rows made before they were kept)",
     )
     parser.add_argument(
         "--paired", nargs=2, metavar=("A", "B"), help="print row A's per-user NDCG@10 difference to row B; no training"
@@ -409,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     for done, (label, seed) in enumerate(jobs, start=1):
         model, settings = row_settings(bench_config, label, {**extra, "seed": seed})
         key = row_key(label, model, dataset, settings)
-        if table.has(key):
+        before = table.row(key)
+        if before and not args.rerun:
             print(f"[{done}/{len(jobs)}] {label} seed {seed}: done before, skipped", flush=True)
             continue
         print(f"[{done}/{len(jobs)}] {label} seed {seed}: training {model} on {dataset} ...", flush=True)
@@ -417,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         table.append(row)
         print(
             f"[{done}/{len(jobs)}] {label} seed {seed}: test ndcg@10 {row['test_ndcg@10']:.4f} "
-            f"(best epoch {row['best_epoch']}, {row['wall_time_s']:.0f} s)",
+            f"(best epoch {row['best_epoch']}, {row['wall_time_s']:.0f} s){reproduction(before, row)}",
             flush=True,
         )
         write_report(current_rows(table, hashes), results_name, command, out, baseline)
