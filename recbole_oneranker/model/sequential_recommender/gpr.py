@@ -210,6 +210,7 @@ class GPR(GenerativeRecommender):
             bucket = interaction[rows]
             states = self.encode(bucket)  # [b, n, D]
             n = states.shape[1]
+            history = bucket[self.ITEM_SEQ][:, :n]  # [b, n] the items the states read
             every_position = torch.arange(n, device=states.device).expand(len(states), -1)
             intents = self.generator.intents(states, visible_states(n, every_position, bucket[self.ITEM_SEQ_LEN]))
             targets = self.next_items_ahead(bucket, n, self.mtp_heads)  # [b, n, H]
@@ -217,7 +218,7 @@ class GPR(GenerativeRecommender):
             head_targets = targets[valid]  # [P, H]
             log_probs = self.generator.path_log_probs(intents[valid], self.item_codes[head_targets]).sum(-1)  # [P, H]
             if self.repeat_explore is not None:  # the next item (head 1's) may also be copied from the history
-                copied = self._copy_parts(bucket, states, valid).of_targets(head_targets[:, 0], log_probs[:, 0])
+                copied = self._copy_parts(history, states, valid).of_targets(head_targets[:, 0], log_probs[:, 0])
                 log_probs = torch.cat([copied.unsqueeze(1), log_probs[:, 1:]], dim=1)
             weights = (head_targets > 0).float() / self.mtp_heads  # a head with no j-th next item learns nothing
             if self.vaft:
@@ -227,7 +228,7 @@ class GPR(GenerativeRecommender):
                 estimates = self.hte(states[valid], self.item_codes[head_targets[:, 0]])  # [P, L]
                 value = value + (estimates - self._value_targets(bucket, n, valid).unsqueeze(-1)).pow(2).mean(-1).sum()
             if self.repeat_shift is not None:
-                repeat_shift = repeat_shift - self._repeat_shift_gain(bucket, intents).sum()
+                repeat_shift = repeat_shift - self._repeat_shift_gain(bucket, history, intents).sum()
             positions += int(valid.sum())
         positions = max(positions, 1)
         losses = [generation / positions]
@@ -237,24 +238,23 @@ class GPR(GenerativeRecommender):
             losses.append(repeat_shift / len(interaction))
         return tuple(losses) if len(losses) > 1 else losses[0]
 
-    def _repeat_shift_gain(self, interaction, intents: Tensor) -> Tensor:
+    def _repeat_shift_gain(self, interaction, history: Tensor, intents: Tensor) -> Tensor:
         """``[B]`` what ``repeat_bias``'s shift adds to the log-probability of each row's target at its last
-        position (``intents``: ``[B, N, H, D]`` at every position) under the served distribution held fixed: the
-        shift fits it where and as serving uses it."""
+        position (``history``: ``[B, N]`` items; ``intents``: ``[B, N, H, D]`` at every position) under the served
+        distribution held fixed: the shift fits it where and as serving uses it."""
         seq_lens = interaction[self.ITEM_SEQ_LEN]
         last = intents[torch.arange(len(intents), device=intents.device), seq_lens - 1]  # [B, H, D]
 
         def log_probs_of(rows: Tensor, items: Tensor) -> Tensor:
             return self._mixture_prefix_log_probs(last[rows], items.unsqueeze(1))[:, 0, -1]
 
-        history = interaction[self.ITEM_SEQ][:, : intents.shape[1]]
         return self.repeat_shift.target_log_prob_change(history, interaction[self.ITEM_ID], log_probs_of)
 
-    def _copy_parts(self, interaction, states: Tensor, positions: Tensor) -> RepeatExploreLogProbs:
+    def _copy_parts(self, history: Tensor, states: Tensor, positions: Tensor) -> RepeatExploreLogProbs:
         """The repeat-explore mixture's parts at the ``positions`` (``[B, N]`` bool) of the rows' HSD ``states``
-        (``[B, N, D]``): each position copies from the history items up to itself."""
+        (``[B, N, D]``) of the ``history`` items (``[B, N]``): each position copies from the items up to itself."""
         rows, columns = positions.nonzero(as_tuple=True)
-        return self.repeat_explore.at_positions(states, interaction[self.ITEM_SEQ][:, : states.shape[1]], rows, columns)
+        return self.repeat_explore.at_positions(states, history, rows, columns)
 
     def _stages_reached(self, interaction, seq_len: int, valid: Tensor) -> Tensor:
         """``[P]`` how many cascade stages the next interaction of each valid position reached (0 without one)."""
@@ -288,11 +288,11 @@ class GPR(GenerativeRecommender):
         seq_lens = interaction[self.ITEM_SEQ_LEN]
         positions = (seq_lens - 1).unsqueeze(1)  # [B, 1]
         intents = self.generator.intents(states, visible_states(states.shape[1], positions, seq_lens))[:, 0]
+        history = interaction[self.ITEM_SEQ][:, : states.shape[1]]
         copy = None
         if self.repeat_explore is not None:
             last = torch.zeros(states.shape[:2], dtype=torch.bool, device=states.device)
-            copy = self._copy_parts(interaction, states, last.scatter_(1, positions, True))
-        history = interaction[self.ITEM_SEQ][:, : states.shape[1]]
+            copy = self._copy_parts(history, states, last.scatter_(1, positions, True))
         return EncodedRequests(self.gather_indexes(states, seq_lens - 1), intents, copy, history)
 
     def serve(self, interaction) -> ServingResult:
