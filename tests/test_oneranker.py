@@ -209,7 +209,15 @@ def test_history_negatives_reach_the_generation_loss(build):
     assert with_seen > without
 
 
-@pytest.mark.parametrize("mode", [pytest.param({"n_gen_heads": 2}, id="item"), pytest.param(SID, id="sid"), *REPEATS])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param({"n_gen_heads": 2}, id="item"),
+        pytest.param(SID, id="sid"),
+        pytest.param({**SID, "repeat_bias": True}, id="sid-repeat-bias"),
+        *REPEATS,
+    ],
+)
 def test_gradients_reach_every_parameter(build, mode):
     model, train, _ = build(**mode)
     batch = next(iter(train))
@@ -285,7 +293,9 @@ def test_repeat_bias_is_learned_and_keeps_seen_items_out_of_the_candidates(build
     assert not seen.gather(1, top).any()
 
 
-@pytest.mark.parametrize("overrides", [{}, {"repeat_bias": True, "history_negatives": True}, SID, *REPEATS])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"repeat_bias": True, "history_negatives": True}, SID, {**SID, "repeat_bias": True}, *REPEATS]
+)
 def test_full_sort_puts_ranked_candidates_first(build, overrides):
     model, _, test = build(**overrides)
     model.eval()
@@ -409,6 +419,48 @@ def test_sid_tokens_carry_the_items_codes_into_history_and_candidates(build):
         after = model.rank(inputs, candidates)  # the same memory: only the candidates' tokens changed
         assert not torch.allclose(before, after)
         assert not torch.allclose(model.encode(batch), states)  # the history tokens read the codes too
+
+
+SID_REPEAT_BIAS = {**SID, "repeat_bias": True, "use_step2": False, "use_ranker": False, "gamma": 0.0}
+
+
+def test_sid_repeat_shift_loss_is_the_served_targets_log_prob_change(build):
+    # Step 1 alone, so the served score is the SID mixture's; the shift needs no history negatives in this mode
+    model, train, _ = build(**SID_REPEAT_BIAS)
+    model.eval()  # no dropout: training and serving read the same intents
+    batch = next(iter(train))
+    batch["item_id"][::2] = batch["item_id_list"][::2, 0]  # half the targets repeat a seen item
+    targets = batch["item_id"][:, None]
+    with torch.no_grad():
+        plain = model.full_sort_predict(batch)  # the shift at 0: log-probabilities
+        _, loss_without = model.encode_with_generation_loss(batch)
+        model.repeat_shift.shift.fill_(-1.5)
+        shifted = model.full_sort_predict(batch)
+    served_change = model.repeat_shift.normalised(plain, batch["item_id_list"]).gather(1, targets) - plain.gather(
+        1, targets
+    )
+    _, loss_with = model.encode_with_generation_loss(batch)
+    torch.testing.assert_close(loss_with - loss_without, -served_change.mean(), rtol=1e-4, atol=1e-5)
+    # serving adds the shift to the log-probabilities as they are, without a temperature
+    seen = torch.zeros_like(plain, dtype=torch.bool).scatter_(1, batch["item_id_list"], True)
+    seen[:, 0] = False
+    torch.testing.assert_close((shifted - plain)[seen], torch.full_like(plain[seen], -1.5))
+    loss_with.backward()
+    assert model.repeat_shift.shift.grad.abs() > 0
+
+
+def test_a_large_sid_repeat_shift_retrieves_seen_items_first(build):
+    model, _, test = build(**SID, repeat_bias=True)  # with the ranker: it orders what retrieval chose
+    model.eval()
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        model.repeat_shift.shift.fill_(50.0)
+        candidates = model.serve(batch).candidates
+    lengths = batch["item_length"]
+    for row in range(len(batch)):
+        history = set(batch["item_id_list"][row, : lengths[row]].tolist())
+        retrieved = candidates[row, : min(len(history), model.num_candidates)].tolist()
+        assert set(retrieved) <= history
 
 
 def test_sid_generation_refuses_item_heads(build):

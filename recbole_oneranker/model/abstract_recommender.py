@@ -177,7 +177,7 @@ class GenerativeRecommender(SequentialRecommender):
             )
         except ValueError as error:
             raise ConfigError(str(error)) from error
-        sampled = softmax_config.loss_type == "sampled_softmax" and self.TRAINS_ITEM_SOFTMAX
+        sampled = softmax_config.loss_type == "sampled_softmax" and self.trains_item_softmax(config)
         if config["repeat_bias"] and sampled and not config["history_negatives"]:
             raise ConfigError(
                 "repeat_bias learns from the seen items among the softmax's candidates: with sampled_softmax set "
@@ -190,6 +190,11 @@ class GenerativeRecommender(SequentialRecommender):
         # Side features of the history items, added to their input tokens (a model reads them in :meth:`encode`).
         features = item_feature_embedding(config, dataset) if config["history_item_features"] else None
         self.history_item_features = features
+
+    def trains_item_softmax(self, config) -> bool:
+        """Whether ``repeat_bias``'s shift learns inside the next-item softmax under this config
+        (``TRAINS_ITEM_SOFTMAX``; a model whose step 1 may generate either overrides it)."""
+        return self.TRAINS_ITEM_SOFTMAX
 
     def with_history_features(self, tokens: Tensor | None, item_seq: Tensor, scale: float = 1.0) -> Tensor | None:
         """``tokens`` (``[B, N, D]``, or None: nothing yet) plus ``scale`` x the side features of the history items
@@ -259,6 +264,25 @@ class GenerativeRecommender(SequentialRecommender):
         if self.structure.codes.device != device:
             self.trie, self.structure = self.trie.to(device), self.structure.to(device)
         return self.trie, self.structure
+
+    def sid_repeat_shift_gain(self, interaction, history: Tensor, intents: Tensor) -> Tensor:
+        """``[B]`` what ``repeat_bias``'s shift adds to the log-probability of each row's target at its last
+        position, under the SID heads' mixture held fixed (:meth:`RepeatShift.target_log_prob_change`): the shift
+        fits the distribution where and as serving reads it. For a model whose ``generator`` is a
+        :class:`~recbole_oneranker.model.layers.SIDGenerator`.
+
+        Args:
+            history: ``[B, N]`` the items the states read; intents: ``[B, N, H, D]`` the heads' intents at every
+                position.
+        """
+        seq_lens = interaction[self.ITEM_SEQ_LEN]
+        last = intents[torch.arange(len(intents), device=intents.device), seq_lens - 1]  # [B, H, D]
+        trie, _ = self.semantic_ids_on(intents.device)
+
+        def log_probs_of(rows: Tensor, items: Tensor) -> Tensor:
+            return self.generator.mixture_prefix_log_probs(last[rows], items.unsqueeze(1) - 1, trie)[:, 0, -1]
+
+        return self.repeat_shift.target_log_prob_change(history, interaction[self.ITEM_ID], log_probs_of)
 
     def item_tokens(self, item_ids: Tensor) -> Tensor:
         """``[..., D]`` the input token of items: the sum of their semantic-ID code embeddings, one table per level

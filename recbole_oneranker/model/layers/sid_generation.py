@@ -298,6 +298,17 @@ class SIDGenerator(nn.Module):
         per_level = self._teacher_forced(per_item, codes, over_the_valid_children)  # [PC, H, L]
         return per_level.view(num_rows, count, num_heads, -1).transpose(1, 2)
 
+    def mixture_prefix_log_probs(self, intents: Tensor, items: Tensor, trie: SIDTrie) -> Tensor:
+        """``[P, C, L]`` the heads' mixture ``log mean_h p_h`` of the probability of the first ``l + 1`` codes of
+        each of ``C`` catalogue items per row (level ``l`` on the last axis; the last level is the item's
+        :meth:`catalogue_log_probs` mixed over the heads).
+
+        Args:
+            intents: ``[P, H, D]``; items: ``[P, C]`` rows of ``trie.codes``; trie: the catalogue's (same device).
+        """
+        per_head = self.item_level_log_probs(intents, items, trie).cumsum(-1)  # [P, H, C, L]
+        return torch.logsumexp(per_head, dim=1) - math.log(self.config.num_heads)
+
     def _teacher_forced(self, intents: Tensor, codes: Tensor, normalise: Callable[[Tensor, int], Tensor]) -> Tensor:
         """``[P, H, L]`` the log-probability of each level's code of ``codes`` (``[P, H, L]``) after the true codes
         before it, ``normalise(logits [P, H, K_l], level)`` turning a level's logits into log-probabilities."""

@@ -228,7 +228,7 @@ class GPR(GenerativeRecommender):
                 estimates = self.hte(states[valid], self.item_codes[head_targets[:, 0]])  # [P, L]
                 value = value + (estimates - self._value_targets(bucket, n, valid).unsqueeze(-1)).pow(2).mean(-1).sum()
             if self.repeat_shift is not None:
-                repeat_shift = repeat_shift - self._repeat_shift_gain(bucket, history, intents).sum()
+                repeat_shift = repeat_shift - self.sid_repeat_shift_gain(bucket, history, intents).sum()
             positions += int(valid.sum())
         positions = max(positions, 1)
         losses = [generation / positions]
@@ -237,18 +237,6 @@ class GPR(GenerativeRecommender):
         if self.repeat_shift is not None:  # one term per row: the shift learns at each row's last position
             losses.append(repeat_shift / len(interaction))
         return tuple(losses) if len(losses) > 1 else losses[0]
-
-    def _repeat_shift_gain(self, interaction, history: Tensor, intents: Tensor) -> Tensor:
-        """``[B]`` what ``repeat_bias``'s shift adds to the log-probability of each row's target at its last
-        position (``history``: ``[B, N]`` items; ``intents``: ``[B, N, H, D]`` at every position) under the served
-        distribution held fixed: the shift fits it where and as serving uses it."""
-        seq_lens = interaction[self.ITEM_SEQ_LEN]
-        last = intents[torch.arange(len(intents), device=intents.device), seq_lens - 1]  # [B, H, D]
-
-        def log_probs_of(rows: Tensor, items: Tensor) -> Tensor:
-            return self._mixture_prefix_log_probs(last[rows], items.unsqueeze(1))[:, 0, -1]
-
-        return self.repeat_shift.target_log_prob_change(history, interaction[self.ITEM_ID], log_probs_of)
 
     def _copy_parts(self, history: Tensor, states: Tensor, positions: Tensor) -> RepeatExploreLogProbs:
         """The repeat-explore mixture's parts at the ``positions`` (``[B, N]`` bool) of the rows' HSD ``states``
@@ -369,8 +357,7 @@ class GPR(GenerativeRecommender):
         """``[B, C, L]`` ``m_l``: the heads' mixture (intents ``[B, H, D]``) of the log-probability of the first
         ``l + 1`` codes of each of ``items`` (``[B, C]``)."""
         trie, _ = self.semantic_ids_on(items.device)
-        per_head = self.generator.item_level_log_probs(intents, items - 1, trie).cumsum(-1)  # [B, H, C, L]
-        return torch.logsumexp(per_head, dim=1) - math.log(self.mtp_heads)
+        return self.generator.mixture_prefix_log_probs(intents, items - 1, trie)
 
     def level_values(self, requests: EncodedRequests, items: Tensor) -> Tensor:
         """``[B, C, L]`` the HTE's value estimate after each SID level of ``items`` (``[B, C]``) at each request's

@@ -300,6 +300,11 @@ class OneRanker(GenerativeRecommender):
     # -- Fake Item Tokens -------------------------------------------------------------------------------------
 
     @torch.no_grad()
+    def trains_item_softmax(self, config) -> bool:
+        """Step 1 trains the next-item softmax (and ``repeat_bias`` learns in it) only when it generates item ids;
+        generating semantic IDs, the shift learns as GPR's does."""
+        return config["generation"] == "item"
+
     def refresh_fake_items(self, seed: int = 0) -> None:
         """Recompute the Fake Item Tokens: k-means centroids of the normalised item embeddings (padding excluded)."""
         if self.use_step2 and self.n_fake_items:
@@ -512,18 +517,27 @@ class OneRanker(GenerativeRecommender):
         """The batch's one HSTU pass, by length bucket, with the step-1 loss at every position.
 
         Returns:
-            ``[B, N, D]`` states in the batch's row order (padded to its longest history) and the mean loss.
+            ``[B, N, D]`` states in the batch's row order (padded to its longest history) and the mean loss (with
+            ``generation: sid`` and ``repeat_bias``, plus the shift's mean loss over the rows, as GPR's).
         """
-        total, count, bucket_states = 0.0, 0, []
+        total, count, shift_loss, bucket_states = 0.0, 0, 0.0, []
         buckets = self.length_buckets(interaction[self.ITEM_SEQ_LEN])
         for rows in buckets:
             bucket = interaction[rows]
             states = self.encode(bucket)  # [b, n, D]
-            nll = self._item_generation_nll(bucket, states) if self.generator is None else self._sid_nll(bucket, states)
+            if self.generator is None:
+                nll = self._item_generation_nll(bucket, states)
+            else:
+                nll, shift_gain = self._sid_nll(bucket, states)
+                if shift_gain is not None:
+                    shift_loss = shift_loss - shift_gain.sum()
             total = total + nll.sum()
             count += len(nll)
             bucket_states.append(states)
-        return self.in_row_order(bucket_states, buckets), total / max(count, 1)
+        loss = total / max(count, 1)
+        if self.generator is not None and self.repeat_shift is not None:  # one term per row, at its last position
+            loss = loss + shift_loss / len(interaction)
+        return self.in_row_order(bucket_states, buckets), loss
 
     def _item_generation_nll(self, bucket, states: Tensor) -> Tensor:
         """``[P]`` the next item's softmax loss at each of the bucket's ``P`` positions that have one."""
@@ -550,13 +564,17 @@ class OneRanker(GenerativeRecommender):
         normalisers = torch.cat([self._generation_logits(part, table).logsumexp(1) for part in users.split(chunk)])
         return self._generation_logits(users, self.item_vectors(items).unsqueeze(1)).squeeze(1) - normalisers
 
-    def _sid_nll(self, bucket, states: Tensor) -> Tensor:
+    def _sid_nll(self, bucket, states: Tensor) -> tuple[Tensor, Tensor | None]:
         """``[P]`` the SID paths' loss at each position with a next item: head ``j`` generates the ``j``-th next
         item's codes (teacher-forced), heads without a ``j``-th item learn nothing, and the heads' mean is taken
-        (GPR's MTP with uniform head weights)."""
+        (GPR's MTP with uniform head weights). With ``repeat_bias``, also ``[b]`` what the shift adds to each
+        row's target at its last position (:meth:`sid_repeat_shift_gain`, GPR's fit of the shift); else None."""
         n = states.shape[1]
         every_position = torch.arange(n, device=states.device).expand(len(states), -1)
         intents = self.generator.intents(states, visible_states(n, every_position, bucket[self.ITEM_SEQ_LEN]))
+        shift_gain = None
+        if self.repeat_shift is not None:
+            shift_gain = self.sid_repeat_shift_gain(bucket, bucket[self.ITEM_SEQ][:, :n], intents)
         targets = self.next_items_ahead(bucket, n, self.mtp_heads)  # [b, n, H]
         valid = targets[..., 0] > 0
         head_targets = targets[valid]  # [P, H]
@@ -566,7 +584,7 @@ class OneRanker(GenerativeRecommender):
             log_probs = torch.cat(
                 [copy.of_targets(head_targets[:, 0], log_probs[:, 0]).unsqueeze(1), log_probs[:, 1:]], 1
             )
-        return -((head_targets > 0).float() * log_probs).sum(-1) / self.mtp_heads
+        return -((head_targets > 0).float() * log_probs).sum(-1) / self.mtp_heads, shift_gain
 
     def _copy_parts(self, interaction, states: Tensor, rows: Tensor, columns: Tensor) -> RepeatExploreLogProbs:
         """The repeat-explore mixture's parts at positions ``(rows[p], columns[p])`` of the step-1 ``states``
@@ -627,9 +645,15 @@ class OneRanker(GenerativeRecommender):
         if self.repeat_shift is not None:  # the items each position has seen, [BR, max_len] 0-padded
             seen = seen_before(interaction[self.ITEM_SEQ])  # causal, so untruncated padding changes nothing
             rows = torch.arange(len(inputs.positions), device=seen.device).unsqueeze(1)
-            retrieval = self.shift_seen(retrieval, seen[rows, inputs.positions].flatten(0, 1), in_logits=True)
+            retrieval = self._shift_retrieval(retrieval, seen[rows, inputs.positions].flatten(0, 1))
         candidates, retrieved = force_targets(top_candidates(retrieval, self.num_candidates), inputs.targets)
         return TrainingCandidates(retrieval, candidates, retrieved)
+
+    def _shift_retrieval(self, retrieval: Tensor, seen: Tensor, items: Tensor | None = None) -> Tensor:
+        """Retrieval scores with ``repeat_bias``'s shift on the seen items: over the temperature on item logits; on
+        SID log-probabilities as they are, as GPR's, without GPR's renormalisation (a constant per row, which no
+        ranking or softmax over a row's candidates sees)."""
+        return self.shift_seen(retrieval, seen, items, in_logits=self.generator is None)
 
     def _decoder_losses(self, interaction, states: Tensor) -> dict[str, Tensor]:
         """Step-2 task loss, step-3 ranking loss and the DC loss, at ``decoder_positions`` positions per row."""
@@ -700,7 +724,7 @@ class OneRanker(GenerativeRecommender):
         flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
         generation = self._catalogue_generation(interaction, states, seq_lens, users)
         retrieval = self._retrieval_logits(users, flat_tokens, self.item_vectors(), generation)  # [B, n_items]
-        retrieval = self.shift_seen(retrieval, interaction[self.ITEM_SEQ], in_logits=True)
+        retrieval = self._shift_retrieval(retrieval, interaction[self.ITEM_SEQ])
         if not self.use_ranker:
             return ServingResult(retrieval_scores=retrieval, final_scores=retrieval)
         candidates = top_candidates(retrieval, self.num_candidates)  # [B, N]
@@ -731,7 +755,7 @@ class OneRanker(GenerativeRecommender):
         flat_tokens = tokens.flatten(0, 1) if tokens is not None else None
         item_vectors = self.item_vectors(items).unsqueeze(1)
         retrieval = self._retrieval_logits(users, flat_tokens, item_vectors, generation).squeeze(1)
-        retrieval = self.shift_seen(retrieval, interaction[self.ITEM_SEQ], items, in_logits=True)
+        retrieval = self._shift_retrieval(retrieval, interaction[self.ITEM_SEQ], items)
         if not self.use_ranker:
             return retrieval
         # Candidates never see each other, so an item's ranker score does not depend on the rest of the set.
