@@ -384,6 +384,15 @@ def test_summary_picks_each_models_best_row_on_validation(tmp_path, monkeypatch)
     assert "| SASRec | S | 1 | 0.0300 |" in text and "| HSTU | B |" not in text and "| HSTU | C |" not in text
 
 
+def test_a_rerun_says_whether_it_reproduced_the_row_it_replaced():
+    before = {"test_ndcg@10": "0.0623", "best_epoch": "28"}
+    assert quality.reproduction(None, {"test_ndcg@10": 0.0623, "best_epoch": 28}) == ""  # a first run
+    assert "; reproduced" in quality.reproduction(before, {"test_ndcg@10": 0.06231, "best_epoch": 28})
+    assert "NOT reproduced" in quality.reproduction(before, {"test_ndcg@10": 0.0623, "best_epoch": 33})
+    changed = quality.reproduction(before, {"test_ndcg@10": 0.0641, "best_epoch": 28})
+    assert "NOT reproduced" in changed and "(test ndcg@10 0.0623 at best epoch 28)" in changed
+
+
 def test_a_row_keeps_per_user_values_and_candidate_ranks_that_average_to_its_metrics(tmp_path, tiny_data_path):
     bench = {**TINY_ROWS, "common": {**TINY_ROWS["common"], "metrics": ["Hit", "NDCG", "GMV"], "topk": [10],
                                      "candidate_negatives": 9}}  # fmt: skip
