@@ -374,7 +374,7 @@ class CandidateSetResult(NamedTuple):
 
     metrics: dict[str, float]  # HR@K and NDCG@K for K in CANDIDATE_TOPK
     ranks: np.ndarray  # [test users] 1-based rank of each target among its candidates
-    users: np.ndarray  # [test users] their user ids, in the ranks' order
+    users: np.ndarray | None  # [test users] their user ids, in the ranks' order (None: no user id in the batches)
 
 
 def evaluate_candidate_set(config: Config, trainer, dataset, splits, negatives: int) -> CandidateSetResult:

@@ -62,8 +62,10 @@ def test_quality_rows_resume_and_report(tmp_path, tiny_data_path, run_device, ca
 
     capsys.readouterr()
     assert quality.main([*argv, "--seeds", "1", "--rerun"]) == 0  # seed 2020 again, in its own row's place
-    assert "reproduced the row it replaced" in capsys.readouterr().out
-    assert [row["seed"] for row in csv.DictReader(csv_file.open())] == ["2020", "2021", "2022"]
+    printed = capsys.readouterr().out  # a CPU run of the same row and seed gives the same ranks
+    assert "; reproduced the row it replaced" in printed and "NOT reproduced" not in printed
+    rows = list(csv.DictReader(csv_file.open()))
+    assert [row["seed"] for row in rows] == ["2020", "2021", "2022"] and rows[0]["reproduced"] == "True"
     assert quality.main([*argv, "--paired", "HSTU-tiny", "HSTU-tiny"]) == 0  # trains nothing, reads the ranks
     printed = capsys.readouterr().out
     assert "(seeds [2020, 2021, 2022])" in printed and "+0.0000 [+0.0000, +0.0000]" in printed  # a row against itself
@@ -384,13 +386,18 @@ def test_summary_picks_each_models_best_row_on_validation(tmp_path, monkeypatch)
     assert "| SASRec | S | 1 | 0.0300 |" in text and "| HSTU | B |" not in text and "| HSTU | C |" not in text
 
 
-def test_a_rerun_says_whether_it_reproduced_the_row_it_replaced():
-    before = {"test_ndcg@10": "0.0623", "best_epoch": "28"}
-    assert quality.reproduction(None, {"test_ndcg@10": 0.0623, "best_epoch": 28}) == ""  # a first run
-    assert "; reproduced" in quality.reproduction(before, {"test_ndcg@10": 0.06231, "best_epoch": 28})
-    assert "NOT reproduced" in quality.reproduction(before, {"test_ndcg@10": 0.0623, "best_epoch": 33})
-    changed = quality.reproduction(before, {"test_ndcg@10": 0.0641, "best_epoch": 28})
-    assert "NOT reproduced" in changed and "(test ndcg@10 0.0623 at best epoch 28)" in changed
+def test_a_rerun_records_what_it_replaced_and_whether_it_reproduced_it_rank_for_rank(tmp_path):
+    ranks_file = tmp_path / "ranks.npy"
+    np.save(ranks_file, np.array([1, 7, 30]))
+    before = {"test_ndcg@10": "0.0623", "best_epoch": "28", "commit": "abc"}
+    row = {"test_ndcg@10": 0.0623, "best_epoch": 28, "ranks_file": str(ranks_file)}
+    assert quality.mark_rerun(row, before, np.array([1, 7, 30])).startswith("reproduced the row it replaced")
+    assert row["reproduced"] and row["replaced_commit"] == "abc" and row["replaced_test_ndcg@10"] == "0.0623"
+    for other_ranks, best_epoch in ((np.array([1, 8, 30]), 28), (np.array([1, 7, 30]), 33), (None, 28)):
+        row = {"test_ndcg@10": 0.0623, "best_epoch": best_epoch, "ranks_file": str(ranks_file)}
+        verdict = quality.mark_rerun(row, before, other_ranks)  # one user moved, another epoch, no old ranks
+        assert verdict.startswith("NOT reproduced") and "(commit abc, test ndcg@10 0.0623)" in verdict
+        assert row["reproduced"] is False
 
 
 def test_a_row_keeps_per_user_values_and_candidate_ranks_that_average_to_its_metrics(tmp_path, tiny_data_path):

@@ -412,7 +412,7 @@ def candidate_report(checkpoint: str, data_path: str | None, samplings: Sequence
     for sampling in samplings:
         config.final_config_dict["candidate_sampling"] = sampling
         init_seed(seed, reproducibility=True)
-        results[sampling] = evaluate_candidate_set(config, trainer, dataset, splits, negatives)
+        results[sampling] = evaluate_candidate_set(config, trainer, dataset, splits, negatives).metrics
     return config, results
 
 

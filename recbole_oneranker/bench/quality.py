@@ -15,8 +15,9 @@ GMV and candidate HR pair user by user too); a re-run skips finished rows, so an
 resumes where it stopped. ``results/<dataset>.md`` is rewritten after each row: mean and 95% t-interval over
 seeds, a per-user bootstrap interval, epochs and wall time to the best validation.
 Model choices use validation only; test numbers are read once, for the best checkpoint.
-``--rerun`` trains finished rows again and puts the new rows in their place, printing whether each reproduced the
-old one (rows made before the per-user files were kept get them this way). ``--paired A B`` trains nothing: it
+``--rerun`` trains finished rows again and puts the new rows in their place, each recording the commit and test
+NDCG@10 of the row it replaced and whether it ``reproduced`` it, rank for rank (rows made before the per-user files
+were kept get them this way). ``--paired A B`` trains nothing: it
 prints the mean per-user test NDCG@10 difference of row A to row B (each averaged over its finished seeds) with its
 95% paired bootstrap interval, as the report's Δ column does against the bench config's baseline. ``--summary``
 trains nothing either: it writes ``results/README.md``, the best row of each model on each dataset
@@ -164,6 +165,7 @@ def save_per_user(path: Path, result: dict[str, Any]) -> Path | None:
         if result.get(key) is not None
     }
     if not arrays:
+        path.unlink(missing_ok=True)  # a re-run's row must not point at, or leave, an earlier run's arrays
         return None
     np.savez(path, **arrays)
     return path
@@ -343,15 +345,26 @@ def write_report(
     out.write_text("\n".join(lines) + "\n")
 
 
-def reproduction(before: dict[str, Any] | None, row: dict[str, Any]) -> str:
-    """``; reproduced ...`` or ``; NOT reproduced ...``: a re-run row's test NDCG@10 and best epoch against the row
-    it replaced (empty for a first run)."""
-    if before is None:
-        return ""
-    old_score, new_score = f"{float(before['test_ndcg@10']):.4f}", f"{float(row['test_ndcg@10']):.4f}"
-    same = old_score == new_score and int(before["best_epoch"]) == int(row["best_epoch"])
+def saved_ranks(row: dict[str, Any] | None) -> np.ndarray | None:
+    """The test ranks a finished row saved, or None (no row, or its file is gone)."""
+    path = REPO / row["ranks_file"] if row and row.get("ranks_file") else None
+    return np.load(path) if path and path.is_file() else None
+
+
+def mark_rerun(row: dict[str, Any], before: dict[str, Any], before_ranks: np.ndarray | None) -> str:
+    """Record in a re-run ``row`` what it replaced (``replaced_commit``, ``replaced_test_ndcg@10``) and whether it
+    ``reproduced`` it: the same best epoch and every test user's target at the same rank. Returns the verdict."""
+    same = (
+        before_ranks is not None
+        and int(before["best_epoch"]) == int(row["best_epoch"])
+        and np.array_equal(before_ranks, np.load(REPO / row["ranks_file"]))
+    )
+    row.update(replaced_commit=before.get("commit", ""), **{"replaced_test_ndcg@10": before["test_ndcg@10"]})
+    row["reproduced"] = same
     verdict = "reproduced" if same else "NOT reproduced"
-    return f"; {verdict} the row it replaced (test ndcg@10 {old_score} at best epoch {before['best_epoch']})"
+    return (
+        f"{verdict} the row it replaced (commit {before.get('commit') or '-'}, test ndcg@10 {before['test_ndcg@10']})"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -432,12 +445,14 @@ def main(argv: list[str] | None = None) -> int:
         if before and not args.rerun:
             print(f"[{done}/{len(jobs)}] {label} seed {seed}: done before, skipped", flush=True)
             continue
+        before_ranks = saved_ranks(before)  # read now: the re-run writes the same file
         print(f"[{done}/{len(jobs)}] {label} seed {seed}: training {model} on {dataset} ...", flush=True)
         row = run_row(label, model, dataset, settings, args.results / "ranks" / results_name, commit)
+        verdict = f"; {mark_rerun(row, before, before_ranks)}" if before else ""
         table.append(row)
         print(
             f"[{done}/{len(jobs)}] {label} seed {seed}: test ndcg@10 {row['test_ndcg@10']:.4f} "
-            f"(best epoch {row['best_epoch']}, {row['wall_time_s']:.0f} s){reproduction(before, row)}",
+            f"(best epoch {row['best_epoch']}, {row['wall_time_s']:.0f} s){verdict}",
             flush=True,
         )
         write_report(current_rows(table, hashes), results_name, command, out, baseline)

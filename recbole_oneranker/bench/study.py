@@ -90,7 +90,8 @@ def study_markdown(dataset: str, by_label: dict[str, list[dict[str, Any]]], base
         f"ranking. cand. HR@1 vs {baseline}: the ratio of the seed means, less 1 (the paper's relative HR@1). Each Δ:",
         f"the mean per-user difference to {baseline} (each user's value averaged over the row's seeds) over the users",
         "both rows tested, with its 95% paired bootstrap interval; '-' where a row was run before its per-user",
-        "candidate ranks and target values were kept (results/ranks/<dataset>/*.per-user.npz).",
+        "candidate ranks and target values were kept (results/ranks/<dataset>/*.per-user.npz). Each run draws its",
+        "candidates' negatives after training, so two rows pair users, not negatives: the interval holds that noise.",
         "",
     ]
     return "\n".join(intro + lines) + "\n"

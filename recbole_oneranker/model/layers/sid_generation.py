@@ -298,6 +298,12 @@ class SIDGenerator(nn.Module):
         per_level = self._teacher_forced(per_item, codes, over_the_valid_children)  # [PC, H, L]
         return per_level.view(num_rows, count, num_heads, -1).transpose(1, 2)
 
+    def mixture_catalogue_log_probs(self, intents: Tensor, structure: SIDLevelStructure) -> Tensor:
+        """``[P, N]`` the heads' mixture ``log mean_h p_h(item)`` of every item of a catalogue, each head's
+        :meth:`catalogue_log_probs` (intents ``[P, H, D]``; structure: the catalogue's, on the same device)."""
+        per_head = self.catalogue_log_probs(intents, structure)  # [P, H, N]
+        return torch.logsumexp(per_head, dim=1) - math.log(self.config.num_heads)
+
     def mixture_prefix_log_probs(self, intents: Tensor, items: Tensor, trie: SIDTrie) -> Tensor:
         """``[P, C, L]`` the heads' mixture ``log mean_h p_h`` of the probability of the first ``l + 1`` codes of
         each of ``C`` catalogue items per row (level ``l`` on the last axis; the last level is the item's

@@ -305,8 +305,7 @@ class GPR(GenerativeRecommender):
         """``[B, n_items]`` every item's log-probability under the heads' mixture for intents ``[B, H, D]`` (the
         padding item 0: ``-inf``)."""
         _, structure = self.semantic_ids_on(intents.device)
-        per_head = self.generator.catalogue_log_probs(intents, structure)  # [B, H, N]
-        scores = torch.logsumexp(per_head, dim=1) - math.log(self.mtp_heads)  # [B, N]
+        scores = self.generator.mixture_catalogue_log_probs(intents, structure)  # [B, N]
         return F.pad(scores, (1, 0), value=float("-inf"))  # the padding item 0
 
     # -- preference alignment (docs/alignment.md) --------------------------------------------------------------

@@ -300,11 +300,6 @@ class OneRanker(GenerativeRecommender):
     # -- Fake Item Tokens -------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def trains_item_softmax(self, config) -> bool:
-        """Step 1 trains the next-item softmax (and ``repeat_bias`` learns in it) only when it generates item ids;
-        generating semantic IDs, the shift learns as GPR's does."""
-        return config["generation"] == "item"
-
     def refresh_fake_items(self, seed: int = 0) -> None:
         """Recompute the Fake Item Tokens: k-means centroids of the normalised item embeddings (padding excluded)."""
         if self.use_step2 and self.n_fake_items:
@@ -350,6 +345,11 @@ class OneRanker(GenerativeRecommender):
             prefix=prefix,
         )
 
+    def trains_item_softmax(self, config) -> bool:
+        """Step 1 trains the next-item softmax (and ``repeat_bias`` learns in it) only when it generates item ids;
+        generating semantic IDs, the shift learns as GPR's does."""
+        return config["generation"] == "item"
+
     def _generation_users(self, states: Tensor) -> Tensor:
         """``[..., H, D]`` normalised user vectors of the generation heads."""
         if self.gen_projection is None:
@@ -379,8 +379,7 @@ class OneRanker(GenerativeRecommender):
         """``[P, n_items]`` the SID heads' mixture ``log mean_h p_h(item)`` over the catalogue, each head's
         probability exact and normalised over the trie (as GPR serves); ``-inf`` for the padding item."""
         _, structure = self.semantic_ids_on(intents.device)
-        per_head = self.generator.catalogue_log_probs(intents, structure)  # [P, H, n_items - 1]
-        mixture = torch.logsumexp(per_head, dim=1) - math.log(self.mtp_heads)
+        mixture = self.generator.mixture_catalogue_log_probs(intents, structure)  # [P, n_items - 1]
         return F.pad(mixture, (1, 0), value=float("-inf"))
 
     # -- step 2: task and fake item tokens --------------------------------------------------------------------
