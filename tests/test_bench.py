@@ -400,7 +400,7 @@ def test_a_rerun_records_what_it_replaced_and_whether_it_reproduced_it_rank_for_
         assert row["reproduced"] is False
 
 
-def test_a_row_keeps_per_user_values_and_candidate_ranks_that_average_to_its_metrics(tmp_path, tiny_data_path):
+def test_a_row_keeps_per_user_values_and_candidate_ranks_that_average_to_its_metrics(tmp_path, tiny_data_path, capsys):
     bench = {**TINY_ROWS, "common": {**TINY_ROWS["common"], "metrics": ["Hit", "NDCG", "GMV"], "topk": [10],
                                      "candidate_negatives": 9}}  # fmt: skip
     bench_config = tmp_path / "tiny.yaml"
@@ -415,6 +415,11 @@ def test_a_row_keeps_per_user_values_and_candidate_ranks_that_average_to_its_met
     candidate_users, hits = quality.per_user_candidate_hit([row])
     assert hits.mean() == pytest.approx(float(row["candidate_hit@1"]), abs=1e-4)
     assert sorted(candidate_users.tolist()) == sorted(users.tolist())  # the same test users, each once
+    capsys.readouterr()
+    assert quality.main([*argv, "--paired", "HSTU-tiny", "HSTU-tiny"]) == 0  # a row against itself, user by user
+    printed = capsys.readouterr().out
+    for measure in ("test NDCG@10", "candidate-set HR@1", "GMV@10"):
+        assert f"  {measure} +0.0000 [+0.0000, +0.0000]" in printed
 
 
 def test_the_study_compares_rows_in_the_table_1_shape_against_the_baseline(tmp_path, monkeypatch, capsys):

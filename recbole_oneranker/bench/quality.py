@@ -19,7 +19,8 @@ Model choices use validation only; test numbers are read once, for the best chec
 NDCG@10 of the row it replaced and whether it ``reproduced`` it, rank for rank (rows made before the per-user files
 were kept get them this way). ``--paired A B`` trains nothing: it
 prints the mean per-user test NDCG@10 difference of row A to row B (each averaged over its finished seeds) with its
-95% paired bootstrap interval, as the report's Δ column does against the bench config's baseline. ``--summary``
+95% paired bootstrap interval, as the report's Δ column does against the bench config's baseline, and the same for
+candidate-set HR@1 and GMV@10 where both rows kept their per-user files. ``--summary``
 trains nothing either: it writes ``results/README.md``, the best row of each model on each dataset
 (:mod:`recbole_oneranker.bench.summary`).
 """
@@ -220,8 +221,17 @@ def paired_cell(own: tuple[np.ndarray, np.ndarray] | None, baseline: tuple[np.nd
     return f"{difference.mean():+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
+# What ``--paired`` compares user by user: name -> reader of the rows' per-user values (None without them).
+PAIRED_MEASURES = {
+    "test NDCG@10": per_user_ndcg,
+    "candidate-set HR@1": lambda rows: per_user_candidate_hit(rows, 1),
+    "GMV@10": lambda rows: per_user_gmv(rows, 10),
+}
+
+
 def print_paired(rows: list[dict[str, Any]], label: str, other: str) -> int:
-    """Print ``label``'s per-user NDCG@10 difference to ``other`` (``--paired``); 2 if either has no finished run."""
+    """Print ``label``'s per-user differences to ``other`` (``--paired``): test NDCG@10, and candidate-set HR@1 and
+    GMV@10 where both rows kept their per-user files; 2 if either has no finished run."""
     by_label = {name: [row for row in rows if row["label"] == name] for name in (label, other)}
     missing = [name for name, runs in by_label.items() if not runs]
     if missing:
@@ -230,8 +240,10 @@ def print_paired(rows: list[dict[str, Any]], label: str, other: str) -> int:
         )
         return 2
     seeds = {name: sorted(int(row["seed"]) for row in runs) for name, runs in by_label.items()}
-    cell = paired_cell(per_user_ndcg(by_label[label]), per_user_ndcg(by_label[other]))
-    print(f"{label} (seeds {seeds[label]}) - {other} (seeds {seeds[other]}): test NDCG@10 per user {cell}")
+    print(f"{label} (seeds {seeds[label]}) - {other} (seeds {seeds[other]}), per user:")
+    for measure, read in PAIRED_MEASURES.items():
+        cell = paired_cell(read(by_label[label]), read(by_label[other]))
+        print(f"  {measure} {cell if cell != '-' else '- (not kept by both rows; a row run before: --rerun it)'}")
     return 0
 
 
@@ -400,7 +412,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(e.g. for the per-user files of rows made before they were kept)",
     )
     parser.add_argument(
-        "--paired", nargs=2, metavar=("A", "B"), help="print row A's per-user NDCG@10 difference to row B; no training"
+        "--paired",
+        nargs=2,
+        metavar=("A", "B"),
+        help="print row A's per-user NDCG@10 (candidate HR@1, GMV@10) difference to row B; no training",
     )
     return parser.parse_args(argv)
 
