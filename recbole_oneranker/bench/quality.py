@@ -16,8 +16,8 @@ resumes where it stopped. ``results/<dataset>.md`` is rewritten after each row: 
 seeds, a per-user bootstrap interval, epochs and wall time to the best validation.
 Model choices use validation only; test numbers are read once, for the best checkpoint.
 ``--rerun`` trains finished rows again and puts the new rows in their place, each recording the commit and test
-NDCG@10 of the row it replaced and whether it ``reproduced`` it, rank for rank (rows made before the per-user files
-were kept get them this way). ``--paired A B`` trains nothing: it
+NDCG@10 of the row it replaced and whether it ``reproduced`` it, metric for metric (rows made before the per-user
+files were kept get them this way). ``--paired A B`` trains nothing: it
 prints the mean per-user test NDCG@10 difference of row A to row B (each averaged over its finished seeds) with its
 95% paired bootstrap interval, as the report's Δ column does against the bench config's baseline, and the same for
 candidate-set HR@1 and GMV@10 where both rows kept their per-user files. ``--summary``
@@ -357,19 +357,18 @@ def write_report(
     out.write_text("\n".join(lines) + "\n")
 
 
-def saved_ranks(row: dict[str, Any] | None) -> np.ndarray | None:
-    """The test ranks a finished row saved, or None (no row, or its file is gone)."""
-    path = REPO / row["ranks_file"] if row and row.get("ranks_file") else None
-    return np.load(path) if path and path.is_file() else None
-
-
-def mark_rerun(row: dict[str, Any], before: dict[str, Any], before_ranks: np.ndarray | None) -> str:
+def mark_rerun(row: dict[str, Any], before: dict[str, Any]) -> str:
     """Record in a re-run ``row`` what it replaced (``replaced_commit``, ``replaced_test_ndcg@10``) and whether it
-    ``reproduced`` it: the same best epoch and every test user's target at the same rank. Returns the verdict."""
-    same = (
-        before_ranks is not None
-        and int(before["best_epoch"]) == int(row["best_epoch"])
-        and np.array_equal(before_ranks, np.load(REPO / row["ranks_file"]))
+    ``reproduced`` it: the same best epoch and every validation, test and candidate-set metric both rows hold, as
+    RecBole rounds them (4 decimals). Ranks are not compared: rank files made before commit 261c5bd hold 0 for a
+    target beyond the top 20. Returns the verdict."""
+    metrics = [
+        column
+        for column, value in before.items()
+        if column.startswith(("valid_", "test_", "candidate_")) and value not in ("", None) and column in row
+    ]
+    same = int(before["best_epoch"]) == int(row["best_epoch"]) and all(
+        f"{float(before[column]):.4f}" == f"{float(row[column]):.4f}" for column in metrics
     )
     row.update(replaced_commit=before.get("commit", ""), **{"replaced_test_ndcg@10": before["test_ndcg@10"]})
     row["reproduced"] = same
@@ -460,10 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         if before and not args.rerun:
             print(f"[{done}/{len(jobs)}] {label} seed {seed}: done before, skipped", flush=True)
             continue
-        before_ranks = saved_ranks(before)  # read now: the re-run writes the same file
         print(f"[{done}/{len(jobs)}] {label} seed {seed}: training {model} on {dataset} ...", flush=True)
         row = run_row(label, model, dataset, settings, args.results / "ranks" / results_name, commit)
-        verdict = f"; {mark_rerun(row, before, before_ranks)}" if before else ""
+        verdict = f"; {mark_rerun(row, before)}" if before else ""
         table.append(row)
         print(
             f"[{done}/{len(jobs)}] {label} seed {seed}: test ndcg@10 {row['test_ndcg@10']:.4f} "
