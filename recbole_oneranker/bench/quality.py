@@ -60,6 +60,7 @@ from recbole_oneranker.bench.common import (
 )
 from recbole_oneranker.bench.summary import write_summary
 from recbole_oneranker.errors import ConfigError
+from recbole_oneranker.evaluator.metrics import value_shares
 from recbole_oneranker.evaluator.protocol import Protocol
 from recbole_oneranker.evaluator.ranking import rank_metrics
 from recbole_oneranker.overrides import parse_assignments
@@ -195,10 +196,9 @@ def per_user_gmv(rows: list[dict[str, Any]], k: int = 10) -> tuple[np.ndarray, n
         arrays = _per_user_arrays(row, ("values",))
         if arrays is None or not row.get("users_file"):
             return None
-        values = arrays[0].astype(np.float64)
         hit = rank_metrics(np.load(REPO / row["ranks_file"]), k)["hit"]
         users.append(np.load(REPO / row["users_file"]))
-        shares.append(hit * values * (len(values) / values.sum() if values.sum() > 0 else 0.0))
+        shares.append(hit * value_shares(arrays[0].astype(np.float64)))
     return per_user_mean(users, shares)
 
 

@@ -29,8 +29,13 @@ class GMV(TopkMetric):
         values = dataobject.get(VALUE_DATA_KEY).numpy().astype(np.float64)  # [n_users]
         if len(values) != len(hits):
             raise ValueError(f"GMV: {len(values)} target values for {len(hits)} ranked users")
-        total = values.sum()
         hit_at_k = np.cumsum(hits, axis=1) > 0  # [n_users, max_k]
-        # topk_result averages over users, so scale each user's captured value by n_users / total value.
-        captured = hit_at_k * values[:, None] * (len(values) / total if total > 0 else 0.0)
+        captured = hit_at_k * value_shares(values)[:, None]  # topk_result averages over users
         return self.topk_result("gmv", captured)
+
+
+def value_shares(values: np.ndarray) -> np.ndarray:
+    """``[n_users]`` each user's target value times n_users / the total value: the share a hit of that user adds
+    to GMV@K, so that the mean over users of the hits' shares is GMV@K (0 for every user when the total is 0)."""
+    total = values.sum()
+    return values * (len(values) / total if total > 0 else 0.0)

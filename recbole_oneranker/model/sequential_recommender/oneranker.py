@@ -222,7 +222,6 @@ class OneRanker(GenerativeRecommender):
             raise ConfigError("gamma (the DC loss) needs the ranker as its teacher: set use_ranker: True or gamma: 0")
         if self.use_ranker and self.num_candidates < 2:
             raise ConfigError(f"num_candidates must be at least 2, got {self.num_candidates}")
-        # Two models of the same repeats, trained against each other:
 
         # define layers and loss
         d = self.hidden_size
