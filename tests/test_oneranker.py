@@ -215,13 +215,16 @@ def test_history_negatives_reach_the_generation_loss(build):
         pytest.param({"n_gen_heads": 2}, id="item"),
         pytest.param(SID, id="sid"),
         pytest.param({**SID, "repeat_bias": True}, id="sid-repeat-bias"),
+        # the repeated target (below) trains the ranker's cross features where it is forced into a set
+        pytest.param({"candidate_history_features": True, "rank_forced_targets": True}, id="candidate-history"),
         *REPEATS,
     ],
 )
 def test_gradients_reach_every_parameter(build, mode):
     model, train, _ = build(**mode)
     batch = next(iter(train))
-    if model.repeat_explore is not None:  # ml-tiny users never rate a movie twice: the copy attention needs a repeat
+    if model.repeat_explore is not None or model.candidate_history is not None:
+        # ml-tiny users never rate a movie twice: the copy attention and the cross features need a repeat
         batch["item_id"] = batch["item_id_list"][:, 0].clone()
     _loss(model, batch).backward()
     for name, parameter in model.named_parameters():
@@ -320,6 +323,27 @@ def test_full_sort_puts_ranked_candidates_first(build, overrides):
     torch.testing.assert_close(lifted, lifted[:, :1].expand_as(lifted))
 
 
+def test_candidate_history_moves_only_the_seen_candidates_alike_in_full_sort_and_predict(build):
+    model, _, test = build(candidate_history_features=True)
+    model.eval()
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        model.rank_gate.fill_(0.5)  # the ranker's score counts in the served order
+        served = model.serve(batch)
+        pointwise = []
+        for column in served.candidates.t():
+            batch["item_id"] = column
+            pointwise.append(model.predict(batch))
+        lifted = served.final_scores.gather(1, served.candidates) - torch.stack(pointwise, dim=1)
+        torch.testing.assert_close(lifted, lifted[:, :1].expand_as(lifted))  # both paths read the same features
+        seen = (served.candidates.unsqueeze(-1) == batch["item_id_list"].unsqueeze(1)).any(-1)  # [B, N]
+        assert seen.any() and (~seen).any()
+        for table in (model.candidate_history.count, model.candidate_history.recency, model.candidate_history.level):
+            table.weight[1:].normal_()  # row 0, "never seen", stays zero
+        after = model.serve(batch).ranker_scores
+    assert torch.equal(~torch.isclose(after, served.ranker_scores), seen)
+
+
 @pytest.mark.parametrize("overrides", [{}, {"use_ranker": False, "gamma": 0.0, "n_gen_heads": 2}, SID])
 def test_oneranker_end_to_end_on_ml_tiny(tiny_config, tiny_sid_file, overrides):
     settings = {**tiny_config, **ONERANKER_TINY, **overrides, "epochs": 2, "sid_file": str(tiny_sid_file)}
@@ -341,8 +365,9 @@ def taobao_slice(tmp_path_factory):
     return out
 
 
-def test_oneranker_end_to_end_on_taobao_funnel(tiny_config, taobao_slice):
-    settings = {**tiny_config, **ONERANKER_TINY, "data_path": str(taobao_slice), "epochs": 1}
+@pytest.mark.parametrize("overrides", [{}, {"candidate_history_features": True}])
+def test_oneranker_end_to_end_on_taobao_funnel(tiny_config, taobao_slice, overrides):
+    settings = {**tiny_config, **ONERANKER_TINY, **overrides, "data_path": str(taobao_slice), "epochs": 1}
     for key in ("load_col", "cascade_fields", "value_field"):
         settings.pop(key)  # the taobao dataset config declares them: pv -> fav -> cart -> buy, value = stage
     settings.update(item_inter_num_interval="[1,inf)")
@@ -358,7 +383,7 @@ def test_length_buckets_do_not_change_the_states_or_the_scores(build, assert_len
     assert_length_buckets_change_nothing(model, next(iter(test))[0])
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, pytest.param({"candidate_history_features": True}, id="candidate-history")])
 def test_sampled_evaluation_encodes_each_history_once(build, assert_candidate_copies_encoded_once, mode):
     model, _, test = build(repeat_bias=True, history_negatives=True, **mode)
     torch.nn.init.constant_(model.repeat_shift.shift, -0.2)

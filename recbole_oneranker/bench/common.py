@@ -99,7 +99,8 @@ RESULT_NEUTRAL_KEYS = frozenset({"resume_training", "length_buckets_on_gpu", "ve
 UNCHANGED_BEHAVIOUR: dict[str, Any] = {
     "history_negatives": False, "repeat_bias": False, "compile_model": False, "candidate_sampling": "uniform",
     "sid_scoring": "additive", "tie_code_embeddings": False, "item_feature_fields": [],
-    "history_item_features": True, "candidate_item_features": True, "generation": "item",
+    "history_item_features": True, "candidate_item_features": True, "candidate_history_features": False,
+    "generation": "item",
     "repeat_explore": False, "stage": "train", "from_checkpoint": None,
     # the policy-gradient methods' keys (properties/align.yaml): DPO and IPA rows never read them
     "align_clip": 0.2, "ecpo_early_clip": 0.1, "hepo_gamma": 1.0, "hepo_lambda": 0.95, "hepo_process_weights": [0.1],

@@ -6,6 +6,7 @@ of post-training: DPO's, and the policy-gradient pieces (GAE, PPO's and ECPO's s
 
 from __future__ import annotations
 
+from .candidate_history import CandidateHistoryConfig, CandidateHistoryFeatures, candidate_history_buckets
 from .decoders import PositionwiseCrossAttention, QueryDecoder, QueryDecoderConfig, QueryDecoderLayer, visible_states
 from .encoder_decoder import DecoderCache, EncoderDecoderConfig, HistoryEncoder, SessionDecoder, SessionDecoderLayer
 from .hstu import (
@@ -61,6 +62,8 @@ from .task_tokens import TaskTokenConfig, TaskTokenDecoder, heterogeneous_mask
 __all__ = [
     "ATTENTION_KINDS",
     "DEFAULT_BUCKET_DIVISOR",
+    "CandidateHistoryConfig",
+    "CandidateHistoryFeatures",
     "DecoderCache",
     "EncoderDecoderConfig",
     "FeedForward",
@@ -104,6 +107,7 @@ __all__ = [
     "ValueEstimator",
     "bucketize_time_deltas",
     "build_relative_bias",
+    "candidate_history_buckets",
     "candidate_mask",
     "causal_padding_mask",
     "clipped_entries",

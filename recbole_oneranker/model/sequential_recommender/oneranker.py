@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,8 @@ from recbole_oneranker.model.abstract_recommender import (
     item_feature_embedding,
 )
 from recbole_oneranker.model.layers import (
+    CandidateHistoryConfig,
+    CandidateHistoryFeatures,
     QueryDecoderConfig,
     RankingDecoder,
     RankingDecoderConfig,
@@ -95,6 +98,13 @@ def force_targets(candidates: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     return candidates, retrieved
 
 
+class RankerHistory(NamedTuple):
+    """The history the ranker's cross features read (``candidate_history_features``)."""
+
+    items: Tensor  # [B, N] item ids, 0 = padding
+    levels: Tensor  # [B, N] feedback levels, 0 = padding
+
+
 @dataclass
 class DecoderInputs:
     """What steps 2 and 3 read at the ``R`` decoding positions of each of ``B`` rows in training.
@@ -110,6 +120,7 @@ class DecoderInputs:
         targets: ``[BR]`` the next item after each position.
         flat_intents: ``[BR, H, D]`` the SID heads' intents at the positions (``generation: sid``), else None.
         copy: the repeat-explore mixture's parts at the positions (``repeat_explore``), else None.
+        history: the history the ranker's cross features read (``candidate_history_features``), else None.
     """
 
     memory: Tensor
@@ -121,6 +132,7 @@ class DecoderInputs:
     targets: Tensor
     flat_intents: Tensor | None = None
     copy: RepeatExploreLogProbs | None = None
+    history: RankerHistory | None = None
 
 
 @dataclass
@@ -289,6 +301,12 @@ class OneRanker(GenerativeRecommender):
                 )
             )
         self.repeat_explore = RepeatExplore(RepeatExploreConfig(d)) if config["repeat_explore"] else None
+        # What the user did with each candidate before (count, recency, deepest level): built after every other
+        # module, so that a row with it starts from the same weights as the row without it.
+        self.candidate_history: CandidateHistoryFeatures | None = None
+        if self.use_ranker and config["candidate_history_features"]:
+            levels = CandidateHistoryConfig(hidden_size=d, num_levels=self.level_embedding.num_embeddings)
+            self.candidate_history = CandidateHistoryFeatures(levels)
 
         # parameters initialization (the encoder initialised the backbone) and first Fake Item Tokens
         code_inputs = list(self.code_inputs) if self.generator is not None else []
@@ -437,9 +455,16 @@ class OneRanker(GenerativeRecommender):
         return logits
 
     def _rank(
-        self, memory: Tensor, positions: Tensor, seq_lens: Tensor, tokens: Tensor | None, candidates: Tensor
+        self,
+        memory: Tensor,
+        positions: Tensor,
+        seq_lens: Tensor,
+        tokens: Tensor | None,
+        candidates: Tensor,
+        history: RankerHistory | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Step 3 on ``candidates`` (``[B, R, N]`` item ids) at ``positions`` (``[B, R]``).
+        """Step 3 on ``candidates`` (``[B, R, N]`` item ids) at ``positions`` (``[B, R]``), each candidate's token
+        with its side features and, given the rows' ``history``, what the user did with it up to the position.
 
         Returns:
             ``stage_logits`` ``[B, R, N, S]`` (one logit per cascade stage) and ``log_value`` ``[B, R, N]``.
@@ -447,6 +472,8 @@ class OneRanker(GenerativeRecommender):
         embedded = self._item_table_for_decoders(candidates)  # [B, R, N, D]
         if self.candidate_features is not None:
             embedded = embedded + self.candidate_features(candidates)
+        if history is not None:
+            embedded = embedded + self.candidate_history(history.items, history.levels, positions, candidates)
         embedded = embedded * math.sqrt(self.hidden_size)
         private = tokens if self.inject_step2_kv else None  # pass-through of step 2's outputs, not recomputed
         return self.ranker(embedded, memory, visible_states(memory.shape[1], positions, seq_lens), private)
@@ -454,7 +481,7 @@ class OneRanker(GenerativeRecommender):
     def rank(self, inputs: DecoderInputs, candidates: Tensor) -> Tensor:
         """``[BR, N]`` the ranker's own score of ``candidates`` (``[B, R, N]``) at the decoding positions."""
         stage_logits, log_value = self._rank(
-            inputs.memory, inputs.positions, inputs.seq_lens, inputs.tokens, candidates
+            inputs.memory, inputs.positions, inputs.seq_lens, inputs.tokens, candidates, inputs.history
         )
         return self.ranker.own_scores(stage_logits, log_value).flatten(0, 1)
 
@@ -476,6 +503,13 @@ class OneRanker(GenerativeRecommender):
             return rank_loss.mean()
         weights = retrieved.float()
         return (rank_loss * weights).sum() / weights.sum().clamp(min=1.0)
+
+    def _ranker_history(self, interaction, seq_len: int) -> RankerHistory | None:
+        """The history items and their feedback levels, for the ranker's cross features; None without them."""
+        if self.candidate_history is None:
+            return None
+        items = interaction[self.ITEM_SEQ][:, :seq_len]
+        return RankerHistory(items, self.feedback_levels(interaction, seq_len))
 
     def _item_table_for_decoders(self, item_ids: Tensor) -> Tensor:
         """Item embeddings read by the decoders (plus their code embeddings' sum with ``generation: sid``):
@@ -633,6 +667,7 @@ class OneRanker(GenerativeRecommender):
             targets=targets.gather(1, positions).flatten(),
             flat_intents=None if intents is None else intents.flatten(0, 1),
             copy=copy,
+            history=self._ranker_history(interaction, states.shape[1]),
         )
 
     def training_candidates(self, interaction, inputs: DecoderInputs) -> TrainingCandidates:
@@ -677,7 +712,12 @@ class OneRanker(GenerativeRecommender):
         if self.use_ranker:
             sets = self.training_candidates(interaction, inputs)
             stage_logits, log_value = self._rank(
-                inputs.memory, inputs.positions, inputs.seq_lens, inputs.tokens, sets.candidates.view(batch, ranked, -1)
+                inputs.memory,
+                inputs.positions,
+                inputs.seq_lens,
+                inputs.tokens,
+                sets.candidates.view(batch, ranked, -1),
+                inputs.history,
             )
             stage_logits, log_value = stage_logits.flatten(0, 1), log_value.flatten(0, 1)  # [BR, N, S], [BR, N]
             is_target = sets.candidates == inputs.targets.unsqueeze(1)  # [BR, N]
@@ -726,7 +766,8 @@ class OneRanker(GenerativeRecommender):
         if not self.use_ranker:
             return ServingResult(retrieval_scores=retrieval, final_scores=retrieval)
         candidates = top_candidates(retrieval, self.num_candidates)  # [B, N]
-        stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, candidates.unsqueeze(1))
+        history = self._ranker_history(interaction, states.shape[1])
+        stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, candidates.unsqueeze(1), history)
         ranker_scores = self.ranker.own_scores(stage_logits, log_value).squeeze(1)  # [B, N]
         candidate_scores = self._served_scores(ranker_scores, retrieval.gather(1, candidates))
         lift = retrieval.max(dim=1, keepdim=True).values - candidate_scores.min(dim=1, keepdim=True).values + 1.0
@@ -757,6 +798,7 @@ class OneRanker(GenerativeRecommender):
         if not self.use_ranker:
             return retrieval
         # Candidates never see each other, so an item's ranker score does not depend on the rest of the set.
-        stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, items.view(-1, 1, 1))
+        history = self._ranker_history(interaction, states.shape[1])  # each row's own, as its states
+        stage_logits, log_value = self._rank(states, positions, seq_lens, tokens, items.view(-1, 1, 1), history)
         own = self.ranker.own_scores(stage_logits, log_value)
         return self._served_scores(own, retrieval.view(-1, 1, 1)).view(-1)
