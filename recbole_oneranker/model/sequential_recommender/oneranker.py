@@ -191,6 +191,9 @@ class OneRanker(GenerativeRecommender):
     log-probability. Step 1 trains on the mixture's likelihood where its distribution is exact (SID generation, or
     item generation with ``loss_type: full_softmax``); with a sampled softmax the item generator keeps its own loss
     and the gate and copy attention fit the mixture on the generator's full distribution, without gradient into it.
+    With ``candidate_history_features`` (not in the paper's text, which names candidate-level features without
+    listing them) each candidate's R-decoder token also reads what the user did with that item up to the position
+    (:class:`~recbole_oneranker.model.layers.CandidateHistoryFeatures`: count, recency, deepest feedback level).
     """
 
     LEGACY_KEYS = (
