@@ -216,7 +216,10 @@ def test_history_negatives_reach_the_generation_loss(build):
         pytest.param(SID, id="sid"),
         pytest.param({**SID, "repeat_bias": True}, id="sid-repeat-bias"),
         # the repeated target (below) trains the ranker's cross features where it is forced into a set
-        pytest.param({"candidate_history_features": True, "rank_forced_targets": True}, id="candidate-history"),
+        pytest.param(
+            {"candidate_history_features": True, "candidate_id_dropout": 0.5, "rank_forced_targets": True},
+            id="candidate-history",
+        ),
         *REPEATS,
     ],
 )
@@ -342,6 +345,25 @@ def test_candidate_history_moves_only_the_seen_candidates_alike_in_full_sort_and
             table.weight[1:].normal_()  # row 0, "never seen", stays zero
         after = model.serve(batch).ranker_scores
     assert torch.equal(~torch.isclose(after, served.ranker_scores), seen)
+
+
+def test_candidates_no_training_row_holds_enter_the_ranker_as_one_unknown_item(build):
+    model, train, _ = build(candidate_id_dropout=0.2)
+    dataset = train._dataset
+    held = set(dataset.inter_feat["item_id"].tolist()) | set(dataset.inter_feat["item_id_list"].flatten().tolist())
+    assert model.trained_items.nonzero().flatten().tolist() == sorted(held - {0})
+    model.eval()  # no id dropout: only the items no training row holds are unknown
+    batch = next(iter(train))
+    trained = model.trained_items.nonzero().flatten()[:2]
+    with torch.no_grad():
+        states, _ = model.encode_with_generation_loss(batch)
+        inputs = model.decoder_inputs(batch, states)
+        candidates = trained.expand(*inputs.positions.shape, -1)  # [B, R, 2]
+        known = model.rank(inputs, candidates)
+        model.trained_items[trained] = False  # as if no training row held them
+        unknown = model.rank(inputs, candidates)
+    assert not torch.allclose(known[:, 0], known[:, 1])  # two ids, two tokens
+    torch.testing.assert_close(unknown[:, 0], unknown[:, 1])  # one unknown-item token for both
 
 
 @pytest.mark.parametrize("overrides", [{}, {"use_ranker": False, "gamma": 0.0, "n_gen_heads": 2}, SID])

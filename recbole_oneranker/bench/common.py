@@ -100,6 +100,7 @@ UNCHANGED_BEHAVIOUR: dict[str, Any] = {
     "history_negatives": False, "repeat_bias": False, "compile_model": False, "candidate_sampling": "uniform",
     "sid_scoring": "additive", "tie_code_embeddings": False, "item_feature_fields": [],
     "history_item_features": True, "candidate_item_features": True, "candidate_history_features": False,
+    "candidate_id_dropout": 0.0,
     "generation": "item",
     "repeat_explore": False, "stage": "train", "from_checkpoint": None,
     # the policy-gradient methods' keys (properties/align.yaml): DPO and IPA rows never read them

@@ -194,6 +194,9 @@ class OneRanker(GenerativeRecommender):
     With ``candidate_history_features`` (not in the paper's text, which names candidate-level features without
     listing them) each candidate's R-decoder token also reads what the user did with that item up to the position
     (:class:`~recbole_oneranker.model.layers.CandidateHistoryFeatures`: count, recency, deepest feedback level).
+    With ``candidate_id_dropout > 0`` a candidate no training row holds enters the R-decoder as one learned
+    unknown-item vector instead of its untrained id embedding, and that share of the other training candidates
+    does too, so that the vector is learned (id dropout for cold items).
     """
 
     LEGACY_KEYS = (
@@ -310,6 +313,12 @@ class OneRanker(GenerativeRecommender):
         if self.use_ranker and config["candidate_history_features"]:
             levels = CandidateHistoryConfig(hidden_size=d, num_levels=self.level_embedding.num_embeddings)
             self.candidate_history = CandidateHistoryFeatures(levels)
+        # One learned vector for the candidates whose id embedding the training never shaped (candidate_id_dropout).
+        self.candidate_id_dropout = config["candidate_id_dropout"]
+        self.unknown_candidate: nn.Parameter | None = None
+        if self.use_ranker and self.candidate_id_dropout:
+            self.unknown_candidate = nn.Parameter(torch.randn(d) * 0.02)
+            self.register_buffer("trained_items", self.items_in_training(dataset), persistent=False)
 
         # parameters initialization (the encoder initialised the backbone) and first Fake Item Tokens
         code_inputs = list(self.code_inputs) if self.generator is not None else []
@@ -473,6 +482,8 @@ class OneRanker(GenerativeRecommender):
             ``stage_logits`` ``[B, R, N, S]`` (one logit per cascade stage) and ``log_value`` ``[B, R, N]``.
         """
         embedded = self._item_table_for_decoders(candidates)  # [B, R, N, D]
+        if self.unknown_candidate is not None:
+            embedded = self._with_unknown_candidates(embedded, candidates)
         if self.candidate_features is not None:
             embedded = embedded + self.candidate_features(candidates)
         if history is not None:
@@ -506,6 +517,24 @@ class OneRanker(GenerativeRecommender):
             return rank_loss.mean()
         weights = retrieved.float()
         return (rank_loss * weights).sum() / weights.sum().clamp(min=1.0)
+
+    def items_in_training(self, dataset) -> Tensor:
+        """``[n_items]`` bool: the items some training row holds, as its target or in its history."""
+        held = torch.zeros(self.n_items, dtype=torch.bool)
+        held[dataset.inter_feat[self.ITEM_ID].long()] = True
+        held[dataset.inter_feat[self.ITEM_SEQ].long().flatten()] = True
+        held[0] = False  # padding
+        return held
+
+    def _with_unknown_candidates(self, embedded: Tensor, candidates: Tensor) -> Tensor:
+        """``embedded`` (``[..., D]``) with the learned unknown-item vector in place of every candidate no training
+        row holds (its id embedding is still its initialisation, or was only ever pushed down as a negative), and in
+        training also of a random ``candidate_id_dropout`` share of the others, which is how the vector learns: the
+        ranker must then score a candidate from its features, its history with the user and the user's states."""
+        unknown = ~self.trained_items[candidates]
+        if self.training:
+            unknown = unknown | (torch.rand(candidates.shape, device=candidates.device) < self.candidate_id_dropout)
+        return torch.where(unknown.unsqueeze(-1), self.unknown_candidate.to(embedded.dtype), embedded)
 
     def _ranker_history(self, interaction, seq_len: int) -> RankerHistory | None:
         """The history items and their feedback levels, for the ranker's cross features; None without them."""
