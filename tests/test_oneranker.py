@@ -326,8 +326,9 @@ def test_full_sort_puts_ranked_candidates_first(build, overrides):
     torch.testing.assert_close(lifted, lifted[:, :1].expand_as(lifted))
 
 
-def test_candidate_history_moves_only_the_seen_candidates_alike_in_full_sort_and_predict(build):
-    model, _, test = build(candidate_history_features=True)
+@pytest.mark.parametrize("unknown_ids", [{}, {"candidate_id_dropout": 0.2}], ids=["ids", "unknown-ids"])
+def test_candidate_history_moves_only_the_seen_candidates_alike_in_full_sort_and_predict(build, unknown_ids):
+    model, _, test = build(candidate_history_features=True, **unknown_ids)
     model.eval()
     batch = next(iter(test))[0]
     with torch.no_grad():
@@ -349,8 +350,9 @@ def test_candidate_history_moves_only_the_seen_candidates_alike_in_full_sort_and
 
 def test_candidates_no_training_row_holds_enter_the_ranker_as_one_unknown_item(build):
     model, train, _ = build(candidate_id_dropout=0.2)
-    dataset = train._dataset
-    held = set(dataset.inter_feat["item_id"].tolist()) | set(dataset.inter_feat["item_id_list"].flatten().tolist())
+    held = set()  # what the training batches hold, as the trainer sees them
+    for batch in train:
+        held |= set(batch["item_id"].tolist()) | set(batch["item_id_list"].flatten().tolist())
     assert model.trained_items.nonzero().flatten().tolist() == sorted(held - {0})
     model.eval()  # no id dropout: only the items no training row holds are unknown
     batch = next(iter(train))
@@ -360,6 +362,7 @@ def test_candidates_no_training_row_holds_enter_the_ranker_as_one_unknown_item(b
         inputs = model.decoder_inputs(batch, states)
         candidates = trained.expand(*inputs.positions.shape, -1)  # [B, R, 2]
         known = model.rank(inputs, candidates)
+        torch.testing.assert_close(model.rank(inputs, candidates), known)  # nothing is drawn in evaluation
         model.trained_items[trained] = False  # as if no training row held them
         unknown = model.rank(inputs, candidates)
     assert not torch.allclose(known[:, 0], known[:, 1])  # two ids, two tokens

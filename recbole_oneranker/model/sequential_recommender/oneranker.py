@@ -99,10 +99,15 @@ def force_targets(candidates: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class RankerHistory(NamedTuple):
-    """The history the ranker's cross features read (``candidate_history_features``)."""
+    """The history the ranker's cross features read (``candidate_history_features``).
 
-    items: Tensor  # [B, N] item ids, 0 = padding
-    levels: Tensor  # [B, N] feedback levels, 0 = padding
+    Attributes:
+        items: ``[B, M]`` history item ids, 0 = padding.
+        levels: ``[B, M]`` their feedback levels, 0 = padding.
+    """
+
+    items: Tensor
+    levels: Tensor
 
 
 @dataclass
@@ -307,12 +312,12 @@ class OneRanker(GenerativeRecommender):
                 )
             )
         self.repeat_explore = RepeatExplore(RepeatExploreConfig(d)) if config["repeat_explore"] else None
-        # What the user did with each candidate before (count, recency, deepest level): built after every other
-        # module, so that a row with it starts from the same weights as the row without it.
+        # What the user did with each candidate before (count, recency, deepest level). Built after the modules
+        # above, so that they draw the weights they draw without it (the tables re-drawn below do not).
         self.candidate_history: CandidateHistoryFeatures | None = None
         if self.use_ranker and config["candidate_history_features"]:
-            levels = CandidateHistoryConfig(hidden_size=d, num_levels=self.level_embedding.num_embeddings)
-            self.candidate_history = CandidateHistoryFeatures(levels)
+            sizes = CandidateHistoryConfig(hidden_size=d, num_levels=self.level_embedding.num_embeddings)
+            self.candidate_history = CandidateHistoryFeatures(sizes)
         # One learned vector for the candidates whose id embedding the training never shaped (candidate_id_dropout).
         self.candidate_id_dropout = config["candidate_id_dropout"]
         self.unknown_candidate: nn.Parameter | None = None
@@ -475,8 +480,9 @@ class OneRanker(GenerativeRecommender):
         candidates: Tensor,
         history: RankerHistory | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Step 3 on ``candidates`` (``[B, R, N]`` item ids) at ``positions`` (``[B, R]``), each candidate's token
-        with its side features and, given the rows' ``history``, what the user did with it up to the position.
+        """Step 3 on ``candidates`` (``[B, R, N]`` item ids) at ``positions`` (``[B, R]``). Each candidate's token is
+        its item embedding (the unknown-item vector under ``candidate_id_dropout``), plus its side features and,
+        given the rows' ``history`` (:class:`RankerHistory`), what the user did with it up to the position.
 
         Returns:
             ``stage_logits`` ``[B, R, N, S]`` (one logit per cascade stage) and ``log_value`` ``[B, R, N]``.
@@ -519,7 +525,8 @@ class OneRanker(GenerativeRecommender):
         return (rank_loss * weights).sum() / weights.sum().clamp(min=1.0)
 
     def items_in_training(self, dataset) -> Tensor:
-        """``[n_items]`` bool: the items some training row holds, as its target or in its history."""
+        """``[n_items]`` bool: the items some training row holds, as its target or in its history. Not saved with
+        the model: rebuilt from the training split the model is built with, as every load path here builds it."""
         held = torch.zeros(self.n_items, dtype=torch.bool)
         held[dataset.inter_feat[self.ITEM_ID].long()] = True
         held[dataset.inter_feat[self.ITEM_SEQ].long().flatten()] = True
@@ -528,7 +535,8 @@ class OneRanker(GenerativeRecommender):
 
     def _with_unknown_candidates(self, embedded: Tensor, candidates: Tensor) -> Tensor:
         """``embedded`` (``[..., D]``) with the learned unknown-item vector in place of every candidate no training
-        row holds (its id embedding is still its initialisation, or was only ever pushed down as a negative), and in
+        row holds (its id embedding, and with ``generation: sid`` its code embeddings' sum too: both from tables the
+        training never shaped for it, or only pushed down as a negative), and in
         training also of a random ``candidate_id_dropout`` share of the others, which is how the vector learns: the
         ranker must then score a candidate from its features, its history with the user and the user's states."""
         unknown = ~self.trained_items[candidates]
@@ -537,7 +545,8 @@ class OneRanker(GenerativeRecommender):
         return torch.where(unknown.unsqueeze(-1), self.unknown_candidate.to(embedded.dtype), embedded)
 
     def _ranker_history(self, interaction, seq_len: int) -> RankerHistory | None:
-        """The history items and their feedback levels, for the ranker's cross features; None without them."""
+        """The ``[B, seq_len]`` history items and their feedback levels, for the ranker's cross features; None
+        without them."""
         if self.candidate_history is None:
             return None
         items = interaction[self.ITEM_SEQ][:, :seq_len]
