@@ -79,16 +79,12 @@ def candidate_history_buckets(
     match = (history.unsqueeze(1).unsqueeze(2) == candidates.unsqueeze(-1)) & visible.unsqueeze(2)  # [B, R, C, N]
     match = match & (candidates > 0).unsqueeze(-1)
     count = match.sum(-1)
-    seen = count > 0
+    seen = count > 0  # an unseen candidate's distance counts from -1: its recency needs the mask
     last_seen = torch.where(match, steps, -1).amax(-1)  # [B, R, C]
     distance = (positions.unsqueeze(-1) - last_seen).clamp(min=0)
     recency = 1 + torch.floor(torch.log2(distance.float() + 1)).long()  # exact: log2 of powers of two is exact
-    deepest = torch.where(match, levels.unsqueeze(1).unsqueeze(2), 0).amax(-1)
-    return (
-        count.clamp(max=max_count),
-        torch.where(seen, recency.clamp(max=recency_buckets), 0),
-        torch.where(seen, deepest, 0),
-    )
+    deepest = torch.where(match, levels.unsqueeze(1).unsqueeze(2), 0).amax(-1)  # 0 where nothing matches
+    return count.clamp(max=max_count), torch.where(seen, recency.clamp(max=recency_buckets), 0), deepest
 
 
 class CandidateHistoryFeatures(nn.Module):

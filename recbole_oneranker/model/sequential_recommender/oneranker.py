@@ -536,9 +536,9 @@ class OneRanker(GenerativeRecommender):
     def _with_unknown_candidates(self, embedded: Tensor, candidates: Tensor) -> Tensor:
         """``embedded`` (``[..., D]``) with the learned unknown-item vector in place of every candidate no training
         row holds (its id embedding, and with ``generation: sid`` its code embeddings' sum too: both from tables the
-        training never shaped for it, or only pushed down as a negative), and in
-        training also of a random ``candidate_id_dropout`` share of the others, which is how the vector learns: the
-        ranker must then score a candidate from its features, its history with the user and the user's states."""
+        training never shaped for it, or only pushed down as a negative), and in training also of a random
+        ``candidate_id_dropout`` share of the others, which is how the vector learns: the ranker must then score a
+        candidate from its features, its history with the user and the user's states."""
         unknown = ~self.trained_items[candidates]
         if self.training:
             unknown = unknown | (torch.rand(candidates.shape, device=candidates.device) < self.candidate_id_dropout)
