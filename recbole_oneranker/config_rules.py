@@ -186,6 +186,7 @@ RULES: tuple[Rule, ...] = (
     Rule("dropout_prob", PROBABILITY),
     Rule("attn_dropout_prob", PROBABILITY),
     Rule("candidate_id_dropout", PROBABILITY),
+    Rule("history_id_dropout", PROBABILITY),
     Rule("MAX_ITEM_LIST_LENGTH", POSITIVE_INT),
     Rule("n_layers", POSITIVE_INT),
     Rule("topk", Check(list, items=Check(int, low=1, high=ItemsMinus(0)), why="top-K of the ranked items")),

@@ -353,17 +353,17 @@ def test_candidates_no_training_row_holds_enter_the_ranker_as_one_unknown_item(b
     held = set()  # what the training batches hold, as the trainer sees them
     for batch in train:
         held |= set(batch["item_id"].tolist()) | set(batch["item_id_list"].flatten().tolist())
-    assert model.trained_items.nonzero().flatten().tolist() == sorted(held - {0})
+    assert model.unknown_candidates.known.nonzero().flatten().tolist() == sorted(held - {0})
     model.eval()  # no id dropout: only the items no training row holds are unknown
     batch = next(iter(train))
-    trained = model.trained_items.nonzero().flatten()[:2]
+    trained = model.unknown_candidates.known.nonzero().flatten()[:2]
     with torch.no_grad():
         states, _ = model.encode_with_generation_loss(batch)
         inputs = model.decoder_inputs(batch, states)
         candidates = trained.expand(*inputs.positions.shape, -1)  # [B, R, 2]
         known = model.rank(inputs, candidates)
         torch.testing.assert_close(model.rank(inputs, candidates), known)  # nothing is drawn in evaluation
-        model.trained_items[trained] = False  # as if no training row held them
+        model.unknown_candidates.known[trained] = False  # as if no training row held them
         unknown = model.rank(inputs, candidates)
     assert not torch.allclose(known[:, 0], known[:, 1])  # two ids, two tokens
     torch.testing.assert_close(unknown[:, 0], unknown[:, 1])  # one unknown-item token for both

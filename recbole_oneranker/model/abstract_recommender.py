@@ -26,6 +26,8 @@ from recbole_oneranker.model.layers import (
     ItemFeatureEmbedding,
     NextItemSoftmax,
     RepeatShift,
+    SequenceEncoder,
+    SequenceEncoderConfig,
     SIDLevelStructure,
     SIDTrie,
     SoftmaxConfig,
@@ -149,6 +151,10 @@ class GenerativeRecommender(SequentialRecommender):
     # Whether the model trains the next-item softmax (``loss_type``), whose logits ``repeat_bias`` shifts; a model
     # that generates semantic IDs shifts its items' log-probabilities instead and sets it False.
     TRAINS_ITEM_SOFTMAX = True
+    # Whether history items enter by their id embeddings (:meth:`item_sequence_encoder`), which
+    # ``history_id_dropout`` replaces for unknown items; a model that embeds them by their semantic IDs, codes that
+    # trained items share, sets it False.
+    EMBEDS_ITEM_IDS = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -186,10 +192,39 @@ class GenerativeRecommender(SequentialRecommender):
         if config["repeat_explore"] and config["repeat_bias"]:  # a key of the models with a copy mixture
             raise ConfigError("repeat_explore and repeat_bias both model repeated items: set one of them")
         self.repeat_shift = RepeatShift() if config["repeat_bias"] else None
+        if config["history_id_dropout"] and not self.EMBEDS_ITEM_IDS:
+            raise ConfigError(
+                f"history_id_dropout replaces id embeddings of unknown history items: {type(self).__name__} embeds "
+                "its history by semantic IDs, whose codes trained items share; set it to 0"
+            )
         self.softmax = NextItemSoftmax(softmax_config, self.item_vectors, self.repeat_shift)
         # Side features of the history items, added to their input tokens (a model reads them in :meth:`encode`).
         features = item_feature_embedding(config, dataset) if config["history_item_features"] else None
         self.history_item_features = features
+
+    def item_sequence_encoder(self, config, dataset, num_prefix_tokens: int = 0) -> SequenceEncoder:
+        """The HSTU encoder over the history's item ids (``num_prefix_tokens`` tokens before them), with
+        ``history_id_dropout``'s unknown-item vector for the items no training row holds."""
+        dropout = config["history_id_dropout"]
+        return SequenceEncoder(
+            SequenceEncoderConfig(
+                num_items=self.n_items,
+                hstu=hstu_config(config, num_prefix_tokens, self.max_seq_length),
+                use_position_embedding=config["use_position_embedding"],
+                unknown_item_dropout=dropout,
+            ),
+            known_items=self.items_in_training(dataset) if dropout else None,
+        )
+
+    def items_in_training(self, dataset) -> Tensor:
+        """``[n_items]`` bool: the items some training row holds, as its target or in its history (``dataset``: the
+        training split the model is built with). Not saved with the model: every load path here builds the model
+        from its training split, which gives the same set."""
+        held = torch.zeros(self.n_items, dtype=torch.bool)
+        held[dataset.inter_feat[self.ITEM_ID].long()] = True
+        held[dataset.inter_feat[self.ITEM_SEQ].long().flatten()] = True
+        held[0] = False  # padding
+        return held
 
     def trains_item_softmax(self, config) -> bool:
         """Whether ``repeat_bias``'s shift learns inside the next-item softmax under this config

@@ -1,8 +1,9 @@
 """Pure-PyTorch layers (no RecBole imports): the HSTU block and stack with their relative attention biases and
-masks, the item-sequence encoder, the next-item softmax and repeat shift, OneRanker's step-2 and step-3 decoders,
-for semantic IDs the trie with its constrained beam search and GPR's level-wise generator and value estimator, and
-OneRec's encoder-decoder with its mixture-of-experts feed-forward block, the items' side features, and the losses
-of post-training: DPO's, and the policy-gradient pieces (GAE, PPO's and ECPO's surrogates, HEPO's rewards)."""
+masks, the item-sequence encoder and its unknown-item vector, the next-item softmax and repeat shift, OneRanker's
+step-2 and step-3 decoders, for semantic IDs the trie with its constrained beam search and GPR's level-wise generator
+and value estimator, and OneRec's encoder-decoder with its mixture-of-experts feed-forward block, the items' side
+features, and the losses of post-training: DPO's, and the policy-gradient pieces (GAE, PPO's and ECPO's surrogates,
+HEPO's rewards)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ from .sid_generation import (
 from .sid_trie import SIDTrie, StepFunction, constrained_beam_search, exact_item_log_probs
 from .softmax import LOSS_TYPES, NextItemSoftmax, RepeatShift, SoftmaxConfig, distinct_items, seen_before
 from .task_tokens import TaskTokenConfig, TaskTokenDecoder, heterogeneous_mask
+from .unknown_items import UnknownItems, UnknownItemsConfig
 
 __all__ = [
     "ATTENTION_KINDS",
@@ -104,6 +106,8 @@ __all__ = [
     "TaskTokenConfig",
     "TaskTokenDecoder",
     "TokenTypeFFN",
+    "UnknownItems",
+    "UnknownItemsConfig",
     "ValueEstimator",
     "bucketize_time_deltas",
     "build_relative_bias",

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .hstu import HSTUConfig, HSTUStack, prefix_causal_mask
 from .lookup import lookup
+from .unknown_items import UnknownItems, UnknownItemsConfig
 
 __all__ = ["SequenceEncoder", "SequenceEncoderConfig"]
 
@@ -32,18 +33,25 @@ class SequenceEncoderConfig:
         use_position_embedding: add learned absolute positions to the inputs.
         bidirectional_prefix: the prefix tokens attend to each other both ways (GPR's hybrid mask); False keeps the
             whole sequence causal.
+        unknown_item_dropout: 0 embeds every history item by its row of the item table; in ``(0, 1)``, the items
+            outside the encoder's ``known_items`` enter as one learned vector instead, and in training this share of
+            the known ones too (:class:`~.unknown_items.UnknownItems`; it starts at zero, so the other weights are
+            drawn as without it).
     """
 
     num_items: int
     hstu: HSTUConfig
     use_position_embedding: bool = True
     bidirectional_prefix: bool = False
+    unknown_item_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_items == 1 or self.num_items < 0:
             raise ValueError(
                 f"num_items must count the padding item and at least one item (or be 0), got {self.num_items}"
             )
+        if self.unknown_item_dropout and not self.num_items:
+            raise ValueError("unknown_item_dropout replaces rows of the item table: this encoder has none")
 
 
 class SequenceEncoder(nn.Module):
@@ -51,6 +59,10 @@ class SequenceEncoder(nn.Module):
 
     Initialisation follows the official HSTU: item rows truncated normal (std 0.02), positions truncated normal
     (std ``1/sqrt(D)``).
+
+    Args:
+        config: sizes and switches.
+        known_items: ``[num_items]`` bool, the items the model trains on; required with ``unknown_item_dropout``.
 
     >>> from recbole_oneranker.model.layers import HSTUConfig
     >>> hstu = HSTUConfig(embedding_dim=8, linear_hidden_dim=4, attention_dim=4, num_heads=2, num_blocks=1,
@@ -60,13 +72,19 @@ class SequenceEncoder(nn.Module):
     torch.Size([2, 3, 8])
     """
 
-    def __init__(self, config: SequenceEncoderConfig) -> None:
+    def __init__(self, config: SequenceEncoderConfig, known_items: Tensor | None = None) -> None:
         super().__init__()
         self.config: SequenceEncoderConfig = config
         dim = config.hstu.embedding_dim
         self.item_embedding: nn.Embedding | None = (
             nn.Embedding(config.num_items, dim, padding_idx=0) if config.num_items else None
         )
+        self.unknown_items: UnknownItems | None = None
+        if config.unknown_item_dropout:
+            if known_items is None or known_items.shape != (config.num_items,):
+                raise ValueError(f"unknown_item_dropout needs known_items, a [{config.num_items}] mask of the items")
+            sizes = UnknownItemsConfig(hidden_size=dim, dropout=config.unknown_item_dropout, init_std=0.0)
+            self.unknown_items = UnknownItems(sizes, known_items)
         self.position_embedding: nn.Embedding | None = (
             nn.Embedding(config.hstu.max_seq_len, dim) if config.use_position_embedding else None
         )
@@ -104,7 +122,10 @@ class SequenceEncoder(nn.Module):
         """
         if self.item_embedding is None:
             raise ValueError("this encoder has no item table (num_items=0): call encode_tokens with embedded tokens")
-        x = self.item_embedding(item_seq) * math.sqrt(self.hidden_size)  # [B, N, D]
+        x = self.item_embedding(item_seq)  # [B, N, D]
+        if self.unknown_items is not None:
+            x = self.unknown_items(x, item_seq)
+        x = x * math.sqrt(self.hidden_size)
         if token_features is not None:
             x = x + token_features
         return self.encode_tokens(x, item_seq_len, timestamps, prefix)

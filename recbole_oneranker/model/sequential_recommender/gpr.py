@@ -99,6 +99,7 @@ class GPR(GenerativeRecommender):
     """
 
     TRAINS_ITEM_SOFTMAX = False  # it generates semantic IDs; repeat_bias shifts their paths' log-probabilities
+    EMBEDS_ITEM_IDS = False  # its history tokens are semantic-ID code sums
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -17,8 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from recbole_oneranker.model.abstract_recommender import GenerativeRecommender, hstu_config
-from recbole_oneranker.model.layers import SequenceEncoder, SequenceEncoderConfig
+from recbole_oneranker.model.abstract_recommender import GenerativeRecommender
 from recbole_oneranker.model.serving import ServingResult
 
 
@@ -55,13 +54,7 @@ class HSTU(GenerativeRecommender):
         super().__init__(config, dataset)
 
         # define layers (the encoder initialises them as the reference does)
-        self.encoder = SequenceEncoder(
-            SequenceEncoderConfig(
-                num_items=self.n_items,
-                hstu=hstu_config(config, num_prefix_tokens=0, max_history=self.max_seq_length),
-                use_position_embedding=config["use_position_embedding"],
-            )
-        )
+        self.encoder = self.item_sequence_encoder(config, dataset)
 
     def forward(self, item_seq: Tensor, item_seq_len: Tensor, timestamps: Tensor | None = None) -> Tensor:
         """``[B, N, D]`` states of right-padded histories (see :class:`SequenceEncoder`), the items' side features

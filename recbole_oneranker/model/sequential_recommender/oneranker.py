@@ -23,7 +23,6 @@ from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.abstract_recommender import (
     GenerativeRecommender,
     check_user_token_fields,
-    hstu_config,
     item_feature_embedding,
 )
 from recbole_oneranker.model.layers import (
@@ -35,12 +34,12 @@ from recbole_oneranker.model.layers import (
     RepeatExplore,
     RepeatExploreConfig,
     RepeatExploreLogProbs,
-    SequenceEncoder,
-    SequenceEncoderConfig,
     SIDGenerator,
     SIDGeneratorConfig,
     TaskTokenConfig,
     TaskTokenDecoder,
+    UnknownItems,
+    UnknownItemsConfig,
     seen_before,
     visible_states,
 )
@@ -248,13 +247,7 @@ class OneRanker(GenerativeRecommender):
 
         # define layers and loss
         d = self.hidden_size
-        self.encoder = SequenceEncoder(
-            SequenceEncoderConfig(
-                num_items=self.n_items,
-                hstu=hstu_config(config, len(self.user_token_fields), self.max_seq_length),
-                use_position_embedding=config["use_position_embedding"],
-            )
-        )
+        self.encoder = self.item_sequence_encoder(config, dataset, len(self.user_token_fields))
         self.level_embedding = nn.Embedding(len(self.cascade_fields) + 2, d, padding_idx=0)  # 0 = padding
         self.user_token_embeddings = nn.ModuleDict(
             {field: nn.Embedding(dataset.num(field), d, padding_idx=0) for field in self.user_token_fields}
@@ -319,11 +312,10 @@ class OneRanker(GenerativeRecommender):
             sizes = CandidateHistoryConfig(hidden_size=d, num_levels=self.level_embedding.num_embeddings)
             self.candidate_history = CandidateHistoryFeatures(sizes)
         # One learned vector for the candidates whose id embedding the training never shaped (candidate_id_dropout).
-        self.candidate_id_dropout = config["candidate_id_dropout"]
-        self.unknown_candidate: nn.Parameter | None = None
-        if self.use_ranker and self.candidate_id_dropout:
-            self.unknown_candidate = nn.Parameter(torch.randn(d) * 0.02)
-            self.register_buffer("trained_items", self.items_in_training(dataset), persistent=False)
+        self.unknown_candidates: UnknownItems | None = None
+        if self.use_ranker and config["candidate_id_dropout"]:
+            sizes = UnknownItemsConfig(hidden_size=d, dropout=config["candidate_id_dropout"])
+            self.unknown_candidates = UnknownItems(sizes, self.items_in_training(dataset))
 
         # parameters initialization (the encoder initialised the backbone) and first Fake Item Tokens
         code_inputs = list(self.code_inputs) if self.generator is not None else []
@@ -488,8 +480,8 @@ class OneRanker(GenerativeRecommender):
             ``stage_logits`` ``[B, R, N, S]`` (one logit per cascade stage) and ``log_value`` ``[B, R, N]``.
         """
         embedded = self._item_table_for_decoders(candidates)  # [B, R, N, D]
-        if self.unknown_candidate is not None:
-            embedded = self._with_unknown_candidates(embedded, candidates)
+        if self.unknown_candidates is not None:
+            embedded = self.unknown_candidates(embedded, candidates)
         if self.candidate_features is not None:
             embedded = embedded + self.candidate_features(candidates)
         if history is not None:
@@ -523,26 +515,6 @@ class OneRanker(GenerativeRecommender):
             return rank_loss.mean()
         weights = retrieved.float()
         return (rank_loss * weights).sum() / weights.sum().clamp(min=1.0)
-
-    def items_in_training(self, dataset) -> Tensor:
-        """``[n_items]`` bool: the items some training row holds, as its target or in its history. Not saved with
-        the model: rebuilt from the training split the model is built with, as every load path here builds it."""
-        held = torch.zeros(self.n_items, dtype=torch.bool)
-        held[dataset.inter_feat[self.ITEM_ID].long()] = True
-        held[dataset.inter_feat[self.ITEM_SEQ].long().flatten()] = True
-        held[0] = False  # padding
-        return held
-
-    def _with_unknown_candidates(self, embedded: Tensor, candidates: Tensor) -> Tensor:
-        """``embedded`` (``[..., D]``) with the learned unknown-item vector in place of every candidate no training
-        row holds (its id embedding, and with ``generation: sid`` its code embeddings' sum too: both from tables the
-        training never shaped for it, or only pushed down as a negative), and in training also of a random
-        ``candidate_id_dropout`` share of the others, which is how the vector learns: the ranker must then score a
-        candidate from its features, its history with the user and the user's states."""
-        unknown = ~self.trained_items[candidates]
-        if self.training:
-            unknown = unknown | (torch.rand(candidates.shape, device=candidates.device) < self.candidate_id_dropout)
-        return torch.where(unknown.unsqueeze(-1), self.unknown_candidate.to(embedded.dtype), embedded)
 
     def _ranker_history(self, interaction, seq_len: int) -> RankerHistory | None:
         """The ``[B, seq_len]`` history items and their feedback levels, for the ranker's cross features; None

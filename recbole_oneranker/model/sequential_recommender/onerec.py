@@ -67,6 +67,7 @@ class OneRec(GenerativeRecommender):
     """
 
     TRAINS_ITEM_SOFTMAX = False  # it generates semantic IDs
+    EMBEDS_ITEM_IDS = False  # its history tokens are semantic-ID code sums
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -27,13 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbole_oneranker.errors import ConfigError
-from recbole_oneranker.model.abstract_recommender import GenerativeRecommender, hstu_config, item_feature_embedding
+from recbole_oneranker.model.abstract_recommender import GenerativeRecommender, item_feature_embedding
 from recbole_oneranker.model.layers import (
     QueryDecoderConfig,
     RankingDecoder,
     RankingDecoderConfig,
-    SequenceEncoder,
-    SequenceEncoderConfig,
     visible_states,
 )
 from recbole_oneranker.model.serving import ServingResult
@@ -233,13 +231,7 @@ class RewardModel(GenerativeRecommender):
 
         # define layers
         d = self.hidden_size
-        self.encoder = SequenceEncoder(
-            SequenceEncoderConfig(
-                num_items=self.n_items,
-                hstu=hstu_config(config, num_prefix_tokens=0, max_history=self.max_seq_length),
-                use_position_embedding=config["use_position_embedding"],
-            )
-        )
+        self.encoder = self.item_sequence_encoder(config, dataset)
         self.level_embedding = nn.Embedding(len(self.cascade_fields) + 2, d, padding_idx=0)  # 0 = padding
         self.decoder = RankingDecoder(
             RankingDecoderConfig(
