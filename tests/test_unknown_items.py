@@ -69,7 +69,13 @@ def test_a_zero_start_draws_no_random_number() -> None:
 
 
 @pytest.mark.parametrize(
-    "sizes", [{"hidden_size": 0, "dropout": 0.1}, {"hidden_size": 2, "dropout": 0.0}, {"hidden_size": 2, "dropout": 1.0}]
+    "sizes",
+    [
+        {"hidden_size": 0, "dropout": 0.1},
+        {"hidden_size": 2, "dropout": 0.0},
+        {"hidden_size": 2, "dropout": 1.0},
+        {"hidden_size": 2, "dropout": 0.1, "init_std": -1.0},
+    ],
 )
 def test_config_errors(sizes) -> None:
     with pytest.raises(ValueError):

@@ -69,6 +69,7 @@ class UnknownItems(nn.Module):
         size = config.hidden_size
         initial = torch.randn(size) * config.init_std if config.init_std else torch.zeros(size)
         self.vector: nn.Parameter = nn.Parameter(initial)
+        self.known: Tensor
         self.register_buffer("known", known, persistent=False)  # rebuilt from the data, not saved
 
     def unknown(self, items: Tensor) -> Tensor:
