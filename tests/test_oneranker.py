@@ -436,6 +436,15 @@ def test_a_checkpoint_saved_before_the_reshaping_still_loads(build):
         torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)
 
 
+def test_a_checkpoint_saved_before_the_unknown_candidate_vector_moved_into_its_layer_still_loads(build):
+    model, _, _ = build(candidate_id_dropout=0.2)
+    state = model.state_dict()
+    state["unknown_candidate"] = state.pop("unknown_candidates.vector") + 1.0  # the name it was saved under
+    fresh, _, _ = build(candidate_id_dropout=0.2)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.unknown_candidates.vector, state["unknown_candidate"])
+
+
 # -- generation: sid (step 1 generates semantic-ID paths, as the paper's GPR-based step 1) ----------------------------
 
 

@@ -148,6 +148,8 @@ class GenerativeRecommender(SequentialRecommender):
     # through them, so checkpoints saved before a reshaping keep loading.
     LEGACY_KEYS: tuple[tuple[str, str], ...] = ()
     LEGACY_MARKER = "item_embedding.weight"
+    # (old name, new name) of single parameters renamed later, read through whenever a checkpoint holds the old name.
+    RENAMED_KEYS: tuple[tuple[str, str], ...] = ()
     # Whether the model trains the next-item softmax (``loss_type``), whose logits ``repeat_bias`` shifts; a model
     # that generates semantic IDs shifts its items' log-probabilities instead and sets it False.
     TRAINS_ITEM_SOFTMAX = True
@@ -243,7 +245,11 @@ class GenerativeRecommender(SequentialRecommender):
         return features if tokens is None else tokens + features
 
     def _rename_legacy_keys(self, module, state_dict, prefix, *args) -> None:
-        """Load hook: rename the parameters of a checkpoint saved before the model's reshaping (``LEGACY_KEYS``)."""
+        """Load hook: rename the parameters of a checkpoint saved before the model's reshaping (``LEGACY_KEYS``) or
+        a later renaming (``RENAMED_KEYS``)."""
+        for old, new in self.RENAMED_KEYS:
+            if prefix + old in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
         if prefix + self.LEGACY_MARKER not in state_dict:
             return
         for key in list(state_dict):

@@ -217,6 +217,7 @@ class OneRanker(GenerativeRecommender):
         ("task_heads.", "ranker.stage_heads."),
         ("value_head.", "ranker.value_head."),
     )
+    RENAMED_KEYS = (("unknown_candidate", "unknown_candidates.vector"),)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
