@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recbole_oneranker.bench.repeats import EARLIER, LAST, NEW, repeat_targets, split_by_repeats
+from recbole_oneranker.bench.diagnose import repeats_markdown
+from recbole_oneranker.bench.repeats import EARLIER, LAST, NEW, RepeatShares, repeat_targets, split_by_repeats
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset
 
@@ -26,13 +27,22 @@ def test_a_repeat_is_a_target_inside_the_window_the_model_reads(repeat_data):
     settings = {"data_path": repeat_data, "load_col": None, "MAX_ITEM_LIST_LENGTH": 2}
     repeats = repeat_targets("SASRec", "rep-tiny", settings)
     dataset = create_dataset(Config("SASRec", "rep-tiny", None, {**settings, "state": "ERROR"}))
-    by_token = {user: repeats[int(dataset.token2id("user_id", user))] for user in HISTORIES}
+    by_token = {user: repeats.kinds[int(dataset.token2id("user_id", user))] for user in HISTORIES}
     # user 1's 3 is in its last two items (3, 4); user 2's 5 is older than them; user 3's 9 is new; user 4's 9 is
     # the last item it read (its validation target)
     assert by_token == {"1": EARLIER, "2": NEW, "3": NEW, "4": LAST}
     last = repeat_targets("SASRec", "rep-tiny", {**settings, "MAX_ITEM_LIST_LENGTH": 4})
-    by_token = {user: last[int(dataset.token2id("user_id", user))] for user in HISTORIES}
+    by_token = {user: last.kinds[int(dataset.token2id("user_id", user))] for user in HISTORIES}
     assert by_token == {"1": EARLIER, "2": EARLIER, "3": NEW, "4": LAST}  # a wider window holds user 2's 5
+
+
+def test_a_last_history_item_no_training_row_holds_is_unknown(repeat_data):
+    settings = {"data_path": repeat_data, "load_col": None, "MAX_ITEM_LIST_LENGTH": 4}
+    unknown_last = repeat_targets("SASRec", "rep-tiny", settings).unknown_last
+    dataset = create_dataset(Config("SASRec", "rep-tiny", None, {**settings, "state": "ERROR"}))
+    # the training rows hold every item but the last two of each user: 1, 2, 3 / 5, 6, 7 / 1, 2, 5 / 2, 7; the test
+    # histories end with 4, 8, 6 and 9, of which only user 3's 6 (in user 2's training items) was trained on
+    assert unknown_last == {int(dataset.token2id("user_id", user)) for user in ("1", "2", "4")}
 
 
 def test_split_by_repeats_averages_each_part_per_seed_then_over_seeds(tmp_path):
@@ -51,3 +61,13 @@ def test_split_by_repeats_averages_each_part_per_seed_then_over_seeds(tmp_path):
     assert split["ndcg_new"][0] == pytest.approx((ndcg[2] / 2 + 1.0) / 2)
     assert split["hit_all"][0] == pytest.approx((0.75 + 0.75) / 2) and split["hit_all"][1] == 0.0
     assert split["ndcg_last"][0] == pytest.approx(1.0) and split["ndcg_earlier"][0] == pytest.approx(ndcg[3] / 2)
+
+
+def test_the_report_states_the_shares_of_repeats_and_unknown_last_items():
+    split = {
+        f"{name}_{part}": (0.5, 0.1) for name in ("ndcg", "hit") for part in ("all", "repeat", "last", "earlier", "new")
+    }
+    report = repeats_markdown("rep-tiny", RepeatShares(0.585, 0.093, 0.574), [("HSTU", 3, split)], 10, "`cmd`")
+    assert "58.5% of the test users' targets" in report
+    assert "9.3% of the test histories end with an item no training row holds" in report and "57.4% of those" in report
+    assert "| HSTU | 3 | 0.5000 ± 0.1000 |" in report

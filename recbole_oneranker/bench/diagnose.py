@@ -71,7 +71,7 @@ from recbole.utils import init_seed
 from torch import Tensor, nn
 
 from recbole_oneranker.bench.common import REPO
-from recbole_oneranker.bench.repeats import repeats_report
+from recbole_oneranker.bench.repeats import RepeatShares, repeats_report
 from recbole_oneranker.checkpoints import load_data_and_model
 from recbole_oneranker.evaluator.ranking import mask_seen_items, rank_metrics, seen_items, target_ranks
 from recbole_oneranker.quick_start import CANDIDATE_SAMPLERS, CANDIDATE_TOPK, evaluate_candidate_set
@@ -617,7 +617,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def repeats_markdown(
-    dataset: str, share: float, report: list[tuple[str, int, dict[str, tuple[float, float]]]], k: int, command: str
+    dataset: str,
+    shares: RepeatShares,
+    report: list[tuple[str, int, dict[str, tuple[float, float]]]],
+    k: int,
+    command: str,
 ) -> str:
     """Per benchmark row, NDCG@k on all, repeat (of the last or an earlier history item) and new targets, and HR@k
     on all, repeat and new ones (mean ± t-interval when several seeds)."""
@@ -631,10 +635,12 @@ def repeats_markdown(
     ]
     intro = (
         f"Produced by {command} from the rank files of the benchmark rows (no training).\n"
-        f"{share:.1%} of the test users' targets are among the items of the history their test row holds "
+        f"{shares.repeat:.1%} of the test users' targets are among the items of the history their test row holds "
         "(the model's input window); *repeat* columns average over those users, *last* over those whose target is "
         "the history's last item (under leave-one-out, the validation target), *earlier* over the rest of them, "
-        "*new* over the others; mean ± 95% t-interval over seeds."
+        "*new* over the others; mean ± 95% t-interval over seeds.\n"
+        f"{shares.unknown_last:.1%} of the test histories end with an item no training row holds (first met as the "
+        f"validation target), {shares.unknown_last_of_last_targets:.1%} of those whose target is that last item."
     )
     return f"# Test metrics by repeat and new targets: {dataset}\n\n{intro}\n\n{_table(header, rows)}\n"
 
@@ -645,11 +651,11 @@ def _mean_cell(value: tuple[float, float], seeds: int) -> str:
 
 
 def repeats_main(args, argv: list[str]) -> int:
-    share, report = repeats_report(args.dataset, args.bench_config, args.results, args.data_path, args.k)
+    shares, report = repeats_report(args.dataset, args.bench_config, args.results, args.data_path, args.k)
     if not report:
         print(f"error: no finished row with rank files for {args.dataset} under {args.results}", file=sys.stderr)
         return 2
-    return _write(repeats_markdown(args.dataset, share, report, args.k, _command(argv)), args.out)
+    return _write(repeats_markdown(args.dataset, shares, report, args.k, _command(argv)), args.out)
 
 
 def alignment_main(parser: argparse.ArgumentParser, args, argv: list[str]) -> str:

@@ -4,35 +4,61 @@ On the Taobao funnel most test targets are items the user has viewed before; a m
 history item scores there, one that cannot scores little anywhere (new items are rarely hit by any model). This
 split, from the rank files the benchmark rows already wrote, says which part of a row's NDCG@K comes from repeats.
 A repeat is further split into one of the last history item (under leave-one-out, the test target repeating the
-validation target) and one of an earlier item: the two ask different things of a model.
+validation target) and one of an earlier item: the two ask different things of a model. Under leave-one-out the
+last history item of a test row may also be an item no training row holds (first met as the validation target),
+which an id model has learned nothing of; the report says how often.
 Used by ``python bench/diagnose.py repeats``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from recbole_oneranker.bench.common import DEFAULT_DATA_PATH, REPO, configured_rows, mean_ci, row_settings
 from recbole_oneranker.config import Config
-from recbole_oneranker.data import create_dataset, data_preparation
+from recbole_oneranker.data import create_dataset, data_preparation, items_held
 from recbole_oneranker.evaluator.ranking import rank_metrics
 
-__all__ = ["EARLIER", "LAST", "NEW", "TARGET_KINDS", "repeat_targets", "repeats_report", "split_by_repeats"]
+__all__ = [
+    "EARLIER",
+    "LAST",
+    "NEW",
+    "TARGET_KINDS",
+    "RepeatShares",
+    "TestTargets",
+    "repeat_targets",
+    "repeats_report",
+    "split_by_repeats",
+]
 
 LAST, EARLIER, NEW = "last", "earlier", "new"
 TARGET_KINDS = (LAST, EARLIER, NEW)
 
 
-def repeat_targets(model: str, dataset: str, settings: dict[str, Any]) -> dict[int, str]:
+class TestTargets(NamedTuple):
+    """What each test user's target is to the history of the test row, and whose history ends with an unknown item.
+
+    Attributes:
+        kinds: test user id -> ``LAST``, ``EARLIER`` or ``NEW`` (:func:`repeat_targets`).
+        unknown_last: the test users whose history's last item no training row holds.
+    """
+
+    kinds: dict[int, str]
+    unknown_last: frozenset[int]
+
+
+def repeat_targets(model: str, dataset: str, settings: dict[str, Any]) -> TestTargets:
     """Test user id -> what the user's test target is to the history items of the test row (the model's input
     window: the last ``MAX_ITEM_LIST_LENGTH`` interactions before the target): the last of them (``LAST``), another
-    of them (``EARLIER``), or none (``NEW``)."""
+    of them (``EARLIER``), or none (``NEW``); and the users whose last history item no training row holds."""
     config = Config(model, dataset, None, {**settings, "show_progress": False, "state": "ERROR"})
-    _, _, test_data = data_preparation(config, create_dataset(config))
+    train_data, _, test_data = data_preparation(config, create_dataset(config))
+    known = items_held(train_data.dataset)
     repeats: dict[int, str] = {}
+    unknown_last: set[int] = set()
     for batch in test_data:
         interaction = batch[0]  # full-ranking loaders give (interaction, history index, positive u, positive i)
         items = config["ITEM_ID_FIELD"]
@@ -41,8 +67,10 @@ def repeat_targets(model: str, dataset: str, settings: dict[str, Any]) -> dict[i
         in_history = (history == target.unsqueeze(1)).any(dim=1)
         kinds = [LAST if at_last else EARLIER if seen else NEW for at_last, seen in zip(
             (last == target).tolist(), in_history.tolist(), strict=True)]  # fmt: skip
-        repeats.update(zip(interaction[config["USER_ID_FIELD"]].tolist(), kinds, strict=True))
-    return repeats
+        users = interaction[config["USER_ID_FIELD"]]
+        repeats.update(zip(users.tolist(), kinds, strict=True))
+        unknown_last.update(users[~known[last]].tolist())
+    return TestTargets(repeats, frozenset(unknown_last))
 
 
 def split_by_repeats(rows: list[dict[str, Any]], repeats: dict[int, str], k: int) -> dict[str, tuple[float, float]]:
@@ -63,16 +91,25 @@ def split_by_repeats(rows: list[dict[str, Any]], repeats: dict[int, str], k: int
     return {name: mean_ci(values) for name, values in per_seed.items()}
 
 
+class RepeatShares(NamedTuple):
+    """Shares of the test users: targets that repeat a history item, histories ending with an item no training
+    row holds, and the same among the users whose target is that last item."""
+
+    repeat: float
+    unknown_last: float
+    unknown_last_of_last_targets: float
+
+
 def repeats_report(
     dataset: str, bench_config_path: Path | None, results: Path, data_path: str | Path | None, k: int
-) -> tuple[float, list[tuple[str, int, dict[str, tuple[float, float]]]]]:
-    """The share of test targets that repeat, and per current row with rank files: ``(label, seeds, split)``."""
+) -> tuple[RepeatShares, list[tuple[str, int, dict[str, tuple[float, float]]]]]:
+    """The shares of :class:`RepeatShares`, and per current row with rank files: ``(label, seeds, split)``."""
     name = bench_config_path.stem if bench_config_path else dataset
     bench_config, dataset, extra, rows = configured_rows(
         results, name, bench_config_path, data_path or DEFAULT_DATA_PATH
     )
     rows = [row for row in rows if row.get("users_file")]
-    windows: dict[Any, dict[int, str]] = {}  # the history a test row holds depends on its window alone
+    windows: dict[Any, TestTargets] = {}  # the history a test row holds depends on its window alone
     report = []
     for label in dict.fromkeys(row["label"] for row in rows):
         model, settings = row_settings(bench_config, label, extra)
@@ -81,7 +118,16 @@ def repeats_report(
             print(f"repeats: test histories of length {window or 'default'} ...", flush=True)
             windows[window] = repeat_targets(model, dataset, settings)
         own = [row for row in rows if row["label"] == label]
-        report.append((label, len(own), split_by_repeats(own, windows[window], k)))
-    first = next(iter(windows.values()), {})
-    share = float(np.mean([kind != NEW for kind in first.values()])) if first else float("nan")
-    return share, report
+        report.append((label, len(own), split_by_repeats(own, windows[window].kinds, k)))
+    if not windows:
+        return RepeatShares(float("nan"), float("nan"), float("nan")), report
+    kinds, unknown_last = next(iter(windows.values()))
+    last_targets = [user for user, kind in kinds.items() if kind == LAST]
+    shares = RepeatShares(
+        repeat=float(np.mean([kind != NEW for kind in kinds.values()])),
+        unknown_last=len(unknown_last) / len(kinds),
+        unknown_last_of_last_targets=float(np.mean([user in unknown_last for user in last_targets]))
+        if last_targets
+        else float("nan"),
+    )
+    return shares, report

@@ -37,6 +37,17 @@ class DatasetConfigError(ConfigError):
     """A dataset config that does not match the data (missing column, bad labels, wrong split for a mode)."""
 
 
+def items_held(dataset) -> torch.Tensor:
+    """``[item_num]`` bool: the items some row of a sequential ``dataset`` (a split) holds, as its target or in its
+    history; the padding item 0 never. On the training split: the items a model can have learned anything of."""
+    items = dataset.iid_field
+    held = torch.zeros(dataset.item_num, dtype=torch.bool)
+    held[dataset.inter_feat[items].long()] = True
+    held[dataset.inter_feat[items + dataset.config["LIST_SUFFIX"]].long().flatten()] = True
+    held[0] = False
+    return held
+
+
 class SequentialDataset(RecBoleSequentialDataset):
     """Sequential dataset used for every sequential model run through this package (see the module docstring)."""
 

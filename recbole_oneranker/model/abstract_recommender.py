@@ -18,6 +18,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import FeatureSource, FeatureType, InputType
 from torch import Tensor
 
+from recbole_oneranker.data.dataset import items_held
 from recbole_oneranker.data.sid import load_dataset_sids
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.layers import (
@@ -206,7 +207,9 @@ class GenerativeRecommender(SequentialRecommender):
 
     def item_sequence_encoder(self, config, dataset, num_prefix_tokens: int = 0) -> SequenceEncoder:
         """The HSTU encoder over the history's item ids (``num_prefix_tokens`` tokens before them), with
-        ``history_id_dropout``'s unknown-item vector for the items no training row holds."""
+        ``history_id_dropout``'s unknown-item vector for the items no row of ``dataset`` (the training split the model
+        is built with) holds. Which items those are is not saved with the model: every load path here builds the model
+        from its training split, which gives the same set."""
         dropout = config["history_id_dropout"]
         return SequenceEncoder(
             SequenceEncoderConfig(
@@ -215,18 +218,8 @@ class GenerativeRecommender(SequentialRecommender):
                 use_position_embedding=config["use_position_embedding"],
                 unknown_item_dropout=dropout,
             ),
-            known_items=self.items_in_training(dataset) if dropout else None,
+            known_items=items_held(dataset) if dropout else None,
         )
-
-    def items_in_training(self, dataset) -> Tensor:
-        """``[n_items]`` bool: the items some training row holds, as its target or in its history (``dataset``: the
-        training split the model is built with). Not saved with the model: every load path here builds the model
-        from its training split, which gives the same set."""
-        held = torch.zeros(self.n_items, dtype=torch.bool)
-        held[dataset.inter_feat[self.ITEM_ID].long()] = True
-        held[dataset.inter_feat[self.ITEM_SEQ].long().flatten()] = True
-        held[0] = False  # padding
-        return held
 
     def trains_item_softmax(self, config) -> bool:
         """Whether ``repeat_bias``'s shift learns inside the next-item softmax under this config

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recbole_oneranker.data import items_held
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.abstract_recommender import (
     GenerativeRecommender,
@@ -316,7 +317,7 @@ class OneRanker(GenerativeRecommender):
         self.unknown_candidates: UnknownItems | None = None
         if self.use_ranker and config["candidate_id_dropout"]:
             sizes = UnknownItemsConfig(hidden_size=d, dropout=config["candidate_id_dropout"])
-            self.unknown_candidates = UnknownItems(sizes, self.items_in_training(dataset))
+            self.unknown_candidates = UnknownItems(sizes, items_held(dataset))
 
         # parameters initialization (the encoder initialised the backbone) and first Fake Item Tokens
         code_inputs = list(self.code_inputs) if self.generator is not None else []
