@@ -154,6 +154,17 @@ def test_hstu_knows_the_items_its_training_rows_hold_and_draws_every_other_weigh
         assert torch.equal(model.state_dict()[name], weights), name
 
 
+def test_without_history_unknown_items_every_item_keeps_its_row(build_hstu):
+    model, train = build_hstu(history_id_dropout=0.1, history_unknown_items=False)
+    assert model.encoder.unknown_items.known[1:].all()
+    model.eval()
+    batch = next(iter(train))
+    with torch.no_grad():
+        before = model.encode(batch)
+        model.encoder.unknown_items.vector.normal_()
+        torch.testing.assert_close(model.encode(batch), before)  # in evaluation no item enters as the vector
+
+
 def test_hstu_vector_learns_from_id_dropout(build_hstu):
     model, train = build_hstu(history_id_dropout=0.5)
     torch.manual_seed(0)

@@ -100,8 +100,8 @@ UNCHANGED_BEHAVIOUR: dict[str, Any] = {
     "history_negatives": False, "repeat_bias": False, "compile_model": False, "candidate_sampling": "uniform",
     "sid_scoring": "additive", "tie_code_embeddings": False, "item_feature_fields": [],
     "history_item_features": True, "candidate_item_features": True, "candidate_history_features": False,
-    "candidate_id_dropout": 0.0, "history_id_dropout": 0.0, "generation": "item", "repeat_explore": False,
-    "stage": "train", "from_checkpoint": None,
+    "candidate_id_dropout": 0.0, "history_id_dropout": 0.0, "history_unknown_items": True, "generation": "item",
+    "repeat_explore": False, "stage": "train", "from_checkpoint": None,
     # the policy-gradient methods' keys (properties/align.yaml): DPO and IPA rows never read them
     "align_clip": 0.2, "ecpo_early_clip": 0.1, "hepo_gamma": 1.0, "hepo_lambda": 0.95, "hepo_process_weights": [0.1],
     "hepo_level_weights": [1.0], "hepo_value_weight": 0.5, "hepo_critic_warmup": 0, "hepo_critic_learning_rate": 0.001,

@@ -210,7 +210,9 @@ class GenerativeRecommender(SequentialRecommender):
         ``history_id_dropout``'s unknown-item vector for the items no row of ``dataset`` (the training split the model
         is built with) holds. Which items those are is not saved with the model: every load path here builds the model
         from its training split, which gives the same set."""
-        dropout = config["history_id_dropout"]
+        dropout, known = config["history_id_dropout"], None
+        if dropout:  # without history_unknown_items, every item keeps its row: the vector is the dropout's alone
+            known = items_held(dataset) if config["history_unknown_items"] else torch.ones(self.n_items, dtype=bool)
         return SequenceEncoder(
             SequenceEncoderConfig(
                 num_items=self.n_items,
@@ -218,7 +220,7 @@ class GenerativeRecommender(SequentialRecommender):
                 use_position_embedding=config["use_position_embedding"],
                 unknown_item_dropout=dropout,
             ),
-            known_items=items_held(dataset) if dropout else None,
+            known_items=known,
         )
 
     def trains_item_softmax(self, config) -> bool:

@@ -3,7 +3,7 @@
 Under leave-one-out, an item may first appear as a validation target: no training row holds it, so its id embedding
 is still its random initialisation (or was only pushed down as a sampled negative). At test time it is the last item
 of the user's history, and an id model reads that random vector as if it meant something. On the Taobao slice this is
-the case for 84% of test histories (docs/oneranker.md, "Unknown items").
+the case for 9.3% of test histories (``python bench/diagnose.py repeats --dataset taobao``).
 
 :class:`UnknownItems` replaces the embedding of every item outside a known set by one learned vector. The vector
 learns through id dropout, as cold-start recommenders (DropoutNet) train for unseen ids: in training, a random share
