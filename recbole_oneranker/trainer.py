@@ -272,6 +272,7 @@ class RunSafetyMixin:
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        _check_optimizer_state(self.optimizer)
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
         return checkpoint
 
@@ -347,6 +348,18 @@ def compile_forward(model: torch.nn.Module) -> None:
     """
     torch.compiler.reset()
     model.forward = torch.compile(model.forward, options=compat.inductor_options())
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ``RuntimeError`` when a loaded optimizer state does not fit its parameters. Torch matches the state to
+    the parameters by position, so a snapshot of a model whose parameters were reordered since loads without error
+    and fails at its first step, with an error that names neither the file nor the cause."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            for name, value in optimizer.state.get(parameter, {}).items():
+                if torch.is_tensor(value) and value.dim() and value.shape != parameter.shape:
+                    shapes = f"{tuple(value.shape)} != {tuple(parameter.shape)}"
+                    raise RuntimeError(f"optimizer state {name} {shapes}: the model has changed")
 
 
 def _copied(value: Any) -> Any:

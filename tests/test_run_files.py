@@ -85,3 +85,22 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tiny_conf
         assert f"{trainer.saved_model_file}: cannot write: No space left on device" in str(raised.value)
     assert compat.load_checkpoint(trainer.saved_model_file, "cpu")["epoch"] == 0
     assert [path.name for path in (tmp_path / "saved").iterdir()] == [os.path.basename(trainer.saved_model_file)]
+
+
+def test_a_snapshot_whose_optimizer_state_no_longer_fits_the_parameters_names_the_file(tiny_config, tmp_path):
+    config = Config("SASRec", "ml-tiny", config_dict=tiny_config)
+    train, _, _ = data_preparation(config, create_dataset(config))
+    trainer = get_trainer(config["MODEL_TYPE"], "SASRec")(config, get_model("SASRec")(config, train._dataset))
+    trainer.model.calculate_loss(next(iter(train))).backward()
+    trainer.optimizer.step()  # the optimizer now holds a state per parameter
+    state = trainer._checkpoint_state(0)
+    moments = state["optimizer"]["state"]
+    shapes = [parameter.shape for parameter in trainer.model.parameters()]
+    first, other = 0, next(i for i, shape in enumerate(shapes) if shape != shapes[0])
+    moments[first], moments[other] = moments[other], moments[first]  # as if two parameters had swapped places
+    trainer.resume_file = str(tmp_path / "cut-resume.pth")
+    trainer_module.save_atomically(state, trainer.resume_file)
+    with pytest.raises(
+        RunFileError, match="cut-resume.pth: the resume snapshot .* the model has changed"
+    ):
+        trainer._restore_snapshot(train, None)
