@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from recbole_oneranker.bench.diagnose import repeats_markdown
-from recbole_oneranker.bench.repeats import EARLIER, LAST, NEW, RepeatShares, repeat_targets, split_by_repeats
+from recbole_oneranker.bench.repeats import (
+    EARLIER,
+    LAST,
+    NEW,
+    HeldOutTargets,
+    RepeatShares,
+    repeat_shares,
+    repeat_targets,
+    split_by_repeats,
+)
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset
 
@@ -71,3 +80,10 @@ def test_the_report_states_the_shares_of_repeats_and_unknown_last_items():
     assert "58.5% of the test users' targets" in report
     assert "9.3% of the test histories end with an item no training row holds" in report and "57.4% of those" in report
     assert "| HSTU | 3 | 0.5000 ± 0.1000 |" in report
+
+
+def test_repeat_shares_count_the_users_and_are_nan_without_any():
+    targets = HeldOutTargets({1: LAST, 2: LAST, 3: EARLIER, 4: NEW}, frozenset({2, 4}))
+    assert repeat_shares(targets) == RepeatShares(repeat=0.75, unknown_last=0.5, unknown_last_of_last_targets=0.5)
+    empty = repeat_shares(HeldOutTargets({}, frozenset()))
+    assert all(np.isnan(share) for share in empty)

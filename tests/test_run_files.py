@@ -100,7 +100,5 @@ def test_a_snapshot_whose_optimizer_state_no_longer_fits_the_parameters_names_th
     moments[first], moments[other] = moments[other], moments[first]  # as if two parameters had swapped places
     trainer.resume_file = str(tmp_path / "cut-resume.pth")
     trainer_module.save_atomically(state, trainer.resume_file)
-    with pytest.raises(
-        RunFileError, match="cut-resume.pth: the resume snapshot .* the model has changed"
-    ):
+    with pytest.raises(RunFileError, match="cut-resume.pth: the resume snapshot .* the model has changed"):
         trainer._restore_snapshot(train, None)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from recbole.data import data_preparation
 
+from recbole_oneranker.bench.repeats import repeat_targets
 from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset
 from recbole_oneranker.errors import ConfigError
@@ -21,10 +22,11 @@ from recbole_oneranker.model.layers import (
     UnknownItems,
     UnknownItemsConfig,
 )
-from recbole_oneranker.model.sequential_recommender import GPR, HSTU
+from recbole_oneranker.model.sequential_recommender import GPR, HSTU, OneRanker, OneRec
 from recbole_oneranker.quick_start import run
 
 HSTU_TINY = {"hidden_size": 16, "attention_dim": 8, "linear_hidden_dim": 8, "n_heads": 2, "num_negatives": 16}
+ONERANKER_TINY = {**HSTU_TINY, "num_candidates": 5, "n_fake_items": 4}
 
 
 @settings(deadline=None, max_examples=100)
@@ -87,8 +89,11 @@ def test_known_must_be_a_bool_mask() -> None:
         UnknownItems(UnknownItemsConfig(hidden_size=2, dropout=0.1), torch.tensor([0, 1, 1]))
 
 
+TINY_STACK = HSTUConfig(embedding_dim=8, linear_hidden_dim=4, attention_dim=4, num_heads=2, num_blocks=1, max_seq_len=6)
+
+
 def _encoders(known: torch.Tensor) -> tuple[SequenceEncoder, SequenceEncoder]:
-    hstu = HSTUConfig(embedding_dim=8, linear_hidden_dim=4, attention_dim=4, num_heads=2, num_blocks=1, max_seq_len=6)
+    hstu = TINY_STACK
     torch.manual_seed(0)
     plain = SequenceEncoder(SequenceEncoderConfig(num_items=len(known), hstu=hstu)).eval()
     torch.manual_seed(0)
@@ -122,9 +127,11 @@ def test_an_unknown_items_table_row_changes_no_state() -> None:
 
 
 def test_the_encoder_needs_the_known_items() -> None:
-    hstu = HSTUConfig(embedding_dim=8, linear_hidden_dim=4, attention_dim=4, num_heads=2, num_blocks=1, max_seq_len=6)
-    with pytest.raises(ValueError, match="known_items"):
+    hstu = TINY_STACK
+    with pytest.raises(ValueError, match="needs known_items"):
         SequenceEncoder(SequenceEncoderConfig(num_items=5, hstu=hstu, unknown_item_dropout=0.1))
+    with pytest.raises(ValueError, match=r"known_items has shape \(4,\), not \(5,\)"):
+        SequenceEncoder(SequenceEncoderConfig(num_items=5, hstu=hstu, unknown_item_dropout=0.1), torch.ones(4) > 0)
     with pytest.raises(ValueError, match="item table: this encoder has none"):
         SequenceEncoderConfig(num_items=0, hstu=hstu, unknown_item_dropout=0.1)
 
@@ -172,15 +179,58 @@ def test_hstu_vector_learns_from_id_dropout(build_hstu):
     assert model.encoder.unknown_items.vector.grad.abs().sum() > 0
 
 
-def test_semantic_id_models_refuse_history_id_dropout(tiny_config, tiny_sid_file):
+@pytest.mark.parametrize("model_class", [GPR, OneRec])
+def test_semantic_id_models_refuse_history_id_dropout(tiny_config, tiny_sid_file, model_class):
     settings = {**tiny_config, "sid_file": str(tiny_sid_file), "history_id_dropout": 0.1}
-    config = Config("GPR", "ml-tiny", config_dict=settings)
+    config = Config(model_class.__name__, "ml-tiny", config_dict=settings)
     train, _, _ = data_preparation(config, create_dataset(config))
     with pytest.raises(ConfigError, match="semantic IDs"):
-        GPR(config, train._dataset)
+        model_class(config, train._dataset)
+
+
+def test_history_unknown_items_off_needs_the_vector(build_hstu):
+    with pytest.raises(ConfigError, match="without history_id_dropout there is no vector"):
+        build_hstu(history_unknown_items=False)
+
+
+def test_oneranker_reads_unknown_history_items_after_its_user_tokens(tiny_config):
+    overrides = {"history_id_dropout": 0.1, "user_token_fields": ["gender", "occupation"]}
+    config = Config("OneRanker", "ml-tiny", config_dict={**tiny_config, **ONERANKER_TINY, **overrides})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    model = OneRanker(config, train._dataset).eval()
+    batch = next(iter(train))
+    unknown = batch["item_id_list"][0, 1]  # the first row's second history item, as if no training row held it
+    with torch.no_grad():
+        model.encoder.unknown_items.known[unknown] = False
+        before = model.encode(batch)
+        model.encoder.unknown_items.vector.normal_()
+        after = model.encode(batch)
+    first_after = (batch["item_id_list"][0] == unknown).nonzero()[0, 0]  # its first position in that row
+    torch.testing.assert_close(after[0, :first_after], before[0, :first_after])  # causal, user tokens first
+    assert not torch.allclose(after[0, first_after], before[0, first_after])
+
+
+def test_ml_tiny_test_histories_end_with_unknown_items_so_the_end_to_end_run_replaces_some(tiny_config):
+    assert repeat_targets("HSTU", "ml-tiny", {**tiny_config, **HSTU_TINY}).unknown_last
 
 
 def test_hstu_end_to_end_with_unknown_history_items(tiny_config):
     settings = {**tiny_config, **HSTU_TINY, "epochs": 2, "history_id_dropout": 0.1}
     result = run("HSTU", "ml-tiny", config_dict=settings)
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+
+
+def test_the_candidate_vector_is_the_formula_it_replaced() -> None:
+    """OneRanker's candidate_id_dropout rows were made with an inline vector (``randn(D) * 0.02``) and mask
+    (``~known[c] | (rand(c.shape) < p)`` in training); the layer draws and computes the same for real candidates."""
+    known = torch.tensor([False, True, False, True, True])
+    candidates = torch.tensor([[1, 2, 3], [4, 2, 1]])
+    embedded = torch.randn(2, 3, 6)
+    torch.manual_seed(7)
+    layer = UnknownItems(UnknownItemsConfig(hidden_size=6, dropout=0.3), known).train()
+    out = layer(embedded, candidates)
+    torch.manual_seed(7)
+    vector = torch.randn(6) * 0.02
+    unknown = ~known[candidates] | (torch.rand(candidates.shape) < 0.3)
+    torch.testing.assert_close(out, torch.where(unknown.unsqueeze(-1), vector, embedded), rtol=0, atol=0)

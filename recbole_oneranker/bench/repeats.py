@@ -28,7 +28,8 @@ __all__ = [
     "NEW",
     "TARGET_KINDS",
     "RepeatShares",
-    "TestTargets",
+    "HeldOutTargets",
+    "repeat_shares",
     "repeat_targets",
     "repeats_report",
     "split_by_repeats",
@@ -38,7 +39,7 @@ LAST, EARLIER, NEW = "last", "earlier", "new"
 TARGET_KINDS = (LAST, EARLIER, NEW)
 
 
-class TestTargets(NamedTuple):
+class HeldOutTargets(NamedTuple):
     """What each test user's target is to the history of the test row, and whose history ends with an unknown item.
 
     Attributes:
@@ -50,13 +51,13 @@ class TestTargets(NamedTuple):
     unknown_last: frozenset[int]
 
 
-def repeat_targets(model: str, dataset: str, settings: dict[str, Any]) -> TestTargets:
+def repeat_targets(model: str, dataset: str, settings: dict[str, Any]) -> HeldOutTargets:
     """Test user id -> what the user's test target is to the history items of the test row (the model's input
     window: the last ``MAX_ITEM_LIST_LENGTH`` interactions before the target): the last of them (``LAST``), another
     of them (``EARLIER``), or none (``NEW``); and the users whose last history item no training row holds."""
     config = Config(model, dataset, None, {**settings, "show_progress": False, "state": "ERROR"})
     train_data, _, test_data = data_preparation(config, create_dataset(config))
-    known = items_held(train_data.dataset)
+    known = items_held(train_data._dataset)
     repeats: dict[int, str] = {}
     unknown_last: set[int] = set()
     for batch in test_data:
@@ -70,7 +71,7 @@ def repeat_targets(model: str, dataset: str, settings: dict[str, Any]) -> TestTa
         users = interaction[config["USER_ID_FIELD"]]
         repeats.update(zip(users.tolist(), kinds, strict=True))
         unknown_last.update(users[~known[last]].tolist())
-    return TestTargets(repeats, frozenset(unknown_last))
+    return HeldOutTargets(repeats, frozenset(unknown_last))
 
 
 def split_by_repeats(rows: list[dict[str, Any]], repeats: dict[int, str], k: int) -> dict[str, tuple[float, float]]:
@@ -109,7 +110,7 @@ def repeats_report(
         results, name, bench_config_path, data_path or DEFAULT_DATA_PATH
     )
     rows = [row for row in rows if row.get("users_file")]
-    windows: dict[Any, TestTargets] = {}  # the history a test row holds depends on its window alone
+    windows: dict[Any, HeldOutTargets] = {}  # the history a test row holds depends on its window alone
     report = []
     for label in dict.fromkeys(row["label"] for row in rows):
         model, settings = row_settings(bench_config, label, extra)
@@ -119,15 +120,19 @@ def repeats_report(
             windows[window] = repeat_targets(model, dataset, settings)
         own = [row for row in rows if row["label"] == label]
         report.append((label, len(own), split_by_repeats(own, windows[window].kinds, k)))
-    if not windows:
-        return RepeatShares(float("nan"), float("nan"), float("nan")), report
-    kinds, unknown_last = next(iter(windows.values()))
+    return repeat_shares(next(iter(windows.values()), HeldOutTargets({}, frozenset()))), report
+
+
+def repeat_shares(targets: HeldOutTargets) -> RepeatShares:
+    """The :class:`RepeatShares` of ``targets``; nan where no user is counted."""
+    kinds = targets.kinds
     last_targets = [user for user, kind in kinds.items() if kind == LAST]
-    shares = RepeatShares(
-        repeat=float(np.mean([kind != NEW for kind in kinds.values()])),
-        unknown_last=len(unknown_last) / len(kinds),
-        unknown_last_of_last_targets=float(np.mean([user in unknown_last for user in last_targets]))
-        if last_targets
-        else float("nan"),
+    return RepeatShares(
+        repeat=_share([kind != NEW for kind in kinds.values()]),
+        unknown_last=_share([user in targets.unknown_last for user in kinds]),
+        unknown_last_of_last_targets=_share([user in targets.unknown_last for user in last_targets]),
     )
-    return shares, report
+
+
+def _share(flags: list[bool]) -> float:
+    return float(np.mean(flags)) if flags else float("nan")

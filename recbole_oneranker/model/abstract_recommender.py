@@ -18,7 +18,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import FeatureSource, FeatureType, InputType
 from torch import Tensor
 
-from recbole_oneranker.data.dataset import items_held
+from recbole_oneranker.data import items_held
 from recbole_oneranker.data.sid import load_dataset_sids
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.layers import (
@@ -195,6 +195,11 @@ class GenerativeRecommender(SequentialRecommender):
         if config["repeat_explore"] and config["repeat_bias"]:  # a key of the models with a copy mixture
             raise ConfigError("repeat_explore and repeat_bias both model repeated items: set one of them")
         self.repeat_shift = RepeatShift() if config["repeat_bias"] else None
+        if not config["history_unknown_items"] and not config["history_id_dropout"]:
+            raise ConfigError(
+                "history_unknown_items: False keeps unknown items' rows instead of history_id_dropout's vector: "
+                "without history_id_dropout there is no vector, so leave it True"
+            )
         if config["history_id_dropout"] and not self.EMBEDS_ITEM_IDS:
             raise ConfigError(
                 f"history_id_dropout replaces id embeddings of unknown history items: {type(self).__name__} embeds "
@@ -208,8 +213,10 @@ class GenerativeRecommender(SequentialRecommender):
     def item_sequence_encoder(self, config, dataset, num_prefix_tokens: int = 0) -> SequenceEncoder:
         """The HSTU encoder over the history's item ids (``num_prefix_tokens`` tokens before them), with
         ``history_id_dropout``'s unknown-item vector for the items no row of ``dataset`` (the training split the model
-        is built with) holds. Which items those are is not saved with the model: every load path here builds the model
-        from its training split, which gives the same set."""
+        is built with) holds. The vector replaces the item's id row only: what a model adds to the token (feedback
+        level, side features, with OneRanker's ``generation: sid`` the code embeddings) still enters. Which items
+        are known is not saved with the model: every load path here builds the model from its training split, which
+        gives the same set."""
         dropout, known = config["history_id_dropout"], None
         if dropout:  # without history_unknown_items, every item keeps its row: the vector is the dropout's alone
             known = items_held(dataset) if config["history_unknown_items"] else torch.ones(self.n_items, dtype=bool)

@@ -81,8 +81,10 @@ class SequenceEncoder(nn.Module):
         )
         self.unknown_items: UnknownItems | None = None
         if config.unknown_item_dropout:
-            if known_items is None or known_items.shape != (config.num_items,):
-                raise ValueError(f"unknown_item_dropout needs known_items, a [{config.num_items}] mask of the items")
+            if known_items is None:
+                raise ValueError("unknown_item_dropout needs known_items, the mask of the items the model trains on")
+            if known_items.shape != (config.num_items,):
+                raise ValueError(f"known_items has shape {tuple(known_items.shape)}, not ({config.num_items},)")
             sizes = UnknownItemsConfig(hidden_size=dim, dropout=config.unknown_item_dropout, init_std=0.0)
             self.unknown_items = UnknownItems(sizes, known_items)
         self.position_embedding: nn.Embedding | None = (

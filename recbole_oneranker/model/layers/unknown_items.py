@@ -74,10 +74,10 @@ class UnknownItems(nn.Module):
 
     def unknown(self, items: Tensor) -> Tensor:
         """``items``' shape, bool: the items replaced in this call (draws the training dropout)."""
-        unknown = ~self.known[items] & (items != 0)
+        unknown = ~self.known[items]
         if self.training:
-            unknown = unknown | ((torch.rand(items.shape, device=items.device) < self.config.dropout) & (items != 0))
-        return unknown
+            unknown = unknown | (torch.rand(items.shape, device=items.device) < self.config.dropout)
+        return unknown & (items != 0)
 
     def forward(self, embedded: Tensor, items: Tensor) -> Tensor:
         """``embedded`` (``[..., D]``, the embeddings of ``items``, ``[...]``) with the vector in place of the
