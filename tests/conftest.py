@@ -63,6 +63,15 @@ def tiny_data_path(tmp_path_factory) -> Path:
     return root
 
 
+def items_in_batches(loader) -> list[int]:
+    """The items a training loader's batches hold, as target or in history, padding left out, sorted: what a
+    model's known-items mask (``items_held``) must hold, read the way the trainer sees the data."""
+    held: set[int] = set()
+    for batch in loader:
+        held |= set(batch["item_id"].tolist()) | set(batch["item_id_list"].flatten().tolist())
+    return sorted(held - {0})
+
+
 def write_tiny_sid_file(data_path: Path, sid_file: Path) -> Path:
     """Write unique 3-level semantic IDs for every ml-tiny item under ``data_path`` to ``sid_file`` (4 x 4 codes,
     then a last level that tells apart the items sharing them)."""

@@ -19,6 +19,7 @@ from recbole_oneranker.model.sequential_recommender import OneRanker
 from recbole_oneranker.model.sequential_recommender.oneranker import TrainingCandidates, force_targets, top_candidates
 from recbole_oneranker.model.tokenizers import kmeans
 from recbole_oneranker.quick_start import run
+from tests.conftest import items_in_batches
 
 ONERANKER_TINY = {
     "hidden_size": 16,
@@ -350,10 +351,7 @@ def test_candidate_history_moves_only_the_seen_candidates_alike_in_full_sort_and
 
 def test_candidates_no_training_row_holds_enter_the_ranker_as_one_unknown_item(build):
     model, train, _ = build(candidate_id_dropout=0.2)
-    held = set()  # what the training batches hold, as the trainer sees them
-    for batch in train:
-        held |= set(batch["item_id"].tolist()) | set(batch["item_id_list"].flatten().tolist())
-    assert model.unknown_candidates.known.nonzero().flatten().tolist() == sorted(held - {0})
+    assert model.unknown_candidates.known.nonzero().flatten().tolist() == items_in_batches(train)
     model.eval()  # no id dropout: only the items no training row holds are unknown
     batch = next(iter(train))
     trained = model.unknown_candidates.known.nonzero().flatten()[:2]

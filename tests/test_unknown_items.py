@@ -24,6 +24,7 @@ from recbole_oneranker.model.layers import (
 )
 from recbole_oneranker.model.sequential_recommender import GPR, HSTU, OneRanker, OneRec
 from recbole_oneranker.quick_start import run
+from tests.conftest import items_in_batches
 
 HSTU_TINY = {"hidden_size": 16, "attention_dim": 8, "linear_hidden_dim": 8, "n_heads": 2, "num_negatives": 16}
 ONERANKER_TINY = {**HSTU_TINY, "num_candidates": 5, "n_fake_items": 4}
@@ -93,11 +94,10 @@ TINY_STACK = HSTUConfig(embedding_dim=8, linear_hidden_dim=4, attention_dim=4, n
 
 
 def _encoders(known: torch.Tensor) -> tuple[SequenceEncoder, SequenceEncoder]:
-    hstu = TINY_STACK
     torch.manual_seed(0)
-    plain = SequenceEncoder(SequenceEncoderConfig(num_items=len(known), hstu=hstu)).eval()
+    plain = SequenceEncoder(SequenceEncoderConfig(num_items=len(known), hstu=TINY_STACK)).eval()
     torch.manual_seed(0)
-    sizes = SequenceEncoderConfig(num_items=len(known), hstu=hstu, unknown_item_dropout=0.2)
+    sizes = SequenceEncoderConfig(num_items=len(known), hstu=TINY_STACK, unknown_item_dropout=0.2)
     return plain, SequenceEncoder(sizes, known_items=known).eval()
 
 
@@ -127,13 +127,14 @@ def test_an_unknown_items_table_row_changes_no_state() -> None:
 
 
 def test_the_encoder_needs_the_known_items() -> None:
-    hstu = TINY_STACK
     with pytest.raises(ValueError, match="needs known_items"):
-        SequenceEncoder(SequenceEncoderConfig(num_items=5, hstu=hstu, unknown_item_dropout=0.1))
+        SequenceEncoder(SequenceEncoderConfig(num_items=5, hstu=TINY_STACK, unknown_item_dropout=0.1))
     with pytest.raises(ValueError, match=r"known_items has shape \(4,\), not \(5,\)"):
-        SequenceEncoder(SequenceEncoderConfig(num_items=5, hstu=hstu, unknown_item_dropout=0.1), torch.ones(4) > 0)
+        SequenceEncoder(
+            SequenceEncoderConfig(num_items=5, hstu=TINY_STACK, unknown_item_dropout=0.1), torch.ones(4) > 0
+        )
     with pytest.raises(ValueError, match="item table: this encoder has none"):
-        SequenceEncoderConfig(num_items=0, hstu=hstu, unknown_item_dropout=0.1)
+        SequenceEncoderConfig(num_items=0, hstu=TINY_STACK, unknown_item_dropout=0.1)
 
 
 @pytest.fixture
@@ -150,10 +151,7 @@ def build_hstu(tiny_config):
 def test_hstu_knows_the_items_its_training_rows_hold_and_draws_every_other_weight_as_before(build_hstu):
     plain, _ = build_hstu()
     model, train = build_hstu(history_id_dropout=0.1)
-    held = set()
-    for batch in train:
-        held |= set(batch["item_id"].tolist()) | set(batch["item_id_list"].flatten().tolist())
-    assert model.encoder.unknown_items.known.nonzero().flatten().tolist() == sorted(held - {0})
+    assert model.encoder.unknown_items.known.nonzero().flatten().tolist() == items_in_batches(train)
     expected = copy.deepcopy(plain.state_dict())
     expected["encoder.unknown_items.vector"] = torch.zeros(HSTU_TINY["hidden_size"])
     assert model.state_dict().keys() == expected.keys()
