@@ -703,7 +703,7 @@ class AlignmentTrainer(Trainer):
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
                 if len(losses) == method.warmup_batches:
                     break
         window = max(1, len(losses) // 10)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,11 +15,14 @@ from recbole_oneranker.config import Config
 from recbole_oneranker.data import create_dataset
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.layers import (
+    TOKEN_TYPES,
     HSTUConfig,
     HSTUStack,
     RepeatExplore,
     RepeatExploreConfig,
     RepeatShift,
+    SequenceEncoder,
+    SequenceEncoderConfig,
     SIDGenerator,
     SIDGeneratorConfig,
     ValueEstimator,
@@ -91,6 +96,36 @@ def test_token_type_ffn_uses_each_types_own_parameters() -> None:
     assert not torch.allclose(after[:, :2], before[:, :2])
     with pytest.raises(ValueError, match="token_types"):
         stack(x, lengths)
+
+
+def test_the_encoder_types_its_prefix_and_history_tokens_apart() -> None:
+    torch.manual_seed(0)
+    hstu = HSTUConfig(embedding_dim=8, linear_hidden_dim=4, attention_dim=4, num_heads=2, num_blocks=2,
+                      max_seq_len=7, relative_bias="position", dropout=0.0, num_token_types=TOKEN_TYPES)  # fmt: skip
+    encoder = SequenceEncoder(SequenceEncoderConfig(num_items=0, hstu=hstu, bidirectional_prefix=True)).eval()
+    x, prefix, lengths = torch.randn(2, 4, 8), torch.randn(2, 2, 8), torch.tensor([4, 2])
+
+    def shifted_history(block: int, kind: int) -> torch.Tensor:
+        """The history's states with one block's FFN of one token type shifted (not by a constant, which the next
+        block's layer norm would take out)."""
+        bias = encoder.stack.type_ffns[block].ffns[kind][2].bias
+        original = bias.detach().clone()
+        with torch.no_grad():
+            bias += torch.linspace(-1.0, 1.0, 8)
+            states = encoder.encode_tokens(x, lengths, prefix=prefix)
+            bias.copy_(original)
+        return states
+
+    with torch.no_grad():
+        history = encoder.encode_tokens(x, lengths, prefix=prefix)
+    last, first = len(encoder.stack.type_ffns) - 1, 0
+    # The last block's prefix FFN changes only the prefix's outputs, which nothing reads after it ...
+    torch.testing.assert_close(shifted_history(last, 0), history, rtol=0, atol=0)
+    # ... its history FFN changes the history's; the first block's prefix FFN reaches them through attention.
+    assert not torch.allclose(shifted_history(last, 1), history)
+    assert not torch.allclose(shifted_history(first, 0), history)
+    with pytest.raises(ValueError, match="num_token_types"):
+        SequenceEncoderConfig(num_items=0, hstu=dataclasses.replace(hstu, num_token_types=3))
 
 
 def test_segment_logsumexp_matches_a_loop() -> None:

@@ -114,7 +114,13 @@ METHOD_KEY_PREFIXES = {"hepo_": "hepo", "ecpo_": "ecpo"}
 # The same, for keys one model's yaml gained while another model had them all along (with their value in its rows'
 # identities): OneRanker's SID-generation keys are GPR's.
 MODEL_UNCHANGED_BEHAVIOUR: dict[str, dict[str, Any]] = {
-    "OneRanker": {"sid_file": None, "mtp_heads": 4, "num_thinking_tokens": 4},
+    "OneRanker": {
+        "sid_file": None,
+        "mtp_heads": 4,
+        "num_thinking_tokens": 4,
+        "attention": "silu",
+        "token_type_ffn": False,
+    },
 }
 
 

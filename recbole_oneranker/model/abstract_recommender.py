@@ -210,8 +210,9 @@ class GenerativeRecommender(SequentialRecommender):
         features = item_feature_embedding(config, dataset) if config["history_item_features"] else None
         self.history_item_features = features
 
-    def item_sequence_encoder(self, config, dataset, num_prefix_tokens: int = 0) -> SequenceEncoder:
-        """The HSTU encoder over the history's item ids (``num_prefix_tokens`` tokens before them), with
+    def item_sequence_encoder(self, config, dataset, num_prefix_tokens: int = 0, **stack_options) -> SequenceEncoder:
+        """The HSTU encoder over the history's item ids (``num_prefix_tokens`` tokens before them; ``stack_options``:
+        the stack's other :class:`HSTUConfig` fields, e.g. ``attention``), with
         ``history_id_dropout``'s unknown-item vector for the items no row of ``dataset`` (the training split the model
         is built with) holds. The vector replaces the item's id row only: what a model adds to the token (feedback
         level, side features, with OneRanker's ``generation: sid`` the code embeddings) still enters. Which items
@@ -223,7 +224,7 @@ class GenerativeRecommender(SequentialRecommender):
         return SequenceEncoder(
             SequenceEncoderConfig(
                 num_items=self.n_items,
-                hstu=hstu_config(config, num_prefix_tokens, self.max_seq_length),
+                hstu=hstu_config(config, num_prefix_tokens, self.max_seq_length, **stack_options),
                 use_position_embedding=config["use_position_embedding"],
                 unknown_item_dropout=dropout,
             ),

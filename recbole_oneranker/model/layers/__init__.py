@@ -47,7 +47,7 @@ from .relative_bias import (
     bucketize_time_deltas,
 )
 from .repeat_explore import RepeatExplore, RepeatExploreConfig, RepeatExploreLogProbs
-from .sequence_encoder import SequenceEncoder, SequenceEncoderConfig
+from .sequence_encoder import TOKEN_TYPES, SequenceEncoder, SequenceEncoderConfig
 from .sid_generation import (
     SIDGenerator,
     SIDGeneratorConfig,
@@ -97,6 +97,7 @@ __all__ = [
     "SIDGeneratorConfig",
     "SIDLevelStructure",
     "SIDTrie",
+    "TOKEN_TYPES",
     "SequenceEncoder",
     "SequenceEncoderConfig",
     "SessionDecoder",

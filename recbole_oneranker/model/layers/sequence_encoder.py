@@ -19,7 +19,12 @@ from .hstu import HSTUConfig, HSTUStack, prefix_causal_mask
 from .lookup import lookup
 from .unknown_items import UnknownItems, UnknownItemsConfig
 
-__all__ = ["SequenceEncoder", "SequenceEncoderConfig"]
+__all__ = ["TOKEN_TYPES", "SequenceEncoder", "SequenceEncoderConfig"]
+
+# The token types of a stack with ``num_token_types`` (GPR's token-type-aware LayerNorm and FFN): the tokens read
+# before the history (user features), then the history's items and the request slot.
+PREFIX_TOKEN, HISTORY_TOKEN = 0, 1
+TOKEN_TYPES = 2
 
 
 @dataclass
@@ -29,7 +34,8 @@ class SequenceEncoderConfig:
     Attributes:
         num_items: rows of the item table, padding item 0 included; 0 for a model that embeds its tokens itself
             (e.g. from semantic IDs) and calls :meth:`SequenceEncoder.encode_tokens`.
-        hstu: the stack's config; its ``max_seq_len`` must hold prefix + history + the request slot.
+        hstu: the stack's config; its ``max_seq_len`` must hold prefix + history + the request slot. With
+            ``num_token_types`` (0 or :data:`TOKEN_TYPES`) the encoder types its tokens: prefix, or history.
         use_position_embedding: add learned absolute positions to the inputs.
         bidirectional_prefix: the prefix tokens attend to each other both ways (GPR's hybrid mask); False keeps the
             whole sequence causal.
@@ -52,6 +58,11 @@ class SequenceEncoderConfig:
             )
         if self.unknown_item_dropout and not self.num_items:
             raise ValueError("unknown_item_dropout replaces rows of the item table: this encoder has none")
+        if self.hstu.num_token_types not in (0, TOKEN_TYPES):
+            raise ValueError(
+                f"the encoder's tokens are of {TOKEN_TYPES} types (prefix, history): hstu.num_token_types must be 0 "
+                f"or {TOKEN_TYPES}, got {self.hstu.num_token_types}"
+            )
 
 
 class SequenceEncoder(nn.Module):
@@ -138,11 +149,9 @@ class SequenceEncoder(nn.Module):
         item_seq_len: Tensor,
         timestamps: Tensor | None = None,
         prefix: Tensor | None = None,
-        token_types: Tensor | None = None,
     ) -> Tensor:
         """:meth:`forward` from embedded history tokens ``x`` (``[B, N, D]``, e.g. sums of semantic-ID code
-        embeddings); ``token_types``: ``[B, P + N + 1]`` type ids of prefix, history and request slot, for a stack
-        with ``num_token_types``. Returns ``[B, N, D]``."""
+        embeddings). Returns ``[B, N, D]``."""
         num_history = x.shape[1]
         num_prefix = 0 if prefix is None else prefix.shape[1]
         if prefix is not None:
@@ -161,8 +170,17 @@ class SequenceEncoder(nn.Module):
             else None  # the stack's causal mask
         )
         timestamps = timestamps.long() if timestamps is not None else None
-        out = self.stack(x, lengths, timestamps, attn_mask, token_types)
+        out = self.stack(x, lengths, timestamps, attn_mask, self._token_types(x, num_prefix))
         return out[:, num_prefix : num_prefix + num_history]
+
+    def _token_types(self, x: Tensor, num_prefix: int) -> Tensor | None:
+        """``[B, P + N + 1]`` the type of each token of ``x`` (prefix, then history and request slot) for a stack
+        with ``num_token_types``; None for one without."""
+        if not self.config.hstu.num_token_types:
+            return None
+        types = torch.full(x.shape[:2], HISTORY_TOKEN, dtype=torch.long, device=x.device)
+        types[:, :num_prefix] = PREFIX_TOKEN
+        return types
 
     def item_vectors(self, item_ids: Tensor | None = None) -> Tensor:
         """L2-normalised item embeddings: ``[num_items, D]``, or ``[*item_ids.shape, D]``.

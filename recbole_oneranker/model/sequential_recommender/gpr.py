@@ -26,6 +26,7 @@ from recbole_oneranker.model.abstract_recommender import (
     top_distinct,
 )
 from recbole_oneranker.model.layers import (
+    TOKEN_TYPES,
     RepeatExplore,
     RepeatExploreConfig,
     RepeatExploreLogProbs,
@@ -38,8 +39,6 @@ from recbole_oneranker.model.layers import (
 )
 from recbole_oneranker.model.layers.sid_trie import constrained_beam_search
 from recbole_oneranker.model.serving import ServingResult
-
-USER_TOKEN, ITEM_TOKEN = 0, 1  # token types of the heterogeneous decoder: U (user features) and I (items)
 
 
 class EncodedRequests(NamedTuple):
@@ -127,7 +126,7 @@ class GPR(GenerativeRecommender):
             len(self.user_token_fields),
             self.max_seq_length,
             attention=config["attention"],
-            num_token_types=2 if config["token_type_ffn"] else 0,  # U and I
+            num_token_types=TOKEN_TYPES if config["token_type_ffn"] else 0,  # U (the prefix) and I
         )
         self.encoder = SequenceEncoder(
             SequenceEncoderConfig(
@@ -183,14 +182,8 @@ class GPR(GenerativeRecommender):
         if self.user_token_fields:
             users = [self.user_token_embeddings[field](interaction[field]) for field in self.user_token_fields]
             prefix = torch.stack(users, dim=1) * math.sqrt(self.hidden_size)  # [B, P, D]
-        token_types = None
-        if self.encoder.config.hstu.num_token_types:
-            num_prefix = len(self.user_token_fields)
-            token_types = torch.full((len(item_seq), num_prefix + seq_len + 1), ITEM_TOKEN, device=item_seq.device)
-            token_types[:, :num_prefix] = USER_TOKEN
-        return self.forward(
-            tokens, interaction[self.ITEM_SEQ_LEN], self.request_timestamps(interaction, seq_len), prefix, token_types
-        )
+        timestamps = self.request_timestamps(interaction, seq_len)
+        return self.forward(tokens, interaction[self.ITEM_SEQ_LEN], timestamps, prefix)
 
     def forward(
         self,
@@ -198,10 +191,9 @@ class GPR(GenerativeRecommender):
         item_seq_len: Tensor,
         timestamps: Tensor | None = None,
         prefix: Tensor | None = None,
-        token_types: Tensor | None = None,
     ) -> Tensor:
         """``[B, N, D]`` HSD states of embedded history tokens (see :meth:`SequenceEncoder.encode_tokens`)."""
-        return self.encoder.encode_tokens(tokens, item_seq_len, timestamps, prefix, token_types)
+        return self.encoder.encode_tokens(tokens, item_seq_len, timestamps, prefix)
 
     # -- training ---------------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from recbole_oneranker.model.abstract_recommender import (
     item_feature_embedding,
 )
 from recbole_oneranker.model.layers import (
+    TOKEN_TYPES,
     CandidateHistoryConfig,
     CandidateHistoryFeatures,
     QueryDecoderConfig,
@@ -249,7 +250,13 @@ class OneRanker(GenerativeRecommender):
 
         # define layers and loss
         d = self.hidden_size
-        self.encoder = self.item_sequence_encoder(config, dataset, len(self.user_token_fields))
+        self.encoder = self.item_sequence_encoder(
+            config,
+            dataset,
+            len(self.user_token_fields),
+            attention=config["attention"],
+            num_token_types=TOKEN_TYPES if config["token_type_ffn"] else 0,
+        )
         self.level_embedding = nn.Embedding(len(self.cascade_fields) + 2, d, padding_idx=0)  # 0 = padding
         self.user_token_embeddings = nn.ModuleDict(
             {field: nn.Embedding(dataset.num(field), d, padding_idx=0) for field in self.user_token_fields}
