@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from recbole.data import data_preparation
 
 from recbole_oneranker.config import Config
@@ -221,6 +222,7 @@ def test_history_negatives_reach_the_generation_loss(build):
             {**SID, "attention": "softmax", "token_type_ffn": True, "user_token_fields": ["gender"], "n_layers": 2},
             id="sid-gpr-trunk",
         ),
+        pytest.param({**SID, "item_id_embeddings": False}, id="sid-without-item-ids"),
         # the repeated target (below) trains the ranker's cross features where it is forced into a set
         pytest.param(
             {"candidate_history_features": True, "candidate_id_dropout": 0.5, "rank_forced_targets": True},
@@ -379,7 +381,10 @@ def test_candidates_no_training_row_holds_enter_the_ranker_as_one_unknown_item(b
     torch.testing.assert_close(unknown[:, 0], unknown[:, 1])  # one unknown-item token for both
 
 
-@pytest.mark.parametrize("overrides", [{}, {"use_ranker": False, "gamma": 0.0, "n_gen_heads": 2}, SID])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"use_ranker": False, "gamma": 0.0, "n_gen_heads": 2}, SID, {**SID, "item_id_embeddings": False}],
+)
 def test_oneranker_end_to_end_on_ml_tiny(tiny_config, tiny_sid_file, overrides):
     settings = {**tiny_config, **ONERANKER_TINY, **overrides, "epochs": 2, "sid_file": str(tiny_sid_file)}
     result = run("OneRanker", "ml-tiny", config_dict=settings)
@@ -536,6 +541,40 @@ def test_sid_generation_refuses_item_heads(build):
     with pytest.raises(ConfigError, match="with generation: sid, step 1's heads are mtp_heads"):
         build(**SID, n_gen_heads=2)
     assert build()[0].generator is None  # item generation builds no SID part
+
+
+def test_without_item_ids_an_item_is_its_semantic_id(build):
+    model, train, _ = build(**SID, item_id_embeddings=False)
+    model.eval()
+    assert not [name for name, p in model.named_parameters() if p.shape[:1] == (model.n_items,)]  # no row per item
+    items = torch.arange(model.n_items)
+    torch.testing.assert_close(model.item_vectors()[1:], F.normalize(model.item_tokens(items[1:]), dim=-1))
+    assert not model.item_vectors()[0].any()  # the padding item has none
+    # Give the batch's first history item the codes of another item and put that item in its place: the model reads
+    # the same history. (With item ids, the two would differ by their id embeddings.)
+    batch = next(iter(train))
+    history = batch["item_id_list"]
+    first, other = int(history[0, 0]), int(history[history != history[0, 0]].max())
+    model.item_codes[first] = model.item_codes[other]
+    swapped = batch["item_id_list"].clone()
+    swapped[swapped == first] = other
+    with torch.no_grad():
+        states = model.encode(batch)
+        batch["item_id_list"] = swapped
+        torch.testing.assert_close(model.encode(batch), states)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"item_id_embeddings": False}, "it needs generation: sid"),
+        ({**SID, "item_id_embeddings": False, "candidate_id_dropout": 0.1}, "replaces the candidates' id embeddings"),
+        ({**SID, "item_id_embeddings": False, "history_id_dropout": 0.1}, "embeds its history by semantic IDs"),
+    ],
+)
+def test_without_item_ids_the_keys_that_replace_them_are_refused(build, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build(**overrides)
 
 
 # -- repeat_explore: step 1 mixed with the copy of a history item (not in the paper; GPR's and OneRec's mixture) ----

@@ -101,7 +101,7 @@ UNCHANGED_BEHAVIOUR: dict[str, Any] = {
     "sid_scoring": "additive", "tie_code_embeddings": False, "item_feature_fields": [],
     "history_item_features": True, "candidate_item_features": True, "candidate_history_features": False,
     "candidate_id_dropout": 0.0, "history_id_dropout": 0.0, "history_unknown_items": True, "generation": "item",
-    "repeat_explore": False, "stage": "train", "from_checkpoint": None,
+    "item_id_embeddings": True, "repeat_explore": False, "stage": "train", "from_checkpoint": None,
     # the policy-gradient methods' keys (properties/align.yaml): DPO and IPA rows never read them
     "align_clip": 0.2, "ecpo_early_clip": 0.1, "hepo_gamma": 1.0, "hepo_lambda": 0.95, "hepo_process_weights": [0.1],
     "hepo_level_weights": [1.0], "hepo_value_weight": 0.5, "hepo_critic_warmup": 0, "hepo_critic_learning_rate": 0.001,
@@ -112,16 +112,12 @@ METHOD_KEY_PREFIXES = {"hepo_": "hepo", "ecpo_": "ecpo"}
 
 
 # The same, for keys one model's yaml gained while another model had them all along (with their value in its rows'
-# identities): OneRanker's SID-generation keys are GPR's.
+# identities): OneRanker's SID-generation and trunk keys are GPR's.
 MODEL_UNCHANGED_BEHAVIOUR: dict[str, dict[str, Any]] = {
     "OneRanker": {
-        "sid_file": None,
-        "mtp_heads": 4,
-        "num_thinking_tokens": 4,
-        "attention": "silu",
-        "token_type_ffn": False,
+        "sid_file": None, "mtp_heads": 4, "num_thinking_tokens": 4, "attention": "silu", "token_type_ffn": False,
     },
-}
+}  # fmt: skip
 
 
 def _in_identity(model: str, key: str, value: Any, method: str | None) -> bool:

@@ -200,19 +200,22 @@ class GenerativeRecommender(SequentialRecommender):
                 "history_unknown_items: False keeps unknown items' rows instead of history_id_dropout's vector: "
                 "without history_id_dropout there is no vector, so leave it True"
             )
-        if config["history_id_dropout"] and not self.EMBEDS_ITEM_IDS:
+        if config["history_id_dropout"] and not self.embeds_item_ids(config):
             raise ConfigError(
                 f"history_id_dropout replaces id embeddings of unknown history items: {type(self).__name__} embeds "
-                "its history by semantic IDs, whose codes trained items share; set it to 0"
+                "its history by semantic IDs here, whose codes trained items share; set it to 0"
             )
         self.softmax = NextItemSoftmax(softmax_config, self.item_vectors, self.repeat_shift)
         # Side features of the history items, added to their input tokens (a model reads them in :meth:`encode`).
         features = item_feature_embedding(config, dataset) if config["history_item_features"] else None
         self.history_item_features = features
 
-    def item_sequence_encoder(self, config, dataset, num_prefix_tokens: int = 0, **stack_options) -> SequenceEncoder:
+    def item_sequence_encoder(
+        self, config, dataset, num_prefix_tokens: int = 0, item_table: bool = True, **stack_options
+    ) -> SequenceEncoder:
         """The HSTU encoder over the history's item ids (``num_prefix_tokens`` tokens before them; ``stack_options``:
-        the stack's other :class:`HSTUConfig` fields, e.g. ``attention``), with
+        the stack's other :class:`HSTUConfig` fields, e.g. ``attention``; ``item_table: False``: no id table, the
+        model embeds its tokens itself), with
         ``history_id_dropout``'s unknown-item vector for the items no row of ``dataset`` (the training split the model
         is built with) holds. The vector replaces the item's id row only: what a model adds to the token (feedback
         level, side features, with OneRanker's ``generation: sid`` the code embeddings) still enters. Which items
@@ -223,13 +226,18 @@ class GenerativeRecommender(SequentialRecommender):
             known = items_held(dataset) if config["history_unknown_items"] else torch.ones(self.n_items, dtype=bool)
         return SequenceEncoder(
             SequenceEncoderConfig(
-                num_items=self.n_items,
+                num_items=self.n_items if item_table else 0,
                 hstu=hstu_config(config, num_prefix_tokens, self.max_seq_length, **stack_options),
                 use_position_embedding=config["use_position_embedding"],
                 unknown_item_dropout=dropout,
             ),
             known_items=known,
         )
+
+    def embeds_item_ids(self, config) -> bool:
+        """Whether the history tokens hold item-id embeddings under this config (``EMBEDS_ITEM_IDS``; a model whose
+        items may be their semantic IDs alone overrides it)."""
+        return self.EMBEDS_ITEM_IDS
 
     def trains_item_softmax(self, config) -> bool:
         """Whether ``repeat_bias``'s shift learns inside the next-item softmax under this config

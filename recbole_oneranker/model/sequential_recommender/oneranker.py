@@ -241,8 +241,16 @@ class OneRanker(GenerativeRecommender):
         self.decoders_train_backbone = config["decoders_train_backbone"]
         self.user_token_fields = check_user_token_fields(config, dataset)
         self.generation = config["generation"]
+        self.item_id_embeddings = self.embeds_item_ids(config)
         if self.generation == "sid" and self.n_gen_heads > 1:
             raise ConfigError("n_gen_heads mixes item-id heads: with generation: sid, step 1's heads are mtp_heads")
+        if not config["item_id_embeddings"] and self.generation != "sid":
+            raise ConfigError("item_id_embeddings: False makes the items their semantic IDs: it needs generation: sid")
+        if not self.item_id_embeddings and config["candidate_id_dropout"]:
+            raise ConfigError(
+                "candidate_id_dropout replaces the candidates' id embeddings: with item_id_embeddings: False there "
+                "are none; set it to 0"
+            )
         if self.gamma and not self.use_ranker:
             raise ConfigError("gamma (the DC loss) needs the ranker as its teacher: set use_ranker: True or gamma: 0")
         if self.use_ranker and self.num_candidates < 2:
@@ -254,6 +262,7 @@ class OneRanker(GenerativeRecommender):
             config,
             dataset,
             len(self.user_token_fields),
+            item_table=self.item_id_embeddings,
             attention=config["attention"],
             num_token_types=TOKEN_TYPES if config["token_type_ffn"] else 0,
         )
@@ -355,11 +364,22 @@ class OneRanker(GenerativeRecommender):
         token_features: Tensor | None = None,
         prefix: Tensor | None = None,
     ) -> Tensor:
-        """``[B, N, D]`` step-1 states of right-padded histories (see :class:`SequenceEncoder`)."""
+        """``[B, N, D]`` step-1 states of right-padded histories (see :class:`SequenceEncoder`); without item-id
+        embeddings, ``token_features`` (which then hold the items' codes) are the tokens."""
+        if not self.item_id_embeddings:
+            return self.encoder.encode_tokens(token_features, item_seq_len, timestamps, prefix)
         return self.encoder(item_seq, item_seq_len, timestamps, token_features, prefix)
 
+    def embeds_item_ids(self, config) -> bool:
+        return config["generation"] == "item" or config["item_id_embeddings"]
+
     def item_vectors(self, item_ids: Tensor | None = None) -> Tensor:
-        return self.encoder.item_vectors(item_ids)
+        if self.item_id_embeddings:
+            return self.encoder.item_vectors(item_ids)
+        # An item is its semantic ID: its vector is its code embeddings' sum, normalised (the padding item's is 0,
+        # as the id table's padding row).
+        ids = torch.arange(self.n_items, device=self.item_codes.device) if item_ids is None else item_ids
+        return F.normalize(self.item_tokens(ids), dim=-1) * (ids > 0).unsqueeze(-1)
 
     def encode(self, interaction) -> Tensor:
         seq_len = int(interaction[self.ITEM_SEQ_LEN].max())
@@ -534,11 +554,12 @@ class OneRanker(GenerativeRecommender):
         return RankerHistory(items, self.feedback_levels(interaction, seq_len))
 
     def _item_table_for_decoders(self, item_ids: Tensor) -> Tensor:
-        """Item embeddings read by the decoders (plus their code embeddings' sum with ``generation: sid``):
-        detached without ``decoders_train_backbone``."""
-        embeddings = self.encoder.item_embedding(item_ids)
-        if self.generator is not None:
-            embeddings = embeddings + self.item_tokens(item_ids)
+        """Item embeddings read by the decoders (plus their code embeddings' sum with ``generation: sid``; that sum
+        alone without item-id embeddings): detached without ``decoders_train_backbone``."""
+        embeddings = self.item_tokens(item_ids) if self.generator is not None else None
+        if self.item_id_embeddings:
+            ids = self.encoder.item_embedding(item_ids)
+            embeddings = ids if embeddings is None else ids + embeddings
         return embeddings if self.decoders_train_backbone else embeddings.detach()
 
     # -- training ---------------------------------------------------------------------------------------------
