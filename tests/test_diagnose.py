@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_oneranker import ONERANKER_TINY
+from recbole.data import data_preparation
+from test_oneranker import ONERANKER_TINY, SID
 
 from recbole_oneranker.bench import diagnose
 from recbole_oneranker.checkpoints import load_data_and_model
+from recbole_oneranker.config import Config
+from recbole_oneranker.data import create_dataset
+from recbole_oneranker.model.sequential_recommender import OneRanker
 from recbole_oneranker.quick_start import run
 
 
@@ -64,6 +68,19 @@ def test_ranker_report_refits_without_touching_the_model(trained, tmp_path, monk
     assert diagnose.main([*argv, "--out", str(out)]) == 0
     report = out.read_text()
     assert "## As trained" in report and "| bilinear on the generator's inputs |" in report
+
+
+def test_the_refit_scorers_read_a_model_without_item_ids(tiny_config, tiny_sid_file):
+    """With ``item_id_embeddings: False`` the generator's inputs are the items' code embeddings' sums: the bilinear
+    scorer refits on them (it read the id table, which such a model does not have)."""
+    settings = {**tiny_config, **ONERANKER_TINY, **SID, "sid_file": str(tiny_sid_file), "item_id_embeddings": False}
+    config = Config("OneRanker", "ml-tiny", config_dict=settings)
+    train, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    model = OneRanker(config, train._dataset)
+    sets = diagnose.candidate_sets(model, train, passes=1, heldout_every=3)
+    curves = diagnose.refit(model, sets, epochs=1, lr=1e-2, log=lambda line: None)
+    assert len(curves["bilinear on the generator's inputs"]) == 2  # before and after the pass
 
 
 def test_ranker_report_refuses_a_model_without_ranker(trained, tmp_path, tiny_data_path):

@@ -116,6 +116,8 @@ def test_the_encoder_types_its_prefix_and_history_tokens_apart() -> None:
             bias.copy_(original)
         return states
 
+    padded = torch.zeros(2, 2 + 4 + 1, 8)  # prefix, history, the request slot
+    assert encoder.token_types(padded, num_prefix=2).tolist() == [[0, 0, 1, 1, 1, 1, 1]] * 2
     with torch.no_grad():
         history = encoder.encode_tokens(x, lengths, prefix=prefix)
     last, first = len(encoder.stack.type_ffns) - 1, 0

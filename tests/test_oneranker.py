@@ -219,7 +219,11 @@ def test_history_negatives_reach_the_generation_loss(build):
         pytest.param({**SID, "repeat_bias": True}, id="sid-repeat-bias"),
         # GPR's trunk: softmax attention and an FFN per token type (user tokens, items)
         pytest.param(
-            {**SID, "attention": "softmax", "token_type_ffn": True, "user_token_fields": ["gender"], "n_layers": 2},
+            {
+                **SID,
+                **{"attention": "softmax", "token_type_ffn": True, "bidirectional_prefix": True, "n_layers": 2},
+                "user_token_fields": ["gender"],
+            },
             id="sid-gpr-trunk",
         ),
         pytest.param({**SID, "item_id_embeddings": False}, id="sid-without-item-ids"),

@@ -116,6 +116,7 @@ METHOD_KEY_PREFIXES = {"hepo_": "hepo", "ecpo_": "ecpo"}
 MODEL_UNCHANGED_BEHAVIOUR: dict[str, dict[str, Any]] = {
     "OneRanker": {
         "sid_file": None, "mtp_heads": 4, "num_thinking_tokens": 4, "attention": "silu", "token_type_ffn": False,
+        "bidirectional_prefix": False,
     },
 }  # fmt: skip
 

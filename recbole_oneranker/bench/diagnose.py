@@ -303,7 +303,7 @@ def _scorers(model) -> dict[str, tuple[Callable[[CandidateSet], Tensor], list[nn
         "ranker alone": (lambda s: _ranker_score(model, s), ranker_params),
         "ranker as residual (weight 1)": (lambda s: s["retrieval"] + _ranker_score(model, s), ranker_params),
         "bilinear on the generator's inputs": (
-            lambda s: bilinear(model.encoder.item_embedding(s["candidates"].flatten(0, 1)), s["flat_states"]),
+            lambda s: bilinear(model.item_embeddings(s["candidates"].flatten(0, 1)), s["flat_states"]),
             list(bilinear.parameters()),
         ),
     }

@@ -211,11 +211,17 @@ class GenerativeRecommender(SequentialRecommender):
         self.history_item_features = features
 
     def item_sequence_encoder(
-        self, config, dataset, num_prefix_tokens: int = 0, item_table: bool = True, **stack_options
+        self,
+        config,
+        dataset,
+        num_prefix_tokens: int = 0,
+        item_table: bool = True,
+        bidirectional_prefix: bool = False,
+        **stack_options,
     ) -> SequenceEncoder:
-        """The HSTU encoder over the history's item ids (``num_prefix_tokens`` tokens before them; ``stack_options``:
-        the stack's other :class:`HSTUConfig` fields, e.g. ``attention``; ``item_table: False``: no id table, the
-        model embeds its tokens itself), with
+        """The HSTU encoder over the history's item ids (``num_prefix_tokens`` tokens before them, attending to each
+        other both ways with ``bidirectional_prefix``; ``stack_options``: the stack's other :class:`HSTUConfig`
+        fields, e.g. ``attention``; ``item_table: False``: no id table, the model embeds its tokens itself), with
         ``history_id_dropout``'s unknown-item vector for the items no row of ``dataset`` (the training split the model
         is built with) holds. The vector replaces the item's id row only: what a model adds to the token (feedback
         level, side features, with OneRanker's ``generation: sid`` the code embeddings) still enters. Which items
@@ -229,6 +235,7 @@ class GenerativeRecommender(SequentialRecommender):
                 num_items=self.n_items if item_table else 0,
                 hstu=hstu_config(config, num_prefix_tokens, self.max_seq_length, **stack_options),
                 use_position_embedding=config["use_position_embedding"],
+                bidirectional_prefix=bidirectional_prefix,
                 unknown_item_dropout=dropout,
             ),
             known_items=known,

@@ -170,10 +170,10 @@ class SequenceEncoder(nn.Module):
             else None  # the stack's causal mask
         )
         timestamps = timestamps.long() if timestamps is not None else None
-        out = self.stack(x, lengths, timestamps, attn_mask, self._token_types(x, num_prefix))
+        out = self.stack(x, lengths, timestamps, attn_mask, self.token_types(x, num_prefix))
         return out[:, num_prefix : num_prefix + num_history]
 
-    def _token_types(self, x: Tensor, num_prefix: int) -> Tensor | None:
+    def token_types(self, x: Tensor, num_prefix: int) -> Tensor | None:
         """``[B, P + N + 1]`` the type of each token of ``x`` (prefix, then history and request slot) for a stack
         with ``num_token_types``; None for one without."""
         if not self.config.hstu.num_token_types:

@@ -42,6 +42,7 @@ from recbole_oneranker.model.layers import (
     TaskTokenDecoder,
     UnknownItems,
     UnknownItemsConfig,
+    lookup,
     seen_before,
     visible_states,
 )
@@ -189,7 +190,8 @@ class OneRanker(GenerativeRecommender):
     candidates and for DC is the step-1 generation logit plus the last task token's score; steps 2 and 3 run at
     ``decoder_positions`` positions per sequence in training (always including the last), at the last at inference.
     With ``generation: sid`` the candidates are the top items by exact SID log-probability (what a trie beam of
-    unbounded width returns) rather than a beam's, and the Fake Item Tokens stay centroids of the item table.
+    unbounded width returns) rather than a beam's, and the Fake Item Tokens stay centroids of the item vectors (the
+    id table's rows, or without item-id embeddings the items' code embeddings' sums).
 
     Added, off by default (``repeat_explore``; not in the paper, as GPR's and OneRec's): step 1's distribution mixed
     with a copy attention over the history's items (RepeatNet), the same layer GPR-repeat uses, so that OneRanker
@@ -263,6 +265,7 @@ class OneRanker(GenerativeRecommender):
             dataset,
             len(self.user_token_fields),
             item_table=self.item_id_embeddings,
+            bidirectional_prefix=config["bidirectional_prefix"],
             attention=config["attention"],
             num_token_types=TOKEN_TYPES if config["token_type_ffn"] else 0,
         )
@@ -345,7 +348,7 @@ class OneRanker(GenerativeRecommender):
 
     @torch.no_grad()
     def refresh_fake_items(self, seed: int = 0) -> None:
-        """Recompute the Fake Item Tokens: k-means centroids of the normalised item embeddings (padding excluded)."""
+        """Recompute the Fake Item Tokens: k-means centroids of the normalised item vectors (padding excluded)."""
         if self.use_step2 and self.n_fake_items:
             self.task_decoder.refresh_fake_items(self.item_vectors()[1:], seed=seed)
 
@@ -373,13 +376,18 @@ class OneRanker(GenerativeRecommender):
     def embeds_item_ids(self, config) -> bool:
         return config["generation"] == "item" or config["item_id_embeddings"]
 
+    def item_embeddings(self, item_ids: Tensor) -> Tensor:
+        """``[..., D]`` each item's own embedding: its row of the id table, or without item-id embeddings its code
+        embeddings' sum."""
+        return self.encoder.item_embedding(item_ids) if self.item_id_embeddings else self.item_tokens(item_ids)
+
     def item_vectors(self, item_ids: Tensor | None = None) -> Tensor:
         if self.item_id_embeddings:
             return self.encoder.item_vectors(item_ids)
-        # An item is its semantic ID: its vector is its code embeddings' sum, normalised (the padding item's is 0,
-        # as the id table's padding row).
-        ids = torch.arange(self.n_items, device=self.item_codes.device) if item_ids is None else item_ids
-        return F.normalize(self.item_tokens(ids), dim=-1) * (ids > 0).unsqueeze(-1)
+        # As the id table's: the catalogue's normalised embeddings (the padding item's 0), then its rows.
+        catalogue = torch.arange(self.n_items, device=self.item_codes.device)
+        table = F.normalize(self.item_embeddings(catalogue), dim=-1) * (catalogue > 0).unsqueeze(-1)
+        return table if item_ids is None else lookup(table, item_ids)
 
     def encode(self, interaction) -> Tensor:
         seq_len = int(interaction[self.ITEM_SEQ_LEN].max())
@@ -502,7 +510,8 @@ class OneRanker(GenerativeRecommender):
         history: RankerHistory | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Step 3 on ``candidates`` (``[B, R, N]`` item ids) at ``positions`` (``[B, R]``). Each candidate's token is
-        its item embedding (the unknown-item vector under ``candidate_id_dropout``), plus its side features and,
+        its item embedding (:meth:`_item_table_for_decoders`; the unknown-item vector under ``candidate_id_dropout``),
+        plus its side features and,
         given the rows' ``history`` (:class:`RankerHistory`), what the user did with it up to the position.
 
         Returns:
@@ -556,10 +565,9 @@ class OneRanker(GenerativeRecommender):
     def _item_table_for_decoders(self, item_ids: Tensor) -> Tensor:
         """Item embeddings read by the decoders (plus their code embeddings' sum with ``generation: sid``; that sum
         alone without item-id embeddings): detached without ``decoders_train_backbone``."""
-        embeddings = self.item_tokens(item_ids) if self.generator is not None else None
-        if self.item_id_embeddings:
-            ids = self.encoder.item_embedding(item_ids)
-            embeddings = ids if embeddings is None else ids + embeddings
+        embeddings = self.item_embeddings(item_ids)
+        if self.generator is not None and self.item_id_embeddings:
+            embeddings = embeddings + self.item_tokens(item_ids)
         return embeddings if self.decoders_train_backbone else embeddings.detach()
 
     # -- training ---------------------------------------------------------------------------------------------
