@@ -22,6 +22,7 @@ from recbole_oneranker.data import items_held
 from recbole_oneranker.data.sid import load_dataset_sids
 from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.layers import (
+    TOKEN_TYPES,
     HSTUConfig,
     ItemFeatureConfig,
     ItemFeatureEmbedding,
@@ -37,7 +38,14 @@ from recbole_oneranker.model.layers import (
 )
 from recbole_oneranker.model.serving import ServingResult
 
-__all__ = ["GenerativeRecommender", "check_user_token_fields", "hstu_config", "item_feature_embedding", "top_distinct"]
+__all__ = [
+    "GenerativeRecommender",
+    "check_user_token_fields",
+    "hsd_options",
+    "hstu_config",
+    "item_feature_embedding",
+    "top_distinct",
+]
 
 
 def check_user_token_fields(config, dataset) -> list[str]:
@@ -111,6 +119,16 @@ def hstu_config(config, num_prefix_tokens: int, max_history: int, **options) -> 
         relative_bias=config["relative_bias"],
         **options,
     )
+
+
+def hsd_options(config) -> dict:
+    """GPR's HSD switches of a config (``attention``, ``token_type_ffn``, ``bidirectional_prefix``) as the options of
+    :meth:`GenerativeRecommender.item_sequence_encoder`: the trunk GPR builds, and OneRanker's step 1 with them."""
+    return {
+        "bidirectional_prefix": config["bidirectional_prefix"],
+        "attention": config["attention"],
+        "num_token_types": TOKEN_TYPES if config["token_type_ffn"] else 0,  # the prefix (user tokens) and the items
+    }
 
 
 def top_distinct(items: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -22,16 +22,13 @@ from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.abstract_recommender import (
     GenerativeRecommender,
     check_user_token_fields,
-    hstu_config,
+    hsd_options,
     top_distinct,
 )
 from recbole_oneranker.model.layers import (
-    TOKEN_TYPES,
     RepeatExplore,
     RepeatExploreConfig,
     RepeatExploreLogProbs,
-    SequenceEncoder,
-    SequenceEncoderConfig,
     SIDGenerator,
     SIDGeneratorConfig,
     ValueEstimator,
@@ -121,20 +118,8 @@ class GPR(GenerativeRecommender):
 
         # define layers
         d = self.hidden_size
-        trunk = hstu_config(
-            config,
-            len(self.user_token_fields),
-            self.max_seq_length,
-            attention=config["attention"],
-            num_token_types=TOKEN_TYPES if config["token_type_ffn"] else 0,  # U (the prefix) and I
-        )
-        self.encoder = SequenceEncoder(
-            SequenceEncoderConfig(
-                num_items=0,
-                hstu=trunk,
-                use_position_embedding=config["use_position_embedding"],
-                bidirectional_prefix=config["bidirectional_prefix"],
-            )
+        self.encoder = self.item_sequence_encoder(
+            config, dataset, len(self.user_token_fields), item_table=False, **hsd_options(config)
         )
         self.code_inputs = nn.ModuleList(nn.Embedding(size, d) for size in codebook_sizes)
         self.action_embedding = nn.Embedding(len(self.cascade_fields) + 2, d, padding_idx=0)  # 0 = padding

@@ -24,10 +24,10 @@ from recbole_oneranker.errors import ConfigError
 from recbole_oneranker.model.abstract_recommender import (
     GenerativeRecommender,
     check_user_token_fields,
+    hsd_options,
     item_feature_embedding,
 )
 from recbole_oneranker.model.layers import (
-    TOKEN_TYPES,
     CandidateHistoryConfig,
     CandidateHistoryFeatures,
     QueryDecoderConfig,
@@ -261,13 +261,7 @@ class OneRanker(GenerativeRecommender):
         # define layers and loss
         d = self.hidden_size
         self.encoder = self.item_sequence_encoder(
-            config,
-            dataset,
-            len(self.user_token_fields),
-            item_table=self.item_id_embeddings,
-            bidirectional_prefix=config["bidirectional_prefix"],
-            attention=config["attention"],
-            num_token_types=TOKEN_TYPES if config["token_type_ffn"] else 0,
+            config, dataset, len(self.user_token_fields), item_table=self.item_id_embeddings, **hsd_options(config)
         )
         self.level_embedding = nn.Embedding(len(self.cascade_fields) + 2, d, padding_idx=0)  # 0 = padding
         self.user_token_embeddings = nn.ModuleDict(
