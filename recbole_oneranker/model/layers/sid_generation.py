@@ -92,7 +92,9 @@ def segment_logsumexp(values: Tensor, segments: Tensor, num_segments: int) -> Te
     index = segments.expand_as(values)
     peak = values.new_full((len(values), num_segments), float("-inf")).scatter_reduce(1, index, values, "amax")
     shift = peak.masked_fill(peak == float("-inf"), 0.0).detach()  # a constant per segment: any value is exact
-    sums = values.new_zeros(len(values), num_segments).index_add(1, segments, torch.exp(values - shift[:, segments]))
+    sums = values.new_zeros(len(values), num_segments).index_add(
+        1, segments, torch.exp(values - shift.index_select(1, segments))
+    )
     return torch.log(sums) + shift
 
 
@@ -344,7 +346,7 @@ class SIDGenerator(nn.Module):
         catalogue's level for queries ``[M, D]``, given the pairs' :meth:`_pair_terms`."""
         pair_vectors, pair_bias = terms
         if pair_vectors is None:  # V(prefix, c) = O[c]: a [M, K] product, then gathers
-            return (queries @ self._code_table(level).t())[:, structure.pair_code[level]] + pair_bias
+            return (queries @ self._code_table(level).t()).index_select(1, structure.pair_code[level]) + pair_bias
         return queries @ pair_vectors.t() + pair_bias  # one [M, D] x [D, Q] product
 
     def catalogue_log_probs(self, intents: Tensor, structure: SIDLevelStructure) -> Tensor:
@@ -371,13 +373,21 @@ class SIDGenerator(nn.Module):
     def _catalogue_rows(
         self, queries: Tensor, structure: SIDLevelStructure, terms: list[tuple[Tensor | None, Tensor]]
     ) -> Tensor:
-        """``[M, N]`` :meth:`catalogue_log_probs` of flat intents ``[M, D]``, given each level's pair terms."""
+        """``[M, N]`` :meth:`catalogue_log_probs` of flat intents ``[M, D]``, given each level's pair terms.
+
+        The column gathers are ``index_select``: its backward is an ``index_add`` over the columns, 5x faster on a
+        CPU than the accumulating ``index_put`` behind ``t[:, index]`` (a fifth of a Taobao SID step's time), with
+        the same sums in the same order."""
         total = queries.new_zeros(len(queries), len(structure.codes))
         for level in range(self.config.levels):
             pair_logits = self._pair_logits(self._level_query(level, queries), structure, level, terms[level])
             normaliser = segment_logsumexp(pair_logits, structure.pair_parent[level], structure.num_prefixes[level])
             parent_of_item = structure.pair_parent[level][structure.pair_of_item[level]]
-            total = total + pair_logits[:, structure.pair_of_item[level]] - normaliser[:, parent_of_item]
+            total = (
+                total
+                + pair_logits.index_select(1, structure.pair_of_item[level])
+                - normaliser.index_select(1, parent_of_item)
+            )
         return total
 
 
