@@ -70,6 +70,10 @@ def test_quality_rows_resume_and_report(tmp_path, tiny_data_path, run_device, ca
     printed = capsys.readouterr().out
     assert "(seeds [2020, 2021, 2022])" in printed and "+0.0000 [+0.0000, +0.0000]" in printed  # a row against itself
     assert len(list(csv.DictReader(csv_file.open()))) == 3
+    assert quality.main([*argv, "--paired", "HSTU-tiny", "HSTU-tiny", "--paired-seeds", "2021"]) == 0
+    assert "(seeds [2021])" in capsys.readouterr().out  # one seed's runs of each row, for rows run on others too
+    assert quality.main([*argv, "--paired", "HSTU-tiny", "HSTU-tiny", "--paired-seeds", "2023"]) == 2
+    assert "no finished run of seeds [2023]" in capsys.readouterr().err
     assert quality.main([*argv, "--paired", "HSTU-tiny", "NoSuchRow"]) == 2
 
 
