@@ -74,6 +74,8 @@ def test_quality_rows_resume_and_report(tmp_path, tiny_data_path, run_device, ca
     assert "(seeds [2021])" in capsys.readouterr().out  # one seed's runs of each row, for rows run on others too
     assert quality.main([*argv, "--paired", "HSTU-tiny", "HSTU-tiny", "--paired-seeds", "2023"]) == 2
     assert "no finished run of seeds [2023]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # trains nothing: the seeds choose what --paired compares
+        quality.main([*argv, "--paired-seeds", "2021"])
     assert quality.main([*argv, "--paired", "HSTU-tiny", "NoSuchRow"]) == 2
 
 

@@ -429,7 +429,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SEED",
         help="with --paired: compare only these seeds' runs of both rows (default: every finished seed of each)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.paired_seeds and not args.paired:
+        parser.error("--paired-seeds selects the runs --paired compares; give --paired A B with it")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
