@@ -76,6 +76,7 @@ def test_quality_rows_resume_and_report(tmp_path, tiny_data_path, run_device, ca
     assert "no finished run of seeds [2023]" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # trains nothing: the seeds choose what --paired compares
         quality.main([*argv, "--paired-seeds", "2021"])
+    assert "--paired-seeds selects the runs --paired compares" in capsys.readouterr().err
     assert quality.main([*argv, "--paired", "HSTU-tiny", "NoSuchRow"]) == 2
 
 

@@ -229,17 +229,17 @@ PAIRED_MEASURES = {
 }
 
 
-def print_paired(rows: list[dict[str, Any]], label: str, other: str, seeds: list[int] | None = None) -> int:
+def print_paired(rows: list[dict[str, Any]], label: str, other: str, only_seeds: list[int] | None = None) -> int:
     """Print ``label``'s per-user differences to ``other`` (``--paired``): test NDCG@10, and candidate-set HR@1 and
-    GMV@10 where both rows kept their per-user files, over each row's runs of ``seeds`` (None: every run); 2 if
+    GMV@10 where both rows kept their per-user files, over each row's runs of ``only_seeds`` (None: every run); 2 if
     either has no such finished run."""
     by_label = {
-        name: [row for row in rows if row["label"] == name and (seeds is None or int(row["seed"]) in seeds)]
+        name: [row for row in rows if row["label"] == name and (only_seeds is None or int(row["seed"]) in only_seeds)]
         for name in (label, other)
     }
     missing = [name for name, runs in by_label.items() if not runs]
     if missing:
-        of_seeds = "" if seeds is None else f" of seeds {sorted(seeds)}"
+        of_seeds = "" if only_seeds is None else f" of seeds {sorted(only_seeds)}"
         print(
             f"error: no finished run{of_seeds} of {missing} in this table (with the bench config as it is now)",
             file=sys.stderr,
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(label, args.first_seed + i) for label in labels for i in range(args.seeds)]
     hashes = config_hashes(bench_config, dataset, extra)
     if args.paired:
-        return print_paired(current_rows(table, hashes), *args.paired, seeds=args.paired_seeds)
+        return print_paired(current_rows(table, hashes), *args.paired, only_seeds=args.paired_seeds)
     out, baseline = args.results / f"{results_name}.md", bench_config.get("baseline")
     commit = code_version()  # the code this process imported, whatever changes on disk while it runs
     for done, (label, seed) in enumerate(jobs, start=1):
